@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# test.sh - THE single command that runs the whole test suite (locally and in CI via .ci/run).
+#
+#   scripts/test.sh [ARGS...]      ARGS are passed to `cargo test --all-targets`, e.g.
+#   scripts/test.sh kafka -- --nocapture
+#
+# Steps (each timed):
+#   1. build prerequisites: C toolchain for rdkafka's bundled librdkafka (apt, only what is missing)
+#   2. scripts/services.sh install   Redis, kcat, Java 17, Kafka jars (cached in ~/.cache/remediator)
+#   3. scripts/services.sh start     Redis + Kafka on loopback; stopped again on exit (also on failure
+#                                    or Ctrl-C) unless they were already running before this script
+#   4. cargo fmt --all -- --check
+#   5. cargo clippy --all-targets -- -D warnings
+#   6. cargo test --all-targets "$@"
+# Tests see REDIS_URL, KAFKA_BOOTSTRAP and REMEDIATOR_TEST_REQUIRE_SERVICES=1 (a missing service is a
+# test failure, not a skip). Service knobs (ports, cache, run dir) are documented in scripts/services.sh.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SERVICES=scripts/services.sh
+T_START=$SECONDS
+TIMINGS=()
+
+log() { echo "[test] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# step NAME CMD...: run CMD with its elapsed time recorded; a failure ends the script (set -e), and
+# cleanup() then records the failed step.
+CUR_STEP='' CUR_T0=0
+step() {
+  CUR_STEP=$1 CUR_T0=$SECONDS; shift
+  log "=== $CUR_STEP"
+  "$@"
+  TIMINGS+=("$(printf '%-44s %5s s' "$CUR_STEP" $((SECONDS - CUR_T0)))")
+  log "=== $CUR_STEP: ok, $((SECONDS - CUR_T0)) s"
+  CUR_STEP=''
+}
+
+# --- cleanup: stop the services this run started; print the timing summary -----------------------
+STARTED_SERVICES=0
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$CUR_STEP" ]; then
+    TIMINGS+=("$(printf '%-44s %5s s  FAILED (exit %s)' "$CUR_STEP" $((SECONDS - CUR_T0)) "$rc")")
+  fi
+  if [ "$STARTED_SERVICES" = 1 ]; then
+    bash "$SERVICES" stop || log "WARNING: stopping services failed"
+  fi
+  # Future: stop the Kubernetes control plane here too (see the hook below).
+  if [ ${#TIMINGS[@]} -gt 0 ]; then
+    log "--- timings"
+    printf '[test]   %s\n' "${TIMINGS[@]}" >&2
+  fi
+  log "total $((SECONDS - T_START)) s: $([ $rc -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- Rust toolchain ---------------------------------------------------------------------------
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || die "cargo not found (install Rust via rustup)"
+for comp in rustfmt:fmt clippy:clippy; do   # rustup component : cargo subcommand
+  if ! cargo "${comp#*:}" --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null || die "cargo ${comp#*:} missing and no rustup to add ${comp%%:*}"
+    rustup component add "${comp%%:*}"
+  fi
+done
+
+# --- system build prerequisites -------------------------------------------------------------------
+# rdkafka (default features) compiles its bundled librdkafka with librdkafka's own configure script
+# + make, and libz-sys links zlib (found via pkg-config). Installed only when dpkg reports them missing;
+# apt-get runs through sudo when not root.
+build_prereqs() {
+  local missing=() p
+  for p in build-essential pkg-config zlib1g-dev; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then log "build prerequisites present"; return 0; fi
+  local sudo=()
+  if [ "$EUID" -ne 0 ] && command -v sudo >/dev/null; then sudo=(sudo); fi
+  log "apt-get install ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+start_services() {
+  local out line
+  if bash "$SERVICES" status; then
+    log "services already running: using them and leaving them running"
+  else
+    STARTED_SERVICES=1   # set before start, so a half-started set is stopped too
+  fi
+  out=$(bash "$SERVICES" start)
+  while IFS= read -r line; do
+    [[ $line =~ ^[A-Z_]+=.+$ ]] || die "unexpected output from services.sh start: $line"
+    export "${line?}"; log "$line"
+  done <<<"$out"
+  export REMEDIATOR_TEST_REQUIRE_SERVICES=1
+}
+
+step "build prerequisites (apt)" build_prereqs
+step "services.sh install" bash "$SERVICES" install
+step "services.sh start" start_services
+
+# --- hook: Kubernetes control plane ---------------------------------------------------------------
+# Future: a scripts/k8s.sh (install|start|stop, kube-apiserver + etcd + kwok on loopback) goes here:
+#   step "k8s.sh install" bash scripts/k8s.sh install
+#   step "k8s.sh start"   ... export the KUBECONFIG=... line it prints, as start_services does,
+# and `bash scripts/k8s.sh stop` goes into cleanup() above. Not implemented yet.
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
+step "cargo test --all-targets${*:+ $*}" cargo test --all-targets "$@"

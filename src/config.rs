@@ -1,0 +1,562 @@
+//! Worker configuration: one YAML file, every key overridable by `REMEDIATOR_<SECTION>_<KEY>`.
+//!
+//! Precedence is flag > environment > file > default (DESIGN.md §1.6). Unknown keys in the file
+//! are errors, and so are unknown `REMEDIATOR_*` variables that look like config keys of a known
+//! section, so a typo never silently falls back to a default. Durations are written as `300s`,
+//! `15m`, `1h` or a plain number of seconds.
+
+use crate::pipeline::{GuardrailDefaults, Settings};
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default config file path.
+pub const DEFAULT_PATH: &str = "config/remediator.yaml";
+
+/// Kafka settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Input topic.
+    pub incidents_topic: String,
+    /// Audit topic.
+    pub outcomes_topic: String,
+    /// Dead-letter topic for poison messages.
+    pub dlq_topic: String,
+    /// Approval answers topic.
+    pub approvals_topic: String,
+    /// Incidents processed concurrently (across partitions; each partition stays in order).
+    pub max_in_flight: usize,
+    /// Extra librdkafka properties for both clients (TLS, SASL, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "remediator".into(),
+            incidents_topic: "incidents".into(),
+            outcomes_topic: "remediation-outcomes".into(),
+            dlq_topic: "incidents-dlq".into(),
+            approvals_topic: "remediation-approvals".into(),
+            max_in_flight: 16,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL.
+    pub url: String,
+    /// Per-call timeout; a dead Redis fails a call this fast.
+    pub timeout_ms: u64,
+    /// Key namespace (hash tag) of all guardrail state.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout_ms: 200,
+            key_prefix: "remediator".into(),
+        }
+    }
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of `/metrics`, `/healthz`, `/readyz`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+/// Guardrail defaults (DESIGN.md §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardrailsConfig {
+    /// Executions in flight across all replicas.
+    pub max_concurrent_actions: u32,
+    /// Distinct services touched per window.
+    pub max_affected_services: u32,
+    /// Window of `max_affected_services`.
+    pub affected_services_window: String,
+    /// Consecutive failures that open a runbook's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit waits before one probe.
+    pub recovery_timeout: String,
+    /// Incidents older than this are `expired`.
+    pub max_incident_age: String,
+    /// Claim/lease length; renewed every third of it while an action runs.
+    pub lease: String,
+    /// How long handled incident ids (and their outcomes) are remembered.
+    pub idempotency_ttl: String,
+}
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_actions: 3,
+            max_affected_services: 10,
+            affected_services_window: "15m".into(),
+            failure_threshold: 3,
+            recovery_timeout: "300s".into(),
+            max_incident_age: "15m".into(),
+            lease: "60s".into(),
+            idempotency_ttl: "168h".into(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (production) or `text`.
+    pub format: String,
+    /// Filter in `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Replica identity (default: the hostname).
+    pub worker_id: String,
+    /// Runbook catalogue file.
+    pub runbooks: String,
+    /// Worker-wide shadow mode.
+    pub dry_run: bool,
+    /// Which executor acts: `simulated` (a simulated cluster; the Kubernetes executor is not
+    /// built yet, so this is the only choice and a live worker only pretends to act).
+    pub executor: String,
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// HTTP endpoints.
+    pub http: HttpConfig,
+    /// Guardrail defaults.
+    pub guardrails: GuardrailsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worker_id: gethostname::gethostname().to_string_lossy().into_owned(),
+            runbooks: "config/runbooks.yaml".into(),
+            dry_run: false,
+            executor: "simulated".into(),
+            kafka: KafkaConfig::default(),
+            redis: RedisConfig::default(),
+            http: HttpConfig::default(),
+            guardrails: GuardrailsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming the file, variable or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file or an override is invalid.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// File path, environment variable or flag.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(origin: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Load `path` (or the default path if it exists), apply environment overrides from `env`,
+    /// and validate. `explicit` says the path was given by a flag, so a missing file is an error.
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let origin = path.display().to_string();
+        let mut doc = serde_yaml::to_value(Config::default()).map_err(|e| invalid("defaults", e.to_string()))?;
+        let file_doc = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(serde_yaml::from_str::<Value>(&text).map_err(|e| invalid(&origin, e.to_string()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+            Err(e) => return Err(ConfigError::Read { path, source: e }),
+        };
+        if let Some(file_doc) = file_doc {
+            match file_doc {
+                Value::Null => {}
+                Value::Mapping(m) => merge(&mut doc, &m, "", &origin)?,
+                _ => return Err(invalid(&origin, "must be a mapping of config keys")),
+            }
+        }
+        let keys = leaf_keys(&serde_yaml::to_value(Config::default()).map_err(|e| invalid("defaults", e.to_string()))?);
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("REMEDIATOR_") else {
+                continue;
+            };
+            let Some(path) = keys.iter().find(|k| env_name(k) == rest) else {
+                // Only complain about variables that claim a known section: other REMEDIATOR_*
+                // variables belong to scripts (REMEDIATOR_CACHE, REMEDIATOR_TEST_...).
+                let section = rest.split('_').next().unwrap_or("");
+                if ["KAFKA", "REDIS", "HTTP", "GUARDRAILS", "LOG"].contains(&section) {
+                    return Err(invalid(name, "unknown configuration key"));
+                }
+                continue;
+            };
+            set_path(&mut doc, path, value, name)?;
+        }
+        for (key, value) in overrides {
+            set_path(&mut doc, key, value, &format!("--{}", key.replace(['.', '_'], "-")))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let at = e.path().to_string();
+            invalid(&origin, format!("{at}: {}", e.inner()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.guardrails;
+        for (key, v) in [
+            ("guardrails.affected_services_window", &g.affected_services_window),
+            ("guardrails.recovery_timeout", &g.recovery_timeout),
+            ("guardrails.max_incident_age", &g.max_incident_age),
+            ("guardrails.lease", &g.lease),
+            ("guardrails.idempotency_ttl", &g.idempotency_ttl),
+        ] {
+            let d = parse_duration(v).map_err(|m| invalid(key, m))?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if parse_duration(&g.lease).unwrap_or_default() < Duration::from_secs(3) {
+            return Err(invalid(
+                "guardrails.lease",
+                "must be at least 3s (it is renewed every third)",
+            ));
+        }
+        for (key, v) in [
+            ("guardrails.max_concurrent_actions", g.max_concurrent_actions),
+            ("guardrails.max_affected_services", g.max_affected_services),
+            ("guardrails.failure_threshold", g.failure_threshold),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.kafka.max_in_flight == 0 || self.kafka.max_in_flight > 10_000 {
+            return Err(invalid("kafka.max_in_flight", "must be between 1 and 10000"));
+        }
+        if !(1..=60_000).contains(&self.redis.timeout_ms) {
+            return Err(invalid("redis.timeout_ms", "must be between 1 and 60000"));
+        }
+        if !["json", "text"].contains(&self.log.format.as_str()) {
+            return Err(invalid(
+                "log.format",
+                format!("must be json or text, got {:?}", self.log.format),
+            ));
+        }
+        if self.executor != "simulated" {
+            return Err(invalid(
+                "executor",
+                format!(
+                    "must be simulated (the only executor in this build), got {:?}",
+                    self.executor
+                ),
+            ));
+        }
+        if self.worker_id.is_empty() {
+            return Err(invalid("worker_id", "must not be empty"));
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            return Err(invalid("redis.key_prefix", "must be non-empty and contain no braces"));
+        }
+        Ok(())
+    }
+
+    /// Engine settings derived from this config (durations already validated).
+    pub fn settings(&self) -> Settings {
+        let g = &self.guardrails;
+        let d = |s: &str| parse_duration(s).unwrap_or_default();
+        Settings {
+            worker: self.worker_id.clone(),
+            dry_run: self.dry_run,
+            max_incident_age: d(&g.max_incident_age),
+            lease: d(&g.lease),
+            idempotency_ttl: d(&g.idempotency_ttl),
+            guardrails: GuardrailDefaults {
+                max_concurrent_actions: g.max_concurrent_actions,
+                max_affected_services: g.max_affected_services,
+                affected_services_window: d(&g.affected_services_window),
+                failure_threshold: g.failure_threshold,
+                recovery_timeout: d(&g.recovery_timeout),
+            },
+            ..Settings::default()
+        }
+    }
+
+    /// Every config key (dotted) with its environment variable, for docs and `--help`.
+    pub fn keys() -> Vec<(String, String)> {
+        let doc = serde_yaml::to_value(Config::default()).unwrap_or(Value::Null);
+        leaf_keys(&doc)
+            .into_iter()
+            .map(|k| (k.clone(), format!("REMEDIATOR_{}", env_name(&k))))
+            .collect()
+    }
+}
+
+/// `kafka.brokers` -> `KAFKA_BROKERS`.
+fn env_name(key: &str) -> String {
+    key.replace('.', "_").to_ascii_uppercase()
+}
+
+fn leaf_keys(v: &Value) -> Vec<String> {
+    fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Mapping(m) if !m.is_empty() || prefix.is_empty() => {
+                for (k, x) in m {
+                    let k = k.as_str().unwrap_or_default();
+                    let p = if prefix.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(x, &p, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// Merge a file's mapping into the defaults, rejecting keys the defaults do not have.
+fn merge(base: &mut Value, file: &Mapping, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    let Value::Mapping(b) = base else {
+        return Err(invalid(origin, format!("{prefix}: is not a section")));
+    };
+    for (k, v) in file {
+        let key = k
+            .as_str()
+            .ok_or_else(|| invalid(origin, format!("{prefix}: keys must be strings")))?;
+        let path = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(slot) = b.get_mut(key) else {
+            return Err(invalid(origin, format!("{path}: unknown key")));
+        };
+        match (slot, v) {
+            // `kafka.properties` is an open map: take it as given.
+            (slot @ Value::Mapping(_), Value::Mapping(m)) if path == "kafka.properties" => {
+                *slot = Value::Mapping(m.clone())
+            }
+            (slot @ Value::Mapping(_), Value::Mapping(m)) => merge(slot, m, &path, origin)?,
+            (Value::Mapping(_), other) if !other.is_null() => {
+                return Err(invalid(origin, format!("{path}: must be a mapping")));
+            }
+            (slot, v) => *slot = v.clone(),
+        }
+    }
+    Ok(())
+}
+
+/// Set a dotted key from a string (environment or flag), parsed as a YAML scalar so numbers and
+/// booleans keep their type; string-typed keys keep the raw text.
+fn set_path(doc: &mut Value, key: &str, raw: &str, origin: &str) -> Result<(), ConfigError> {
+    let mut cur = doc;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        let Value::Mapping(m) = cur else {
+            return Err(invalid(origin, format!("{key}: not a section")));
+        };
+        let slot = m
+            .get_mut(*p)
+            .ok_or_else(|| invalid(origin, format!("{key}: unknown key")))?;
+        if i + 1 == parts.len() {
+            *slot = match slot {
+                Value::String(_) => Value::String(raw.to_string()),
+                Value::Mapping(_) => {
+                    // key=value,key=value for `kafka.properties`.
+                    let mut m = Mapping::new();
+                    for pair in raw.split(',').filter(|s| !s.trim().is_empty()) {
+                        let (k, v) = pair
+                            .split_once('=')
+                            .ok_or_else(|| invalid(origin, format!("expected key=value pairs, got {pair:?}")))?;
+                        m.insert(Value::String(k.trim().into()), Value::String(v.trim().into()));
+                    }
+                    Value::Mapping(m)
+                }
+                _ => serde_yaml::from_str(raw).map_err(|e| invalid(origin, e.to_string()))?,
+            };
+            return Ok(());
+        }
+        cur = slot;
+    }
+    Ok(())
+}
+
+/// Parse `300s`, `15m`, `1h`, `500ms` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 300s, 15m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::load(Some(Path::new("/nonexistent")), &env(&[]), &[]);
+        assert!(c.is_err(), "an explicit missing file is an error");
+        let c = Config::load(None, &env(&[]), &[]).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(c.redis.timeout_ms, 200);
+        let s = c.settings();
+        assert_eq!(s.guardrails.max_concurrent_actions, 3);
+        assert_eq!(s.guardrails.recovery_timeout, Duration::from_secs(300));
+        assert_eq!(s.max_incident_age, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn precedence_is_flag_env_file_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "dry_run: false\nkafka:\n  brokers: file:1\n  group_id: g-file\nredis:\n  timeout_ms: 50\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("REMEDIATOR_KAFKA_BROKERS", "env:1"),
+            ("REMEDIATOR_DRY_RUN", "true"),
+            ("REMEDIATOR_CACHE", "/x"),
+        ]);
+        let c = Config::load(Some(&p), &e, &[("kafka.brokers", "flag:1".into())]).unwrap();
+        assert_eq!(c.kafka.brokers, "flag:1");
+        assert!(c.dry_run);
+        assert_eq!(c.kafka.group_id, "g-file");
+        assert_eq!(c.redis.timeout_ms, 50);
+        assert_eq!(c.kafka.incidents_topic, "incidents");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "kafka:\n  brokerz: x\n").unwrap();
+        let e = Config::load(Some(&p), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("kafka.brokerz: unknown key"), "{e}");
+        std::fs::write(&p, "guardrails:\n  recovery_timeout: soon\n").unwrap();
+        let e = Config::load(Some(&p), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("guardrails.recovery_timeout"), "{e}");
+        let e = Config::load(None, &env(&[("REMEDIATOR_REDIS_TIMEOUT_MS", "fast")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("REMEDIATOR_REDIS_TIMEOUT_MS") || e.contains("timeout_ms"),
+            "{e}"
+        );
+        let e = Config::load(None, &env(&[("REMEDIATOR_KAFKA_BROKER", "x")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REMEDIATOR_KAFKA_BROKER: unknown configuration key"), "{e}");
+    }
+
+    #[test]
+    fn every_key_has_an_env_name() {
+        let keys = Config::keys();
+        assert!(keys.contains(&("kafka.brokers".into(), "REMEDIATOR_KAFKA_BROKERS".into())));
+        assert!(keys.contains(&("redis.url".into(), "REMEDIATOR_REDIS_URL".into())));
+        assert!(keys.contains(&("runbooks".into(), "REMEDIATOR_RUNBOOKS".into())));
+        assert!(keys.contains(&(
+            "guardrails.max_concurrent_actions".into(),
+            "REMEDIATOR_GUARDRAILS_MAX_CONCURRENT_ACTIONS".into()
+        )));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("300s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Executors carry out rendered actions and run checks against the world.
+//!
+//! The pipeline decides *whether* and *what*; an [`Executor`] decides nothing, it only acts and
+//! observes. Implementations: [`simulated::SimulatedExecutor`] (demo, replay, tests; can be told
+//! to fail) and, later, the Kubernetes executor. They share one behaviour suite.
+
+pub mod simulated;
+
+use crate::incident::Incident;
+use crate::runbook::template::Vars;
+use crate::runbook::{Action, CheckSpec};
+use std::collections::BTreeMap;
+
+/// What an executor sees of the incident being remediated.
+#[derive(Debug, Clone)]
+pub struct ExecContext<'a> {
+    /// The incident.
+    pub incident: &'a Incident,
+    /// The runbook id.
+    pub runbook: &'a str,
+    /// The rendered action of this execution (checks look at its target).
+    pub action: &'a Action,
+    /// Template values, including values captured by the action.
+    pub vars: &'a Vars,
+    /// Stable id of this execution (fences annotations and logs).
+    pub action_id: &'a str,
+    /// This call is a rollback of `action`.
+    pub rollback: bool,
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Did it pass.
+    pub passed: bool,
+    /// What was observed (`3 replicas`, `pod api-1 Ready after 2.1s`).
+    pub detail: String,
+}
+
+impl CheckResult {
+    /// A pass.
+    pub fn pass(detail: impl Into<String>) -> Self {
+        Self {
+            passed: true,
+            detail: detail.into(),
+        }
+    }
+
+    /// A failure.
+    pub fn fail(detail: impl Into<String>) -> Self {
+        Self {
+            passed: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What an action did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionReport {
+    /// Human-readable summary (`scaled web from 3 to 5 replicas`).
+    pub detail: String,
+    /// Values observed while acting that a rollback may need (`old_replicas`).
+    pub captured: BTreeMap<String, String>,
+}
+
+/// An action that could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecError(pub String);
+
+/// Carries out actions and runs checks.
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync {
+    /// Run one check. Checks never panic or error out: a check that cannot observe its
+    /// condition fails with the reason in `detail` (never assume success).
+    async fn check(&self, check: &CheckSpec, ctx: &ExecContext<'_>) -> CheckResult;
+
+    /// Carry out an action (also used for rollbacks).
+    async fn execute(&self, action: &Action, ctx: &ExecContext<'_>) -> Result<ActionReport, ExecError>;
+
+    /// Short name for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+}

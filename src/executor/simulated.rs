@@ -1,0 +1,190 @@
+//! A simulated cluster: the executor of `demo`, `replay` and tests.
+//!
+//! It keeps a journal of every action it was asked to run (so tests can prove "no executor
+//! call"), tracks deployment replica counts so scale rollbacks have something to restore, and
+//! can be told to fail: a post-check for chosen services (to exercise rollback and the circuit
+//! breaker), the action itself, the rollback, or to take a while (to exercise concurrency).
+
+use super::{ActionReport, CheckResult, ExecContext, ExecError, Executor};
+use crate::runbook::{Action, CheckName, CheckSpec, Replicas};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Fault injection for the simulated executor.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Post-checks fail for incidents of these services.
+    pub fail_post_checks_for: BTreeSet<String>,
+    /// Pre-checks fail for these services.
+    pub fail_pre_checks_for: BTreeSet<String>,
+    /// The action errors for these services.
+    pub fail_actions_for: BTreeSet<String>,
+    /// Rollback actions error for these services.
+    pub fail_rollbacks_for: BTreeSet<String>,
+    /// Every action takes this long.
+    pub action_delay: Duration,
+}
+
+/// One action the simulated cluster carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// Incident id.
+    pub incident_id: String,
+    /// Runbook id.
+    pub runbook: String,
+    /// Action kind.
+    pub kind: String,
+    /// kubectl-style rendering.
+    pub display: String,
+}
+
+/// The simulated executor.
+#[derive(Debug, Default)]
+pub struct SimulatedExecutor {
+    faults: Mutex<Faults>,
+    journal: Mutex<Vec<JournalEntry>>,
+    replicas: Mutex<BTreeMap<(String, String), u32>>,
+}
+
+impl SimulatedExecutor {
+    /// A simulated cluster where everything succeeds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A simulated cluster with faults.
+    pub fn with_faults(faults: Faults) -> Self {
+        Self {
+            faults: Mutex::new(faults),
+            ..Self::default()
+        }
+    }
+
+    /// Change the faults (tests and demo flip them between incidents).
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.faults) = faults;
+    }
+
+    /// Every action carried out so far, in order.
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        lock(&self.journal).clone()
+    }
+
+    fn faults(&self) -> Faults {
+        lock(&self.faults).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait::async_trait]
+impl Executor for SimulatedExecutor {
+    async fn check(&self, check: &CheckSpec, ctx: &ExecContext<'_>) -> CheckResult {
+        let faults = self.faults();
+        let service = ctx.incident.service();
+        let is_post = matches!(
+            check.name,
+            CheckName::PodBecomesReady
+                | CheckName::MetricsImproved
+                | CheckName::ErrorRateNormalized
+                | CheckName::DeploymentRolledOut
+                | CheckName::PrometheusQuery
+        );
+        let fail = if is_post {
+            &faults.fail_post_checks_for
+        } else {
+            &faults.fail_pre_checks_for
+        };
+        if fail.contains(service) {
+            CheckResult::fail(format!("simulated: {} failed for {service}", check.name()))
+        } else {
+            CheckResult::pass(format!("simulated: {} ok", check.name()))
+        }
+    }
+
+    async fn execute(&self, action: &Action, ctx: &ExecContext<'_>) -> Result<ActionReport, ExecError> {
+        let faults = self.faults();
+        if !faults.action_delay.is_zero() {
+            tokio::time::sleep(faults.action_delay).await;
+        }
+        let service = ctx.incident.service();
+        let is_rollback = ctx.rollback;
+        let failing = if is_rollback {
+            &faults.fail_rollbacks_for
+        } else {
+            &faults.fail_actions_for
+        };
+        if failing.contains(service) {
+            return Err(ExecError(format!("simulated: {} failed for {service}", action.kind())));
+        }
+        let mut report = ActionReport {
+            detail: format!("simulated: {}", action.view().display),
+            ..Default::default()
+        };
+        if let Action::ScaleDeployment {
+            namespace,
+            deployment,
+            replicas,
+        } = action
+        {
+            let mut map = lock(&self.replicas);
+            let key = (namespace.clone(), deployment.clone());
+            // Unknown deployments start where the incident says they are, else at 1.
+            let current = *map
+                .entry(key.clone())
+                .or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
+            let target = match replicas {
+                Replicas::To(n) => *n,
+                Replicas::By(d) => (current as i64 + *d as i64).max(0) as u32,
+                Replicas::Predictive {
+                    predicted_load,
+                    current_load,
+                    max_replicas,
+                } => predictive_target(current, *predicted_load, *current_load, *max_replicas),
+            };
+            map.insert(key, target);
+            report.captured.insert("old_replicas".into(), current.to_string());
+            report.detail = format!("simulated: scaled {deployment} from {current} to {target} replicas");
+        }
+        lock(&self.journal).push(JournalEntry {
+            incident_id: ctx.incident.id.clone(),
+            runbook: ctx.runbook.to_string(),
+            kind: action.kind().to_string(),
+            display: action.view().display,
+        });
+        Ok(report)
+    }
+
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+}
+
+/// The seed's PredictiveScaler: replicas needed for the predicted load at the current load per
+/// replica, plus one, capped at `max_replicas`, and never below the current count (scale up only).
+pub fn predictive_target(current: u32, predicted_load: f64, current_load: f64, max_replicas: u32) -> u32 {
+    if current == 0 || current_load <= 0.0 {
+        return current;
+    }
+    let per_replica = current_load / current as f64;
+    let needed = (predicted_load / per_replica) as u64 + 1;
+    let target = needed.clamp(1, max_replicas as u64) as u32;
+    target.max(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::predictive_target;
+
+    #[test]
+    fn predictive_scaling_matches_the_seed() {
+        // 4 replicas at load 400 (100 each), predicted 900 -> 9 + 1 = 10, capped at 8.
+        assert_eq!(predictive_target(4, 900.0, 400.0, 8), 8);
+        assert_eq!(predictive_target(4, 900.0, 400.0, 20), 10);
+        // Never scales down.
+        assert_eq!(predictive_target(4, 100.0, 400.0, 20), 4);
+    }
+}

@@ -1,0 +1,265 @@
+--[[
+decide.lua: claim an incident id and check (and possibly reserve) every guardrail, atomically.
+
+One script, one round trip: the idempotency claim and the reservation cannot be separated by a
+crash or by another replica. Time is Redis `TIME`, never a worker's clock, so every replica
+agrees on every window. Mirrors `MemoryStore::decide` (src/guardrails/memory.rs) line by line.
+
+KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot script in Cluster)
+  1  inc:<incident>            hash    state claimed|executing|done, worker, attempt, lease_until,
+                                       source, outcomes, answer (JSON of this attempt's reply)
+  2  rate:<runbook>:<service>  zset    member incident id, score reservation time (ms)
+  3  cb:<runbook>              hash    state CLOSED|OPEN|HALF_OPEN, failures, opened_at, probe
+  4  leases                    zset    member attempt, score lease expiry (ms); in-flight actions
+  5  services                  zset    member service, score last touched (ms)
+  6  rbsvc:<runbook>           zset    member service, score last touched by this runbook (ms)
+  7  epoch                     string  generation id of the store's data
+  8  conservative_until        string  ms; also marks "this generation's loss was noticed"
+
+ARGV
+  1  incident id          2  attempt              3  worker
+  4  source               5  has_source 0|1       6  lease_ms
+  7  claim_grace_ms (claimed/executing records live lease_ms + this)
+  8  mode record|check|reserve
+  9  outcomes (record)    10 ttl_ms (record)
+  11 service              12 max_per_hour         13 rate_window_ms
+  14 cooldown_ms          15 recovery_ms          16 max_concurrent_actions
+  17 max_affected_services                        18 services_window_ms
+  19 runbook_max_services (the runbook's blast_radius_limit; 0 = no per-runbook limit)
+  20 conservative_ms      21 remembered epoch ('' = none yet)
+  22 candidate epoch (a fresh uuid, used if this call creates the epoch)
+
+Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless this call read it:
+  { epoch, 'recorded' }
+  { epoch, 'allowed', probe 0|1, conservative 0|1 }
+  { epoch, 'blocked', guardrail, detail }
+  { epoch, 'duplicate', outcomes, same_source 0|1 }
+  { epoch, 'in_progress', worker, retry_after_ms }
+  { epoch, 'interrupted', worker }
+]]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+-- Whole seconds for humans, rounded up so "0s remaining" never appears while still blocked.
+local function ceil_s(ms)
+  return fmt(math.ceil(ms / 1000))
+end
+
+local K_INC, K_RATE, K_CB, K_LEASES, K_SERVICES, K_RBSVC, K_EPOCH, K_CONS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local incident, attempt, worker = ARGV[1], ARGV[2], ARGV[3]
+local source, has_source = ARGV[4], ARGV[5] == '1'
+local lease_ms, grace = tonumber(ARGV[6]), tonumber(ARGV[7])
+local mode = ARGV[8]
+
+local epoch = ''
+
+-- Every answer of this attempt is cached in its record, so a retry of the same attempt (after
+-- a timeout whose effect is unknown) gets the same answer and never reserves twice.
+local function reply(answer)
+  redis.call('HSET', K_INC, 'answer', cjson.encode(answer))
+  local out = { epoch }
+  for i = 1, #answer do
+    out[#out + 1] = answer[i]
+  end
+  return out
+end
+
+-- 1. Idempotency.
+local rec = redis.call('HMGET', K_INC, 'state', 'worker', 'attempt', 'lease_until', 'source',
+  'outcomes', 'answer')
+local r_state, r_worker, r_attempt, r_lease, r_source, r_outcomes, r_answer =
+  rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7]
+local interrupted = nil
+if r_state then
+  if r_attempt == attempt and r_answer then
+    local cached = cjson.decode(r_answer)
+    local out = { '' }
+    for i = 1, #cached do
+      out[#out + 1] = cached[i]
+    end
+    return out
+  end
+  if r_state == 'done' then
+    local same = has_source and r_source == source
+    return { '', 'duplicate', r_outcomes or '[]', same and '1' or '0' }
+  end
+  local lease_until = tonumber(r_lease) or 0
+  if lease_until > now then
+    return { '', 'in_progress', r_worker or '', fmt(lease_until - now) }
+  end
+  -- The holder's lease expired: it crashed (or stalled past its lease). A claim that never
+  -- started an action is simply taken over; one that may have acted must never act again.
+  if r_state == 'executing' then
+    interrupted = r_worker or ''
+  end
+end
+
+-- Claim (fresh, or take over an expired claim). The record outlives the lease by a grace
+-- period so a redelivery after a crash still finds an `executing` record and is Interrupted.
+redis.call('DEL', K_INC)
+if has_source then
+  redis.call('HSET', K_INC, 'state', 'claimed', 'worker', worker, 'attempt', attempt,
+    'lease_until', fmt(now + lease_ms), 'source', source)
+else
+  redis.call('HSET', K_INC, 'state', 'claimed', 'worker', worker, 'attempt', attempt,
+    'lease_until', fmt(now + lease_ms))
+end
+redis.call('PEXPIRE', K_INC, lease_ms + grace)
+
+if interrupted then
+  return reply({ 'interrupted', interrupted })
+end
+
+-- 3. Record: the decision is final without guardrails.
+if mode == 'record' then
+  redis.call('HSET', K_INC, 'state', 'done', 'outcomes', ARGV[9])
+  local r = reply({ 'recorded' })
+  redis.call('PEXPIRE', K_INC, ARGV[10])
+  return r
+end
+
+local reserve = mode == 'reserve'
+local service = ARGV[11]
+local max_per_hour, window, cooldown = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local recovery = tonumber(ARGV[15])
+local max_concurrent, max_services = tonumber(ARGV[16]), tonumber(ARGV[17])
+local services_window, rb_max_services = tonumber(ARGV[18]), tonumber(ARGV[19])
+local conservative_ms = tonumber(ARGV[20])
+local remembered, candidate = ARGV[21], ARGV[22]
+
+local function blocked(guardrail, detail)
+  return reply({ 'blocked', guardrail, detail })
+end
+
+-- 4a. Epoch. The epoch key is written once per generation of Redis data (SET NX at connect).
+-- A worker that remembers an epoch and finds it missing knows the data was lost (restart without
+-- persistence, failover that lost writes, FLUSHALL): counters, leases and circuits are gone, so
+-- every circuit runs half-open for conservative_ms. A worker that remembers a different epoch
+-- than the stored one knows the same (someone re-created the key after a loss); it declares
+-- conservative mode unless that generation's loss was already noticed (conservative_until
+-- exists; it has no TTL and only a data loss removes it), then adopts the stored epoch. A worker
+-- that remembers nothing (Redis was down when it started) cannot tell a fresh deployment from a
+-- loss and assumes fresh, like SET NX at connect.
+local stored = redis.call('GET', K_EPOCH)
+if not stored then
+  if remembered ~= '' then
+    stored = remembered
+    redis.call('SET', K_CONS, fmt(now + conservative_ms))
+  else
+    stored = candidate
+  end
+  redis.call('SET', K_EPOCH, stored)
+elseif remembered ~= '' and stored ~= remembered and redis.call('EXISTS', K_CONS) == 0 then
+  redis.call('SET', K_CONS, fmt(now + conservative_ms))
+end
+epoch = stored
+local conservative = (tonumber(redis.call('GET', K_CONS)) or 0) > now
+
+-- 4b. Circuit breaker.
+local cb = redis.call('HMGET', K_CB, 'state', 'opened_at', 'probe')
+local c_state, opened_at, probe = cb[1] or 'CLOSED', tonumber(cb[2]) or 0, cb[3]
+local take_probe = false
+if c_state == 'OPEN' then
+  local wait = opened_at + recovery - now
+  if wait > 0 then
+    return blocked('circuit_open', 'circuit open (' .. ceil_s(wait) .. 's until half-open)')
+  end
+  -- Recovery passed: the first Reserve that passes every other guardrail becomes the probe
+  -- (and moves the circuit to HALF_OPEN); a Check only reports that it would be allowed.
+  take_probe = reserve
+elseif c_state == 'HALF_OPEN' or conservative then
+  -- Exactly one probe: a probe is live while its attempt holds a live lease in `leases`, so
+  -- the probe and its blast-radius lease expire (or are renewed) together. This script is
+  -- atomic, so of any number of concurrent callers only the first sees no live probe.
+  local live = false
+  if probe then
+    local s = tonumber(redis.call('ZSCORE', K_LEASES, probe))
+    live = s ~= nil and s > now
+  end
+  if live then
+    if c_state == 'HALF_OPEN' then
+      return blocked('circuit_open', 'circuit half-open, probe in flight')
+    end
+    return blocked('circuit_open', 'circuit half-open (conservative mode), probe in flight')
+  end
+  take_probe = reserve
+end
+
+-- 4c. Rate limit: exact sliding window. An entry counts while now - score < window. Entries are
+-- kept max(window, cooldown) because the cooldown reads the newest one.
+local keep = math.max(window, cooldown, 1)
+redis.call('ZREMRANGEBYSCORE', K_RATE, '-inf', fmt(now - keep))
+local count = redis.call('ZCOUNT', K_RATE, '(' .. fmt(now - window), '+inf')
+if count >= max_per_hour then
+  if max_per_hour <= 0 then
+    return blocked('rate_limit', 'rate limit 0/hour reached (no executions allowed)')
+  end
+  -- The next slot frees when the entry that would bring the count below the limit leaves.
+  local e = redis.call('ZRANGEBYSCORE', K_RATE, '(' .. fmt(now - window), '+inf', 'WITHSCORES',
+    'LIMIT', count - max_per_hour, 1)
+  local next_ms = window
+  if e[2] then
+    next_ms = tonumber(e[2]) + window - now
+  end
+  return blocked('rate_limit', 'rate limit ' .. fmt(max_per_hour) .. '/hour reached (next slot in '
+    .. ceil_s(next_ms) .. 's)')
+end
+
+-- 4d. Cooldown since the newest execution of (runbook, service).
+if cooldown > 0 then
+  local newest = redis.call('ZRANGE', K_RATE, -1, -1, 'WITHSCORES')
+  if newest[2] then
+    local remaining = tonumber(newest[2]) + cooldown - now
+    if remaining > 0 then
+      return blocked('cooldown', 'cooldown active (' .. ceil_s(remaining) .. 's remaining)')
+    end
+  end
+end
+
+-- 4e. Blast radius: actions in flight (live leases), distinct services in the window, then
+-- distinct services this runbook touched in the same window.
+redis.call('ZREMRANGEBYSCORE', K_LEASES, '-inf', fmt(now))
+if redis.call('ZCARD', K_LEASES) >= max_concurrent then
+  return blocked('blast_radius', 'max concurrent actions (' .. fmt(max_concurrent) .. ') in flight')
+end
+redis.call('ZREMRANGEBYSCORE', K_SERVICES, '-inf', fmt(now - services_window))
+if not redis.call('ZSCORE', K_SERVICES, service)
+    and redis.call('ZCARD', K_SERVICES) >= max_services then
+  return blocked('blast_radius', 'max affected services (' .. fmt(max_services)
+    .. ') in window reached')
+end
+-- Trimmed and (on Reserve) touched whatever the limit, so a limit added to a runbook counts the
+-- services it touched before the change.
+redis.call('ZREMRANGEBYSCORE', K_RBSVC, '-inf', fmt(now - services_window))
+if rb_max_services > 0 and not redis.call('ZSCORE', K_RBSVC, service)
+    and redis.call('ZCARD', K_RBSVC) >= rb_max_services then
+  local unit = rb_max_services == 1 and ' service' or ' services'
+  return blocked('blast_radius', 'runbook blast radius (' .. fmt(rb_max_services) .. unit
+    .. ' per window) reached')
+end
+
+-- 4f. Allowed. Reserve takes every slot at once; Check leaves the incident claimed only.
+if reserve then
+  -- Member is the incident id: re-reserving the same incident (after a NotRun finish) moves its
+  -- entry instead of adding one, since it is still at most one execution.
+  redis.call('ZADD', K_RATE, now, incident)
+  redis.call('PEXPIRE', K_RATE, keep)
+  redis.call('ZADD', K_LEASES, now + lease_ms, attempt)
+  redis.call('ZADD', K_SERVICES, now, service)
+  redis.call('ZADD', K_RBSVC, now, service)
+  redis.call('PEXPIRE', K_RBSVC, math.max(services_window, 1))
+  if take_probe then
+    local next_state = c_state
+    if c_state == 'OPEN' then
+      next_state = 'HALF_OPEN'
+    end
+    redis.call('HSET', K_CB, 'state', next_state, 'probe', attempt)
+  end
+  redis.call('HSET', K_INC, 'state', 'executing')
+end
+return reply({ 'allowed', take_probe and '1' or '0', conservative and '1' or '0' })

@@ -1,0 +1,336 @@
+//! Shared guardrails: the one truth every replica consults before it acts.
+//!
+//! A decision asks the store one question ([`GuardrailStore::decide`]) that claims the incident
+//! id (idempotency) and, when the decision would act, checks and reserves every guardrail of
+//! DESIGN.md §2 atomically: circuit breaker, sliding-hour rate limit, cooldown and blast radius.
+//! After an execution, [`GuardrailStore::finish`] releases the reservation and feeds the circuit
+//! breaker; [`GuardrailStore::record`] stores the final outcome so a redelivered incident
+//! re-publishes it instead of acting again.
+//!
+//! Two implementations pass one behaviour suite (`tests/common/guardrail_suite.rs`):
+//! [`memory::MemoryStore`] (demo, replay, unit tests) and [`redis::RedisStore`] (production; one
+//! Lua script per call, Redis `TIME`, one hash-tagged key space).
+
+pub mod memory;
+pub mod redis;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Which guardrail stopped a decision (`outcome.guardrail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guardrail {
+    /// More than `max_per_hour` executions of (runbook, service) in the sliding window.
+    RateLimit,
+    /// The previous execution of (runbook, service) was less than `cooldown_minutes` ago.
+    Cooldown,
+    /// The runbook's circuit breaker is OPEN, or HALF_OPEN with its one probe in flight.
+    CircuitOpen,
+    /// Too many actions in flight, or too many distinct services touched in the window (across
+    /// all runbooks, or by this runbook).
+    BlastRadius,
+    /// The store could not be reached; nothing is executed without its guardrails.
+    StoreUnavailable,
+}
+
+impl Guardrail {
+    /// The wire name, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guardrail::RateLimit => "rate_limit",
+            Guardrail::Cooldown => "cooldown",
+            Guardrail::CircuitOpen => "circuit_open",
+            Guardrail::BlastRadius => "blast_radius",
+            Guardrail::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// Parse the wire name (used by the Redis store's script answers).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "rate_limit" => Guardrail::RateLimit,
+            "cooldown" => Guardrail::Cooldown,
+            "circuit_open" => Guardrail::CircuitOpen,
+            "blast_radius" => Guardrail::BlastRadius,
+            "store_unavailable" => Guardrail::StoreUnavailable,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Guardrail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Circuit breaker state of one runbook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CircuitState {
+    /// Normal operation.
+    Closed,
+    /// Blocked after `failure_threshold` consecutive failures, until `recovery_timeout` passes.
+    Open,
+    /// Recovery test: exactly one execution (the probe) may run across all replicas.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// Gauge value exported as `remediator_circuit_state` (0 closed, 1 half-open, 2 open).
+    pub fn gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
+
+    /// Parse the store's name for the state.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "CLOSED" => CircuitState::Closed,
+            "OPEN" => CircuitState::Open,
+            "HALF_OPEN" => CircuitState::HalfOpen,
+            _ => return None,
+        })
+    }
+
+    /// The store's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "CLOSED",
+            CircuitState::Open => "OPEN",
+            CircuitState::HalfOpen => "HALF_OPEN",
+        }
+    }
+}
+
+/// The numbers one guarded decision is held to, resolved from the runbook and worker config.
+///
+/// Durations are in milliseconds so tests can run the real Redis scripts with short windows;
+/// production uses `rate_window_ms = 3_600_000` (the contract's sliding hour).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// At most this many executions of (runbook, service) in any `rate_window_ms` window.
+    pub max_per_hour: u32,
+    /// Length of the sliding rate-limit window.
+    pub rate_window_ms: u64,
+    /// No execution of (runbook, service) within this long after the previous one.
+    pub cooldown_ms: u64,
+    /// Consecutive failed executions of the runbook that open its circuit.
+    pub failure_threshold: u32,
+    /// How long an OPEN circuit stays open before one probe is allowed (HALF_OPEN).
+    pub recovery_ms: u64,
+    /// Executions in flight across all replicas and runbooks.
+    pub max_concurrent_actions: u32,
+    /// Distinct services touched across all runbooks within `services_window_ms`.
+    pub max_affected_services: u32,
+    /// Distinct services touched by this runbook within `services_window_ms` (the runbook's
+    /// `blast_radius_limit`); a service it already touched in the window is always allowed.
+    /// 0 = no per-runbook limit.
+    pub runbook_max_services: u32,
+    /// Window of the affected-services counts (global and per runbook).
+    pub services_window_ms: u64,
+    /// After an epoch change (state lost), run conservatively (circuits half-open) this long.
+    pub conservative_ms: u64,
+}
+
+/// What a guarded decision is about: the runbook and the (primary) service it would touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Runbook id.
+    pub runbook: String,
+    /// Primary service of the incident.
+    pub service: String,
+}
+
+/// What the caller wants from [`GuardrailStore::decide`] besides claiming the incident id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// The decision is already final without guardrails (expired, manual, low confidence):
+    /// claim the id and store `outcomes` (a JSON array of outcome events) in the same step.
+    Record {
+        /// JSON array of the outcome events to store.
+        outcomes: String,
+        /// How long the done record is kept (the idempotency horizon).
+        ttl_ms: u64,
+    },
+    /// Check the guardrails without reserving anything (approval_required, suggest). The
+    /// incident is claimed; the caller stores the final outcome with [`GuardrailStore::record`].
+    Check {
+        /// Runbook and service.
+        scope: Scope,
+        /// Limits to check.
+        limits: Limits,
+    },
+    /// Check and reserve (execute, dry-run): on success a rate-limit slot, the cooldown, a
+    /// blast-radius lease and possibly the circuit probe are held until [`GuardrailStore::finish`].
+    Reserve {
+        /// Runbook and service.
+        scope: Scope,
+        /// Limits to check and reserve against.
+        limits: Limits,
+    },
+}
+
+/// One call of [`GuardrailStore::decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecideRequest {
+    /// The incident id (idempotency key).
+    pub incident_id: String,
+    /// Unique per processing attempt. Repeating a call with the same attempt (after a timeout
+    /// whose effect is unknown) returns the first call's answer instead of reserving twice.
+    pub attempt: String,
+    /// Replica identity, stored with the claim for operators.
+    pub worker: String,
+    /// Where the incident came from (`topic/partition/offset`), if from Kafka. A redelivery of
+    /// the same message is answered `Duplicate { same_source: true }` so its recorded outcome is
+    /// re-published; a second message with the same id is a genuine duplicate.
+    pub source: Option<String>,
+    /// How long the claim and any reservation live unless renewed; a crashed replica's claim
+    /// and slots free themselves when it expires.
+    pub lease_ms: u64,
+    /// What to check or reserve.
+    pub admission: Admission,
+}
+
+/// The store's answer to [`GuardrailStore::decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecideAnswer {
+    /// `Admission::Record`: the incident was new; its outcome is stored and it is done.
+    Recorded,
+    /// `Check`/`Reserve`: every guardrail allows it. For `Reserve`, `probe` says this execution
+    /// is the circuit's single HALF_OPEN probe, and `conservative` that the store lost its state
+    /// recently (epoch change) so the circuit is treated as half-open.
+    Allowed {
+        /// This execution is the one HALF_OPEN probe.
+        probe: bool,
+        /// The store is in conservative mode after losing state.
+        conservative: bool,
+    },
+    /// `Check`/`Reserve`: a guardrail says no; nothing was reserved. The incident is claimed.
+    Blocked {
+        /// Which guardrail.
+        guardrail: Guardrail,
+        /// Human-readable detail, e.g. `cooldown active (212s remaining)`.
+        detail: String,
+    },
+    /// The incident id was handled before: its recorded outcomes (JSON array) and whether this
+    /// request comes from the same source message (a redelivery) or is a new duplicate.
+    Duplicate {
+        /// JSON array of the recorded outcome events.
+        outcomes: String,
+        /// Same `source` as the recorded one.
+        same_source: bool,
+    },
+    /// Another replica holds a live claim on the incident; ask again later.
+    InProgress {
+        /// The replica holding it.
+        worker: String,
+        /// Milliseconds until its lease expires.
+        retry_after_ms: u64,
+    },
+    /// A previous attempt started executing and its replica died before finishing. The action
+    /// may or may not have happened, so it is never run again: the caller (now holding the
+    /// claim) records a final `aborted` outcome.
+    Interrupted {
+        /// The replica that crashed.
+        worker: String,
+    },
+}
+
+/// How an execution ended, for the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecResult {
+    /// Post-checks passed (or a dry run simulated success).
+    Success,
+    /// Post-checks failed (rolled back or not).
+    Failure,
+    /// The rollback itself failed: open the circuit now, whatever the count.
+    ForceOpen,
+    /// Nothing ran (pre-check aborted, invalid template): release without touching the circuit.
+    NotRun,
+}
+
+/// One call of [`GuardrailStore::finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishRequest {
+    /// The incident id.
+    pub incident_id: String,
+    /// The attempt that reserved.
+    pub attempt: String,
+    /// Runbook and service of the reservation.
+    pub scope: Scope,
+    /// Circuit breaker settings.
+    pub limits: Limits,
+    /// How it ended.
+    pub result: ExecResult,
+}
+
+/// The circuit after [`GuardrailStore::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishAnswer {
+    /// State after this result.
+    pub circuit: CircuitState,
+    /// Consecutive failures after this result.
+    pub failures: u32,
+    /// This result moved the circuit to OPEN.
+    pub opened: bool,
+}
+
+/// Snapshot of one runbook's circuit, for metrics and `remediator runbooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitSnapshot {
+    /// Current state (OPEN past its recovery timeout still reads OPEN until a decision moves it).
+    pub state: CircuitState,
+    /// Consecutive failures.
+    pub failures: u32,
+}
+
+/// Errors of a store. Every one of them means "do not act": callers fail closed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time.
+    #[error("guardrail store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version does not understand.
+    #[error("guardrail store protocol error: {0}")]
+    Protocol(String),
+}
+
+/// The guardrail store shared by all replicas.
+#[async_trait::async_trait]
+pub trait GuardrailStore: Send + Sync {
+    /// Claim the incident and check (and possibly reserve) its guardrails, atomically.
+    async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError>;
+
+    /// Extend the claim, the blast-radius lease and any probe of an attempt that is still
+    /// running, so long actions keep their slot while a crashed replica's slot expires.
+    ///
+    /// A no-op (still `Ok`) when the attempt no longer owns the incident (another attempt took
+    /// over its expired claim) or the incident is done. Only a still-live blast-radius lease is
+    /// extended: one that already lapsed may have been counted as free by another decision.
+    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError>;
+
+    /// Release the reservation of an attempt and feed its result to the circuit breaker.
+    ///
+    /// Idempotent per attempt (a retry returns the first answer). After `Success`, `Failure` or
+    /// `ForceOpen` the incident stays "executing" until [`GuardrailStore::record`]: if the
+    /// replica dies in between, a redelivery is answered `Interrupted`, never run again. After
+    /// `NotRun` it is merely claimed. A finish from an attempt that no longer holds the HALF_OPEN
+    /// probe never closes the circuit (see `finish.lua`).
+    async fn finish(&self, req: &FinishRequest) -> Result<FinishAnswer, StoreError>;
+
+    /// Store the final outcomes (JSON array) of an incident and mark it done for `ttl_ms`.
+    ///
+    /// A no-op (still `Ok`) when another attempt owns the incident; it records its own outcome.
+    async fn record(&self, incident_id: &str, attempt: &str, outcomes: &str, ttl_ms: u64) -> Result<(), StoreError>;
+
+    /// Read a runbook's circuit (no side effects).
+    async fn circuit(&self, runbook: &str) -> Result<CircuitSnapshot, StoreError>;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,549 @@
+//! The production guardrail store: Redis, one Lua script per call, Redis `TIME`.
+//!
+//! Every replica asks the same Redis, and every question is one atomic script (one `EVALSHA`
+//! round trip; `SCRIPT LOAD` only after a `NOSCRIPT`, which is what
+//! [`redis::ScriptInvocation::invoke_async`] does), so limits hold exactly across replicas while
+//! Redis keeps its acknowledged writes. The scripts live beside this file (`decide.lua`,
+//! `renew.lua`, `finish.lua`, `record.lua`), each opening with the keys, arguments and reply it
+//! uses; `memory.rs` mirrors them for the single-process store.
+//!
+//! # Key space
+//! Every key starts with `{<key_prefix>}:` — one Redis Cluster hash tag for the whole store, so
+//! every script is single-slot. One tag and not one per runbook or service because the scripts
+//! cross those lines by design: the blast-radius budget (`leases`, `services`) is global across
+//! runbooks and services, and the incident claim must be atomic with the reservation of a
+//! runbook's circuit, its per-runbook services (`rbsvc`) and a (runbook, service) rate limit.
+//! Splitting them over slots would need cross-slot transactions, which Cluster does not offer.
+//! The cost is that the store lives on one shard; at about one script per decision that is far
+//! below a shard's capacity.
+//!
+//! ```text
+//! {p}:inc:<incident>           hash    claim / outcome of one incident id
+//! {p}:rate:<runbook>:<service> zset    incident id -> reservation ms (rate limit, cooldown)
+//! {p}:cb:<runbook>             hash    circuit breaker
+//! {p}:leases                   zset    attempt -> lease expiry ms (actions in flight)
+//! {p}:services                 zset    service -> last touched ms
+//! {p}:rbsvc:<runbook>          zset    service -> last touched by this runbook ms
+//! {p}:epoch                    string  generation of the data (detects a wipe)
+//! {p}:conservative_until       string  ms; end of conservative mode after a detected wipe
+//! ```
+//! Ids are escaped (`%` → `%25`, `:` → `%3A`) so `rate:a:b:c` cannot mean two things.
+//!
+//! # Failure
+//! Every call is bounded by the configured timeout (connection, response, and an outer
+//! [`tokio::time::timeout`] covering reconnects and `NOSCRIPT` reloads); any I/O problem is
+//! [`StoreError::Unavailable`] and callers fail closed. The connection is a
+//! [`ConnectionManager`] (one multiplexed connection, reconnected in the background), created
+//! lazily so a worker can start while Redis is down and become ready when it returns.
+
+use super::memory::CLAIM_GRACE_MS;
+use super::{
+    Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
+    Guardrail, GuardrailStore, StoreError,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The four scripts, hashed once (their SHA1 is what `EVALSHA` sends).
+struct Scripts {
+    decide: Script,
+    renew: Script,
+    finish: Script,
+    record: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            decide: Script::new(include_str!("decide.lua")),
+            renew: Script::new(include_str!("renew.lua")),
+            finish: Script::new(include_str!("finish.lua")),
+            record: Script::new(include_str!("record.lua")),
+        }
+    }
+}
+
+/// Guardrail store shared by all replicas through Redis; see the module documentation.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    key_prefix: String,
+    /// `{<key_prefix>}:`, the start of every key.
+    tag: String,
+    timeout: Duration,
+    /// The data generation this worker last saw (`epoch` key). `None` until Redis was reached
+    /// once. Passed to `decide.lua`, which detects a wipe when the stored one is missing or
+    /// different, and updated from its answer (the worker adopts the stored epoch).
+    epoch: Mutex<Option<String>>,
+    /// Written as the epoch if this worker is the first to reach an empty Redis.
+    candidate_epoch: String,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Escape an id for use inside a key: `:` separates key parts, so it (and the escape character
+/// itself) must not appear raw.
+fn escape(id: &str) -> String {
+    id.replace('%', "%25").replace(':', "%3A")
+}
+
+/// Classify a client error. Only an answer we cannot interpret (a reply of the wrong shape, a
+/// script that failed on data it did not expect) is a protocol error; everything else — refused,
+/// reset, timed out, loading, read-only replica, cluster down, out of memory — means the store is
+/// not usable right now.
+fn classify(op: &str, e: RedisError) -> StoreError {
+    let script_error =
+        matches!(e.code(), Some("ERR" | "WRONGTYPE")) && e.detail().is_some_and(|d| d.contains("script"));
+    if script_error || matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
+        StoreError::Protocol(format!("{op}: {e}"))
+    } else {
+        StoreError::Unavailable(format!("{op}: {e}"))
+    }
+}
+
+/// A script's reply as the flat array of strings every script returns.
+fn strings(op: &str, v: Value) -> Result<Vec<String>, StoreError> {
+    let Value::Array(items) = v else {
+        return Err(StoreError::Protocol(format!("{op}: expected an array, got {v:?}")));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::BulkString(b) => {
+                String::from_utf8(b).map_err(|e| StoreError::Protocol(format!("{op}: reply is not UTF-8: {e}")))
+            }
+            Value::SimpleString(s) => Ok(s),
+            other => Err(StoreError::Protocol(format!("{op}: expected a string, got {other:?}"))),
+        })
+        .collect()
+}
+
+fn flag(op: &str, s: &str) -> Result<bool, StoreError> {
+    match s {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        _ => Err(StoreError::Protocol(format!("{op}: expected 0 or 1, got {s:?}"))),
+    }
+}
+
+fn number<T: std::str::FromStr>(op: &str, s: &str) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Protocol(format!("{op}: expected a number, got {s:?}")))
+}
+
+/// `decide.lua`'s reply: the epoch it read (empty if none) and the answer.
+fn parse_decide(reply: &[String]) -> Result<(&str, DecideAnswer), StoreError> {
+    const OP: &str = "decide";
+    let [epoch, kind, rest @ ..] = reply else {
+        return Err(StoreError::Protocol(format!("{OP}: short reply {reply:?}")));
+    };
+    let answer = match (kind.as_str(), rest) {
+        ("recorded", []) => DecideAnswer::Recorded,
+        ("allowed", [probe, conservative]) => DecideAnswer::Allowed {
+            probe: flag(OP, probe)?,
+            conservative: flag(OP, conservative)?,
+        },
+        ("blocked", [guardrail, detail]) => DecideAnswer::Blocked {
+            guardrail: Guardrail::parse(guardrail)
+                .ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown guardrail {guardrail:?}")))?,
+            detail: detail.clone(),
+        },
+        ("duplicate", [outcomes, same_source]) => DecideAnswer::Duplicate {
+            outcomes: outcomes.clone(),
+            same_source: flag(OP, same_source)?,
+        },
+        ("in_progress", [worker, retry_after_ms]) => DecideAnswer::InProgress {
+            worker: worker.clone(),
+            retry_after_ms: number(OP, retry_after_ms)?,
+        },
+        ("interrupted", [worker]) => DecideAnswer::Interrupted { worker: worker.clone() },
+        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
+    };
+    Ok((epoch, answer))
+}
+
+/// `finish.lua`'s reply: the answer and whether the attempt still owned the incident.
+fn parse_finish(reply: &[String]) -> Result<(FinishAnswer, bool), StoreError> {
+    const OP: &str = "finish";
+    let [state, failures, opened, owner] = reply else {
+        return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}")));
+    };
+    let circuit = CircuitState::parse(state)
+        .ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown circuit state {state:?}")))?;
+    let current = match owner.as_str() {
+        "current" => true,
+        "stale" => false,
+        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected owner {owner:?}"))),
+    };
+    Ok((
+        FinishAnswer {
+            circuit,
+            failures: number(OP, failures)?,
+            opened: flag(OP, opened)?,
+        },
+        current,
+    ))
+}
+
+/// The `renewed`/`recorded` or `stale` status of `renew.lua` and `record.lua`.
+fn parse_status(op: &str, ok: &str, reply: &[String]) -> Result<bool, StoreError> {
+    match reply {
+        [s] if s == ok => Ok(true),
+        [s] if s == "stale" => Ok(false),
+        _ => Err(StoreError::Protocol(format!("{op}: unexpected reply {reply:?}"))),
+    }
+}
+
+impl RedisStore {
+    /// Connect to `url` (`redis://host:port[/db]`, `rediss://…`) with every key under
+    /// `{<key_prefix>}:`.
+    ///
+    /// The connection is made lazily: this returns `Ok` even when Redis is down (every call then
+    /// fails with [`StoreError::Unavailable`] until it is back), so a worker starts, reports not
+    /// ready and pauses consumption instead of crash-looping. If Redis answers now, the epoch is
+    /// initialised (`SET epoch <uuid> NX`, then `GET`); otherwise the first decision does it.
+    /// `timeout` bounds the connection, every response and every whole call (≈200 ms in
+    /// production, DESIGN.md §2).
+    ///
+    /// Errors: an unparsable URL or a `key_prefix` that is empty or contains `{`/`}` (it is the
+    /// hash tag), both reported as `Unavailable` since the store cannot be used.
+    pub async fn connect(url: &str, key_prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!(
+                "invalid guardrail key prefix {key_prefix:?}: must be non-empty without '{{' or '}}'"
+            )));
+        }
+        // The URL may carry a password: name the problem, not the URL.
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {}", e.category())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Retries happen inside one call's wait for the connection; the outer timeout cuts
+            // them short anyway, and the next call starts a fresh reconnect.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| classify("connect", e))?;
+        let store = Self {
+            conn,
+            key_prefix: key_prefix.to_owned(),
+            tag: format!("{{{key_prefix}}}:"),
+            timeout,
+            epoch: Mutex::new(None),
+            candidate_epoch: uuid::Uuid::new_v4().to_string(),
+            scripts: Scripts::new(),
+        };
+        match store.init_epoch().await {
+            Ok(epoch) => store.adopt_epoch(&epoch),
+            Err(e) => tracing::warn!(error = %e, "guardrail store not reachable at start-up; will retry on use"),
+        }
+        Ok(store)
+    }
+
+    /// The configured key prefix (keys start with `{<key_prefix>}:`).
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Full key name for `parts` joined by `:`, each escaped.
+    fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.tag.clone();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                key.push(':');
+            }
+            key.push_str(&escape(part));
+        }
+        key
+    }
+
+    fn inc_key(&self, incident_id: &str) -> String {
+        self.key(&["inc", incident_id])
+    }
+
+    fn cb_key(&self, runbook: &str) -> String {
+        self.key(&["cb", runbook])
+    }
+
+    /// `SET epoch <candidate> NX` then `GET epoch`, in one transaction: the stored generation.
+    async fn init_epoch(&self) -> Result<String, StoreError> {
+        let key = self.key(&["epoch"]);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&self.candidate_epoch)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key);
+        let fut = pipe.query_async::<(Option<String>,)>(&mut conn);
+        match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => Err(self.timed_out("init epoch")),
+            Ok(Err(e)) => Err(classify("init epoch", e)),
+            Ok(Ok((Some(epoch),))) => Ok(epoch),
+            Ok(Ok((None,))) => Err(StoreError::Protocol(
+                "init epoch: epoch missing right after SET NX".into(),
+            )),
+        }
+    }
+
+    /// Remember the store's epoch (see the `epoch` field).
+    fn adopt_epoch(&self, epoch: &str) {
+        if epoch.is_empty() {
+            return;
+        }
+        let mut current = self.epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_deref() != Some(epoch) {
+            if let Some(previous) = current.as_deref() {
+                tracing::warn!(previous, epoch, "guardrail store epoch changed: Redis lost its data");
+            }
+            *current = Some(epoch.to_owned());
+        }
+    }
+
+    fn timed_out(&self, op: &str) -> StoreError {
+        StoreError::Unavailable(format!("{op}: no answer within {} ms", self.timeout.as_millis()))
+    }
+
+    /// Run one script invocation within the timeout and return its flat string reply.
+    async fn run(&self, op: &str, invocation: &ScriptInvocation<'_>) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await {
+            Err(_) => Err(self.timed_out(op)),
+            Ok(Err(e)) => Err(classify(op, e)),
+            Ok(Ok(v)) => strings(op, v),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl GuardrailStore for RedisStore {
+    async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError> {
+        let mut inv = self.scripts.decide.prepare_invoke();
+        let (mode, scope, limits, outcomes, ttl_ms) = match &req.admission {
+            Admission::Record { outcomes, ttl_ms } => ("record", None, None, outcomes.as_str(), *ttl_ms),
+            Admission::Check { scope, limits } => ("check", Some(scope), Some(limits), "", 0),
+            Admission::Reserve { scope, limits } => ("reserve", Some(scope), Some(limits), "", 0),
+        };
+        // Record needs no scope; its rate, circuit and rbsvc keys are placeholders the script
+        // never touches (still under the tag, so the script stays single-slot).
+        let (runbook, service) = scope.map_or(("", ""), |s| (s.runbook.as_str(), s.service.as_str()));
+        inv.key(self.inc_key(&req.incident_id))
+            .key(self.key(&["rate", runbook, service]))
+            .key(self.cb_key(runbook))
+            .key(self.key(&["leases"]))
+            .key(self.key(&["services"]))
+            .key(self.key(&["rbsvc", runbook]))
+            .key(self.key(&["epoch"]))
+            .key(self.key(&["conservative_until"]));
+        let remembered = self
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        inv.arg(&req.incident_id)
+            .arg(&req.attempt)
+            .arg(&req.worker)
+            .arg(req.source.as_deref().unwrap_or(""))
+            .arg(if req.source.is_some() { "1" } else { "0" })
+            .arg(req.lease_ms)
+            .arg(CLAIM_GRACE_MS)
+            .arg(mode)
+            .arg(outcomes)
+            .arg(ttl_ms.max(1))
+            .arg(service);
+        match limits {
+            Some(l) => inv
+                .arg(l.max_per_hour)
+                .arg(l.rate_window_ms)
+                .arg(l.cooldown_ms)
+                .arg(l.recovery_ms)
+                .arg(l.max_concurrent_actions)
+                .arg(l.max_affected_services)
+                .arg(l.services_window_ms)
+                .arg(l.runbook_max_services)
+                .arg(l.conservative_ms),
+            None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
+        };
+        inv.arg(remembered.as_deref().unwrap_or("")).arg(&self.candidate_epoch);
+
+        let reply = self.run("decide", &inv).await?;
+        let (epoch, answer) = parse_decide(&reply)?;
+        self.adopt_epoch(epoch);
+        Ok(answer)
+    }
+
+    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError> {
+        let mut inv = self.scripts.renew.prepare_invoke();
+        inv.key(self.inc_key(incident_id))
+            .key(self.key(&["leases"]))
+            .arg(attempt)
+            .arg(lease_ms)
+            .arg(CLAIM_GRACE_MS);
+        let reply = self.run("renew", &inv).await?;
+        if !parse_status("renew", "renewed", &reply)? {
+            tracing::debug!(incident_id, attempt, "guardrail renew of a stale attempt ignored");
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, req: &FinishRequest) -> Result<FinishAnswer, StoreError> {
+        let result = match req.result {
+            ExecResult::Success => "success",
+            ExecResult::Failure => "failure",
+            ExecResult::ForceOpen => "force_open",
+            ExecResult::NotRun => "not_run",
+        };
+        let mut inv = self.scripts.finish.prepare_invoke();
+        inv.key(self.inc_key(&req.incident_id))
+            .key(self.cb_key(&req.scope.runbook))
+            .key(self.key(&["leases"]))
+            .arg(&req.attempt)
+            .arg(result)
+            .arg(req.limits.failure_threshold);
+        let reply = self.run("finish", &inv).await?;
+        let (answer, current) = parse_finish(&reply)?;
+        if !current {
+            tracing::warn!(
+                incident_id = %req.incident_id,
+                attempt = %req.attempt,
+                "guardrail finish from an attempt that no longer owns the incident"
+            );
+        }
+        Ok(answer)
+    }
+
+    async fn record(&self, incident_id: &str, attempt: &str, outcomes: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let mut inv = self.scripts.record.prepare_invoke();
+        inv.key(self.inc_key(incident_id))
+            .arg(attempt)
+            .arg(outcomes)
+            .arg(ttl_ms.max(1));
+        let reply = self.run("record", &inv).await?;
+        if !parse_status("record", "recorded", &reply)? {
+            tracing::warn!(
+                incident_id,
+                attempt,
+                "guardrail record from an attempt that no longer owns the incident ignored"
+            );
+        }
+        Ok(())
+    }
+
+    async fn circuit(&self, runbook: &str) -> Result<CircuitSnapshot, StoreError> {
+        const OP: &str = "circuit";
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.cb_key(runbook)).arg("state").arg("failures");
+        let fut = cmd.query_async::<(Option<String>, Option<String>)>(&mut conn);
+        let (state, failures) = match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => return Err(self.timed_out(OP)),
+            Ok(Err(e)) => return Err(classify(OP, e)),
+            Ok(Ok(v)) => v,
+        };
+        let state = match state {
+            None => CircuitState::Closed,
+            Some(s) => {
+                CircuitState::parse(&s).ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown state {s:?}")))?
+            }
+        };
+        let failures = match failures {
+            None => 0,
+            Some(f) => number(OP, &f)?,
+        };
+        Ok(CircuitSnapshot { state, failures })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let fut = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => Err(self.timed_out("ping")),
+            Ok(Err(e)) => Err(classify("ping", e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_keeps_key_parts_unambiguous() {
+        assert_eq!(escape("a:b"), "a%3Ab");
+        assert_eq!(escape("100%:x"), "100%25%3Ax");
+        assert_ne!(
+            format!("{}:{}", escape("a:b"), escape("c")),
+            format!("{}:{}", escape("a"), escape("b:c"))
+        );
+    }
+
+    #[test]
+    fn decide_replies_parse_and_reject_bad_shapes() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let reply = s(&["e1", "allowed", "1", "0"]);
+        let (epoch, answer) = parse_decide(&reply).expect("allowed");
+        assert_eq!(epoch, "e1");
+        assert_eq!(
+            answer,
+            DecideAnswer::Allowed {
+                probe: true,
+                conservative: false
+            }
+        );
+        let (_, answer) = parse_decide(&s(&["", "blocked", "cooldown", "cooldown active (3s remaining)"])).expect("b");
+        assert_eq!(
+            answer,
+            DecideAnswer::Blocked {
+                guardrail: Guardrail::Cooldown,
+                detail: "cooldown active (3s remaining)".into()
+            }
+        );
+        for bad in [
+            s(&[]),
+            s(&["", "allowed", "1"]),
+            s(&["", "allowed", "yes", "0"]),
+            s(&["", "blocked", "nope", "x"]),
+            s(&["", "in_progress", "w", "-5"]),
+            s(&["", "teleported"]),
+        ] {
+            assert!(matches!(parse_decide(&bad), Err(StoreError::Protocol(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn finish_replies_parse_and_reject_bad_shapes() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (a, current) = parse_finish(&s(&["OPEN", "3", "1", "current"])).expect("finish");
+        assert_eq!(
+            a,
+            FinishAnswer {
+                circuit: CircuitState::Open,
+                failures: 3,
+                opened: true
+            }
+        );
+        assert!(current);
+        assert!(matches!(
+            parse_finish(&s(&["AJAR", "3", "1", "current"])),
+            Err(StoreError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_finish(&s(&["OPEN", "3", "1"])),
+            Err(StoreError::Protocol(_))
+        ));
+    }
+}

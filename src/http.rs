@@ -1,0 +1,80 @@
+//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
+//! `/readyz` (Kafka, the guardrail store and the executor are all reachable).
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// The router, separate from serving so tests can call it directly.
+pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(AppState { metrics, health })
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
+    let (kafka, store, executor) = s.health.snapshot();
+    let body = format!(
+        "kafka: {}\nstore: {}\nexecutor: {}\n",
+        word(kafka),
+        word(store),
+        word(executor)
+    );
+    let code = if kafka && store && executor {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+fn word(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "unavailable"
+    }
+}
+
+/// Bind `listen` and serve until shutdown. Returns the bound address (useful with port 0).
+pub async fn serve(
+    listen: &str,
+    metrics: Metrics,
+    health: Arc<Health>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(metrics, health);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok((addr, task))
+}

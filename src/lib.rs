@@ -1,0 +1,24 @@
+//! remediator: an auto-remediation worker.
+//!
+//! Incidents from an AIOps root-cause pipeline arrive on Kafka; each is matched to a runbook,
+//! decided (AUTO / APPROVAL / MANUAL, DESIGN.md §1.2), held to guardrails shared by every replica
+//! through Redis, executed, verified, rolled back on failure, and audited as outcome events.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod executor;
+pub mod guardrails;
+pub mod health;
+pub mod http;
+pub mod incident;
+pub mod kafka;
+pub mod metrics;
+pub mod outcome;
+pub mod pipeline;
+pub mod replay;
+pub mod runbook;
+pub mod shutdown;
+pub mod worker;

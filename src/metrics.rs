@@ -1,0 +1,161 @@
+//! Every metric the worker exports, defined once (names in README, DESIGN.md §1.5).
+//!
+//! A [`Metrics`] owns its own registry so tests, `demo` and `replay` never collide with each
+//! other or with a process-global registry.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of one worker.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `remediator_incidents_total{decision}`: outcomes of incidents by decision.
+    pub incidents: IntCounterVec,
+    /// `remediator_actions_total{runbook,result}`: executions by result
+    /// (`success`, `failure`, `rolled_back`, `rollback_failed`, `aborted`, `error`).
+    pub actions: IntCounterVec,
+    /// `remediator_guardrail_blocks_total{guardrail}`.
+    pub guardrail_blocks: IntCounterVec,
+    /// `remediator_decision_duration_seconds`: incident received -> decision taken.
+    pub decision_seconds: HistogramVec,
+    /// `remediator_action_duration_seconds{runbook}`: pre-checks through verification.
+    pub action_seconds: HistogramVec,
+    /// `remediator_circuit_state{runbook}`: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// `remediator_actions_in_flight`: executions running in this replica.
+    pub in_flight: IntGauge,
+    /// `remediator_kafka_consumer_lag{partition}`: high watermark minus position.
+    pub consumer_lag: IntGaugeVec,
+    /// `remediator_dlq_messages_total`: poison messages copied to the dead-letter topic.
+    pub dlq: IntCounter,
+    /// `remediator_store_errors_total`: guardrail store calls that failed (the worker paused).
+    pub store_errors: IntCounter,
+    /// `remediator_outcomes_published_total`: outcome events acknowledged by the broker.
+    pub outcomes_published: IntCounter,
+    /// `remediator_outcomes_republished_total`: recorded outcomes re-published for redeliveries.
+    pub outcomes_republished: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric definition");
+            registry.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        };
+        let buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ];
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.clone()), labels)
+                .expect("valid metric definition");
+            registry.register(Box::new(h.clone())).expect("unique metric name");
+            h
+        };
+        let incidents = counter_vec(
+            "remediator_incidents_total",
+            "Incident outcomes by decision.",
+            &["decision"],
+        );
+        let actions = counter_vec(
+            "remediator_actions_total",
+            "Executions by runbook and result.",
+            &["runbook", "result"],
+        );
+        let guardrail_blocks = counter_vec(
+            "remediator_guardrail_blocks_total",
+            "Decisions blocked, by guardrail.",
+            &["guardrail"],
+        );
+        let decision_seconds = histogram(
+            "remediator_decision_duration_seconds",
+            "Time from incident received to decision.",
+            &[],
+        );
+        let action_seconds = histogram(
+            "remediator_action_duration_seconds",
+            "Time of an execution, pre-checks through verification and rollback.",
+            &["runbook"],
+        );
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "remediator_circuit_state",
+                "Circuit breaker per runbook: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["runbook"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(circuit_state.clone()))
+            .expect("unique metric name");
+        let in_flight = IntGauge::new("remediator_actions_in_flight", "Executions running in this replica.")
+            .expect("valid metric definition");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("unique metric name");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "remediator_kafka_consumer_lag",
+                "Incidents waiting per partition (high watermark - position).",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric name");
+        let dlq = counter(
+            "remediator_dlq_messages_total",
+            "Poison messages copied to the dead-letter topic.",
+        );
+        let store_errors = counter("remediator_store_errors_total", "Guardrail store calls that failed.");
+        let outcomes_published = counter(
+            "remediator_outcomes_published_total",
+            "Outcome events acknowledged by the broker.",
+        );
+        let outcomes_republished = counter(
+            "remediator_outcomes_republished_total",
+            "Recorded outcomes re-published because their incident was redelivered.",
+        );
+        Self {
+            registry,
+            incidents,
+            actions,
+            guardrail_blocks,
+            decision_seconds,
+            action_seconds,
+            circuit_state,
+            in_flight,
+            consumer_lag,
+            dlq,
+            store_errors,
+            outcomes_published,
+            outcomes_republished,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

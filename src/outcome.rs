@@ -1,0 +1,180 @@
+//! The outcome event (output, schema `schemas/outcome.v1.json`).
+//!
+//! One event per decision and per state change of an execution; the final one of an incident
+//! is what the idempotency record keeps and what a redelivery re-publishes.
+
+use crate::guardrails::Guardrail;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The outcome schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What the worker decided (DESIGN.md §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The runbook ran; `success` says whether post-checks passed.
+    Executed,
+    /// A human must approve the suggested action.
+    ApprovalRequired,
+    /// No automation: no runbook, low confidence, or a suggest-only runbook.
+    Manual,
+    /// A guardrail said no (`guardrail` names it).
+    Blocked,
+    /// A pre-check failed or the action could not be rendered safely; nothing changed.
+    Aborted,
+    /// The event broke the schema; its bytes went to the dead-letter topic.
+    Rejected,
+    /// The incident id was already handled; nothing was done again.
+    Duplicate,
+    /// The incident was older than `max_incident_age`.
+    Expired,
+    /// Shadow mode: guardrails checked and reserved, action rendered, not executed.
+    DryRun,
+}
+
+impl Decision {
+    /// Wire name, also the `decision` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Executed => "executed",
+            Decision::ApprovalRequired => "approval_required",
+            Decision::Manual => "manual",
+            Decision::Blocked => "blocked",
+            Decision::Aborted => "aborted",
+            Decision::Rejected => "rejected",
+            Decision::Duplicate => "duplicate",
+            Decision::Expired => "expired",
+            Decision::DryRun => "dry_run",
+        }
+    }
+}
+
+/// How a runbook runs (its place on the automation spectrum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Execute without asking.
+    Auto,
+    /// Propose; execute after a human approves.
+    Approval,
+    /// Only suggest the action; a human runs it.
+    Suggest,
+    /// Shadow mode: everything but the action itself.
+    DryRun,
+}
+
+impl Mode {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Approval => "approval",
+            Mode::Suggest => "suggest",
+            Mode::DryRun => "dry_run",
+        }
+    }
+}
+
+/// Before or after the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Safety check before acting; a failure aborts.
+    Pre,
+    /// Verification after acting; a failure triggers rollback.
+    Post,
+    /// Verification after a rollback.
+    Rollback,
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    /// When it ran.
+    pub phase: Phase,
+    /// Check name from the runbook.
+    pub name: String,
+    /// Did it pass.
+    pub passed: bool,
+    /// What was observed.
+    pub detail: String,
+}
+
+/// A rendered action: what was (or would be) done, to what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionView {
+    /// Action kind, e.g. `delete_pod`, `scale_deployment`.
+    pub kind: String,
+    /// The object acted on, e.g. `pod/api-server-abc123` or a webhook URL.
+    pub target: String,
+    /// Kubernetes namespace, when the action is namespaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Rendered parameters (replicas, patch body, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Equivalent kubectl-style command, for humans; never executed by a shell.
+    pub display: String,
+}
+
+/// One outcome event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Unique id of this event (consumers de-duplicate re-published outcomes by it).
+    pub event_id: String,
+    /// Incident id; null only for a rejected event whose id was unreadable.
+    pub incident_id: Option<String>,
+    /// Primary service.
+    pub service: Option<String>,
+    /// Root cause as reported.
+    pub root_cause: Option<String>,
+    /// RCA confidence as reported.
+    pub confidence: Option<f64>,
+    /// Matched runbook.
+    pub runbook_id: Option<String>,
+    /// What was decided.
+    pub decision: Decision,
+    /// For `executed`: did post-checks pass; otherwise null.
+    pub success: Option<bool>,
+    /// A rollback ran.
+    pub rolled_back: bool,
+    /// Why, for humans.
+    pub reason: String,
+    /// For `blocked`: which guardrail.
+    pub guardrail: Option<Guardrail>,
+    /// The rendered (or suggested) action.
+    pub action: Option<ActionView>,
+    /// Checks that ran.
+    pub checks: Vec<CheckOutcome>,
+    /// Approval this outcome asks for or was unlocked by.
+    pub approval_id: Option<String>,
+    /// The runbook's mode for this decision.
+    pub mode: Option<Mode>,
+    /// Replica identity.
+    pub worker: String,
+    /// When the decision was taken.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub decided_at: DateTime<Utc>,
+    /// When the last step finished.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub finished_at: DateTime<Utc>,
+    /// `finished_at - decided_at`, in milliseconds.
+    pub duration_ms: u64,
+}
+
+fn rfc3339_millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+impl Outcome {
+    /// The event as one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain types cannot fail (no maps with non-string keys, finite floats).
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"outcome serialisation failed: {e}\"}}"))
+    }
+}

@@ -1,0 +1,198 @@
+//! The runbook catalogue: load (seed and native forms), validate, and match incidents.
+//!
+//! Matching goes through two hash indexes built at load time, root cause first, then symptoms,
+//! so its cost does not grow with the number of runbooks. Triggers and symptoms are compared
+//! case-insensitively; a trigger claimed by two runbooks is a load error, so a match is never
+//! ambiguous.
+
+pub mod action;
+pub mod check;
+mod load;
+pub mod template;
+
+pub use action::{Action, ActionSpec, ReplicaSpec, Replicas};
+pub use check::{CheckName, CheckSpec};
+pub use load::{LoadError, LoadErrors};
+
+use crate::incident::Incident;
+use crate::outcome::Mode;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Risk level of a runbook (the seed's LOW / MEDIUM / HIGH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Risk {
+    /// Safe to auto-execute.
+    Low,
+    /// Auto with extra checks.
+    Medium,
+    /// Requires human approval unless the runbook says otherwise.
+    High,
+}
+
+/// Namespaces and services a runbook may act on (empty = any).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunbookScope {
+    /// Allowed namespaces.
+    pub namespaces: Vec<String>,
+    /// Allowed services.
+    pub services: Vec<String>,
+}
+
+/// One validated runbook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runbook {
+    /// Unique id (the YAML key).
+    pub id: String,
+    /// Risk level.
+    pub risk: Risk,
+    /// Effective mode: as written, else `approval` for HIGH risk and `auto` otherwise.
+    pub mode: Mode,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Root causes it fixes.
+    pub triggers: Vec<String>,
+    /// Symptoms that also select it when no root cause matches.
+    pub symptoms: Vec<String>,
+    /// Minimum RCA confidence to act.
+    pub min_confidence: f64,
+    /// Rate limit per (runbook, service) per sliding hour.
+    pub max_per_hour: u32,
+    /// Quiet period per (runbook, service) after an execution.
+    pub cooldown: Duration,
+    /// At most this many distinct services touched by this runbook per blast-radius window.
+    pub blast_radius_limit: Option<u32>,
+    /// Where it may act.
+    pub scope: RunbookScope,
+    /// Checks before acting.
+    pub pre_checks: Vec<CheckSpec>,
+    /// The action.
+    pub action: ActionSpec,
+    /// Verification after acting.
+    pub post_checks: Vec<CheckSpec>,
+    /// Undo on failed verification; `None` means self-healing.
+    pub rollback: Option<ActionSpec>,
+    /// Shadow mode for this runbook.
+    pub dry_run: bool,
+}
+
+/// How an incident matched a runbook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchedBy {
+    /// Its root cause is a trigger.
+    RootCause,
+    /// One of its symptoms (this one) is a trigger or symptom.
+    Symptom(String),
+}
+
+/// The loaded catalogue with its match indexes.
+#[derive(Debug, Clone, Default)]
+pub struct Catalogue {
+    runbooks: Vec<Runbook>,
+    by_id: HashMap<String, usize>,
+    by_root_cause: HashMap<String, usize>,
+    by_symptom: HashMap<String, usize>,
+}
+
+impl Catalogue {
+    /// Load and validate a runbook file; every problem found is reported, not just the first.
+    pub fn load(path: &Path) -> Result<Self, LoadErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadErrors(vec![LoadError {
+                file: path.display().to_string(),
+                runbook: None,
+                key: None,
+                message: e.to_string(),
+            }])
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Load from YAML text; `file` names the source in error messages.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Self, LoadErrors> {
+        load::parse_catalogue(text, file)
+    }
+
+    fn build(runbooks: Vec<Runbook>, file: &str) -> Result<Self, LoadErrors> {
+        let mut errors = Vec::new();
+        let mut cat = Catalogue::default();
+        for (i, rb) in runbooks.iter().enumerate() {
+            cat.by_id.insert(rb.id.clone(), i);
+            for t in &rb.triggers {
+                if let Some(&other) = cat.by_root_cause.get(&key(t)) {
+                    errors.push(LoadError::at(
+                        file,
+                        &rb.id,
+                        "triggers",
+                        format!("trigger {t:?} is already claimed by runbook {:?}", runbooks[other].id),
+                    ));
+                } else {
+                    cat.by_root_cause.insert(key(t), i);
+                }
+            }
+        }
+        // Symptoms index: every trigger and symptom; a symptom may not point at two runbooks.
+        for (i, rb) in runbooks.iter().enumerate() {
+            for s in rb.triggers.iter().chain(&rb.symptoms) {
+                match cat.by_symptom.get(&key(s)) {
+                    Some(&other) if other != i => errors.push(LoadError::at(
+                        file,
+                        &rb.id,
+                        "symptoms",
+                        format!("symptom {s:?} already selects runbook {:?}", runbooks[other].id),
+                    )),
+                    _ => {
+                        cat.by_symptom.insert(key(s), i);
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(LoadErrors(errors));
+        }
+        cat.runbooks = runbooks;
+        Ok(cat)
+    }
+
+    /// The runbook for an incident: by root cause, else by its first symptom that selects one.
+    pub fn match_incident(&self, incident: &Incident) -> Option<(&Runbook, MatchedBy)> {
+        if let Some(&i) = self.by_root_cause.get(&key(&incident.root_cause)) {
+            return Some((&self.runbooks[i], MatchedBy::RootCause));
+        }
+        incident.symptoms.iter().find_map(|s| {
+            self.by_symptom
+                .get(&key(s))
+                .map(|&i| (&self.runbooks[i], MatchedBy::Symptom(s.clone())))
+        })
+    }
+
+    /// A runbook by id.
+    pub fn get(&self, id: &str) -> Option<&Runbook> {
+        self.by_id.get(id).map(|&i| &self.runbooks[i])
+    }
+
+    /// All runbooks, in file order.
+    pub fn runbooks(&self) -> &[Runbook] {
+        &self.runbooks
+    }
+
+    /// Number of runbooks.
+    pub fn len(&self) -> usize {
+        self.runbooks.len()
+    }
+
+    /// No runbooks at all.
+    pub fn is_empty(&self) -> bool {
+        self.runbooks.is_empty()
+    }
+}
+
+/// Index key: triggers and symptoms match case-insensitively.
+fn key(s: &str) -> String {
+    s.to_lowercase()
+}

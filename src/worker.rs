@@ -1,0 +1,149 @@
+//! `remediator run`: wire configuration, store, executor, engine, Kafka and HTTP together.
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::executor::simulated::SimulatedExecutor;
+use crate::guardrails::redis::RedisStore;
+use crate::guardrails::GuardrailStore;
+use crate::health::Health;
+use crate::kafka::{self, KafkaSettings};
+use crate::metrics::Metrics;
+use crate::pipeline::{Engine, EventIds};
+use crate::runbook::Catalogue;
+use crate::shutdown::{self, Shutdown};
+use anyhow::{anyhow, Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Install the global tracing subscriber: JSON lines (production) or text, to stderr.
+pub fn init_logging(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+}
+
+/// Kafka settings from the config.
+pub fn kafka_settings(config: &Config) -> KafkaSettings {
+    let k = &config.kafka;
+    KafkaSettings {
+        brokers: k.brokers.clone(),
+        group_id: k.group_id.clone(),
+        incidents_topic: k.incidents_topic.clone(),
+        outcomes_topic: k.outcomes_topic.clone(),
+        dlq_topic: k.dlq_topic.clone(),
+        max_in_flight: k.max_in_flight,
+        properties: k.properties.clone(),
+    }
+}
+
+/// Connect to Redis, retrying with backoff until it answers or shutdown is requested. Nothing
+/// is consumed before the store is reachable (fail closed).
+async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) -> Result<Option<RedisStore>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match RedisStore::connect(
+            &config.redis.url,
+            &config.redis.key_prefix,
+            Duration::from_millis(config.redis.timeout_ms),
+        )
+        .await
+        {
+            Ok(store) => {
+                health.set_store(true);
+                return Ok(Some(store));
+            }
+            Err(e) => {
+                health.set_store(false);
+                warn!(error = %e, url = %config.redis.url, "guardrail store unreachable; retrying (nothing is consumed meanwhile)");
+            }
+        }
+        let mut s = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = s.wait() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Refresh `remediator_circuit_state` for every runbook from the shared store, so every replica
+/// exports the same truth, not just the one that moved the circuit.
+fn spawn_circuit_gauges(
+    store: Arc<dyn GuardrailStore>,
+    catalogue: Arc<Catalogue>,
+    metrics: Metrics,
+    mut shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        loop {
+            for rb in catalogue.runbooks() {
+                if let Ok(c) = store.circuit(&rb.id).await {
+                    metrics.circuit_state.with_label_values(&[&rb.id]).set(c.state.gauge());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    });
+}
+
+/// Run the worker until SIGTERM.
+pub async fn run(config: Config) -> Result<()> {
+    let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
+    let catalogue = Arc::new(catalogue);
+    info!(worker = %config.worker_id, runbooks = catalogue.len(), dry_run = config.dry_run, "starting remediator");
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::new());
+    let (trigger, shutdown) = shutdown::channel();
+    let signal_shutdown = trigger.subscribe();
+    tokio::spawn(shutdown::on_signal(trigger));
+
+    let (addr, http_task) = crate::http::serve(
+        &config.http.listen,
+        metrics.clone(),
+        Arc::clone(&health),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("http.listen {}", config.http.listen))?;
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+
+    let Some(store) = connect_store(&config, &health, &signal_shutdown).await? else {
+        return Ok(());
+    };
+    let store: Arc<dyn GuardrailStore> = Arc::new(store);
+    // The simulated executor is the only one in this build (see `executor` in the README).
+    warn!("executor: simulated cluster; actions are not applied to any real system");
+    health.set_executor(true);
+    let executor = Arc::new(SimulatedExecutor::new());
+    spawn_circuit_gauges(
+        Arc::clone(&store),
+        Arc::clone(&catalogue),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let engine = Arc::new(Engine::new(
+        catalogue,
+        store,
+        executor,
+        Arc::new(SystemClock),
+        config.settings(),
+        metrics,
+        EventIds::Random,
+    ));
+    let stats = kafka::run(&kafka_settings(&config), engine, Arc::clone(&health), shutdown).await?;
+    info!(?stats, "stopped");
+    let _ = http_task.await;
+    Ok(())
+}

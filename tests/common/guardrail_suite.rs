@@ -1,0 +1,1224 @@
+//! The one behaviour suite every [`GuardrailStore`] must pass (DESIGN.md §2, STYLE.md rule 2).
+//!
+//! Each case is a plain `async fn` taking a fresh store (for Redis: a fresh uuid key prefix, so
+//! cases never see each other's keys). Windows are hundreds of milliseconds and time passes with
+//! real `tokio::time::sleep`, so the same cases run against Redis `TIME` and against the memory
+//! store with `SystemClock`. Margins around every deadline are at least 150 ms.
+//!
+//! [`guardrail_suite_tests!`](crate::guardrail_suite_tests) turns every case into a `#[tokio::test]` for one store factory.
+
+use remediator::guardrails::{
+    Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
+    Guardrail, GuardrailStore, Limits, Scope,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A store under test.
+pub type Store = Arc<dyn GuardrailStore>;
+
+/// Generate one `#[tokio::test]` per suite case. `$make` is an `async fn() -> Option<Store>`;
+/// `None` skips (e.g. no `REDIS_URL`).
+#[macro_export]
+macro_rules! guardrail_suite_tests {
+    ($make:path) => {
+        $crate::guardrail_suite_tests!(@cases $make;
+            record_then_duplicate,
+            record_after_check_then_duplicate,
+            idempotent_retry_same_attempt,
+            finish_retry_is_idempotent,
+            in_progress_while_leased,
+            claimed_lease_expired_is_taken_over,
+            executing_lease_expired_is_interrupted,
+            finished_then_crashed_is_interrupted_not_run_is_not,
+            stale_record_is_ignored,
+            rate_limit_is_an_exact_sliding_window,
+            cooldown_reports_remaining_seconds,
+            circuit_opens_single_probe_success_closes,
+            circuit_probe_failure_reopens,
+            success_resets_consecutive_failures,
+            stale_probe_finish_does_not_close,
+            not_run_probe_releases_probe,
+            force_open_opens_at_once,
+            blast_radius_concurrency_and_crashed_lease,
+            affected_services_window,
+            runbook_blast_radius_limit,
+            runbook_blast_radius_zero_is_unlimited,
+            runbook_blast_radius_after_global_services,
+            runbook_blast_radius_check_does_not_touch,
+            check_does_not_reserve,
+            concurrent_reserves_respect_rate_limit,
+            concurrent_reserves_respect_max_concurrent,
+            concurrent_reserves_respect_runbook_blast_radius,
+            renew_keeps_lease_alive,
+            circuit_snapshot_and_ping,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some(store) = $make().await {
+                    $crate::common::guardrail_suite::$case(store).await;
+                }
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// Limits that never block: each case tightens the one guardrail it tests.
+pub fn open_limits() -> Limits {
+    Limits {
+        max_per_hour: 10_000,
+        rate_window_ms: 60_000,
+        cooldown_ms: 0,
+        failure_threshold: 3,
+        recovery_ms: 60_000,
+        max_concurrent_actions: 10_000,
+        max_affected_services: 10_000,
+        runbook_max_services: 0,
+        services_window_ms: 60_000,
+        conservative_ms: 0,
+    }
+}
+
+/// A (runbook, service) scope.
+pub fn scope(runbook: &str, service: &str) -> Scope {
+    Scope {
+        runbook: runbook.to_owned(),
+        service: service.to_owned(),
+    }
+}
+
+/// Lease long enough never to expire during a case unless the case says so.
+pub const LONG_LEASE: u64 = 30_000;
+
+/// A decide request; `attempt` doubles as a readable id in failures.
+pub fn request(incident: &str, attempt: &str, worker: &str, lease_ms: u64, admission: Admission) -> DecideRequest {
+    DecideRequest {
+        incident_id: incident.to_owned(),
+        attempt: attempt.to_owned(),
+        worker: worker.to_owned(),
+        source: Some(format!("incidents/0/{incident}")),
+        lease_ms,
+        admission,
+    }
+}
+
+/// Reserve `scope` for `incident` by attempt `attempt`.
+pub fn reserve(incident: &str, attempt: &str, scope: &Scope, limits: &Limits, lease_ms: u64) -> DecideRequest {
+    request(
+        incident,
+        attempt,
+        "w1",
+        lease_ms,
+        Admission::Reserve {
+            scope: scope.clone(),
+            limits: limits.clone(),
+        },
+    )
+}
+
+/// Check `scope` for `incident` by attempt `attempt`.
+pub fn check(incident: &str, attempt: &str, scope: &Scope, limits: &Limits, lease_ms: u64) -> DecideRequest {
+    request(
+        incident,
+        attempt,
+        "w1",
+        lease_ms,
+        Admission::Check {
+            scope: scope.clone(),
+            limits: limits.clone(),
+        },
+    )
+}
+
+/// Finish `attempt` of `incident`.
+pub fn finish(incident: &str, attempt: &str, scope: &Scope, limits: &Limits, result: ExecResult) -> FinishRequest {
+    FinishRequest {
+        incident_id: incident.to_owned(),
+        attempt: attempt.to_owned(),
+        scope: scope.clone(),
+        limits: limits.clone(),
+        result,
+    }
+}
+
+const ALLOWED: DecideAnswer = DecideAnswer::Allowed {
+    probe: false,
+    conservative: false,
+};
+const PROBE: DecideAnswer = DecideAnswer::Allowed {
+    probe: true,
+    conservative: false,
+};
+
+async fn decide(store: &Store, req: &DecideRequest) -> DecideAnswer {
+    store
+        .decide(req)
+        .await
+        .unwrap_or_else(|e| panic!("decide {}/{}: {e}", req.incident_id, req.attempt))
+}
+
+async fn fin(store: &Store, req: &FinishRequest) -> FinishAnswer {
+    store
+        .finish(req)
+        .await
+        .unwrap_or_else(|e| panic!("finish {}/{}: {e}", req.incident_id, req.attempt))
+}
+
+async fn circuit(store: &Store, runbook: &str) -> CircuitSnapshot {
+    store.circuit(runbook).await.expect("circuit")
+}
+
+fn assert_blocked(answer: &DecideAnswer, guardrail: Guardrail, detail: &str) {
+    match answer {
+        DecideAnswer::Blocked {
+            guardrail: g,
+            detail: d,
+        } if *g == guardrail && d == detail => {}
+        other => panic!("expected Blocked {{ {guardrail}, {detail:?} }}, got {other:?}"),
+    }
+}
+
+fn blocked_by(answer: &DecideAnswer, guardrail: Guardrail) -> String {
+    match answer {
+        DecideAnswer::Blocked { guardrail: g, detail } if *g == guardrail => detail.clone(),
+        other => panic!("expected Blocked by {guardrail}, got {other:?}"),
+    }
+}
+
+/// Sleep until `ms` after `start`.
+async fn sleep_until(start: Instant, ms: u64) {
+    tokio::time::sleep_until((start + Duration::from_millis(ms)).into()).await;
+}
+
+/// The number in `prefix<N>suffix`.
+fn number_in(detail: &str, prefix: &str, suffix: &str) -> u64 {
+    detail
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_suffix(suffix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{detail:?} is not {prefix}<N>{suffix}"))
+}
+
+/// Run `n` decide requests at once and return their answers (in request order).
+async fn concurrently(store: &Store, reqs: Vec<DecideRequest>) -> Vec<DecideAnswer> {
+    let tasks: Vec<_> = reqs
+        .into_iter()
+        .map(|req| {
+            let store = store.clone();
+            tokio::spawn(async move { decide(&store, &req).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+    answers
+}
+
+const OUTCOMES: &str = r#"[{"decision":"suggested"}]"#;
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+
+/// A recorded incident is a duplicate forever after (within its TTL); a redelivery of the same
+/// message is told so (same_source) so its outcome is re-published rather than acted on.
+pub async fn record_then_duplicate(store: Store) {
+    let rec = request(
+        "inc-1",
+        "a1",
+        "w1",
+        LONG_LEASE,
+        Admission::Record {
+            outcomes: OUTCOMES.to_owned(),
+            ttl_ms: 60_000,
+        },
+    );
+    assert_eq!(decide(&store, &rec).await, DecideAnswer::Recorded);
+
+    let mut again = reserve("inc-1", "a2", &scope("rb", "svc"), &open_limits(), LONG_LEASE);
+    assert_eq!(
+        decide(&store, &again).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: true
+        }
+    );
+    again.attempt = "a3".into();
+    again.source = Some("incidents/2/99".into());
+    assert_eq!(
+        decide(&store, &again).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: false
+        }
+    );
+    again.attempt = "a4".into();
+    again.source = None;
+    assert_eq!(
+        decide(&store, &again).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: false
+        }
+    );
+
+    // Without a source on either side it is never "the same message".
+    let mut nosrc = rec.clone();
+    nosrc.incident_id = "inc-2".into();
+    nosrc.source = None;
+    assert_eq!(decide(&store, &nosrc).await, DecideAnswer::Recorded);
+    nosrc.attempt = "a5".into();
+    assert_eq!(
+        decide(&store, &nosrc).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: false
+        }
+    );
+
+    // A short TTL ends the idempotency horizon.
+    let mut short = rec.clone();
+    short.incident_id = "inc-3".into();
+    short.admission = Admission::Record {
+        outcomes: OUTCOMES.to_owned(),
+        ttl_ms: 200,
+    };
+    assert_eq!(decide(&store, &short).await, DecideAnswer::Recorded);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    short.attempt = "a6".into();
+    assert_eq!(decide(&store, &short).await, DecideAnswer::Recorded);
+}
+
+/// Check claims the incident; `record` stores the caller's final outcome; the source of the
+/// claim is kept for `same_source`.
+pub async fn record_after_check_then_duplicate(store: Store) {
+    let s = scope("rb", "svc");
+    let req = check("inc-1", "a1", &s, &open_limits(), LONG_LEASE);
+    assert_eq!(decide(&store, &req).await, ALLOWED);
+    store.record("inc-1", "a1", OUTCOMES, 60_000).await.expect("record");
+    // Even the same attempt now gets the recorded outcome, never a replayed Allowed.
+    assert_eq!(
+        decide(&store, &req).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: true
+        }
+    );
+    let mut other = req.clone();
+    other.attempt = "a2".into();
+    other.source = Some("incidents/1/7".into());
+    assert_eq!(
+        decide(&store, &other).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: false
+        }
+    );
+}
+
+/// A retry of the same attempt (after a timeout of unknown effect) gets the first answer and
+/// reserves nothing more.
+pub async fn idempotent_retry_same_attempt(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 2,
+        ..open_limits()
+    };
+    let a = reserve("inc-a", "a1", &s, &limits, LONG_LEASE);
+    for _ in 0..4 {
+        assert_eq!(decide(&store, &a).await, ALLOWED);
+    }
+    let b = reserve("inc-b", "b1", &s, &limits, LONG_LEASE);
+    assert_eq!(
+        decide(&store, &b).await,
+        ALLOWED,
+        "the retries of inc-a took one slot only"
+    );
+    let c = reserve("inc-c", "c1", &s, &limits, LONG_LEASE);
+    let first = decide(&store, &c).await;
+    blocked_by(&first, Guardrail::RateLimit);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(decide(&store, &c).await, first, "a Blocked answer is replayed as is");
+
+    let r = request(
+        "inc-r",
+        "r1",
+        "w1",
+        LONG_LEASE,
+        Admission::Record {
+            outcomes: OUTCOMES.to_owned(),
+            ttl_ms: 60_000,
+        },
+    );
+    assert_eq!(decide(&store, &r).await, DecideAnswer::Recorded);
+    assert_eq!(decide(&store, &r).await, DecideAnswer::Recorded);
+}
+
+/// A retried finish does not count the same failure twice.
+pub async fn finish_retry_is_idempotent(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = open_limits();
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    let f = finish("inc-1", "a1", &s, &limits, ExecResult::Failure);
+    let first = fin(&store, &f).await;
+    assert_eq!(
+        first,
+        FinishAnswer {
+            circuit: CircuitState::Closed,
+            failures: 1,
+            opened: false
+        }
+    );
+    assert_eq!(fin(&store, &f).await, first);
+    assert_eq!(circuit(&store, "rb").await.failures, 1);
+}
+
+/// Another replica's live claim answers InProgress with the time left on its lease.
+pub async fn in_progress_while_leased(store: Store) {
+    let s = scope("rb", "svc");
+    assert_eq!(
+        decide(&store, &check("inc-1", "a1", &s, &open_limits(), 5_000)).await,
+        ALLOWED
+    );
+    let mut other = reserve("inc-1", "a2", &s, &open_limits(), LONG_LEASE);
+    other.worker = "w2".into();
+    match decide(&store, &other).await {
+        DecideAnswer::InProgress { worker, retry_after_ms } => {
+            assert_eq!(worker, "w1");
+            assert!((1..=5_000).contains(&retry_after_ms), "retry_after_ms {retry_after_ms}");
+        }
+        other => panic!("expected InProgress, got {other:?}"),
+    }
+    let mut rec = other.clone();
+    rec.attempt = "a3".into();
+    rec.admission = Admission::Record {
+        outcomes: OUTCOMES.into(),
+        ttl_ms: 60_000,
+    };
+    assert!(matches!(decide(&store, &rec).await, DecideAnswer::InProgress { .. }));
+}
+
+/// A claim whose lease expired before it started an action is simply taken over.
+pub async fn claimed_lease_expired_is_taken_over(store: Store) {
+    let s = scope("rb", "svc");
+    assert_eq!(
+        decide(&store, &check("inc-1", "a1", &s, &open_limits(), 200)).await,
+        ALLOWED
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut next = reserve("inc-1", "a2", &s, &open_limits(), LONG_LEASE);
+    next.worker = "w2".into();
+    assert_eq!(decide(&store, &next).await, ALLOWED);
+    let mut third = next.clone();
+    third.attempt = "a3".into();
+    third.worker = "w3".into();
+    assert!(
+        matches!(decide(&store, &third).await, DecideAnswer::InProgress { worker, .. } if worker == "w2"),
+        "the new owner holds the claim"
+    );
+}
+
+/// An attempt that reserved (may have acted) and then lost its lease is never run again.
+pub async fn executing_lease_expired_is_interrupted(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    assert_eq!(decide(&store, &reserve("inc-1", "a1", &s, &limits, 200)).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut next = reserve("inc-1", "a2", &s, &limits, LONG_LEASE);
+    next.worker = "w2".into();
+    let interrupted = DecideAnswer::Interrupted { worker: "w1".into() };
+    assert_eq!(decide(&store, &next).await, interrupted);
+    assert_eq!(decide(&store, &next).await, interrupted, "retry of the same attempt");
+    let mut third = next.clone();
+    third.attempt = "a3".into();
+    assert!(matches!(decide(&store, &third).await, DecideAnswer::InProgress { worker, .. } if worker == "w2"));
+    // Interrupted took no slot, and the crashed attempt's lease freed its own.
+    assert_eq!(
+        decide(&store, &reserve("inc-2", "b1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    store.record("inc-1", "a2", OUTCOMES, 60_000).await.expect("record");
+    third.attempt = "a4".into();
+    assert!(matches!(decide(&store, &third).await, DecideAnswer::Duplicate { .. }));
+}
+
+/// After `finish` of an action that ran, a crash before `record` still means "never again";
+/// after `finish(NotRun)` nothing ran, so a later attempt may decide afresh.
+pub async fn finished_then_crashed_is_interrupted_not_run_is_not(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = open_limits();
+    assert_eq!(decide(&store, &reserve("inc-1", "a1", &s, &limits, 200)).await, ALLOWED);
+    fin(&store, &finish("inc-1", "a1", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(decide(&store, &reserve("inc-2", "b1", &s, &limits, 200)).await, ALLOWED);
+    fin(&store, &finish("inc-2", "b1", &s, &limits, ExecResult::NotRun)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a2", &s, &limits, LONG_LEASE)).await,
+        DecideAnswer::Interrupted { worker: "w1".into() }
+    );
+    assert_eq!(
+        decide(&store, &reserve("inc-2", "b2", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+}
+
+/// Only the attempt that owns the claim records; a stale attempt's record changes nothing.
+pub async fn stale_record_is_ignored(store: Store) {
+    let s = scope("rb", "svc");
+    assert_eq!(
+        decide(&store, &check("inc-1", "a1", &s, &open_limits(), 200)).await,
+        ALLOWED
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &check("inc-1", "a2", &s, &open_limits(), LONG_LEASE)).await,
+        ALLOWED
+    );
+    store
+        .record("inc-1", "a1", r#"["old"]"#, 60_000)
+        .await
+        .expect("stale record is Ok");
+    store.record("inc-1", "a2", r#"["new"]"#, 60_000).await.expect("record");
+    assert_eq!(
+        decide(&store, &check("inc-1", "a3", &s, &open_limits(), LONG_LEASE)).await,
+        DecideAnswer::Duplicate {
+            outcomes: r#"["new"]"#.into(),
+            same_source: true
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limit and cooldown
+
+/// At most `max_per_hour` in any window, exactly; a slot frees when the oldest entry leaves.
+pub async fn rate_limit_is_an_exact_sliding_window(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 5,
+        rate_window_ms: 1_500,
+        ..open_limits()
+    };
+    let t0 = Instant::now();
+    assert_eq!(
+        decide(&store, &reserve("inc-0", "a0", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    sleep_until(t0, 400).await;
+    let mut allowed = 1;
+    for i in 1..20 {
+        let answer = decide(
+            &store,
+            &reserve(&format!("inc-{i}"), &format!("a{i}"), &s, &limits, LONG_LEASE),
+        )
+        .await;
+        if answer == ALLOWED {
+            allowed += 1;
+            continue;
+        }
+        let detail = blocked_by(&answer, Guardrail::RateLimit);
+        let n = number_in(&detail, "rate limit 5/hour reached (next slot in ", "s)");
+        assert!((1..=2).contains(&n), "{detail}");
+    }
+    assert_eq!(allowed, 5, "exactly max_per_hour of 20 sequential reservations");
+
+    // inc-0 leaves the window at t0 + 1500 (+ a few ms); the other four at t0 + 1900.
+    sleep_until(t0, 1_300).await;
+    blocked_by(
+        &decide(&store, &reserve("inc-x", "x", &s, &limits, LONG_LEASE)).await,
+        Guardrail::RateLimit,
+    );
+    sleep_until(t0, 1_700).await;
+    assert_eq!(
+        decide(&store, &reserve("inc-y", "y", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    blocked_by(
+        &decide(&store, &reserve("inc-z", "z", &s, &limits, LONG_LEASE)).await,
+        Guardrail::RateLimit,
+    );
+    // Other scopes have their own window.
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("inc-o", "o", &scope("rb", "other"), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+}
+
+/// No execution of (runbook, service) within the cooldown; the detail counts down in whole
+/// seconds, rounded up.
+pub async fn cooldown_reports_remaining_seconds(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        cooldown_ms: 2_500,
+        ..open_limits()
+    };
+    let t0 = Instant::now();
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_blocked(
+        &decide(&store, &reserve("inc-2", "a2", &s, &limits, LONG_LEASE)).await,
+        Guardrail::Cooldown,
+        "cooldown active (3s remaining)",
+    );
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("inc-3", "a3", &scope("rb", "svc2"), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("inc-4", "a4", &scope("rb2", "svc"), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+    sleep_until(t0, 1_700).await;
+    assert_blocked(
+        &decide(&store, &reserve("inc-5", "a5", &s, &limits, LONG_LEASE)).await,
+        Guardrail::Cooldown,
+        "cooldown active (1s remaining)",
+    );
+    sleep_until(t0, 2_700).await;
+    assert_eq!(
+        decide(&store, &reserve("inc-6", "a6", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Circuit breaker
+
+fn circuit_limits() -> Limits {
+    Limits {
+        failure_threshold: 3,
+        recovery_ms: 800,
+        ..open_limits()
+    }
+}
+
+/// Open `runbook`'s circuit with `failure_threshold` failures (each on its own service).
+async fn open_circuit(store: &Store, runbook: &str, limits: &Limits) {
+    for i in 0..limits.failure_threshold {
+        let (id, attempt) = (format!("open-{i}"), format!("open-a{i}"));
+        let s = scope(runbook, &format!("svc-open-{i}"));
+        assert_eq!(
+            decide(store, &reserve(&id, &attempt, &s, limits, LONG_LEASE)).await,
+            ALLOWED
+        );
+        let answer = fin(store, &finish(&id, &attempt, &s, limits, ExecResult::Failure)).await;
+        let last = i + 1 == limits.failure_threshold;
+        assert_eq!(
+            answer,
+            FinishAnswer {
+                circuit: if last { CircuitState::Open } else { CircuitState::Closed },
+                failures: i + 1,
+                opened: last
+            }
+        );
+    }
+}
+
+/// After recovery, 32 concurrent callers race for the probe; returns the winner's (incident,
+/// attempt). Exactly one wins.
+async fn race_for_probe(store: &Store, runbook: &str, limits: &Limits) -> (String, String) {
+    let reqs: Vec<_> = (0..32)
+        .map(|i| {
+            reserve(
+                &format!("race-{i}"),
+                &format!("race-a{i}"),
+                &scope(runbook, "svc"),
+                limits,
+                LONG_LEASE,
+            )
+        })
+        .collect();
+    let answers = concurrently(store, reqs.clone()).await;
+    let winners: Vec<_> = answers.iter().enumerate().filter(|(_, a)| **a == PROBE).collect();
+    assert_eq!(winners.len(), 1, "exactly one probe among 32: {answers:?}");
+    for a in answers.iter().filter(|a| **a != PROBE) {
+        assert_blocked(a, Guardrail::CircuitOpen, "circuit half-open, probe in flight");
+    }
+    let req = &reqs[winners[0].0];
+    (req.incident_id.clone(), req.attempt.clone())
+}
+
+/// failure_threshold failures → OPEN → blocked → after recovery exactly one probe, whose success
+/// closes the circuit. A Check never takes the probe.
+pub async fn circuit_opens_single_probe_success_closes(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    assert_eq!(
+        circuit(&store, "rb").await,
+        CircuitSnapshot {
+            state: CircuitState::Open,
+            failures: 3
+        }
+    );
+    assert_blocked(
+        &decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        Guardrail::CircuitOpen,
+        "circuit open (1s until half-open)",
+    );
+    // Other runbooks are not affected.
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("inc-2", "a2", &scope("rb2", "svc"), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        decide(&store, &check("inc-3", "a3", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        circuit(&store, "rb").await.state,
+        CircuitState::Open,
+        "a Check takes no probe"
+    );
+
+    let (id, attempt) = race_for_probe(&store, "rb", &limits).await;
+    assert_eq!(circuit(&store, "rb").await.state, CircuitState::HalfOpen);
+    assert_blocked(
+        &decide(&store, &check("inc-4", "a4", &s, &limits, LONG_LEASE)).await,
+        Guardrail::CircuitOpen,
+        "circuit half-open, probe in flight",
+    );
+    assert_eq!(
+        fin(&store, &finish(&id, &attempt, &s, &limits, ExecResult::Success)).await,
+        FinishAnswer {
+            circuit: CircuitState::Closed,
+            failures: 0,
+            opened: false
+        }
+    );
+    assert_eq!(
+        decide(&store, &reserve("inc-5", "a5", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+}
+
+/// The probe's failure re-opens the circuit for another recovery period.
+pub async fn circuit_probe_failure_reopens(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (id, attempt) = race_for_probe(&store, "rb", &limits).await;
+    assert_eq!(
+        fin(&store, &finish(&id, &attempt, &s, &limits, ExecResult::Failure)).await,
+        FinishAnswer {
+            circuit: CircuitState::Open,
+            failures: 4,
+            opened: true
+        }
+    );
+    assert_blocked(
+        &decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        Guardrail::CircuitOpen,
+        "circuit open (1s until half-open)",
+    );
+}
+
+/// The threshold counts consecutive failures: a success in between starts again from zero.
+pub async fn success_resets_consecutive_failures(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    let results = [
+        ExecResult::Failure,
+        ExecResult::Failure,
+        ExecResult::Success,
+        ExecResult::Failure,
+        ExecResult::Failure,
+    ];
+    for (i, result) in results.into_iter().enumerate() {
+        let (id, attempt) = (format!("inc-{i}"), format!("a{i}"));
+        assert_eq!(
+            decide(&store, &reserve(&id, &attempt, &s, &limits, LONG_LEASE)).await,
+            ALLOWED
+        );
+        let answer = fin(&store, &finish(&id, &attempt, &s, &limits, result)).await;
+        assert_eq!(answer.circuit, CircuitState::Closed, "after {i}");
+    }
+    assert_eq!(
+        circuit(&store, "rb").await,
+        CircuitSnapshot {
+            state: CircuitState::Closed,
+            failures: 2
+        }
+    );
+}
+
+/// A probe that lost its lease no longer speaks for the circuit: its late success does not close
+/// the circuit another probe is testing.
+pub async fn stale_probe_finish_does_not_close(store: Store) {
+    let limits = Limits {
+        failure_threshold: 1,
+        recovery_ms: 300,
+        ..open_limits()
+    };
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(decide(&store, &reserve("p1", "p1a", &s, &limits, 200)).await, PROBE);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &reserve("p2", "p2a", &s, &limits, LONG_LEASE)).await,
+        PROBE
+    );
+    assert_eq!(
+        fin(&store, &finish("p1", "p1a", &s, &limits, ExecResult::Success)).await,
+        FinishAnswer {
+            circuit: CircuitState::HalfOpen,
+            failures: 1,
+            opened: false
+        }
+    );
+    assert_blocked(
+        &decide(&store, &reserve("x", "xa", &s, &limits, LONG_LEASE)).await,
+        Guardrail::CircuitOpen,
+        "circuit half-open, probe in flight",
+    );
+    assert_eq!(
+        fin(&store, &finish("p2", "p2a", &s, &limits, ExecResult::Failure)).await,
+        FinishAnswer {
+            circuit: CircuitState::Open,
+            failures: 2,
+            opened: true
+        }
+    );
+}
+
+/// A probe that did not run releases the probe without a verdict; the next caller probes.
+pub async fn not_run_probe_releases_probe(store: Store) {
+    let limits = Limits {
+        failure_threshold: 1,
+        recovery_ms: 300,
+        ..open_limits()
+    };
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        decide(&store, &reserve("p1", "p1a", &s, &limits, LONG_LEASE)).await,
+        PROBE
+    );
+    assert_eq!(
+        fin(&store, &finish("p1", "p1a", &s, &limits, ExecResult::NotRun)).await,
+        FinishAnswer {
+            circuit: CircuitState::HalfOpen,
+            failures: 1,
+            opened: false
+        }
+    );
+    assert_eq!(
+        decide(&store, &reserve("p2", "p2a", &s, &limits, LONG_LEASE)).await,
+        PROBE
+    );
+}
+
+/// A failed rollback opens the circuit at once, whatever the count.
+pub async fn force_open_opens_at_once(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        decide(&store, &reserve("inc-2", "a2", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        fin(&store, &finish("inc-1", "a1", &s, &limits, ExecResult::ForceOpen)).await,
+        FinishAnswer {
+            circuit: CircuitState::Open,
+            failures: 1,
+            opened: true
+        }
+    );
+    blocked_by(
+        &decide(&store, &reserve("inc-3", "a3", &s, &limits, LONG_LEASE)).await,
+        Guardrail::CircuitOpen,
+    );
+    // Already open: counted and re-armed, but not a new transition; a late success of an
+    // execution reserved before the circuit opened does not close it.
+    assert_eq!(
+        fin(&store, &finish("inc-2", "a2", &s, &limits, ExecResult::Success)).await,
+        FinishAnswer {
+            circuit: CircuitState::Open,
+            failures: 1,
+            opened: false
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blast radius
+
+/// At most max_concurrent_actions in flight; finishing frees a slot, and so does the lease
+/// expiry of a crashed replica's attempt.
+pub async fn blast_radius_concurrency_and_crashed_lease(store: Store) {
+    let limits = Limits {
+        max_concurrent_actions: 2,
+        ..open_limits()
+    };
+    let s = |svc: &str| scope("rb", svc);
+    assert_eq!(
+        decide(&store, &reserve("a", "aa", &s("s1"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    // "Crashed": never renewed nor finished.
+    assert_eq!(
+        decide(&store, &reserve("b", "ba", &s("s2"), &limits, 400)).await,
+        ALLOWED
+    );
+    assert_blocked(
+        &decide(&store, &reserve("c", "ca", &s("s3"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        "max concurrent actions (2) in flight",
+    );
+    fin(&store, &finish("a", "aa", &s("s1"), &limits, ExecResult::Success)).await;
+    assert_eq!(
+        decide(&store, &reserve("d", "da", &s("s4"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    blocked_by(
+        &decide(&store, &reserve("e", "ea", &s("s5"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        decide(&store, &reserve("f", "fa", &s("s6"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    blocked_by(
+        &decide(&store, &reserve("g", "ga", &s("s7"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+    );
+}
+
+/// At most max_affected_services distinct services per window, across runbooks; a service
+/// already touched in the window does not count again.
+pub async fn affected_services_window(store: Store) {
+    let limits = Limits {
+        max_affected_services: 2,
+        services_window_ms: 800,
+        ..open_limits()
+    };
+    assert_eq!(
+        decide(&store, &reserve("i1", "a1", &scope("rb1", "s1"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        decide(&store, &reserve("i2", "a2", &scope("rb2", "s2"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_blocked(
+        &decide(&store, &reserve("i3", "a3", &scope("rb1", "s3"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        "max affected services (2) in window reached",
+    );
+    assert_eq!(
+        decide(&store, &reserve("i4", "a4", &scope("rb3", "s1"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        decide(&store, &reserve("i5", "a5", &scope("rb1", "s3"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+}
+
+/// At most runbook_max_services distinct services touched by one runbook per window: a service
+/// it already touched is allowed again, another runbook (and a service only it touched) does not
+/// count, and the window slides from each service's last touch.
+pub async fn runbook_blast_radius_limit(store: Store) {
+    const DETAIL: &str = "runbook blast radius (1 service per window) reached";
+    let limits = Limits {
+        runbook_max_services: 1,
+        services_window_ms: 800,
+        ..open_limits()
+    };
+    let rb = |svc: &str| scope("rb", svc);
+    assert_eq!(
+        decide(&store, &reserve("i1", "a1", &rb("s1"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_blocked(
+        &decide(&store, &reserve("i2", "a2", &rb("s2"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        DETAIL,
+    );
+    let touched = Instant::now();
+    assert_eq!(
+        decide(&store, &reserve("i3", "a3", &rb("s1"), &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "a service the runbook already touched is always allowed"
+    );
+    assert_eq!(
+        decide(&store, &reserve("i4", "a4", &scope("rb2", "s2"), &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "another runbook has a budget of its own"
+    );
+    assert_blocked(
+        &decide(&store, &reserve("i5", "a5", &rb("s2"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        DETAIL,
+    );
+    // s1 was last touched by rb (i3) just after `touched`; 800 ms later it leaves the window.
+    sleep_until(touched, 1_000).await;
+    assert_eq!(
+        decide(&store, &reserve("i6", "a6", &rb("s2"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_blocked(
+        &decide(&store, &reserve("i7", "a7", &rb("s1"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        DETAIL,
+    );
+}
+
+/// runbook_max_services 0 means no per-runbook limit.
+pub async fn runbook_blast_radius_zero_is_unlimited(store: Store) {
+    let limits = Limits {
+        runbook_max_services: 0,
+        ..open_limits()
+    };
+    for i in 0..10 {
+        let s = scope("rb", &format!("s{i}"));
+        assert_eq!(
+            decide(
+                &store,
+                &reserve(&format!("i{i}"), &format!("a{i}"), &s, &limits, LONG_LEASE)
+            )
+            .await,
+            ALLOWED
+        );
+    }
+}
+
+/// The global affected-services count is checked first: when both would block, it is reported.
+pub async fn runbook_blast_radius_after_global_services(store: Store) {
+    let limits = Limits {
+        max_affected_services: 1,
+        runbook_max_services: 1,
+        ..open_limits()
+    };
+    assert_eq!(
+        decide(&store, &reserve("i1", "a1", &scope("rb", "s1"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_blocked(
+        &decide(&store, &reserve("i2", "a2", &scope("rb", "s2"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        "max affected services (1) in window reached",
+    );
+}
+
+/// Check answers like Reserve would for the per-runbook limit but touches no service.
+pub async fn runbook_blast_radius_check_does_not_touch(store: Store) {
+    let limits = Limits {
+        runbook_max_services: 1,
+        ..open_limits()
+    };
+    let rb = |svc: &str| scope("rb", svc);
+    for i in 0..4 {
+        assert_eq!(
+            decide(
+                &store,
+                &check(
+                    &format!("c{i}"),
+                    &format!("ca{i}"),
+                    &rb(&format!("s{i}")),
+                    &limits,
+                    LONG_LEASE
+                )
+            )
+            .await,
+            ALLOWED
+        );
+    }
+    assert_eq!(
+        decide(&store, &reserve("r1", "ra1", &rb("s2"), &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "no Check counted a service"
+    );
+    assert_blocked(
+        &decide(&store, &check("c9", "ca9", &rb("s3"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+        "runbook blast radius (1 service per window) reached",
+    );
+    assert_eq!(
+        decide(&store, &check("c10", "ca10", &rb("s2"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        decide(&store, &reserve("r2", "ra2", &rb("s2"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+}
+
+/// Check answers like Reserve would but holds nothing.
+pub async fn check_does_not_reserve(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 1,
+        cooldown_ms: 60_000,
+        max_concurrent_actions: 1,
+        max_affected_services: 1,
+        ..open_limits()
+    };
+    for i in 0..5 {
+        assert_eq!(
+            decide(
+                &store,
+                &check(&format!("c{i}"), &format!("ca{i}"), &s, &limits, LONG_LEASE)
+            )
+            .await,
+            ALLOWED
+        );
+    }
+    assert_eq!(
+        decide(&store, &reserve("r", "ra", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    blocked_by(
+        &decide(&store, &check("c9", "ca9", &s, &limits, LONG_LEASE)).await,
+        Guardrail::RateLimit,
+    );
+}
+
+/// 64 concurrent reservations of one (runbook, service) with max_per_hour 5: exactly 5 win.
+pub async fn concurrent_reserves_respect_rate_limit(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 5,
+        ..open_limits()
+    };
+    let reqs = (0..64)
+        .map(|i| reserve(&format!("inc-{i}"), &format!("a{i}"), &s, &limits, LONG_LEASE))
+        .collect();
+    let answers = concurrently(&store, reqs).await;
+    assert_eq!(answers.iter().filter(|a| **a == ALLOWED).count(), 5, "{answers:?}");
+    for a in answers.iter().filter(|a| **a != ALLOWED) {
+        blocked_by(a, Guardrail::RateLimit);
+    }
+}
+
+/// 64 concurrent reservations on distinct services with max_concurrent_actions 3: exactly 3.
+pub async fn concurrent_reserves_respect_max_concurrent(store: Store) {
+    let limits = Limits {
+        max_concurrent_actions: 3,
+        ..open_limits()
+    };
+    let reqs = (0..64)
+        .map(|i| {
+            let s = scope(&format!("rb{}", i % 4), &format!("svc-{i}"));
+            reserve(&format!("inc-{i}"), &format!("a{i}"), &s, &limits, LONG_LEASE)
+        })
+        .collect();
+    let answers = concurrently(&store, reqs).await;
+    assert_eq!(answers.iter().filter(|a| **a == ALLOWED).count(), 3, "{answers:?}");
+    for a in answers.iter().filter(|a| **a != ALLOWED) {
+        assert_blocked(a, Guardrail::BlastRadius, "max concurrent actions (3) in flight");
+    }
+}
+
+/// 64 concurrent reservations of one runbook on distinct services with runbook_max_services 3:
+/// exactly 3.
+pub async fn concurrent_reserves_respect_runbook_blast_radius(store: Store) {
+    let limits = Limits {
+        runbook_max_services: 3,
+        ..open_limits()
+    };
+    let reqs = (0..64)
+        .map(|i| {
+            let s = scope("rb", &format!("svc-{i}"));
+            reserve(&format!("inc-{i}"), &format!("a{i}"), &s, &limits, LONG_LEASE)
+        })
+        .collect();
+    let answers = concurrently(&store, reqs).await;
+    assert_eq!(answers.iter().filter(|a| **a == ALLOWED).count(), 3, "{answers:?}");
+    for a in answers.iter().filter(|a| **a != ALLOWED) {
+        assert_blocked(
+            a,
+            Guardrail::BlastRadius,
+            "runbook blast radius (3 services per window) reached",
+        );
+    }
+}
+
+/// A long action that renews keeps its claim and its slot past the original lease; once it
+/// stops renewing, both expire.
+pub async fn renew_keeps_lease_alive(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    assert_eq!(decide(&store, &reserve("long", "la", &s, &limits, 400)).await, ALLOWED);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        store.renew("long", "la", 400).await.expect("renew");
+        // Renewing someone else's attempt is a harmless no-op.
+        store.renew("long", "other", 60_000).await.expect("stale renew");
+    }
+    // 800 ms in, twice the original lease.
+    blocked_by(
+        &decide(&store, &reserve("b", "ba", &scope("rb", "s2"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+    );
+    let mut other = reserve("long", "lb", &s, &limits, LONG_LEASE);
+    other.worker = "w2".into();
+    assert!(matches!(decide(&store, &other).await, DecideAnswer::InProgress { .. }));
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        decide(&store, &reserve("c", "ca", &scope("rb", "s3"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    other.attempt = "lc".into();
+    assert_eq!(
+        decide(&store, &other).await,
+        DecideAnswer::Interrupted { worker: "w1".into() }
+    );
+}
+
+/// A runbook never seen reads CLOSED with no failures; ping answers.
+pub async fn circuit_snapshot_and_ping(store: Store) {
+    assert_eq!(
+        circuit(&store, "never-seen").await,
+        CircuitSnapshot {
+            state: CircuitState::Closed,
+            failures: 0
+        }
+    );
+    store.ping().await.expect("ping");
+}

@@ -1,0 +1,307 @@
+//! The engine end to end on the in-memory store and the simulated executor: decisions,
+//! verification, rollback, circuit breaker, idempotency. Every outcome is schema-checked.
+
+mod common;
+
+use chrono::{Duration as ChronoDuration, TimeZone, Utc};
+use remediator::clock::{Clock, ManualClock};
+use remediator::executor::simulated::{Faults, SimulatedExecutor};
+use remediator::guardrails::memory::MemoryStore;
+use remediator::metrics::Metrics;
+use remediator::outcome::{Decision, Outcome};
+use remediator::pipeline::{Engine, EventIds, Settings, Source};
+use remediator::runbook::Catalogue;
+use std::sync::Arc;
+
+struct Rig {
+    engine: Engine,
+    executor: Arc<SimulatedExecutor>,
+    clock: ManualClock,
+    n: std::cell::Cell<u32>,
+}
+
+fn rig(runbooks: &str, faults: Faults, settings: Settings) -> Rig {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let executor = Arc::new(SimulatedExecutor::with_faults(faults));
+    let engine = Engine::new(
+        Arc::new(Catalogue::from_yaml(runbooks, "test").expect("runbooks load")),
+        Arc::new(MemoryStore::new(Arc::clone(&shared))),
+        executor.clone(),
+        shared,
+        settings,
+        Metrics::new(),
+        EventIds::Random,
+    );
+    Rig {
+        engine,
+        executor,
+        clock,
+        n: std::cell::Cell::new(0),
+    }
+}
+
+impl Rig {
+    async fn send(&self, json: &str) -> Outcome {
+        let n = self.n.get();
+        self.n.set(n + 1);
+        let src = Source {
+            topic: "incidents".into(),
+            partition: 0,
+            offset: n as i64,
+        };
+        let h = self
+            .engine
+            .handle(json.as_bytes(), Some(&src), &format!("attempt-{n}"))
+            .await
+            .expect("handled");
+        assert_eq!(h.outcomes.len(), 1, "one outcome per incident");
+        let o = h.outcomes.into_iter().next().unwrap();
+        common::schema::assert_valid_outcome(&serde_json::to_value(&o).unwrap());
+        o
+    }
+}
+
+const SEED: &str = include_str!("data/seed-runbooks.yaml");
+
+fn crash(id: &str, service: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"CrashLoopBackOff","confidence":0.95,"service":"{service}","context":{{"pod_name":"{service}-1","namespace":"production"}}}}"#
+    )
+}
+
+fn scale(id: &str, service: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"high_cpu","confidence":0.9,"service":"{service}","context":{{"deployment":"{service}","namespace":"production","new_replicas":5,"old_replicas":3}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn seed_incidents_give_executed_executed_approval_manual() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    let lines: Vec<&str> = include_str!("data/seed-incidents.jsonl").lines().take(4).collect();
+    let mut decisions = Vec::new();
+    for l in lines {
+        decisions.push(r.send(l).await);
+    }
+    let d: Vec<Decision> = decisions.iter().map(|o| o.decision).collect();
+    assert_eq!(
+        d,
+        [
+            Decision::Executed,
+            Decision::Executed,
+            Decision::ApprovalRequired,
+            Decision::Manual
+        ]
+    );
+    assert_eq!(decisions[0].success, Some(true));
+    assert_eq!(decisions[0].checks.len(), 3, "two pre-checks and one post-check");
+    assert_eq!(
+        decisions[2].action.as_ref().unwrap().kind,
+        "rollout_undo",
+        "approval carries the suggested action"
+    );
+    let journal = r.executor.journal();
+    assert_eq!(journal.len(), 2);
+    assert_eq!(journal[0].display, "kubectl delete pod api-server-abc123 -n production");
+    assert_eq!(
+        journal[1].display,
+        "kubectl scale deployment worker --replicas=5 -n production"
+    );
+}
+
+#[tokio::test]
+async fn failed_verification_rolls_back_and_three_failures_open_the_circuit() {
+    let faults = Faults {
+        fail_post_checks_for: ["a", "b", "c", "d"].map(String::from).into(),
+        ..Faults::default()
+    };
+    let r = rig(SEED, faults, Settings::default());
+    let o = r.send(&scale("S1", "a")).await;
+    assert_eq!(
+        (o.decision, o.success, o.rolled_back),
+        (Decision::Executed, Some(false), true)
+    );
+    assert!(o.reason.contains("post-check metrics_improved failed"), "{}", o.reason);
+    let j = r.executor.journal();
+    assert_eq!(j.len(), 2);
+    assert_eq!(
+        j[1].display, "kubectl scale deployment a --replicas=3 -n production",
+        "rollback restores the old count"
+    );
+    r.send(&scale("S2", "b")).await;
+    let third = r.send(&scale("S3", "c")).await;
+    assert!(
+        third.reason.ends_with("circuit opened after 3 consecutive failures"),
+        "{}",
+        third.reason
+    );
+    let blocked = r.send(&scale("S4", "d")).await;
+    assert_eq!(blocked.decision, Decision::Blocked);
+    assert_eq!(blocked.guardrail, Some(remediator::guardrails::Guardrail::CircuitOpen));
+    assert_eq!(r.executor.journal().len(), 6, "nothing ran while the circuit was open");
+
+    // After the recovery timeout exactly one probe runs; its success closes the circuit.
+    r.clock.advance(ChronoDuration::seconds(301));
+    r.executor.set_faults(Faults::default());
+    let probe = r.send(&scale("S5", "e")).await;
+    assert_eq!(probe.success, Some(true));
+    assert!(probe.reason.contains("half-open probe succeeded"), "{}", probe.reason);
+    assert_eq!(r.send(&scale("S6", "f")).await.decision, Decision::Executed);
+}
+
+#[tokio::test]
+async fn failed_rollback_opens_the_circuit_at_once() {
+    let svc = || ["x"].map(String::from).into();
+    let faults = Faults {
+        fail_post_checks_for: svc(),
+        fail_rollbacks_for: svc(),
+        ..Faults::default()
+    };
+    let r = rig(SEED, faults, Settings::default());
+    let o = r.send(&scale("R1", "x")).await;
+    assert_eq!((o.success, o.rolled_back), (Some(false), false));
+    assert!(o.reason.contains("rollback failed"), "{}", o.reason);
+    assert!(o.reason.contains("circuit opened"), "{}", o.reason);
+    assert_eq!(r.send(&scale("R2", "y")).await.decision, Decision::Blocked);
+}
+
+#[tokio::test]
+async fn failed_pre_check_aborts_without_acting() {
+    let faults = Faults {
+        fail_pre_checks_for: ["solo"].map(String::from).into(),
+        ..Faults::default()
+    };
+    let r = rig(SEED, faults, Settings::default());
+    let o = r.send(&crash("P1", "solo")).await;
+    assert_eq!(o.decision, Decision::Aborted);
+    assert!(
+        o.reason.starts_with("pre-check replicas_greater_than_one failed"),
+        "{}",
+        o.reason
+    );
+    assert!(r.executor.journal().is_empty());
+}
+
+#[tokio::test]
+async fn cooldown_and_rate_limit_hold_per_runbook_and_service() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    assert_eq!(r.send(&crash("C1", "api")).await.decision, Decision::Executed);
+    let o = r.send(&crash("C2", "api")).await;
+    assert_eq!(
+        (o.decision, o.reason.as_str()),
+        (Decision::Blocked, "cooldown active (300s remaining)")
+    );
+    assert_eq!(
+        r.send(&crash("C3", "other")).await.decision,
+        Decision::Executed,
+        "other service, own cooldown"
+    );
+    // restart-pod: 5 per hour, cooldown 5 min.
+    for i in 0..4 {
+        r.clock.advance(ChronoDuration::minutes(5));
+        assert_eq!(
+            r.send(&crash(&format!("C{}", 10 + i), "api")).await.decision,
+            Decision::Executed
+        );
+    }
+    r.clock.advance(ChronoDuration::minutes(5));
+    let o = r.send(&crash("C20", "api")).await;
+    assert_eq!(
+        o.guardrail,
+        Some(remediator::guardrails::Guardrail::RateLimit),
+        "{}",
+        o.reason
+    );
+}
+
+#[tokio::test]
+async fn redelivery_republishes_and_a_second_message_is_a_duplicate() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    let src = Source {
+        topic: "incidents".into(),
+        partition: 2,
+        offset: 41,
+    };
+    let first = r
+        .engine
+        .handle(crash("D1", "api").as_bytes(), Some(&src), "a1")
+        .await
+        .unwrap();
+    let again = r
+        .engine
+        .handle(crash("D1", "api").as_bytes(), Some(&src), "a2")
+        .await
+        .unwrap();
+    assert!(again.republished);
+    assert_eq!(again.outcomes, first.outcomes, "the recorded outcome, same event id");
+    let other = Source { offset: 99, ..src };
+    let dup = r
+        .engine
+        .handle(crash("D1", "api").as_bytes(), Some(&other), "a3")
+        .await
+        .unwrap();
+    assert_eq!(dup.outcomes[0].decision, Decision::Duplicate);
+    assert!(
+        dup.outcomes[0].reason.contains("executed by remediator"),
+        "{}",
+        dup.outcomes[0].reason
+    );
+    assert_eq!(r.executor.journal().len(), 1, "executed exactly once");
+}
+
+#[tokio::test]
+async fn dry_run_reserves_guardrails_but_never_acts() {
+    let r = rig(
+        SEED,
+        Faults::default(),
+        Settings {
+            dry_run: true,
+            ..Settings::default()
+        },
+    );
+    let o = r.send(&crash("Y1", "api")).await;
+    assert_eq!(o.decision, Decision::DryRun);
+    assert_eq!(
+        o.action.as_ref().unwrap().display,
+        "kubectl delete pod api-1 -n production"
+    );
+    assert_eq!(
+        r.send(&crash("Y2", "api")).await.decision,
+        Decision::Blocked,
+        "shadow mode shows the cooldown too"
+    );
+    assert!(r.executor.journal().is_empty());
+}
+
+#[tokio::test]
+async fn rejected_events_go_to_the_dead_letter_topic_with_the_field_named() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    let h = r
+        .engine
+        .handle(
+            br#"{"id":"B1","root_cause":"x","confidence":2,"service":"s"}"#,
+            None,
+            "b",
+        )
+        .await
+        .unwrap();
+    let dl = h.dead_letter.expect("dead-lettered");
+    assert_eq!(dl.field, "confidence");
+    assert_eq!(h.outcomes[0].decision, Decision::Rejected);
+    assert_eq!(h.outcomes[0].incident_id.as_deref(), Some("B1"));
+    common::schema::assert_valid_outcome(&serde_json::to_value(&h.outcomes[0]).unwrap());
+}
+
+#[tokio::test]
+async fn stale_incidents_expire() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    let stale = r.clock.now() - ChronoDuration::minutes(16);
+    let json = format!(
+        r#"{{"id":"E1","root_cause":"OOMKilled","confidence":0.99,"service":"api","detected_at":"{}","context":{{"pod_name":"p","namespace":"n"}}}}"#,
+        stale.to_rfc3339()
+    );
+    let o = r.send(&json).await;
+    assert_eq!(o.decision, Decision::Expired);
+    assert_eq!(o.reason, "incident is 16m old, older than max_incident_age 15m");
+}
