@@ -1,0 +1,186 @@
+//! `remediator run` as a real process: configured only through `REMEDIATOR_*` variables, against
+//! the real Redis and Kafka, serving `/metrics`, `/healthz` and `/readyz`, logging JSON with the
+//! incident id, and draining on SIGTERM with exit code 0.
+
+#[path = "common/kafka.rs"]
+mod kafka_common;
+
+use kafka_common::{bootstrap, produce, read, redis_url, seed_incidents, unique, Msg, Topics};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_processes_incidents_serves_metrics_and_drains_on_sigterm() {
+    let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
+        return;
+    };
+    let topics = Topics::create(&brokers, 3).await;
+    let port = free_port();
+    let run = unique("proc");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .arg("run")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("REMEDIATOR_KAFKA_BROKERS", &brokers)
+        .env("REMEDIATOR_KAFKA_GROUP_ID", unique("group"))
+        .env("REMEDIATOR_KAFKA_INCIDENTS_TOPIC", &topics.incidents)
+        .env("REMEDIATOR_KAFKA_OUTCOMES_TOPIC", &topics.outcomes)
+        .env("REMEDIATOR_KAFKA_DLQ_TOPIC", &topics.dlq)
+        .env("REMEDIATOR_REDIS_URL", &redis)
+        .env("REMEDIATOR_REDIS_KEY_PREFIX", unique("test"))
+        .env("REMEDIATOR_RUNBOOKS", "tests/data/seed-runbooks.yaml")
+        .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REMEDIATOR_WORKER_ID", "proc-1")
+        .env("REMEDIATOR_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start remediator run");
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Ready once Kafka, Redis and the executor answer.
+    let t0 = Instant::now();
+    loop {
+        if get(&format!("{base}/readyz")).await.0 == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not ready in 30 s: {:?}",
+            get(&format!("{base}/readyz")).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+
+    let incidents = seed_incidents(&run);
+    let msgs: Vec<Msg> = incidents.iter().map(|(id, json)| Msg::incident(id, json)).collect();
+    produce(&brokers, &topics.incidents, &msgs).await;
+    let outcomes = read(&brokers, &topics.outcomes, 4, Duration::from_secs(30)).await;
+    let mut decisions: Vec<(String, String)> = outcomes
+        .iter()
+        .map(|r| {
+            let o = r.json();
+            (
+                o["incident_id"].as_str().unwrap_or("").to_string(),
+                o["decision"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    decisions.sort();
+    let want: Vec<(String, String)> = ["executed", "executed", "approval_required", "manual"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (incidents[i].0.clone(), d.to_string()))
+        .collect();
+    assert_eq!(decisions, want);
+    assert!(outcomes.iter().all(|r| r.json()["worker"] == "proc-1"));
+
+    let (code, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(code, 200);
+    for line in [
+        "remediator_incidents_total{decision=\"executed\"} 2",
+        "remediator_incidents_total{decision=\"approval_required\"} 1",
+        "remediator_incidents_total{decision=\"manual\"} 1",
+        "remediator_actions_total{result=\"success\",runbook=\"restart-pod\"} 1",
+        "remediator_outcomes_published_total 4",
+        "remediator_actions_in_flight 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("remediator_decision_duration_seconds_count 4"),
+        "{metrics}"
+    );
+    // The lag gauge comes from librdkafka statistics, emitted every few seconds.
+    let t0 = Instant::now();
+    while !get(&format!("{base}/metrics"))
+        .await
+        .1
+        .contains("remediator_kafka_consumer_lag{partition=")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no consumer lag gauge after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // SIGTERM: drain, commit, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let t0 = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "did not exit within 40 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("read logs");
+    assert!(exit.success(), "exit {exit:?}; logs:\n{logs}");
+    // JSON logs, one span per incident carrying its id.
+    let first = &incidents[0].0;
+    let with_id = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["span"]["id"] == first.as_str());
+    assert!(with_id.is_some(), "no JSON log line in the span of {first}:\n{logs}");
+}
+
+#[test]
+fn bad_configuration_fails_fast_with_the_key_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .arg("run")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("REMEDIATOR_REDIS_TIMEOUT_MS", "soon")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("REMEDIATOR_REDIS_TIMEOUT_MS") || err.contains("timeout_ms"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .args(["run", "--runbooks", "tests/data/does-not-exist.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.yaml"));
+}
