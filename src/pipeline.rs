@@ -638,6 +638,29 @@ impl Engine {
                     .await
                     .map_err(|e| format!("rollback failed: {e}")),
             };
+            let outcome = match outcome {
+                Ok(report) => {
+                    // Never assume the rollback worked either.
+                    let mut unverified = None;
+                    for c in &rb.rollback_checks {
+                        let r = self
+                            .executor
+                            .check(c, &ctx(incident, rb, action, &vars, &action_id, true))
+                            .await;
+                        if !r.passed && unverified.is_none() {
+                            unverified = Some(format!("rollback check {} failed: {}", c.name(), r.detail));
+                        }
+                        checks.push(CheckOutcome {
+                            phase: Phase::Rollback,
+                            name: c.name().into(),
+                            passed: r.passed,
+                            detail: r.detail,
+                        });
+                    }
+                    unverified.map_or(Ok(report), Err)
+                }
+                Err(e) => Err(e),
+            };
             match outcome {
                 Ok(r) => Execution {
                     decision: Decision::Executed,

@@ -123,6 +123,11 @@ async fn failed_verification_rolls_back_and_three_failures_open_the_circuit() {
         (Decision::Executed, Some(false), true)
     );
     assert!(o.reason.contains("post-check metrics_improved failed"), "{}", o.reason);
+    let verified = o
+        .checks
+        .iter()
+        .any(|c| c.phase == remediator::outcome::Phase::Rollback && c.name == "deployment_rolled_out" && c.passed);
+    assert!(verified, "the rollback is verified too: {:?}", o.checks);
     let j = r.executor.journal();
     assert_eq!(j.len(), 2);
     assert_eq!(

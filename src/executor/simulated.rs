@@ -20,7 +20,7 @@ pub struct Faults {
     pub fail_pre_checks_for: BTreeSet<String>,
     /// The action errors for these services.
     pub fail_actions_for: BTreeSet<String>,
-    /// Rollback actions error for these services.
+    /// Rollback actions (and the checks verifying them) fail for these services.
     pub fail_rollbacks_for: BTreeSet<String>,
     /// Every action takes this long.
     pub action_delay: Duration,
@@ -93,7 +93,9 @@ impl Executor for SimulatedExecutor {
                 | CheckName::DeploymentRolledOut
                 | CheckName::PrometheusQuery
         );
-        let fail = if is_post {
+        let fail = if ctx.rollback {
+            &faults.fail_rollbacks_for
+        } else if is_post {
             &faults.fail_post_checks_for
         } else {
             &faults.fail_pre_checks_for

@@ -82,6 +82,7 @@ const RUNBOOK_KEYS: &[&str] = &[
     "action",
     "post_checks",
     "rollback",
+    "rollback_checks",
     "dry_run",
 ];
 
@@ -366,6 +367,26 @@ impl Parser<'_> {
             None | Some(Value::Null) => None,
             Some(v) => self.action(v, "rollback"),
         };
+        let explicit_rollback_checks = get("rollback_checks").is_some();
+        let mut rollback_checks = self.checks(get("rollback_checks"), "rollback_checks");
+        if explicit_rollback_checks && rollback.is_none() && !rollback_checks.is_empty() {
+            self.err("rollback_checks", "given without a rollback action");
+        }
+        // Never assume a rollback worked: a rollback that moves a deployment is verified by its
+        // rollout unless the runbook says how to verify it.
+        if !explicit_rollback_checks
+            && rollback.as_ref().is_some_and(|r| {
+                matches!(
+                    r,
+                    ActionSpec::ScaleDeployment { .. }
+                        | ActionSpec::RolloutUndo { .. }
+                        | ActionSpec::RolloutRestart { .. }
+                        | ActionSpec::ScaleToZero { .. }
+                )
+            })
+        {
+            rollback_checks.push(CheckSpec::named(CheckName::DeploymentRolledOut));
+        }
         let dry_run = match get("dry_run") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -395,6 +416,7 @@ impl Parser<'_> {
             action: action?,
             post_checks,
             rollback,
+            rollback_checks,
             dry_run,
         })
     }

@@ -77,6 +77,8 @@ pub struct Runbook {
     pub post_checks: Vec<CheckSpec>,
     /// Undo on failed verification; `None` means self-healing.
     pub rollback: Option<ActionSpec>,
+    /// Verification after a rollback (default for deployment rollbacks: `deployment_rolled_out`).
+    pub rollback_checks: Vec<CheckSpec>,
     /// Shadow mode for this runbook.
     pub dry_run: bool,
 }
