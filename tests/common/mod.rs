@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod guardrail_suite;
+pub mod k8s;
 pub mod schema;
 
 /// The Redis under test, from `REDIS_URL` (`scripts/services.sh start` prints it).
