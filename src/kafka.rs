@@ -12,12 +12,14 @@
 //!   one after another, so offsets are stored in order by construction: `N+1` is never stored
 //!   while `N` is unfinished. Partitions run concurrently.
 //! * **Bounded work, backpressure.** At most `max_in_flight` messages are pulled and unfinished at
-//!   a time (a semaphore). When it is exhausted the assigned partitions are *paused* and the
-//!   consumer keeps being polled, so rebalances are served and `max.poll.interval.ms` never
-//!   expires however long the backlog lasts (a paused Redis can hold every partition for minutes).
-//!   Pausing makes librdkafka discard what it had prefetched and resume from the last message
-//!   handed to us, so nothing is skipped; a message that still arrives while paused (a partition
-//!   assigned a moment ago) is accepted beyond the bound rather than dropped.
+//!   a time (a semaphore). When it is exhausted the consumer stops pulling; if no slot frees up
+//!   within a second, the assigned partitions are *paused* and the consumer is polled again, so
+//!   rebalances are served and `max.poll.interval.ms` never expires however long the stall lasts
+//!   (a Redis outage can hold every partition for minutes). Consumption resumes once half the
+//!   slots are free. Pausing makes librdkafka discard what it had prefetched and later refetch
+//!   from the last message handed to us, so nothing is skipped (the refetch costs ~0.5 s, hence
+//!   no pause for short bursts); a message that still arrives while paused (a partition assigned a
+//!   moment ago) is accepted beyond the bound rather than dropped.
 //! * **Fail closed.** When the guardrail store is unreachable nothing is executed: the partition
 //!   waits and retries the *same* message with the *same* attempt id (backoff 100 ms .. 5 s).
 //! * **Poison never blocks.** A message the engine rejects (or one with a null payload) is copied
@@ -343,13 +345,15 @@ impl ClientContext for ConsumerCtx {
         let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         for p in topic.partitions.values().filter(|p| owned.contains_key(&p.partition)) {
             // Position-based lag: what is in the log beyond the next message we will be given.
-            let lag = if p.hi_offset >= 0 && p.app_offset >= 0 {
-                p.hi_offset - p.app_offset
-            } else if p.hi_offset >= 0 && p.committed_offset >= 0 {
-                p.hi_offset - p.committed_offset
-            } else {
+            // Before the first message, the committed offset is where we start; without one, the
+            // log start (auto.offset.reset=earliest).
+            let position = [p.app_offset, p.committed_offset, p.lo_offset]
+                .into_iter()
+                .find(|o| *o >= 0);
+            let (Some(position), true) = (position, p.hi_offset >= 0) else {
                 continue;
             };
+            let lag = p.hi_offset - position;
             self.metrics
                 .consumer_lag
                 .with_label_values(&[&p.partition.to_string()])
@@ -428,7 +432,8 @@ impl ClientContext for ProducerCtx {
     }
 
     fn stats(&self, _statistics: Statistics) {
-        // Only the consumer's statistics are used (lag); set by `properties`, ignore them here.
+        // Statistics feed the consumer's lag gauge; if `properties` enables them for the producer
+        // too, there is nothing to do with them.
     }
 }
 

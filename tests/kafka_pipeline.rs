@@ -48,10 +48,22 @@ async fn seed_incidents_publish_four_outcomes_and_commit() {
     produce(&bs, &topics.incidents, &msgs).await;
 
     let executor = Arc::new(SimulatedExecutor::new());
-    let worker = Worker::start(&topics.settings(&bs, &group), engine(store().await, executor.clone()));
+    let mut settings = topics.settings(&bs, &group);
+    // Statistics (the lag gauge's source) every 100 ms instead of 5 s.
+    settings
+        .properties
+        .insert("statistics.interval.ms".into(), "100".into());
+    let engine = engine(store().await, executor.clone());
+    let worker = Worker::start(&settings, engine.clone());
     let outcomes = read(&bs, &topics.outcomes, 4, WITHIN).await;
     assert!(worker.health.snapshot().0, "kafka reported healthy");
     assert!(worker.health.snapshot().1, "store reported healthy");
+    wait_until("consumer lag 0 on every partition", WITHIN, || {
+        let text = engine.metrics().render();
+        (0..topics.partitions)
+            .all(|p| text.contains(&format!("remediator_kafka_consumer_lag{{partition=\"{p}\"}} 0\n")))
+    })
+    .await;
     let stats = worker.stop().await.expect("run ok");
 
     let decisions: BTreeMap<String, String> = outcomes
@@ -440,14 +452,15 @@ async fn rebalance(mut properties: BTreeMap<String, String>, expect_midstream: b
         "{a_stats:?} {b_stats:?}"
     );
     if expect_midstream {
-        // Ten incidents at 1.2 s each over three partitions keep A busy for ~5 s and B joined
-        // after ~1.5 s: the eager rebalance revoked A's partitions with an incident in progress,
-        // whose redelivery was answered from the store, and B got partitions of its own.
+        // Ten incidents at 1.2 s each over three partitions keep A's busiest partition going
+        // for ≥ 4.8 s and B joined after ~1.5 s: the eager rebalance revoked that partition with
+        // an incident in progress, whose redelivery (to A or B, whichever got the partition) was
+        // answered from the store. (Which member gets which partition varies, so B may end up
+        // with nothing left to do.)
         assert!(
             a_stats.republished + b_stats.republished > 0,
             "no redelivery: {a_stats:?} {b_stats:?}"
         );
-        assert!(b_stats.handled > 0, "B never got a partition: {b_stats:?}");
     }
 
     let journal = executor.journal();
