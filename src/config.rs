@@ -127,6 +127,25 @@ impl Default for GuardrailsConfig {
     }
 }
 
+/// Settings of the simulated executor (demo, tests, rehearsals without a cluster).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatedConfig {
+    /// Append every action as one JSON line to this file ("" = keep it in memory only). Tests of
+    /// several worker processes read it to prove nothing ran twice.
+    pub journal: String,
+    /// Every action takes this long (exercises concurrency limits and crash handling).
+    pub action_delay: String,
+    /// Post-checks fail for incidents of these services (exercises rollback and the breaker).
+    pub fail_post_checks_for: Vec<String>,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        Self { journal: String::new(), action_delay: "0s".into(), fail_post_checks_for: Vec::new() }
+    }
+}
+
 /// Logging settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +178,8 @@ pub struct Config {
     /// Which executor acts: `simulated` (a simulated cluster; the Kubernetes executor is not
     /// built yet, so this is the only choice and a live worker only pretends to act).
     pub executor: String,
+    /// The simulated executor.
+    pub simulated: SimulatedConfig,
     /// Kafka.
     pub kafka: KafkaConfig,
     /// Redis.
@@ -178,6 +199,7 @@ impl Default for Config {
             runbooks: "config/runbooks.yaml".into(),
             dry_run: false,
             executor: "simulated".into(),
+            simulated: SimulatedConfig::default(),
             kafka: KafkaConfig::default(),
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
@@ -250,7 +272,7 @@ impl Config {
                 // Only complain about variables that claim a known section: other REMEDIATOR_*
                 // variables belong to scripts (REMEDIATOR_CACHE, REMEDIATOR_TEST_...).
                 let section = rest.split('_').next().unwrap_or("");
-                if ["KAFKA", "REDIS", "HTTP", "GUARDRAILS", "LOG"].contains(&section) {
+                if ["KAFKA", "REDIS", "HTTP", "GUARDRAILS", "LOG", "SIMULATED"].contains(&section) {
                     return Err(invalid(name, "unknown configuration key"));
                 }
                 continue;
@@ -282,6 +304,7 @@ impl Config {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
+        parse_duration(&self.simulated.action_delay).map_err(|m| invalid("simulated.action_delay", m))?;
         if parse_duration(&g.lease).unwrap_or_default() < Duration::from_secs(3) {
             return Err(invalid(
                 "guardrails.lease",

@@ -126,7 +126,17 @@ pub async fn run(config: Config) -> Result<()> {
     // The simulated executor is the only one in this build (see `executor` in the README).
     warn!("executor: simulated cluster; actions are not applied to any real system");
     health.set_executor(true);
-    let executor = Arc::new(SimulatedExecutor::new());
+    let sim = &config.simulated;
+    let faults = crate::executor::simulated::Faults {
+        action_delay: crate::config::parse_duration(&sim.action_delay).unwrap_or_default(),
+        fail_post_checks_for: sim.fail_post_checks_for.iter().cloned().collect(),
+        ..Default::default()
+    };
+    let mut executor = SimulatedExecutor::with_faults(faults);
+    if !sim.journal.is_empty() {
+        executor = executor.with_journal_file(&sim.journal);
+    }
+    let executor = Arc::new(executor);
     spawn_circuit_gauges(
         Arc::clone(&store),
         Arc::clone(&catalogue),

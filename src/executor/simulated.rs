@@ -44,6 +44,7 @@ pub struct JournalEntry {
 pub struct SimulatedExecutor {
     faults: Mutex<Faults>,
     journal: Mutex<Vec<JournalEntry>>,
+    journal_file: Option<std::path::PathBuf>,
     replicas: Mutex<BTreeMap<(String, String), u32>>,
 }
 
@@ -59,6 +60,13 @@ impl SimulatedExecutor {
             faults: Mutex::new(faults),
             ..Self::default()
         }
+    }
+
+    /// Also append every action as one JSON line to `path`, so several worker processes can be
+    /// audited together (each line is written with one `O_APPEND` write).
+    pub fn with_journal_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.journal_file = Some(path.into());
+        self
     }
 
     /// Change the faults (tests and demo flip them between incidents).
@@ -109,60 +117,65 @@ impl Executor for SimulatedExecutor {
 
     async fn execute(&self, action: &Action, ctx: &ExecContext<'_>) -> Result<ActionReport, ExecError> {
         let faults = self.faults();
+        let is_rollback = ctx.rollback;
+        // Journal first: the journal records every action the executor was asked to run, even
+        // one whose process is killed halfway through it.
+        let entry = JournalEntry {
+            incident_id: ctx.incident.id.clone(),
+            runbook: ctx.runbook.to_string(),
+            kind: action.kind().to_string(),
+            display: action.view().display,
+        };
+        if let Some(path) = &self.journal_file {
+            append_line(path, &entry, is_rollback).map_err(|e| ExecError(format!("journal {}: {e}", path.display())))?;
+        }
+        lock(&self.journal).push(entry);
         if !faults.action_delay.is_zero() {
             tokio::time::sleep(faults.action_delay).await;
         }
         let service = ctx.incident.service();
-        let is_rollback = ctx.rollback;
-        let failing = if is_rollback {
-            &faults.fail_rollbacks_for
-        } else {
-            &faults.fail_actions_for
-        };
+        let failing = if is_rollback { &faults.fail_rollbacks_for } else { &faults.fail_actions_for };
         if failing.contains(service) {
             return Err(ExecError(format!("simulated: {} failed for {service}", action.kind())));
         }
-        let mut report = ActionReport {
-            detail: format!("simulated: {}", action.view().display),
-            ..Default::default()
-        };
-        if let Action::ScaleDeployment {
-            namespace,
-            deployment,
-            replicas,
-        } = action
-        {
+        let mut report = ActionReport { detail: format!("simulated: {}", action.view().display), ..Default::default() };
+        if let Action::ScaleDeployment { namespace, deployment, replicas } = action {
             let mut map = lock(&self.replicas);
             let key = (namespace.clone(), deployment.clone());
             // Unknown deployments start where the incident says they are, else at 1.
-            let current = *map
-                .entry(key.clone())
-                .or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
+            let current = *map.entry(key.clone()).or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
             let target = match replicas {
                 Replicas::To(n) => *n,
                 Replicas::By(d) => (current as i64 + *d as i64).max(0) as u32,
-                Replicas::Predictive {
-                    predicted_load,
-                    current_load,
-                    max_replicas,
-                } => predictive_target(current, *predicted_load, *current_load, *max_replicas),
+                Replicas::Predictive { predicted_load, current_load, max_replicas } => {
+                    predictive_target(current, *predicted_load, *current_load, *max_replicas)
+                }
             };
             map.insert(key, target);
             report.captured.insert("old_replicas".into(), current.to_string());
             report.detail = format!("simulated: scaled {deployment} from {current} to {target} replicas");
         }
-        lock(&self.journal).push(JournalEntry {
-            incident_id: ctx.incident.id.clone(),
-            runbook: ctx.runbook.to_string(),
-            kind: action.kind().to_string(),
-            display: action.view().display,
-        });
         Ok(report)
     }
 
     fn name(&self) -> &'static str {
         "simulated"
     }
+}
+
+fn append_line(path: &std::path::Path, e: &JournalEntry, rollback: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "incident_id": e.incident_id,
+        "runbook": e.runbook,
+        "kind": e.kind,
+        "display": e.display,
+        "rollback": rollback,
+        "pid": std::process::id(),
+        "at_ms": chrono::Utc::now().timestamp_millis(),
+    });
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())
 }
 
 /// The seed's PredictiveScaler: replicas needed for the predicted load at the current load per
