@@ -127,6 +127,39 @@ impl Default for GuardrailsConfig {
     }
 }
 
+/// Settings of the Kubernetes executor (`executor: kubernetes`). The cluster itself is found the
+/// kube crate's usual way: the in-cluster service account, else `KUBECONFIG`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Prometheus base URL for query checks (`metrics_improved`, `error_rate_normalized`,
+    /// `prometheus_query`); "" = none, and such checks fail (never assumed to pass).
+    pub prometheus_url: String,
+    /// Timeout of waiting checks that name none (`pod_becomes_ready`, `deployment_rolled_out`, ...).
+    pub check_timeout: String,
+    /// How often waiting checks poll.
+    pub poll_interval: String,
+    /// Timeout of one API server or Prometheus call.
+    pub api_timeout: String,
+    /// PromQL template for an `error_rate_normalized` check without a `query` ({service} etc.).
+    pub error_rate_query: String,
+    /// Threshold of that default query.
+    pub error_rate_below: f64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            prometheus_url: String::new(),
+            check_timeout: "60s".into(),
+            poll_interval: "250ms".into(),
+            api_timeout: "10s".into(),
+            error_rate_query: r#"sum(rate(http_requests_total{service="{service}",code=~"5.."}[5m])) / sum(rate(http_requests_total{service="{service}"}[5m]))"#.into(),
+            error_rate_below: 0.05,
+        }
+    }
+}
+
 /// Settings of the simulated executor (demo, tests, rehearsals without a cluster).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -142,7 +175,11 @@ pub struct SimulatedConfig {
 
 impl Default for SimulatedConfig {
     fn default() -> Self {
-        Self { journal: String::new(), action_delay: "0s".into(), fail_post_checks_for: Vec::new() }
+        Self {
+            journal: String::new(),
+            action_delay: "0s".into(),
+            fail_post_checks_for: Vec::new(),
+        }
     }
 }
 
@@ -165,6 +202,66 @@ impl Default for LogConfig {
     }
 }
 
+/// Which alert labels (and annotation) become which incident fields, for the Alertmanager intake.
+/// Each field lists label names tried in order; the first one present on the alert wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelMapping {
+    /// Labels giving the incident's `root_cause` (matched against runbook triggers).
+    pub root_cause: Vec<String>,
+    /// Labels giving the incident's service.
+    pub service: Vec<String>,
+    /// Labels giving `context.namespace`.
+    pub namespace: Vec<String>,
+    /// Labels giving `context.pod_name`.
+    pub pod: Vec<String>,
+    /// Labels giving `context.deployment`.
+    pub deployment: Vec<String>,
+}
+
+impl Default for LabelMapping {
+    fn default() -> Self {
+        let one = |s: &str| vec![s.to_string()];
+        Self {
+            root_cause: one("alertname"),
+            service: vec!["service".into(), "job".into()],
+            namespace: one("namespace"),
+            pod: one("pod"),
+            deployment: one("deployment"),
+        }
+    }
+}
+
+/// The Alertmanager webhook intake (`POST /v1/alertmanager` on `http.listen`). Its bearer token
+/// comes only from the environment (`REMEDIATOR_ALERTMANAGER_TOKEN`), never from this file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerConfig {
+    /// Serve the endpoint.
+    pub enabled: bool,
+    /// Label names per incident field.
+    pub label_mapping: LabelMapping,
+    /// Annotation holding the confidence (0..1); "" = always use `default_confidence`.
+    pub confidence_annotation: String,
+    /// Confidence of an alert without that annotation.
+    pub default_confidence: f64,
+    /// How long the broker may take to acknowledge the incidents of one request before the
+    /// request fails with 503 (and Alertmanager retries).
+    pub delivery_timeout: String,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            label_mapping: LabelMapping::default(),
+            confidence_annotation: "confidence".into(),
+            default_confidence: 0.9,
+            delivery_timeout: "10s".into(),
+        }
+    }
+}
+
 /// The whole worker configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -175,9 +272,11 @@ pub struct Config {
     pub runbooks: String,
     /// Worker-wide shadow mode.
     pub dry_run: bool,
-    /// Which executor acts: `simulated` (a simulated cluster; the Kubernetes executor is not
-    /// built yet, so this is the only choice and a live worker only pretends to act).
+    /// Which executor acts: `kubernetes` (the API server) or `simulated` (a simulated cluster,
+    /// for rehearsals and tests: nothing real is touched).
     pub executor: String,
+    /// The Kubernetes executor.
+    pub kubernetes: KubernetesConfig,
     /// The simulated executor.
     pub simulated: SimulatedConfig,
     /// Kafka.
@@ -190,6 +289,8 @@ pub struct Config {
     pub guardrails: GuardrailsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Alertmanager webhook intake.
+    pub alertmanager: AlertmanagerConfig,
 }
 
 impl Default for Config {
@@ -198,13 +299,15 @@ impl Default for Config {
             worker_id: gethostname::gethostname().to_string_lossy().into_owned(),
             runbooks: "config/runbooks.yaml".into(),
             dry_run: false,
-            executor: "simulated".into(),
+            executor: "kubernetes".into(),
+            kubernetes: KubernetesConfig::default(),
             simulated: SimulatedConfig::default(),
             kafka: KafkaConfig::default(),
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
             guardrails: GuardrailsConfig::default(),
             log: LogConfig::default(),
+            alertmanager: AlertmanagerConfig::default(),
         }
     }
 }
@@ -272,7 +375,22 @@ impl Config {
                 // Only complain about variables that claim a known section: other REMEDIATOR_*
                 // variables belong to scripts (REMEDIATOR_CACHE, REMEDIATOR_TEST_...).
                 let section = rest.split('_').next().unwrap_or("");
-                if ["KAFKA", "REDIS", "HTTP", "GUARDRAILS", "LOG", "SIMULATED"].contains(&section) {
+                // A secret read by the intake itself, never a config key (DESIGN.md §1.6).
+                if name == crate::alertmanager::TOKEN_ENV {
+                    continue;
+                }
+                if [
+                    "KAFKA",
+                    "REDIS",
+                    "HTTP",
+                    "GUARDRAILS",
+                    "LOG",
+                    "SIMULATED",
+                    "KUBERNETES",
+                    "ALERTMANAGER",
+                ]
+                .contains(&section)
+                {
                     return Err(invalid(name, "unknown configuration key"));
                 }
                 continue;
@@ -332,14 +450,46 @@ impl Config {
                 format!("must be json or text, got {:?}", self.log.format),
             ));
         }
-        if self.executor != "simulated" {
+        if !["kubernetes", "simulated"].contains(&self.executor.as_str()) {
             return Err(invalid(
                 "executor",
-                format!(
-                    "must be simulated (the only executor in this build), got {:?}",
-                    self.executor
-                ),
+                format!("must be kubernetes or simulated, got {:?}", self.executor),
             ));
+        }
+        let k = &self.kubernetes;
+        for (key, v) in [
+            ("kubernetes.check_timeout", &k.check_timeout),
+            ("kubernetes.poll_interval", &k.poll_interval),
+            ("kubernetes.api_timeout", &k.api_timeout),
+        ] {
+            if parse_duration(v).map_err(|m| invalid(key, m))?.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if !(k.error_rate_below.is_finite()) {
+            return Err(invalid("kubernetes.error_rate_below", "must be a number"));
+        }
+        let am = &self.alertmanager;
+        if !(0.0..=1.0).contains(&am.default_confidence) {
+            return Err(invalid(
+                "alertmanager.default_confidence",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        let m = &am.label_mapping;
+        for (key, labels) in [
+            ("alertmanager.label_mapping.root_cause", &m.root_cause),
+            ("alertmanager.label_mapping.service", &m.service),
+        ] {
+            if labels.iter().all(|l| l.is_empty()) {
+                return Err(invalid(key, "must name at least one label"));
+            }
+        }
+        if parse_duration(&am.delivery_timeout)
+            .map_err(|m| invalid("alertmanager.delivery_timeout", m))?
+            .is_zero()
+        {
+            return Err(invalid("alertmanager.delivery_timeout", "must be greater than zero"));
         }
         if self.worker_id.is_empty() {
             return Err(invalid("worker_id", "must not be empty"));

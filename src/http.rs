@@ -1,6 +1,8 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (Kafka, the guardrail store and the executor are all reachable).
+//! `/readyz` (Kafka, the guardrail store and the executor are all reachable), plus the
+//! Alertmanager webhook (`POST /v1/alertmanager`, see `alertmanager.rs`) when it is enabled.
 
+use crate::alertmanager::Intake;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -18,13 +20,18 @@ struct AppState {
     health: Arc<Health>,
 }
 
-/// The router, separate from serving so tests can call it directly.
-pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
-    Router::new()
+/// The router, separate from serving so tests can call it directly. `intake` adds the
+/// Alertmanager webhook route (`None`: the route does not exist, 404).
+pub fn router(metrics: Metrics, health: Arc<Health>, intake: Option<Arc<Intake>>) -> Router {
+    let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
-        .with_state(AppState { metrics, health })
+        .with_state(AppState { metrics, health });
+    match intake {
+        Some(intake) => app.merge(intake.routes()),
+        None => app,
+    }
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -63,11 +70,12 @@ pub async fn serve(
     listen: &str,
     metrics: Metrics,
     health: Arc<Health>,
+    intake: Option<Arc<Intake>>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(metrics, health);
+    let app = router(metrics, health, intake);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })

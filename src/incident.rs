@@ -123,8 +123,110 @@ pub fn parse(bytes: &[u8]) -> Result<Incident, (Rejection, Partial)> {
             Partial::default(),
         ));
     };
-    let partial = peek(&obj);
+    let mut partial = peek(&obj);
+    if let Some(path) = duplicate_key(bytes) {
+        if path == "id" {
+            // Which id is meant is exactly what is ambiguous: name none.
+            partial.id = None;
+        }
+        return Err((
+            Rejection::new(
+                path,
+                "appears more than once in its object (JSON parsers disagree on which value wins, so the \
+                 incident is ambiguous)",
+            ),
+            partial,
+        ));
+    }
     from_object(&obj).map_err(|r| (r, partial))
+}
+
+/// The path (`confidence`, `context.pod_name`, `services[1].x`) of the first key an object of
+/// this (valid JSON) document repeats.
+///
+/// JSON leaves repeated keys undefined: serde_json keeps the last value, many parsers the first.
+/// `{"confidence":0.1,"confidence":0.95}` or two `id`s would mean one thing to the pipeline that
+/// produced or screened the incident and another to this worker, so such an incident is
+/// rejected rather than acted on.
+fn duplicate_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Walk<'a> {
+        path: String,
+        found: &'a RefCell<Option<String>>,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(Walk {
+                    path: format!("{}[{i}]", self.path),
+                    found: self.found,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.path.is_empty() {
+                    shorten(&key)
+                } else {
+                    format!("{}.{}", self.path, shorten(&key))
+                };
+                if !seen.insert(key) {
+                    *self.found.borrow_mut() = Some(path);
+                    return Err(A::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(Walk {
+                    path,
+                    found: self.found,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    let found = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let _ = Walk {
+        path: String::new(),
+        found: &found,
+    }
+    .deserialize(&mut de);
+    found.into_inner()
 }
 
 fn peek(obj: &Map<String, Value>) -> Partial {
@@ -431,6 +533,35 @@ mod tests {
         let (_, p) = parse(br#"{"id":"INC9","root_cause":"x","confidence":7,"services":["svc"]}"#).unwrap_err();
         assert_eq!(p.id.as_deref(), Some("INC9"));
         assert_eq!(p.service.as_deref(), Some("svc"));
+    }
+
+    #[test]
+    fn repeated_keys_are_rejected_with_their_path() {
+        // Last-wins would act on 0.95; a first-wins reader upstream saw 0.1.
+        let cases = [
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.1,"confidence":0.95,"service":"a"}"#,
+                "confidence",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.9,"service":"a","context":{"pod_name":"p","pod_name":"q"}}"#,
+                "context.pod_name",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.9,"services":["a"],"extra":[{"k":1},{"k":1,"k":2}]}"#,
+                "extra[1].k",
+            ),
+        ];
+        for (json, field) in cases {
+            let r = rejected(json);
+            assert_eq!(r.field, field, "{json}");
+            assert!(r.message.contains("more than once"), "{r}");
+        }
+        let (r, p) = parse(br#"{"id":"a","id":"b","root_cause":"x","confidence":0.9,"service":"s"}"#).unwrap_err();
+        assert_eq!(r.field, "id");
+        assert_eq!(p.id, None, "an ambiguous id names no incident");
+        // The same key in different objects is not a repetition.
+        parse(br#"{"id":"a","root_cause":"x","confidence":0.9,"service":"s","context":{"id":"b"}}"#).unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! decided (AUTO / APPROVAL / MANUAL, DESIGN.md §1.2), held to guardrails shared by every replica
 //! through Redis, executed, verified, rolled back on failure, and audited as outcome events.
 
+pub mod alertmanager;
 pub mod cli;
 pub mod clock;
 pub mod config;

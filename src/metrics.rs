@@ -36,6 +36,9 @@ pub struct Metrics {
     pub outcomes_published: IntCounter,
     /// `remediator_outcomes_republished_total`: recorded outcomes re-published for redeliveries.
     pub outcomes_republished: IntCounter,
+    /// `remediator_alertmanager_alerts_total{status}`: alerts the Alertmanager intake received, by
+    /// what became of them (`firing`, `resolved`, `rejected`, `failed`; see `alertmanager.rs`).
+    pub alertmanager_alerts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -132,6 +135,11 @@ impl Metrics {
             "remediator_outcomes_republished_total",
             "Recorded outcomes re-published because their incident was redelivered.",
         );
+        let alertmanager_alerts = counter_vec(
+            "remediator_alertmanager_alerts_total",
+            "Alerts received by the Alertmanager intake, by what became of them.",
+            &["status"],
+        );
         Self {
             registry,
             incidents,
@@ -146,6 +154,7 @@ impl Metrics {
             store_errors,
             outcomes_published,
             outcomes_republished,
+            alertmanager_alerts,
         }
     }
 

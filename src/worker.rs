@@ -2,7 +2,9 @@
 
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::executor::kubernetes::{KubeExecutorOptions, KubernetesExecutor};
 use crate::executor::simulated::SimulatedExecutor;
+use crate::executor::Executor;
 use crate::guardrails::redis::RedisStore;
 use crate::guardrails::GuardrailStore;
 use crate::health::Health;
@@ -98,6 +100,58 @@ fn spawn_circuit_gauges(
     });
 }
 
+/// The configured executor. A Kubernetes executor's reachability feeds `/readyz` every 10 s.
+async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Shutdown) -> Result<Arc<dyn Executor>> {
+    if config.executor == "simulated" {
+        warn!("executor: simulated cluster; actions are not applied to any real system");
+        let sim = &config.simulated;
+        let faults = crate::executor::simulated::Faults {
+            action_delay: crate::config::parse_duration(&sim.action_delay).unwrap_or_default(),
+            fail_post_checks_for: sim.fail_post_checks_for.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mut executor = SimulatedExecutor::with_faults(faults);
+        if !sim.journal.is_empty() {
+            executor = executor.with_journal_file(&sim.journal);
+        }
+        health.set_executor(true);
+        return Ok(Arc::new(executor));
+    }
+    let k = &config.kubernetes;
+    let d = |s: &str| crate::config::parse_duration(s).unwrap_or_default();
+    let opts = KubeExecutorOptions {
+        prometheus_url: (!k.prometheus_url.is_empty()).then(|| k.prometheus_url.clone()),
+        default_check_timeout: d(&k.check_timeout),
+        poll_interval: d(&k.poll_interval),
+        api_timeout: d(&k.api_timeout),
+        error_rate_query: (!k.error_rate_query.is_empty()).then(|| k.error_rate_query.clone()),
+        error_rate_below: k.error_rate_below,
+        ..KubeExecutorOptions::default()
+    };
+    let executor = Arc::new(
+        KubernetesExecutor::try_default(opts)
+            .await
+            .map_err(|e| anyhow!("kubernetes executor: {e}"))?,
+    );
+    let (probe, health, mut shutdown) = (Arc::clone(&executor), Arc::clone(health), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            match probe.ready().await {
+                Ok(_) => health.set_executor(true),
+                Err(reason) => {
+                    health.set_executor(false);
+                    warn!(%reason, "executor not ready");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    });
+    Ok(executor)
+}
+
 /// Run the worker until SIGTERM.
 pub async fn run(config: Config) -> Result<()> {
     let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
@@ -109,10 +163,25 @@ pub async fn run(config: Config) -> Result<()> {
     let signal_shutdown = trigger.subscribe();
     tokio::spawn(shutdown::on_signal(trigger));
 
+    // The Alertmanager intake only produces incidents; the consumer below handles them.
+    let intake = if config.alertmanager.enabled {
+        let token = crate::alertmanager::token_from_env();
+        info!(
+            authenticated = token.is_some(),
+            "alertmanager intake on POST {}",
+            crate::alertmanager::PATH
+        );
+        let intake =
+            crate::alertmanager::Intake::new(&config.alertmanager, &kafka_settings(&config), token, metrics.clone())?;
+        Some(Arc::new(intake))
+    } else {
+        None
+    };
     let (addr, http_task) = crate::http::serve(
         &config.http.listen,
         metrics.clone(),
         Arc::clone(&health),
+        intake,
         shutdown.clone(),
     )
     .await
@@ -123,20 +192,7 @@ pub async fn run(config: Config) -> Result<()> {
         return Ok(());
     };
     let store: Arc<dyn GuardrailStore> = Arc::new(store);
-    // The simulated executor is the only one in this build (see `executor` in the README).
-    warn!("executor: simulated cluster; actions are not applied to any real system");
-    health.set_executor(true);
-    let sim = &config.simulated;
-    let faults = crate::executor::simulated::Faults {
-        action_delay: crate::config::parse_duration(&sim.action_delay).unwrap_or_default(),
-        fail_post_checks_for: sim.fail_post_checks_for.iter().cloned().collect(),
-        ..Default::default()
-    };
-    let mut executor = SimulatedExecutor::with_faults(faults);
-    if !sim.journal.is_empty() {
-        executor = executor.with_journal_file(&sim.journal);
-    }
-    let executor = Arc::new(executor);
+    let executor = build_executor(&config, &health, &shutdown).await?;
     spawn_circuit_gauges(
         Arc::clone(&store),
         Arc::clone(&catalogue),

@@ -4,9 +4,16 @@ use std::process::Command;
 
 #[test]
 fn demo_shows_the_seed_decisions_cooldown_circuit_breaker_rejection_and_duplicate() {
-    let out = Command::new(env!("CARGO_BIN_EXE_remediator")).arg("demo").output().expect("run demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .arg("demo")
+        .output()
+        .expect("run demo");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Each incident's verdict line follows its header line.
     let verdicts: Vec<(String, String)> = text
         .lines()
@@ -33,9 +40,15 @@ fn demo_shows_the_seed_decisions_cooldown_circuit_breaker_rejection_and_duplicat
     assert_eq!(verdicts.len(), want.len(), "{text}");
     for ((id, verdict), (want_id, want_verdict)) in verdicts.iter().zip(want) {
         assert_eq!(id, want_id, "{text}");
-        assert!(verdict.starts_with(want_verdict), "{id}: {verdict:?} should start with {want_verdict:?}\n{text}");
+        assert!(
+            verdict.starts_with(want_verdict),
+            "{id}: {verdict:?} should start with {want_verdict:?}\n{text}"
+        );
     }
     assert!(text.contains("circuit opened after 3 consecutive failures"), "{text}");
-    assert!(text.contains("11 incidents in, 11 outcomes out, 1 sent to the dead-letter topic"), "{text}");
+    assert!(
+        text.contains("11 incidents in, 11 outcomes out, 1 sent to the dead-letter topic"),
+        "{text}"
+    );
     assert!(text.contains("the simulated cluster ran 5 actions"), "{text}");
 }

@@ -67,3 +67,9 @@ async fn manual_clock_rate_window_is_exact_to_the_millisecond() {
         allowed
     );
 }
+
+async fn memory_ledger() -> Option<common::ledger_suite::Ledger> {
+    Some(Arc::new(MemoryStore::new(Arc::new(SystemClock))))
+}
+
+ledger_suite_tests!(memory_ledger);

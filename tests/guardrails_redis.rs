@@ -34,6 +34,14 @@ async fn redis_store() -> Option<Store> {
 
 guardrail_suite_tests!(redis_store);
 
+/// A ledger (approvals, trust) in a namespace of its own.
+async fn redis_ledger() -> Option<common::ledger_suite::Ledger> {
+    let url = common::redis_url()?;
+    Some(Arc::new(connect(&url, &fresh_prefix()).await))
+}
+
+ledger_suite_tests!(redis_ledger);
+
 /// A plain connection for poking at Redis behind the store's back.
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)

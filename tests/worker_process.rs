@@ -2,6 +2,8 @@
 //! the real Redis and Kafka, serving `/metrics`, `/healthz` and `/readyz`, logging JSON with the
 //! incident id, and draining on SIGTERM with exit code 0.
 
+#[path = "common/k8s.rs"]
+mod k8s_common;
 #[path = "common/kafka.rs"]
 mod kafka_common;
 
@@ -9,6 +11,16 @@ use kafka_common::{bootstrap, produce, read, redis_url, seed_incidents, unique, 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A running `remediator run` child, killed if the test fails half-way.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -48,6 +60,7 @@ async fn run_processes_incidents_serves_metrics_and_drains_on_sigterm() {
         .env("REMEDIATOR_RUNBOOKS", "tests/data/seed-runbooks.yaml")
         .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{port}"))
         .env("REMEDIATOR_WORKER_ID", "proc-1")
+        .env("REMEDIATOR_EXECUTOR", "simulated")
         .env("REMEDIATOR_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -183,4 +196,78 @@ fn bad_configuration_fails_fast_with_the_key_named() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.yaml"));
+}
+
+/// The Kubernetes executor wired by configuration alone: a crash-looping pod of a 3-replica
+/// Deployment is deleted by `remediator run` and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_the_kubernetes_executor_restarts_a_crash_looping_pod() {
+    let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
+        return;
+    };
+    let Some(kubeconfig) = k8s_common::kubeconfig() else {
+        return;
+    };
+    let client = k8s_common::client().await;
+    let ns = k8s_common::create_namespace(&client, "proc").await;
+    k8s_common::create_deployment(&client, &ns, "api", 3).await;
+    let pods = k8s_common::wait_ready_pods(&client, &ns, "app=api", 3, Duration::from_secs(30)).await;
+    let victim = pods[0].metadata.name.clone().expect("pod name");
+    let victim_uid = pods[0].metadata.uid.clone().expect("pod uid");
+
+    let topics = Topics::create(&brokers, 1).await;
+    let port = free_port();
+    let _child = Child(
+        Command::new(env!("CARGO_BIN_EXE_remediator"))
+            .arg("run")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("REMEDIATOR_EXECUTOR", "kubernetes")
+            .env("REMEDIATOR_KAFKA_BROKERS", &brokers)
+            .env("REMEDIATOR_KAFKA_GROUP_ID", unique("group"))
+            .env("REMEDIATOR_KAFKA_INCIDENTS_TOPIC", &topics.incidents)
+            .env("REMEDIATOR_KAFKA_OUTCOMES_TOPIC", &topics.outcomes)
+            .env("REMEDIATOR_KAFKA_DLQ_TOPIC", &topics.dlq)
+            .env("REMEDIATOR_REDIS_URL", &redis)
+            .env("REMEDIATOR_REDIS_KEY_PREFIX", unique("test"))
+            .env("REMEDIATOR_RUNBOOKS", "tests/data/seed-runbooks.yaml")
+            .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REMEDIATOR_KUBERNETES_CHECK_TIMEOUT", "30s")
+            .env("REMEDIATOR_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start remediator run"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while get(&format!("{base}/readyz")).await.0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not ready: {:?}",
+            get(&format!("{base}/readyz")).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(get(&format!("{base}/readyz")).await.1.contains("executor: ok"));
+
+    let id = unique("INC");
+    let json = format!(
+        r#"{{"id":"{id}","root_cause":"CrashLoopBackOff","confidence":0.95,"service":"api","context":{{"pod_name":"{victim}","namespace":"{ns}"}}}}"#
+    );
+    produce(&brokers, &topics.incidents, &[Msg::incident(&id, &json)]).await;
+    let outcomes = read(&brokers, &topics.outcomes, 1, Duration::from_secs(60)).await;
+    let o = outcomes[0].json();
+    assert_eq!(
+        (o["decision"].as_str(), o["success"].as_bool()),
+        (Some("executed"), Some(true)),
+        "{o:#}"
+    );
+    let pods = k8s_common::wait_ready_pods(&client, &ns, "app=api", 3, Duration::from_secs(30)).await;
+    assert!(
+        pods.iter()
+            .all(|p| p.metadata.uid.as_deref() != Some(victim_uid.as_str())),
+        "the old pod is gone"
+    );
+    k8s_common::delete_namespace(&client, &ns).await;
 }

@@ -2,9 +2,14 @@
 //!
 //! The pipeline decides *whether* and *what*; an [`Executor`] decides nothing, it only acts and
 //! observes. Implementations: [`simulated::SimulatedExecutor`] (demo, replay, tests; can be told
-//! to fail) and, later, the Kubernetes executor. They share one behaviour suite.
+//! to fail) and [`kubernetes::KubernetesExecutor`] (the API server through the `kube` crate,
+//! Prometheus for query checks, HTTP for webhooks). They share one behaviour suite
+//! (`tests/common/executor_suite.rs`).
 
+pub mod kubernetes;
+pub mod prometheus;
 pub mod simulated;
+pub mod webhook;
 
 use crate::incident::Incident;
 use crate::runbook::template::Vars;

@@ -127,29 +127,46 @@ impl Executor for SimulatedExecutor {
             display: action.view().display,
         };
         if let Some(path) = &self.journal_file {
-            append_line(path, &entry, is_rollback).map_err(|e| ExecError(format!("journal {}: {e}", path.display())))?;
+            append_line(path, &entry, is_rollback)
+                .map_err(|e| ExecError(format!("journal {}: {e}", path.display())))?;
         }
         lock(&self.journal).push(entry);
         if !faults.action_delay.is_zero() {
             tokio::time::sleep(faults.action_delay).await;
         }
         let service = ctx.incident.service();
-        let failing = if is_rollback { &faults.fail_rollbacks_for } else { &faults.fail_actions_for };
+        let failing = if is_rollback {
+            &faults.fail_rollbacks_for
+        } else {
+            &faults.fail_actions_for
+        };
         if failing.contains(service) {
             return Err(ExecError(format!("simulated: {} failed for {service}", action.kind())));
         }
-        let mut report = ActionReport { detail: format!("simulated: {}", action.view().display), ..Default::default() };
-        if let Action::ScaleDeployment { namespace, deployment, replicas } = action {
+        let mut report = ActionReport {
+            detail: format!("simulated: {}", action.view().display),
+            ..Default::default()
+        };
+        if let Action::ScaleDeployment {
+            namespace,
+            deployment,
+            replicas,
+        } = action
+        {
             let mut map = lock(&self.replicas);
             let key = (namespace.clone(), deployment.clone());
             // Unknown deployments start where the incident says they are, else at 1.
-            let current = *map.entry(key.clone()).or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
+            let current = *map
+                .entry(key.clone())
+                .or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
             let target = match replicas {
                 Replicas::To(n) => *n,
                 Replicas::By(d) => (current as i64 + *d as i64).max(0) as u32,
-                Replicas::Predictive { predicted_load, current_load, max_replicas } => {
-                    predictive_target(current, *predicted_load, *current_load, *max_replicas)
-                }
+                Replicas::Predictive {
+                    predicted_load,
+                    current_load,
+                    max_replicas,
+                } => predictive_target(current, *predicted_load, *current_load, *max_replicas),
             };
             map.insert(key, target);
             report.captured.insert("old_replicas".into(), current.to_string());

@@ -12,11 +12,12 @@
 //! records and keys is evaluated lazily against the clock instead of by a server.
 
 use super::{
-    Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
-    Guardrail, GuardrailStore, Limits, Scope, StoreError,
+    Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
+    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, Limits, Scope,
+    StoreError, TrustStats,
 };
 use crate::clock::{millis, Clock};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How long a claimed or executing incident record outlives its lease.
@@ -133,6 +134,15 @@ impl State {
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    ledger: Mutex<Ledger>,
+}
+
+/// Approvals and the trust ladder (mirrors `approve.lua` / `trust.lua`).
+#[derive(Debug, Default)]
+struct Ledger {
+    approvals: HashMap<String, Approval>,
+    trust: HashMap<String, VecDeque<bool>>,
+    demoted: HashMap<String, String>,
 }
 
 /// Milliseconds from config as a signed timestamp offset (saturating: absurd values mean
@@ -157,6 +167,7 @@ impl MemoryStore {
         Self {
             clock,
             state: Mutex::new(State::default()),
+            ledger: Mutex::new(Ledger::default()),
         }
     }
 
@@ -593,5 +604,106 @@ impl GuardrailStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl LedgerStore for MemoryStore {
+    async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError> {
+        let now = self.now();
+        let mut a = approval.clone();
+        a.created_at_ms = now;
+        a.expires_at_ms = now.saturating_add(ms(ttl_ms));
+        a.state = ApprovalState::Pending;
+        a.approver = None;
+        self.ledger().approvals.insert(a.id.clone(), a.clone());
+        Ok(a)
+    }
+
+    async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError> {
+        let now = self.now();
+        let mut ledger = self.ledger();
+        let Some(a) = ledger.approvals.get_mut(id) else {
+            return Ok(AnswerResult::NotFound);
+        };
+        // Same order as approve.lua: single use first, then expiry, then the binding.
+        if a.state != ApprovalState::Pending {
+            return Ok(AnswerResult::AlreadyAnswered(a.clone()));
+        }
+        if now > a.expires_at_ms {
+            return Ok(AnswerResult::Expired(a.clone()));
+        }
+        if answer.action_hash.as_ref().is_some_and(|h| *h != a.action_hash) {
+            return Ok(AnswerResult::Tampered(a.clone()));
+        }
+        a.state = if answer.approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        a.approver = Some(answer.approver.clone());
+        Ok(AnswerResult::Accepted(a.clone()))
+    }
+
+    async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        let now = self.now();
+        let ledger = self.ledger();
+        let mut v: Vec<Approval> = ledger
+            .approvals
+            .values()
+            .filter(|a| a.state == ApprovalState::Pending && a.expires_at_ms >= now)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(v)
+    }
+
+    async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {
+        let mut ledger = self.ledger();
+        let q = ledger.trust.entry(runbook.to_string()).or_default();
+        q.push_front(success);
+        q.truncate(window.max(1) as usize);
+        Ok(stats(q))
+    }
+
+    async fn trust(&self, runbook: &str, window: u32) -> Result<TrustStats, StoreError> {
+        let ledger = self.ledger();
+        Ok(ledger
+            .trust
+            .get(runbook)
+            .map(|q| stats(&q.iter().take(window.max(1) as usize).copied().collect()))
+            .unwrap_or_default())
+    }
+
+    async fn demote(&self, runbook: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut ledger = self.ledger();
+        if ledger.demoted.contains_key(runbook) {
+            return Ok(false);
+        }
+        ledger.demoted.insert(runbook.to_string(), reason.to_string());
+        Ok(true)
+    }
+
+    async fn demotion(&self, runbook: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.ledger().demoted.get(runbook).cloned())
+    }
+
+    async fn promote(&self, runbook: &str) -> Result<bool, StoreError> {
+        let mut ledger = self.ledger();
+        ledger.trust.remove(runbook);
+        Ok(ledger.demoted.remove(runbook).is_some())
+    }
+}
+
+fn stats(q: &VecDeque<bool>) -> TrustStats {
+    TrustStats {
+        successes: q.iter().filter(|s| **s).count() as u32,
+        total: q.len() as u32,
+    }
+}
+
+impl MemoryStore {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -26,6 +26,10 @@
 //! {p}:rbsvc:<runbook>          zset    service -> last touched by this runbook ms
 //! {p}:epoch                    string  generation of the data (detects a wipe)
 //! {p}:conservative_until       string  ms; end of conservative mode after a detected wipe
+//! {p}:appr:<id>                hash    one approval (json, state, approver, expiry, action hash)
+//! {p}:approvals                zset    approval id -> expiry ms (pending index)
+//! {p}:trust:<runbook>          list    last verified results, newest first ('1' / '0')
+//! {p}:demoted:<runbook>        string  why the runbook was demoted from auto to approval
 //! ```
 //! Ids are escaped (`%` → `%25`, `:` → `%3A`) so `rate:a:b:c` cannot mean two things.
 //!
@@ -38,8 +42,9 @@
 
 use super::memory::CLAIM_GRACE_MS;
 use super::{
-    Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
-    Guardrail, GuardrailStore, StoreError,
+    Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
+    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, StoreError,
+    TrustStats,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
@@ -52,6 +57,10 @@ struct Scripts {
     renew: Script,
     finish: Script,
     record: Script,
+    approval_create: Script,
+    approval_answer: Script,
+    approval_pending: Script,
+    trust_record: Script,
 }
 
 impl Scripts {
@@ -61,6 +70,10 @@ impl Scripts {
             renew: Script::new(include_str!("renew.lua")),
             finish: Script::new(include_str!("finish.lua")),
             record: Script::new(include_str!("record.lua")),
+            approval_create: Script::new(include_str!("approval_create.lua")),
+            approval_answer: Script::new(include_str!("approval_answer.lua")),
+            approval_pending: Script::new(include_str!("approval_pending.lua")),
+            trust_record: Script::new(include_str!("trust_record.lua")),
         }
     }
 }
@@ -324,6 +337,146 @@ impl RedisStore {
             Ok(Err(e)) => Err(classify(op, e)),
             Ok(Ok(v)) => strings(op, v),
         }
+    }
+}
+
+impl RedisStore {
+    /// Run one plain command within the timeout.
+    async fn command<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Err(_) => Err(self.timed_out(op)),
+            Ok(Err(e)) => Err(classify(op, e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+}
+
+/// Rebuild an approval from its immutable JSON and its mutable fields.
+fn approval_from(
+    op: &str,
+    json: &str,
+    state: &str,
+    approver: &str,
+    created: &str,
+    expires: &str,
+) -> Result<Approval, StoreError> {
+    let mut a: Approval =
+        serde_json::from_str(json).map_err(|e| StoreError::Protocol(format!("{op}: approval json: {e}")))?;
+    a.state = ApprovalState::parse(state).ok_or_else(|| StoreError::Protocol(format!("{op}: state {state:?}")))?;
+    a.approver = (!approver.is_empty()).then(|| approver.to_string());
+    a.created_at_ms = number(op, created)?;
+    a.expires_at_ms = number(op, expires)?;
+    Ok(a)
+}
+
+#[async_trait::async_trait]
+impl LedgerStore for RedisStore {
+    async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError> {
+        let mut a = approval.clone();
+        a.state = ApprovalState::Pending;
+        a.approver = None;
+        let json = serde_json::to_string(&a).map_err(|e| StoreError::Protocol(format!("approval json: {e}")))?;
+        let mut inv = self.scripts.approval_create.prepare_invoke();
+        inv.key(self.key(&["appr", &a.id])).key(self.key(&["approvals"]));
+        inv.arg(escape(&a.id)).arg(&json).arg(&a.action_hash).arg(ttl_ms);
+        let reply = self.run("create approval", &inv).await?;
+        let [created, expires] = reply.as_slice() else {
+            return Err(StoreError::Protocol(format!("create approval: reply {reply:?}")));
+        };
+        a.created_at_ms = number("create approval", created)?;
+        a.expires_at_ms = number("create approval", expires)?;
+        Ok(a)
+    }
+
+    async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError> {
+        let op = "answer approval";
+        let mut inv = self.scripts.approval_answer.prepare_invoke();
+        inv.key(self.key(&["appr", id])).key(self.key(&["approvals"]));
+        inv.arg(escape(id))
+            .arg(if answer.approve { "approved" } else { "denied" })
+            .arg(&answer.approver)
+            .arg(answer.action_hash.as_deref().unwrap_or(""));
+        let reply = self.run(op, &inv).await?;
+        let [verdict, json, state, approver, created, expires] = reply.as_slice() else {
+            return Err(StoreError::Protocol(format!("{op}: reply {reply:?}")));
+        };
+        if verdict == "not_found" {
+            return Ok(AnswerResult::NotFound);
+        }
+        let a = approval_from(op, json, state, approver, created, expires)?;
+        Ok(match verdict.as_str() {
+            "ok" => AnswerResult::Accepted(a),
+            "answered" => AnswerResult::AlreadyAnswered(a),
+            "expired" => AnswerResult::Expired(a),
+            "tampered" => AnswerResult::Tampered(a),
+            other => return Err(StoreError::Protocol(format!("{op}: verdict {other:?}"))),
+        })
+    }
+
+    async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        let op = "pending approvals";
+        let mut inv = self.scripts.approval_pending.prepare_invoke();
+        inv.key(self.key(&["approvals"])).arg(self.key(&["appr", ""]));
+        let reply = self.run(op, &inv).await?;
+        if reply.len() % 3 != 0 {
+            return Err(StoreError::Protocol(format!("{op}: {} fields", reply.len())));
+        }
+        reply
+            .chunks(3)
+            .map(|c| approval_from(op, &c[0], "pending", "", &c[1], &c[2]))
+            .collect()
+    }
+
+    async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {
+        let mut inv = self.scripts.trust_record.prepare_invoke();
+        inv.key(self.key(&["trust", runbook]))
+            .arg(if success { "1" } else { "0" })
+            .arg(window.max(1));
+        let reply = self.run("record trust", &inv).await?;
+        let [ok, total] = reply.as_slice() else {
+            return Err(StoreError::Protocol(format!("record trust: reply {reply:?}")));
+        };
+        Ok(TrustStats {
+            successes: number("record trust", ok)?,
+            total: number("record trust", total)?,
+        })
+    }
+
+    async fn trust(&self, runbook: &str, window: u32) -> Result<TrustStats, StoreError> {
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(self.key(&["trust", runbook]))
+            .arg(0)
+            .arg(i64::from(window.max(1)) - 1);
+        let all: Vec<String> = self.command("trust", &cmd).await?;
+        Ok(TrustStats {
+            successes: all.iter().filter(|v| *v == "1").count() as u32,
+            total: all.len() as u32,
+        })
+    }
+
+    async fn demote(&self, runbook: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(&["demoted", runbook])).arg(reason).arg("NX");
+        let set: Option<String> = self.command("demote", &cmd).await?;
+        Ok(set.is_some())
+    }
+
+    async fn demotion(&self, runbook: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(&["demoted", runbook]));
+        self.command("demotion", &cmd).await
+    }
+
+    async fn promote(&self, runbook: &str) -> Result<bool, StoreError> {
+        // A promotion starts a fresh record: the evidence that demoted it is not held against it.
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(&["demoted", runbook]));
+        let n: i64 = self.command("promote", &cmd).await?;
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(&["trust", runbook]));
+        self.command::<i64>("promote", &cmd).await?;
+        Ok(n > 0)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod guardrail_suite;
 pub mod k8s;
+pub mod ledger_suite;
 pub mod schema;
 
 /// The Redis under test, from `REDIS_URL` (`scripts/services.sh start` prints it).

@@ -1,0 +1,39 @@
+--[[
+approval_answer.lua: accept at most one answer to an approval, atomically.
+
+KEYS
+  1  appr:<id>    hash (see approval_create.lua)
+  2  approvals    zset index of pending approvals
+ARGV
+  1  id   2  decision approved|denied   3  approver   4  action hash the answer names ('' = none)
+Returns { verdict, json, state, approver, created_at, expires_at } with verdict one of
+  ok | not_found | answered | expired | tampered
+Order of refusals: single use first (a replay is a replay even after expiry), then expiry, then
+the binding to the action hash.
+]]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'json', 'state', 'approver', 'created_at', 'expires_at', 'action_hash')
+local json, state, approver, created, expires, hash = r[1], r[2], r[3], r[4], r[5], r[6]
+if not json then
+  return { 'not_found', '', '', '', '', '' }
+end
+approver = approver or ''
+local function out(verdict)
+  return { verdict, json, state, approver, created, expires }
+end
+if state ~= 'pending' then
+  return out('answered')
+end
+if now > tonumber(expires) then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return out('expired')
+end
+if ARGV[4] ~= '' and ARGV[4] ~= hash then
+  return out('tampered')
+end
+state = ARGV[2]
+approver = ARGV[3]
+redis.call('HSET', KEYS[1], 'state', state, 'approver', approver, 'answered_at', string.format('%d', now))
+redis.call('ZREM', KEYS[2], ARGV[1])
+return out('ok')

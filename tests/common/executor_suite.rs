@@ -1,0 +1,222 @@
+//! One behaviour suite for every [`Executor`]: the simulated cluster and the Kubernetes executor
+//! must agree on the basics the engine relies on (DESIGN.md STYLE 2).
+//!
+//! * `delete_pod` succeeds on a pod of a multi-replica deployment and `pod_becomes_ready` then
+//!   verifies it;
+//! * `scale_deployment` to N captures `old_replicas` (the rollback renders it), by ±d is relative
+//!   to the count the previous action left;
+//! * every named check answers with a non-empty detail, promptly, without panicking;
+//! * the checks whose answer is fixed by the fixture (3 replicas, healthy pod) agree.
+//!
+//! The simulated executor has no world to observe: it cannot tell that a deployment is missing
+//! or that no Prometheus is configured, so the cases that need observation run only for
+//! executors with [`Fixture::observes`] set (it passes every check it is not told to fail).
+
+use remediator::executor::{ExecContext, Executor};
+use remediator::incident::{self, Incident};
+use remediator::runbook::check::CHECK_NAMES;
+use remediator::runbook::template::{Template, Vars};
+use remediator::runbook::{Action, CheckName, CheckSpec, Replicas};
+use std::time::Duration;
+
+/// The world the suite acts on.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// Namespace of everything below.
+    pub namespace: String,
+    /// A deployment running [`Fixture::replicas`] Ready pods.
+    pub deployment: String,
+    /// One pod of that deployment.
+    pub pod: String,
+    /// Its replica count (3).
+    pub replicas: u32,
+    /// The executor observes a real world (missing objects fail, no Prometheus fails).
+    pub observes: bool,
+}
+
+/// An incident naming the fixture's objects.
+pub fn incident(fx: &Fixture, id: &str) -> Incident {
+    let json = serde_json::json!({
+        "id": id,
+        "root_cause": "suite",
+        "confidence": 1.0,
+        "service": fx.deployment,
+        "context": {
+            "namespace": fx.namespace,
+            "deployment": fx.deployment,
+            "pod_name": fx.pod,
+            // The simulated cluster starts an unknown deployment here.
+            "old_replicas": fx.replicas,
+        },
+    });
+    match incident::parse(json.to_string().as_bytes()) {
+        Ok(i) => i,
+        Err((r, _)) => panic!("suite incident rejected: {r}"),
+    }
+}
+
+/// An execution context for `action`.
+pub fn ctx<'a>(incident: &'a Incident, action: &'a Action, vars: &'a Vars, action_id: &'a str) -> ExecContext<'a> {
+    ExecContext {
+        incident,
+        runbook: "suite",
+        action,
+        vars,
+        action_id,
+        rollback: false,
+    }
+}
+
+/// A check spec with a short timeout (and a query for the query checks).
+pub fn spec(name: CheckName) -> CheckSpec {
+    let mut s = CheckSpec::named(name);
+    s.timeout = Some(Duration::from_secs(2));
+    if name == CheckName::PrometheusQuery {
+        s.query = Some(Template::parse("up").expect("template"));
+        s.below = Some(1.0);
+    }
+    s
+}
+
+/// Run the suite.
+pub async fn run(exec: &dyn Executor, fx: &Fixture) {
+    delete_pod_is_verified(exec, fx).await;
+    scale_captures_old_replicas_and_by_is_relative(exec, fx).await;
+    every_check_answers(exec, fx).await;
+    if fx.observes {
+        missing_targets_fail(exec, fx).await;
+    }
+}
+
+async fn delete_pod_is_verified(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-delete");
+    let vars = Vars::from_incident(&inc);
+    let action = Action::DeletePod {
+        namespace: fx.namespace.clone(),
+        pod: fx.pod.clone(),
+    };
+    let c = ctx(&inc, &action, &vars, "suite-delete-1");
+    let pre = exec
+        .check(&CheckSpec::named(CheckName::ReplicasGreaterThanOne), &c)
+        .await;
+    assert!(pre.passed, "{}: replicas_greater_than_one: {}", exec.name(), pre.detail);
+    let report = exec.execute(&action, &c).await.expect("delete_pod");
+    assert!(
+        !report.detail.is_empty(),
+        "{}: delete_pod reports what it did",
+        exec.name()
+    );
+    let mut post = CheckSpec::named(CheckName::PodBecomesReady);
+    post.timeout = Some(Duration::from_secs(30));
+    let r = exec.check(&post, &c).await;
+    assert!(r.passed, "{}: pod_becomes_ready: {}", exec.name(), r.detail);
+}
+
+async fn scale_captures_old_replicas_and_by_is_relative(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-scale");
+    let vars = Vars::from_incident(&inc);
+    let steps = [
+        (Replicas::To(fx.replicas + 2), fx.replicas),
+        (Replicas::By(-1), fx.replicas + 2),
+        (Replicas::To(fx.replicas), fx.replicas + 1),
+    ];
+    for (i, (replicas, old)) in steps.into_iter().enumerate() {
+        let action = Action::ScaleDeployment {
+            namespace: fx.namespace.clone(),
+            deployment: fx.deployment.clone(),
+            replicas,
+        };
+        let id = format!("suite-scale-{i}");
+        let report = exec
+            .execute(&action, &ctx(&inc, &action, &vars, &id))
+            .await
+            .unwrap_or_else(|e| panic!("{}: scale step {i}: {e}", exec.name()));
+        assert_eq!(
+            report.captured.get("old_replicas").map(String::as_str),
+            Some(old.to_string().as_str()),
+            "{}: step {i} captures the count before it ({})",
+            exec.name(),
+            report.detail
+        );
+    }
+}
+
+async fn every_check_answers(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-checks");
+    let vars = Vars::from_incident(&inc);
+    let on_pod = Action::DeletePod {
+        namespace: fx.namespace.clone(),
+        pod: "suite-never-deleted".into(),
+    };
+    let on_deployment = Action::RolloutRestart {
+        namespace: fx.namespace.clone(),
+        deployment: fx.deployment.clone(),
+    };
+    for (name, check) in CHECK_NAMES {
+        let action = if *check == CheckName::RecentRestartsLessThanThree {
+            &on_pod
+        } else {
+            &on_deployment
+        };
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            exec.check(&spec(*check), &ctx(&inc, action, &vars, "suite-checks-1")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}: check {name} did not answer within 30 s", exec.name()));
+        assert!(
+            !r.detail.trim().is_empty(),
+            "{}: check {name} explains itself",
+            exec.name()
+        );
+    }
+    // Checks whose answer the fixture fixes.
+    for check in [
+        CheckName::ReplicasGreaterThanOne,
+        CheckName::DeploymentExists,
+        CheckName::CurrentReplicasBelowMax,
+        CheckName::DeploymentRolledOut,
+    ] {
+        // The scale steps above may still be settling: give waiting checks room.
+        let mut s = spec(check);
+        s.timeout = Some(Duration::from_secs(20));
+        let r = exec
+            .check(&s, &ctx(&inc, &on_deployment, &vars, "suite-checks-2"))
+            .await;
+        assert!(r.passed, "{}: {}: {}", exec.name(), check.as_str(), r.detail);
+    }
+}
+
+async fn missing_targets_fail(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-missing");
+    let vars = Vars::from_incident(&inc);
+    let ghost = Action::ScaleDeployment {
+        namespace: fx.namespace.clone(),
+        deployment: "suite-no-such-deployment".into(),
+        replicas: Replicas::To(2),
+    };
+    let c = ctx(&inc, &ghost, &vars, "suite-missing-1");
+    let e = exec
+        .execute(&ghost, &c)
+        .await
+        .expect_err("scaling a missing deployment");
+    assert!(e.0.contains("not found"), "{}: {e}", exec.name());
+    for check in [
+        CheckName::DeploymentExists,
+        CheckName::ReplicasGreaterThanOne,
+        CheckName::PreviousRevisionAvailable,
+    ] {
+        let r = exec.check(&spec(check), &c).await;
+        assert!(!r.passed, "{}: {} on a missing deployment", exec.name(), check.as_str());
+        assert!(r.detail.contains("not found"), "{}: {}", check.as_str(), r.detail);
+    }
+    let ghost_pod = Action::DeletePod {
+        namespace: fx.namespace.clone(),
+        pod: "suite-no-such-pod".into(),
+    };
+    let c = ctx(&inc, &ghost_pod, &vars, "suite-missing-2");
+    let e = exec.execute(&ghost_pod, &c).await.expect_err("deleting a missing pod");
+    assert!(e.0.contains("not found"), "{e}");
+    let r = exec.check(&spec(CheckName::RecentRestartsLessThanThree), &c).await;
+    assert!(!r.passed && r.detail.contains("not found"), "{}", r.detail);
+}

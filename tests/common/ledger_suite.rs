@@ -1,0 +1,192 @@
+//! Behaviour suite of [`LedgerStore`] (approvals, trust ladder), run against every store.
+//!
+//! [`ledger_suite_tests!`](crate::ledger_suite_tests) turns every case into a `#[tokio::test]`.
+
+use remediator::guardrails::{Answer, AnswerResult, Approval, ApprovalState, LedgerStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store under test.
+pub type Ledger = Arc<dyn LedgerStore>;
+
+/// Generate one `#[tokio::test]` per case. `$make` is an `async fn() -> Option<Ledger>`.
+#[macro_export]
+macro_rules! ledger_suite_tests {
+    ($make:path) => {
+        $crate::ledger_suite_tests!(@cases $make;
+            approval_is_answered_once,
+            approval_denied_then_refused,
+            approval_expires,
+            approval_bound_to_action_hash,
+            unknown_approval_is_not_found,
+            concurrent_answers_accept_exactly_one,
+            trust_keeps_a_rolling_window,
+            demotion_is_sticky_until_promoted,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some(store) = $make().await {
+                    common::ledger_suite::$case(store).await;
+                }
+            }
+        )*
+    };
+}
+
+fn approval(id: &str) -> Approval {
+    Approval {
+        id: id.to_string(),
+        incident_id: format!("inc-{id}"),
+        runbook: "rollback-deployment".into(),
+        action_hash: "h1".into(),
+        action: "kubectl rollout undo deployment checkout -n production".into(),
+        incident: "{}".into(),
+        created_at_ms: 0,
+        expires_at_ms: 0,
+        state: ApprovalState::Pending,
+        approver: None,
+    }
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn answer(approve: bool, who: &str, hash: Option<&str>) -> Answer {
+    Answer {
+        approve,
+        approver: who.into(),
+        action_hash: hash.map(str::to_string),
+    }
+}
+
+pub async fn approval_is_answered_once(s: Ledger) {
+    let id = unique();
+    let a = s.create_approval(&approval(&id), 60_000).await.unwrap();
+    assert!(a.expires_at_ms - a.created_at_ms == 60_000);
+    assert!(s.pending_approvals().await.unwrap().iter().any(|p| p.id == id));
+    let AnswerResult::Accepted(done) = s
+        .answer_approval(&id, &answer(true, "alice", Some("h1")))
+        .await
+        .unwrap()
+    else {
+        panic!("first answer accepted")
+    };
+    assert_eq!(
+        (done.state, done.approver.as_deref()),
+        (ApprovalState::Approved, Some("alice"))
+    );
+    assert!(
+        !s.pending_approvals().await.unwrap().iter().any(|p| p.id == id),
+        "no longer pending"
+    );
+    match s.answer_approval(&id, &answer(true, "mallory", None)).await.unwrap() {
+        AnswerResult::AlreadyAnswered(a) => assert_eq!(a.approver.as_deref(), Some("alice")),
+        other => panic!("a replay is refused, got {other:?}"),
+    }
+}
+
+pub async fn approval_denied_then_refused(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 60_000).await.unwrap();
+    let AnswerResult::Accepted(a) = s.answer_approval(&id, &answer(false, "bob", None)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(a.state, ApprovalState::Denied);
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "bob", None)).await.unwrap(),
+        AnswerResult::AlreadyAnswered(_)
+    ));
+}
+
+pub async fn approval_expires(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 200).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!s.pending_approvals().await.unwrap().iter().any(|p| p.id == id));
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "alice", None)).await.unwrap(),
+        AnswerResult::Expired(_)
+    ));
+}
+
+pub async fn approval_bound_to_action_hash(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 60_000).await.unwrap();
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "alice", Some("other")))
+            .await
+            .unwrap(),
+        AnswerResult::Tampered(_)
+    ));
+    // A tampered answer does not use the approval up.
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "alice", Some("h1")))
+            .await
+            .unwrap(),
+        AnswerResult::Accepted(_)
+    ));
+}
+
+pub async fn unknown_approval_is_not_found(s: Ledger) {
+    assert_eq!(
+        s.answer_approval(&unique(), &answer(true, "alice", None))
+            .await
+            .unwrap(),
+        AnswerResult::NotFound
+    );
+}
+
+pub async fn concurrent_answers_accept_exactly_one(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 60_000).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (s, id) = (Arc::clone(&s), id.clone());
+            tokio::spawn(async move {
+                s.answer_approval(&id, &answer(i % 2 == 0, &format!("u{i}"), None))
+                    .await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap().unwrap(), AnswerResult::Accepted(_)) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+}
+
+pub async fn trust_keeps_a_rolling_window(s: Ledger) {
+    let rb = unique();
+    assert_eq!(s.trust(&rb, 4).await.unwrap().total, 0);
+    assert_eq!(s.trust(&rb, 4).await.unwrap().rate(), 1.0, "no evidence is not failure");
+    for ok in [false, false, true, true, true, true] {
+        s.record_trust(&rb, ok, 4).await.unwrap();
+    }
+    let t = s.trust(&rb, 4).await.unwrap();
+    assert_eq!((t.successes, t.total), (4, 4), "the two old failures left the window");
+    let t = s.record_trust(&rb, false, 4).await.unwrap();
+    assert_eq!((t.successes, t.total), (3, 4));
+}
+
+pub async fn demotion_is_sticky_until_promoted(s: Ledger) {
+    let rb = unique();
+    assert_eq!(s.demotion(&rb).await.unwrap(), None);
+    assert!(s.demote(&rb, "success 50% < 80%").await.unwrap());
+    assert!(!s.demote(&rb, "again").await.unwrap(), "already demoted");
+    assert_eq!(s.demotion(&rb).await.unwrap().as_deref(), Some("success 50% < 80%"));
+    s.record_trust(&rb, false, 10).await.unwrap();
+    assert!(s.promote(&rb).await.unwrap());
+    assert_eq!(s.demotion(&rb).await.unwrap(), None);
+    assert_eq!(
+        s.trust(&rb, 10).await.unwrap().total,
+        0,
+        "promotion starts a fresh record"
+    );
+    assert!(!s.promote(&rb).await.unwrap());
+}
