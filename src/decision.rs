@@ -38,6 +38,8 @@ pub struct RunbookFacts {
     pub dry_run: bool,
     /// Its risk, for the reason text.
     pub risk: &'static str,
+    /// Why the trust ladder demoted it from auto to approval, if it did.
+    pub demoted: Option<String>,
 }
 
 /// Every fact a decision depends on.
@@ -178,6 +180,7 @@ pub fn decide(f: &Facts) -> Verdict {
     }
     Verdict::Proceed(match rb.mode {
         Mode::Approval => Intent::Approval,
+        Mode::Auto if rb.demoted.is_some() => Intent::Approval,
         Mode::Suggest => Intent::Suggest,
         _ if rb.dry_run || f.global_dry_run => Intent::DryRun,
         _ => Intent::Execute,
@@ -187,6 +190,11 @@ pub fn decide(f: &Facts) -> Verdict {
 /// The reason text for an intent that proceeded.
 pub fn intent_reason(intent: Intent, rb: &RunbookFacts) -> String {
     match intent {
+        Intent::Approval if rb.mode == Mode::Auto => format!(
+            "runbook {} was demoted from auto to approval ({}): human approval required",
+            rb.id,
+            rb.demoted.as_deref().unwrap_or("low verified success rate")
+        ),
         Intent::Approval if rb.risk == "HIGH" => format!("runbook {} is HIGH risk: human approval required", rb.id),
         Intent::Approval => format!("runbook {} requires human approval", rb.id),
         Intent::Suggest => format!("runbook {} only suggests: run the suggested action by hand", rb.id),
@@ -223,6 +231,7 @@ mod tests {
             mode,
             dry_run,
             risk: "LOW",
+            demoted: None,
         }
     }
 
@@ -329,6 +338,17 @@ mod tests {
                     f.global_dry_run = true;
                 },
                 Decision::Manual,
+            ),
+            (
+                "7b a demoted auto runbook asks for approval, even in dry run",
+                |f| {
+                    f.runbook = Some(RunbookFacts {
+                        demoted: Some("40% < 80%".into()),
+                        ..rb(Mode::Auto, true)
+                    });
+                    f.global_dry_run = true;
+                },
+                Decision::ApprovalRequired,
             ),
             (
                 "9 runbook dry run",

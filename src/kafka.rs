@@ -265,7 +265,10 @@ pub async fn run(
     }
 }
 
-fn consumer_config(s: &KafkaSettings) -> ClientConfig {
+/// The consumer's librdkafka settings, `properties` applied last. Public so tools that must talk
+/// to Kafka exactly like the worker (the pass-through baseline of `benches/remediator.rs`) use
+/// these very settings instead of a copy that drifts.
+pub fn consumer_config(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.brokers)
         .set("group.id", &s.group_id)
@@ -283,7 +286,8 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
     c
 }
 
-fn producer_config(s: &KafkaSettings) -> ClientConfig {
+/// The producer's librdkafka settings, `properties` applied last (see [`consumer_config`]).
+pub fn producer_config(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.brokers)
         // No duplicates or reordering from librdkafka's own retries, and no acknowledgement

@@ -4,7 +4,7 @@
 //! other or with a process-global registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics of one worker.
@@ -36,6 +36,16 @@ pub struct Metrics {
     pub outcomes_published: IntCounter,
     /// `remediator_outcomes_republished_total`: recorded outcomes re-published for redeliveries.
     pub outcomes_republished: IntCounter,
+    /// `remediator_runbook_success_rate{runbook}`: verified success rate over the trust window.
+    pub trust_rate: GaugeVec,
+    /// `remediator_runbook_executions{runbook}`: executions counted in the trust window.
+    pub trust_executions: IntGaugeVec,
+    /// `remediator_runbook_demoted{runbook}`: 1 when the runbook is demoted from auto to approval.
+    pub trust_demoted: IntGaugeVec,
+    /// `remediator_approvals_total{result}`: approval answers (`approved`, `denied`, `refused`).
+    pub approvals: IntCounterVec,
+    /// `remediator_notifications_total{result}`: webhook notifications (`sent`, `failed`, `dropped`).
+    pub notifications: IntCounterVec,
     /// `remediator_alertmanager_alerts_total{status}`: alerts the Alertmanager intake received, by
     /// what became of them (`firing`, `resolved`, `rejected`, `failed`; see `alertmanager.rs`).
     pub alertmanager_alerts: IntCounterVec,
@@ -140,8 +150,31 @@ impl Metrics {
             "Alerts received by the Alertmanager intake, by what became of them.",
             &["status"],
         );
+        let int_gauge_vec = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["runbook"]).expect("valid metric definition");
+            registry.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        };
+        let trust_rate = GaugeVec::new(
+            Opts::new("remediator_runbook_success_rate", "Verified success rate of a runbook over its trust window."),
+            &["runbook"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(trust_rate.clone())).expect("unique metric name");
+        let trust_executions =
+            int_gauge_vec("remediator_runbook_executions", "Executions counted in a runbook's trust window.");
+        let trust_demoted =
+            int_gauge_vec("remediator_runbook_demoted", "1 when a runbook is demoted from auto to approval.");
+        let approvals = counter_vec("remediator_approvals_total", "Approval answers by result.", &["result"]);
+        let notifications =
+            counter_vec("remediator_notifications_total", "Webhook notifications by result.", &["result"]);
         Self {
             registry,
+            trust_rate,
+            trust_executions,
+            trust_demoted,
+            approvals,
+            notifications,
             incidents,
             actions,
             guardrail_blocks,

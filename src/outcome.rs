@@ -120,6 +120,17 @@ pub struct ActionView {
     pub display: String,
 }
 
+/// A runbook's verified success rate over its last executions, as carried in outcomes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustView {
+    /// Share of the counted executions whose post-checks passed (0..1).
+    pub success_rate: f64,
+    /// Executions counted (the runbook's trust window at most).
+    pub executions: u32,
+    /// The runbook is demoted from auto to approval.
+    pub demoted: bool,
+}
+
 /// One outcome event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -153,6 +164,12 @@ pub struct Outcome {
     pub checks: Vec<CheckOutcome>,
     /// Approval this outcome asks for or was unlocked by.
     pub approval_id: Option<String>,
+    /// Who approved or denied, for outcomes of an answered approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// The runbook's verified track record after this execution (the trust ladder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustView>,
     /// The runbook's mode for this decision.
     pub mode: Option<Mode>,
     /// Replica identity.

@@ -15,12 +15,12 @@ use crate::clock::{millis, Clock};
 use crate::decision::{self, Facts, GuardrailFact, Intent, RunbookFacts, Verdict};
 use crate::executor::{ExecContext, Executor};
 use crate::guardrails::{
-    Admission, DecideAnswer, DecideRequest, ExecResult, FinishRequest, Guardrail, GuardrailStore, Limits, Scope,
-    StoreError,
+    Admission, Answer, AnswerResult, Approval, ApprovalState, DecideAnswer, DecideRequest, ExecResult, FinishRequest, Guardrail, Limits, Scope,
+    Store, StoreError,
 };
 use crate::incident::{self, Incident, Partial, Rejection};
 use crate::metrics::Metrics;
-use crate::outcome::{CheckOutcome, Decision, Mode, Outcome, Phase, SCHEMA_VERSION};
+use crate::outcome::{TrustView, CheckOutcome, Decision, Mode, Outcome, Phase, SCHEMA_VERSION};
 use crate::runbook::template::{RenderError, Vars};
 use crate::runbook::{Action, Catalogue, Risk, Runbook};
 use chrono::{DateTime, Utc};
@@ -111,6 +111,8 @@ pub struct Settings {
     pub guardrails: GuardrailDefaults,
     /// Sliding rate-limit window: one hour by contract; shorter only in tests.
     pub rate_window: Duration,
+    /// How long an approval can be answered.
+    pub approval_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -123,6 +125,7 @@ impl Default for Settings {
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
             guardrails: GuardrailDefaults::default(),
             rate_window: Duration::from_secs(3600),
+            approval_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -176,13 +179,43 @@ impl LocalCeiling {
 /// The remediation engine: everything needed to take one incident to its outcome.
 pub struct Engine {
     catalogue: Arc<Catalogue>,
-    store: Arc<dyn GuardrailStore>,
+    store: Arc<dyn Store>,
     executor: Arc<dyn Executor>,
     clock: Arc<dyn Clock>,
     settings: Settings,
     metrics: Metrics,
     ids: EventIds,
     ceiling: LocalCeiling,
+    demotions: Mutex<HashMap<String, (Option<String>, Instant)>>,
+}
+
+/// Executions a runbook's verified success rate is computed over when it has no trust policy.
+const DEFAULT_TRUST_WINDOW: u32 = 20;
+/// How long a replica trusts its cached view of a runbook's demotion.
+const DEMOTION_CACHE: Duration = Duration::from_secs(5);
+
+/// What answering an approval produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    /// The store accepted the answer (approved or denied); false when refused.
+    pub accepted: bool,
+    /// `approved`, `denied`, or why it was refused.
+    pub reason: String,
+    /// Outcome events to publish (the audit of the answer and of any execution it unlocked).
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The idempotency key of the execution an approval unlocks.
+fn approval_claim(a: &Approval) -> String {
+    format!("{}#approval-{}", a.incident_id, a.id)
+}
+
+/// SHA-256 of the rendered action (its outcome view, whose maps are ordered): what an approval
+/// is bound to, so an answer cannot unlock a different action.
+pub fn action_hash(action: &Action) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::to_string(&action.view()).unwrap_or_default();
+    Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What an execution ended as, before it is written into an outcome.
@@ -200,7 +233,7 @@ impl Engine {
     /// Assemble an engine.
     pub fn new(
         catalogue: Arc<Catalogue>,
-        store: Arc<dyn GuardrailStore>,
+        store: Arc<dyn Store>,
         executor: Arc<dyn Executor>,
         clock: Arc<dyn Clock>,
         settings: Settings,
@@ -216,6 +249,7 @@ impl Engine {
             metrics,
             ids,
             ceiling: LocalCeiling::default(),
+            demotions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -230,7 +264,7 @@ impl Engine {
     }
 
     /// The guardrail store.
-    pub fn store(&self) -> &Arc<dyn GuardrailStore> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -288,7 +322,10 @@ impl Engine {
                 .map(|d| (now - d).to_std().unwrap_or(Duration::ZERO)),
             max_age: self.settings.max_incident_age,
             root_cause: incident.root_cause.clone(),
-            runbook: matched.map(runbook_facts),
+            runbook: match matched {
+                Some(rb) => Some(RunbookFacts { demoted: self.demotion(rb).await, ..runbook_facts(rb) }),
+                None => None,
+            },
             confidence: incident.confidence,
             render_error: rendered
                 .as_ref()
@@ -367,17 +404,28 @@ impl Engine {
                 o.decision = Decision::Blocked;
                 o.guardrail = Some(guardrail);
                 o.reason = detail;
-                return self.finalize(incident, attempt, vec![o]).await;
+                return self.finalize(&incident.id, attempt, vec![o]).await;
             }
             other => return self.settle(other, incident, matched, now, attempt).await,
         };
-        let rf = runbook_facts(rb);
+        let rf = facts.runbook.clone().unwrap_or_else(|| runbook_facts(rb));
         let mut o = base;
         o.mode = Some(intent.mode());
         o.decision = intent.decision();
         o.reason = decision::intent_reason(intent, &rf);
         match intent {
-            Intent::Approval | Intent::Suggest => {}
+            Intent::Suggest => {}
+            Intent::Approval => {
+                let approval = self.request_approval(incident, rb, action).await;
+                o.approval_id = Some(approval.id.clone());
+                o.reason.push_str(&format!(
+                    "; approval {} pending until {}",
+                    approval.id,
+                    DateTime::<Utc>::from_timestamp_millis(approval.expires_at_ms)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default()
+                ));
+            }
             Intent::DryRun => {
                 self.finish_retrying(&FinishRequest {
                     incident_id: incident.id.clone(),
@@ -389,62 +437,373 @@ impl Engine {
                 .await;
             }
             Intent::Execute => {
-                let window = ms(self.settings.rate_window) as i64;
-                if !self.ceiling.try_acquire(
-                    &rb.id,
-                    incident.service(),
-                    rb.max_per_hour,
-                    window,
-                    millis(self.clock.now()),
-                ) {
-                    self.finish_retrying(&FinishRequest {
-                        incident_id: incident.id.clone(),
-                        attempt: attempt.to_string(),
-                        scope,
-                        limits,
-                        result: ExecResult::NotRun,
-                    })
-                    .await;
-                    o.decision = Decision::Blocked;
-                    o.guardrail = Some(Guardrail::RateLimit);
-                    o.reason = format!(
-                        "per-replica ceiling of {}/hour reached for {} on {} (the shared store may have lost state)",
-                        rb.max_per_hour,
-                        rb.id,
-                        incident.service()
-                    );
-                    return self.finalize(incident, attempt, vec![o]).await;
-                }
-                let exec = self.execute(incident, rb, action, &vars, attempt, probe).await;
-                let fin = self
-                    .finish_retrying(&FinishRequest {
-                        incident_id: incident.id.clone(),
-                        attempt: attempt.to_string(),
-                        scope,
-                        limits,
-                        result: exec.result,
-                    })
-                    .await;
-                self.metrics
-                    .circuit_state
-                    .with_label_values(&[&rb.id])
-                    .set(fin.circuit.gauge());
-                self.metrics.actions.with_label_values(&[&rb.id, exec.label]).inc();
-                o.decision = exec.decision;
-                o.success = exec.success;
-                o.rolled_back = exec.rolled_back;
-                o.reason = exec.reason;
-                o.checks = exec.checks;
-                if fin.opened {
-                    o.reason.push_str(&format!(
-                        "; circuit opened after {} consecutive failure{}",
-                        fin.failures,
-                        if fin.failures == 1 { "" } else { "s" }
-                    ));
+                o = self.run_reserved(&incident.id, incident, rb, action, &vars, attempt, probe, scope, limits, o).await;
+            }
+        }
+        self.finalize(&incident.id, attempt, vec![o]).await
+    }
+
+    /// Execute an action whose guardrails are reserved (by `attempt`), release them, feed the
+    /// circuit breaker and the trust ladder, and write the result into `o`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_reserved(
+        &self,
+        claim_id: &str,
+        incident: &Incident,
+        rb: &Runbook,
+        action: &Action,
+        vars: &Vars,
+        attempt: &str,
+        probe: bool,
+        scope: Scope,
+        limits: Limits,
+        mut o: Outcome,
+    ) -> Outcome {
+        let window = ms(self.settings.rate_window) as i64;
+        let now_ms = millis(self.clock.now());
+        if !self.ceiling.try_acquire(&rb.id, incident.service(), rb.max_per_hour, window, now_ms) {
+            self.finish_retrying(&FinishRequest {
+                incident_id: claim_id.to_string(),
+                attempt: attempt.to_string(),
+                scope,
+                limits,
+                result: ExecResult::NotRun,
+            })
+            .await;
+            o.decision = Decision::Blocked;
+            o.guardrail = Some(Guardrail::RateLimit);
+            o.reason = format!(
+                "per-replica ceiling of {}/hour reached for {} on {} (the shared store may have lost state)",
+                rb.max_per_hour,
+                rb.id,
+                incident.service()
+            );
+            return o;
+        }
+        let exec = self.execute(claim_id, incident, rb, action, vars, attempt, probe).await;
+        let fin = self
+            .finish_retrying(&FinishRequest {
+                incident_id: claim_id.to_string(),
+                attempt: attempt.to_string(),
+                scope,
+                limits,
+                result: exec.result,
+            })
+            .await;
+        self.metrics.circuit_state.with_label_values(&[&rb.id]).set(fin.circuit.gauge());
+        self.metrics.actions.with_label_values(&[&rb.id, exec.label]).inc();
+        o.decision = exec.decision;
+        o.success = exec.success;
+        o.rolled_back = exec.rolled_back;
+        o.reason = exec.reason;
+        o.checks = exec.checks;
+        if fin.opened {
+            o.reason.push_str(&format!(
+                "; circuit opened after {} consecutive failure{}",
+                fin.failures,
+                if fin.failures == 1 { "" } else { "s" }
+            ));
+        }
+        if exec.result != ExecResult::NotRun {
+            o.trust = self.update_trust(rb, exec.success == Some(true), &mut o.reason).await;
+        }
+        o
+    }
+
+    /// Feed one verified result to the runbook's record; demote it when its policy says so.
+    /// The trust ladder is advisory bookkeeping after the fact: a store error here is logged,
+    /// never allowed to lose the outcome.
+    async fn update_trust(&self, rb: &Runbook, success: bool, reason: &mut String) -> Option<TrustView> {
+        let window = rb.trust.map(|t| t.window).unwrap_or(DEFAULT_TRUST_WINDOW);
+        let stats = match self.store.record_trust(&rb.id, success, window).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, runbook = %rb.id, "could not record the verified result");
+                return None;
+            }
+        };
+        self.metrics.trust_rate.with_label_values(&[&rb.id]).set(stats.rate());
+        self.metrics.trust_executions.with_label_values(&[&rb.id]).set(i64::from(stats.total));
+        let mut demoted = self.demotion(rb).await.is_some();
+        if let Some(policy) = rb.trust {
+            if rb.mode == Mode::Auto && !demoted && stats.total >= policy.min_runs && stats.rate() < policy.floor {
+                let why = format!(
+                    "verified success {:.0}% < floor {:.0}% over the last {} executions",
+                    stats.rate() * 100.0,
+                    policy.floor * 100.0,
+                    stats.total
+                );
+                match self.store.demote(&rb.id, &why).await {
+                    Ok(newly) => {
+                        demoted = true;
+                        self.cache_demotion(&rb.id, Some(why.clone()));
+                        if newly {
+                            warn!(runbook = %rb.id, %why, "runbook demoted from auto to approval");
+                            reason.push_str(&format!("; runbook {} demoted from auto to approval: {why}", rb.id));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, runbook = %rb.id, "could not demote the runbook"),
                 }
             }
         }
-        self.finalize(incident, attempt, vec![o]).await
+        self.metrics.trust_demoted.with_label_values(&[&rb.id]).set(i64::from(demoted));
+        Some(TrustView { success_rate: stats.rate(), executions: stats.total, demoted })
+    }
+
+    /// Why a runbook with a trust policy is demoted, if it is; cached a few seconds so a
+    /// decision does not pay an extra store round trip (another replica's demotion is seen
+    /// within [`DEMOTION_CACHE`]).
+    async fn demotion(&self, rb: &Runbook) -> Option<String> {
+        rb.trust?;
+        if let Some((why, at)) = self.demotions.lock().unwrap_or_else(|e| e.into_inner()).get(&rb.id) {
+            if at.elapsed() < DEMOTION_CACHE {
+                return why.clone();
+            }
+        }
+        match self.store.demotion(&rb.id).await {
+            Ok(why) => {
+                self.cache_demotion(&rb.id, why.clone());
+                why
+            }
+            // Unknown: the guardrail call that follows fails closed anyway.
+            Err(_) => None,
+        }
+    }
+
+    fn cache_demotion(&self, runbook: &str, why: Option<String>) {
+        self.demotions.lock().unwrap_or_else(|e| e.into_inner()).insert(runbook.to_string(), (why, Instant::now()));
+    }
+
+    /// Create the pending approval an `approval_required` decision asks for, bound to the hash
+    /// of the rendered action (retried until the store answers: the decision is already taken).
+    async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> Approval {
+        let pending = Approval {
+            id: self.ids.next(),
+            incident_id: incident.id.clone(),
+            runbook: rb.id.clone(),
+            action_hash: action_hash(action),
+            action: action.view().display,
+            incident: serde_json::to_string(incident).unwrap_or_default(),
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            state: ApprovalState::Pending,
+            approver: None,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.store.create_approval(&pending, ms(self.settings.approval_ttl)).await {
+                Ok(a) => return a,
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    warn!(error = %e, "could not store the approval; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Answer a pending approval (HTTP API, approvals topic, `remediator approve|deny`).
+    ///
+    /// The store accepts at most one answer per approval; expired, replayed, tampered and unknown
+    /// approvals are refused, and every answer, refused or not, is audited as an outcome. An
+    /// accepted approval re-checks freshness, re-renders the action (it must hash to what was
+    /// approved) and goes through the guardrails again before executing: what was safe when the
+    /// approval was asked for may not be safe any more.
+    pub async fn answer(&self, approval_id: &str, answer: &Answer) -> Result<Answered, EngineError> {
+        let now = self.clock.now();
+        let refuse = |o: Outcome, why: String| {
+            self.metrics.approvals.with_label_values(&["refused"]).inc();
+            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
+            warn!(approval = approval_id, approver = %answer.approver, reason = %why, "approval answer refused");
+            Ok(Answered { accepted: false, reason: why, outcomes: vec![o] })
+        };
+        let mut o = self.base(None, None, now);
+        o.approval_id = Some(approval_id.to_string());
+        o.approver = Some(answer.approver.clone());
+        o.mode = Some(Mode::Approval);
+        o.decision = Decision::Rejected;
+        let valid = |v: &str| !v.is_empty() && v.chars().count() <= 128 && !v.chars().any(char::is_control);
+        if !valid(approval_id) || !valid(&answer.approver) {
+            o.approver = None;
+            let why = "approval answer refused: approval id and approver must be 1..128 printable characters".to_string();
+            o.reason = why.clone();
+            return refuse(o, why);
+        }
+        let result = self.store.answer_approval(approval_id, answer).await.map_err(|e| {
+            self.metrics.store_errors.inc();
+            EngineError::StoreUnavailable(e.to_string())
+        })?;
+        let describe = |a: &Approval, o: &mut Outcome| {
+            o.incident_id = Some(a.incident_id.clone());
+            o.runbook_id = Some(a.runbook.clone());
+            if let Ok(i) = incident::parse(a.incident.as_bytes()) {
+                o.service = Some(i.service().to_string());
+                o.root_cause = Some(i.root_cause.clone());
+                o.confidence = Some(i.confidence);
+            }
+        };
+        let a = match result {
+            AnswerResult::NotFound => {
+                let why = format!("approval answer refused: approval {approval_id} does not exist");
+                o.reason = why.clone();
+                return refuse(o, why);
+            }
+            AnswerResult::Expired(a) => {
+                describe(&a, &mut o);
+                o.decision = Decision::Expired;
+                let why = format!(
+                    "approval answer refused: approval {approval_id} expired at {}",
+                    DateTime::<Utc>::from_timestamp_millis(a.expires_at_ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+                );
+                o.reason = why.clone();
+                return refuse(o, why);
+            }
+            AnswerResult::AlreadyAnswered(a) => {
+                describe(&a, &mut o);
+                let why = format!(
+                    "approval answer refused: approval {approval_id} was already {} by {} (single use)",
+                    a.state.as_str(),
+                    a.approver.as_deref().unwrap_or("someone")
+                );
+                o.reason = why.clone();
+                return refuse(o, why);
+            }
+            AnswerResult::Tampered(a) => {
+                describe(&a, &mut o);
+                let why = format!(
+                    "approval answer refused: the answer names action hash {}, the approval is bound to {}",
+                    answer.action_hash.as_deref().unwrap_or("-"),
+                    a.action_hash
+                );
+                o.reason = why.clone();
+                return refuse(o, why);
+            }
+            AnswerResult::Accepted(a) => a,
+        };
+        describe(&a, &mut o);
+        o.action = None;
+        if a.state == ApprovalState::Denied {
+            self.metrics.approvals.with_label_values(&["denied"]).inc();
+            o.decision = Decision::Manual;
+            o.reason = format!("approval {} denied by {}; not executed", a.id, answer.approver);
+            let outcomes = self.finalize_answer(&a, vec![o]).await;
+            return Ok(Answered { accepted: true, reason: "denied".into(), outcomes });
+        }
+        self.metrics.approvals.with_label_values(&["approved"]).inc();
+        let outcomes = self.execute_approved(&a, &answer.approver, o).await?;
+        Ok(Answered { accepted: true, reason: "approved".into(), outcomes })
+    }
+
+    /// Run an approved action: re-check freshness, the action's binding and the guardrails.
+    async fn execute_approved(&self, a: &Approval, approver: &str, mut o: Outcome) -> Result<Vec<Outcome>, EngineError> {
+        let now = self.clock.now();
+        o.decided_at = now;
+        let incident = match incident::parse(a.incident.as_bytes()) {
+            Ok(i) => i,
+            Err((r, _)) => {
+                o.decision = Decision::Aborted;
+                o.reason = format!("approved by {approver}, but the stored incident is unreadable: {r}");
+                return Ok(self.finalize_answer(a, vec![o]).await);
+            }
+        };
+        let Some(rb) = self.catalogue.get(&a.runbook) else {
+            o.decision = Decision::Aborted;
+            o.reason = format!("approved by {approver}, but runbook {} no longer exists", a.runbook);
+            return Ok(self.finalize_answer(a, vec![o]).await);
+        };
+        let vars = Vars::from_incident(&incident);
+        let action = match render(rb, &incident, &vars) {
+            Ok(action) if action_hash(&action) == a.action_hash => action,
+            Ok(_) => {
+                o.decision = Decision::Aborted;
+                o.reason = format!(
+                    "approved by {approver}, but runbook {} now renders a different action than the one approved; \
+                     not executed (ask again)",
+                    rb.id
+                );
+                return Ok(self.finalize_answer(a, vec![o]).await);
+            }
+            Err(e) => {
+                o.decision = Decision::Aborted;
+                o.reason = format!("approved by {approver}, but the action no longer renders: {e}");
+                return Ok(self.finalize_answer(a, vec![o]).await);
+            }
+        };
+        o.action = Some(action.view());
+        if let Some(age) = incident.detected_at.map(|d| (now - d).to_std().unwrap_or(Duration::ZERO)) {
+            if age > self.settings.max_incident_age {
+                o.decision = Decision::Expired;
+                o.reason = format!(
+                    "approved by {approver}, but the incident is {} old, older than max_incident_age {}: \
+                     never act on stale data",
+                    decision::human(age),
+                    decision::human(self.settings.max_incident_age)
+                );
+                return Ok(self.finalize_answer(a, vec![o]).await);
+            }
+        }
+        // The execution is claimed under its own id: the incident itself is already recorded
+        // (approval_required), and an approval is single use.
+        let claim_id = approval_claim(a);
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let scope = Scope { runbook: rb.id.clone(), service: incident.service().to_string() };
+        let limits = self.limits(rb);
+        let req = DecideRequest {
+            incident_id: claim_id.clone(),
+            attempt: attempt.clone(),
+            worker: self.settings.worker.clone(),
+            source: None,
+            lease_ms: ms(self.settings.lease),
+            admission: Admission::Reserve { scope: scope.clone(), limits: limits.clone() },
+        };
+        match self.claim(&req).await? {
+            DecideAnswer::Allowed { probe, .. } => {
+                o = self.run_reserved(&claim_id, &incident, rb, &action, &vars, &attempt, probe, scope, limits, o).await;
+                if o.decision == Decision::Executed {
+                    o.reason = format!("approved by {approver}; {}", o.reason);
+                }
+            }
+            DecideAnswer::Blocked { guardrail, detail } => {
+                o.decision = Decision::Blocked;
+                o.guardrail = Some(guardrail);
+                o.reason = format!("approved by {approver}, but the guardrails changed since: {detail}");
+            }
+            DecideAnswer::Duplicate { outcomes, .. } => {
+                return Ok(serde_json::from_str(&outcomes).unwrap_or_default());
+            }
+            other => {
+                o.decision = Decision::Aborted;
+                o.reason = format!("approved by {approver}, but the execution claim was refused: {other:?}");
+            }
+        }
+        self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
+        if let Some(g) = o.guardrail {
+            self.metrics.guardrail_blocks.with_label_values(&[g.as_str()]).inc();
+        }
+        Ok(self.finalize(&claim_id, &attempt, vec![o]).await?.outcomes)
+    }
+
+    /// Record the outcome of an answer that did not reach the guardrails (denied, aborted,
+    /// expired) under the approval's claim id, so its audit trail is complete.
+    async fn finalize_answer(&self, a: &Approval, outcomes: Vec<Outcome>) -> Vec<Outcome> {
+        for o in &outcomes {
+            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
+        }
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let req = DecideRequest {
+            incident_id: approval_claim(a),
+            attempt: attempt.clone(),
+            worker: self.settings.worker.clone(),
+            source: None,
+            lease_ms: ms(self.settings.lease),
+            admission: Admission::Record { outcomes: to_json(&outcomes), ttl_ms: ms(self.settings.idempotency_ttl) },
+        };
+        // Best effort: the answer itself is already final in the store.
+        if let Err(e) = self.store.decide(&req).await {
+            warn!(error = %e, approval = %a.id, "could not record the answer's outcome");
+        }
+        outcomes
     }
 
     /// Answers of the store that end handling without a new decision of ours.
@@ -495,7 +854,7 @@ impl Engine {
                     "a previous attempt by {worker} was interrupted while executing; its effect is unknown and an \
                      action is never run twice, so it is not retried"
                 );
-                self.finalize(incident, attempt, vec![o]).await
+                self.finalize(&incident.id, attempt, vec![o]).await
             }
             other => Err(EngineError::StoreUnavailable(format!(
                 "unexpected store answer {other:?}"
@@ -504,8 +863,10 @@ impl Engine {
     }
 
     /// Run pre-checks, the action, post-checks and, on failure, the rollback.
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
+        claim_id: &str,
         incident: &Incident,
         rb: &Runbook,
         action: &Action,
@@ -515,7 +876,7 @@ impl Engine {
     ) -> Execution {
         let started = Instant::now();
         self.metrics.in_flight.inc();
-        let renewal = self.spawn_renewal(&incident.id, attempt);
+        let renewal = self.spawn_renewal(claim_id, attempt);
         let mut vars = vars.clone();
         let mut checks = Vec::new();
         let action_id = format!("{}-{}", rb.id, attempt);
@@ -710,7 +1071,7 @@ impl Engine {
     /// Record the final outcomes (retrying: this incident has been decided) and return them.
     async fn finalize(
         &self,
-        incident: &Incident,
+        record_id: &str,
         attempt: &str,
         mut outcomes: Vec<Outcome>,
     ) -> Result<Handled, EngineError> {
@@ -724,7 +1085,7 @@ impl Engine {
         loop {
             match self
                 .store
-                .record(&incident.id, attempt, &json, ms(self.settings.idempotency_ttl))
+                .record(record_id, attempt, &json, ms(self.settings.idempotency_ttl))
                 .await
             {
                 Ok(()) => {
@@ -838,6 +1199,8 @@ impl Engine {
             action: None,
             checks: Vec::new(),
             approval_id: None,
+            approver: None,
+            trust: None,
             mode: None,
             worker: self.settings.worker.clone(),
             decided_at,
@@ -877,6 +1240,7 @@ fn runbook_facts(rb: &Runbook) -> RunbookFacts {
             Risk::Medium => "MEDIUM",
             Risk::High => "HIGH",
         },
+        demoted: None,
     }
 }
 

@@ -6,7 +6,7 @@ use crate::executor::kubernetes::{KubeExecutorOptions, KubernetesExecutor};
 use crate::executor::simulated::SimulatedExecutor;
 use crate::executor::Executor;
 use crate::guardrails::redis::RedisStore;
-use crate::guardrails::GuardrailStore;
+use crate::guardrails::Store;
 use crate::health::Health;
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::Metrics;
@@ -80,7 +80,7 @@ async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) ->
 /// Refresh `remediator_circuit_state` for every runbook from the shared store, so every replica
 /// exports the same truth, not just the one that moved the circuit.
 fn spawn_circuit_gauges(
-    store: Arc<dyn GuardrailStore>,
+    store: Arc<dyn Store>,
     catalogue: Arc<Catalogue>,
     metrics: Metrics,
     mut shutdown: Shutdown,
@@ -191,7 +191,7 @@ pub async fn run(config: Config) -> Result<()> {
     let Some(store) = connect_store(&config, &health, &signal_shutdown).await? else {
         return Ok(());
     };
-    let store: Arc<dyn GuardrailStore> = Arc::new(store);
+    let store: Arc<dyn Store> = Arc::new(store);
     let executor = build_executor(&config, &health, &shutdown).await?;
     spawn_circuit_gauges(
         Arc::clone(&store),

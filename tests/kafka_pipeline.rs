@@ -16,7 +16,7 @@ use remediator::clock::SystemClock;
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::redis::RedisStore;
-use remediator::guardrails::GuardrailStore;
+use remediator::guardrails::Store;
 use remediator::kafka::RunStats;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::time::Duration;
 const WITHIN: Duration = Duration::from_secs(30);
 
 /// The shared store of the replicas under test: Redis under a unique prefix when available.
-async fn store() -> Arc<dyn GuardrailStore> {
+async fn store() -> Arc<dyn Store> {
     match redis_url() {
         Some(url) => Arc::new(
             RedisStore::connect(&url, &unique("kafka-test"), Duration::from_millis(200))
@@ -326,7 +326,7 @@ async fn store_unavailable_holds_the_message_until_a_store_answers() {
     .await;
 
     // Port 1 on loopback: nothing listens, connections are refused at once.
-    let dead: Arc<dyn GuardrailStore> = Arc::new(
+    let dead: Arc<dyn Store> = Arc::new(
         RedisStore::connect("redis://127.0.0.1:1", &unique("dead"), Duration::from_millis(200))
             .await
             .expect("lazy"),

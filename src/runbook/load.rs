@@ -7,7 +7,7 @@
 use super::action::{ActionSpec, ReplicaSpec, PATCHABLE};
 use super::check::{CheckName, CheckSpec, CHECK_NAMES};
 use super::template::Template;
-use super::{Catalogue, Risk, Runbook, RunbookScope};
+use super::{Catalogue, Risk, Runbook, RunbookScope, TrustPolicy};
 use crate::outcome::Mode;
 use serde_yaml::{Mapping, Value};
 use std::fmt;
@@ -84,6 +84,7 @@ const RUNBOOK_KEYS: &[&str] = &[
     "rollback",
     "rollback_checks",
     "dry_run",
+    "trust",
 ];
 
 pub(super) fn parse_catalogue(text: &str, file: &str) -> Result<Catalogue, LoadErrors> {
@@ -395,6 +396,41 @@ impl Parser<'_> {
                 false
             }
         };
+        let trust = match get("trust") {
+            None | Some(Value::Null) => None,
+            Some(Value::Mapping(t)) => {
+                self.unknown_keys(t, &["floor", "min_runs", "window"], "trust");
+                let floor = match t.get("floor") {
+                    Some(v) => self.number(v, "trust.floor", 0.0, 1.0),
+                    None => {
+                        self.err("trust.floor", "is required (lowest acceptable verified success rate, 0..1)");
+                        None
+                    }
+                };
+                let min_runs = match t.get("min_runs") {
+                    Some(v) => self.integer(v, "trust.min_runs", 1, 1000).map(|x| x as u32),
+                    None => Some(5),
+                };
+                let window = match t.get("window") {
+                    Some(v) => self.integer(v, "trust.window", 1, 1000).map(|x| x as u32),
+                    None => Some(20),
+                };
+                match (floor, min_runs, window) {
+                    (Some(floor), Some(min_runs), Some(window)) if window >= min_runs => {
+                        Some(TrustPolicy { floor, min_runs, window })
+                    }
+                    (Some(_), Some(min_runs), Some(window)) => {
+                        self.err("trust.window", format!("must be at least min_runs ({min_runs}), got {window}"));
+                        None
+                    }
+                    _ => None,
+                }
+            }
+            Some(other) => {
+                self.err("trust", format!("must be a mapping with floor/min_runs/window, got {}", type_name(other)));
+                None
+            }
+        };
         if self.errors.len() != before {
             return None;
         }
@@ -418,6 +454,7 @@ impl Parser<'_> {
             rollback,
             rollback_checks,
             dry_run,
+            trust,
         })
     }
 
@@ -823,6 +860,19 @@ runbooks:
         assert!(
             errs[0].contains(r#"runbook "b": triggers: trigger "oomkilled" is already claimed by runbook "a""#),
             "{errs:?}"
+        );
+        assert_eq!(errs.len(), 1, "reported once, under `triggers`: {errs:?}");
+        let errs = errors(
+            r#"
+runbooks:
+  a: {risk: LOW, triggers: [OOMKilled], symptoms: [pod_restarts], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+  b: {risk: LOW, triggers: [pod_restarts], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+"#,
+        );
+        assert_eq!(
+            errs,
+            vec![r#"f.yaml: runbook "b": triggers: trigger "pod_restarts" is also a symptom of runbook "a""#],
+            "a trigger that is another runbook's symptom is a `triggers` problem"
         );
     }
 

@@ -42,6 +42,19 @@ pub struct RunbookScope {
     pub services: Vec<String>,
 }
 
+/// When a runbook loses its place on the automation spectrum (the trust ladder): once it has
+/// run `min_runs` times, a verified success rate below `floor` over its last `window`
+/// executions demotes it from `auto` to `approval`. Promotion stays a human decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrustPolicy {
+    /// Lowest acceptable verified success rate (0..1).
+    pub floor: f64,
+    /// Executions needed before the rate is judged.
+    pub min_runs: u32,
+    /// Executions the rate is computed over (the most recent ones).
+    pub window: u32,
+}
+
 /// One validated runbook.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Runbook {
@@ -81,6 +94,8 @@ pub struct Runbook {
     pub rollback_checks: Vec<CheckSpec>,
     /// Shadow mode for this runbook.
     pub dry_run: bool,
+    /// Automatic demotion policy (`None`: the runbook is never demoted automatically).
+    pub trust: Option<TrustPolicy>,
 }
 
 /// How an incident matched a runbook.
@@ -139,14 +154,26 @@ impl Catalogue {
             }
         }
         // Symptoms index: every trigger and symptom; a symptom may not point at two runbooks.
+        // Each problem is reported once, under the key that has it: a trigger already reported
+        // as claimed twice is skipped, and a trigger that is another runbook's symptom is a
+        // `triggers` problem.
         for (i, rb) in runbooks.iter().enumerate() {
-            for s in rb.triggers.iter().chain(&rb.symptoms) {
+            let triggers = rb
+                .triggers
+                .iter()
+                .filter(|t| cat.by_root_cause.get(&key(t)) == Some(&i))
+                .map(|t| ("triggers", t));
+            for (field, s) in triggers.chain(rb.symptoms.iter().map(|s| ("symptoms", s))) {
                 match cat.by_symptom.get(&key(s)) {
                     Some(&other) if other != i => errors.push(LoadError::at(
                         file,
                         &rb.id,
-                        "symptoms",
-                        format!("symptom {s:?} already selects runbook {:?}", runbooks[other].id),
+                        field,
+                        if field == "triggers" {
+                            format!("trigger {s:?} is also a symptom of runbook {:?}", runbooks[other].id)
+                        } else {
+                            format!("symptom {s:?} already selects runbook {:?}", runbooks[other].id)
+                        },
                     )),
                     _ => {
                         cat.by_symptom.insert(key(s), i);

@@ -16,7 +16,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use remediator::clock::SystemClock;
 use remediator::executor::Executor;
-use remediator::guardrails::GuardrailStore;
+use remediator::guardrails::Store;
 use remediator::health::Health;
 use remediator::kafka::{KafkaError, KafkaSettings, RunStats};
 use remediator::metrics::Metrics;
@@ -278,7 +278,7 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
 }
 
 /// An engine with the seed catalogue, `store` and `executor`.
-pub fn engine(store: Arc<dyn GuardrailStore>, executor: Arc<dyn Executor>) -> Arc<Engine> {
+pub fn engine(store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> Arc<Engine> {
     let catalogue = Catalogue::from_yaml(include_str!("../data/seed-runbooks.yaml"), "seed").expect("seed catalogue");
     let settings = Settings {
         worker: "kafka-test".into(),

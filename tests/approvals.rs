@@ -1,0 +1,186 @@
+//! Humans in the loop on the engine: approvals (single use, expiring, hash-bound, re-checked)
+//! and the trust ladder (automatic demotion from auto to approval). The same paths against real
+//! Redis and Kafka are in `tests/approvals_live.rs`.
+
+mod common;
+
+use chrono::{Duration as ChronoDuration, TimeZone, Utc};
+use remediator::clock::{Clock, ManualClock};
+use remediator::executor::simulated::{Faults, SimulatedExecutor};
+use remediator::guardrails::memory::MemoryStore;
+use remediator::guardrails::{Answer, LedgerStore};
+use remediator::metrics::Metrics;
+use remediator::outcome::{Decision, Outcome};
+use remediator::pipeline::{Engine, EventIds, Settings};
+use remediator::runbook::Catalogue;
+use std::sync::Arc;
+
+struct Rig {
+    engine: Engine,
+    executor: Arc<SimulatedExecutor>,
+    store: Arc<MemoryStore>,
+    clock: ManualClock,
+}
+
+fn rig(runbooks: &str, faults: Faults) -> Rig {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let executor = Arc::new(SimulatedExecutor::with_faults(faults));
+    let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
+    let engine = Engine::new(
+        Arc::new(Catalogue::from_yaml(runbooks, "test").expect("runbooks load")),
+        store.clone(),
+        executor.clone(),
+        shared,
+        Settings::default(),
+        Metrics::new(),
+        EventIds::Random,
+    );
+    Rig { engine, executor, store, clock }
+}
+
+async fn send(r: &Rig, json: &str) -> Outcome {
+    let h = r.engine.handle(json.as_bytes(), None, &uuid::Uuid::new_v4().to_string()).await.expect("handled");
+    let o = h.outcomes.into_iter().next().expect("one outcome");
+    common::schema::assert_valid_outcome(&serde_json::to_value(&o).unwrap());
+    o
+}
+
+async fn answer(r: &Rig, id: &str, approve: bool, who: &str, hash: Option<&str>) -> (bool, Vec<Outcome>) {
+    let a = Answer { approve, approver: who.into(), action_hash: hash.map(str::to_string) };
+    let res = r.engine.answer(id, &a).await.expect("answered");
+    for o in &res.outcomes {
+        common::schema::assert_valid_outcome(&serde_json::to_value(o).unwrap());
+    }
+    (res.accepted, res.outcomes)
+}
+
+const SEED: &str = include_str!("data/seed-runbooks.yaml");
+
+fn undo(id: &str, svc: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"{svc}","context":{{"deployment":"{svc}","namespace":"production"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn approved_once_executes_once_and_replays_are_refused() {
+    let r = rig(SEED, Faults::default());
+    let o = send(&r, &undo("A1", "checkout")).await;
+    assert_eq!(o.decision, Decision::ApprovalRequired);
+    let id = o.approval_id.clone().expect("approval id");
+    assert!(r.executor.journal().is_empty(), "nothing runs before approval");
+    let pending = r.store.pending_approvals().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let hash = pending[0].action_hash.clone();
+
+    let (ok, out) = answer(&r, &id, true, "alice", Some(&hash)).await;
+    assert!(ok);
+    assert_eq!((out[0].decision, out[0].success), (Decision::Executed, Some(true)));
+    assert_eq!(out[0].approver.as_deref(), Some("alice"));
+    assert_eq!(out[0].approval_id.as_deref(), Some(id.as_str()));
+    assert_eq!(out[0].incident_id.as_deref(), Some("A1"));
+    assert!(out[0].reason.starts_with("approved by alice"), "{}", out[0].reason);
+    assert_eq!(r.executor.journal().len(), 1);
+
+    let (ok, out) = answer(&r, &id, true, "mallory", None).await;
+    assert!(!ok);
+    assert_eq!(out[0].decision, Decision::Rejected);
+    assert!(out[0].reason.contains("already approved by alice (single use)"), "{}", out[0].reason);
+    assert_eq!(r.executor.journal().len(), 1, "a replayed approval never runs again");
+}
+
+#[tokio::test]
+async fn denied_expired_tampered_and_unknown_answers() {
+    let r = rig(SEED, Faults::default());
+    let id = send(&r, &undo("B1", "checkout")).await.approval_id.unwrap();
+    let (ok, out) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    assert_eq!(out[0].decision, Decision::Manual);
+    assert!(out[0].reason.contains("denied by bob"));
+
+    let id = send(&r, &undo("B2", "cart")).await.approval_id.unwrap();
+    let (ok, out) = answer(&r, &id, true, "eve", Some("not-the-hash")).await;
+    assert!(!ok);
+    assert!(out[0].reason.contains("action hash"), "{}", out[0].reason);
+
+    r.clock.advance(ChronoDuration::hours(2));
+    let (ok, out) = answer(&r, &id, true, "alice", None).await;
+    assert!(!ok);
+    assert_eq!(out[0].decision, Decision::Expired);
+
+    let (ok, out) = answer(&r, "no-such-approval", true, "alice", None).await;
+    assert!(!ok);
+    assert!(out[0].reason.contains("does not exist"));
+    let (ok, _) = answer(&r, "x", true, "", None).await;
+    assert!(!ok, "an anonymous answer is refused");
+    assert!(r.executor.journal().is_empty());
+}
+
+#[tokio::test]
+async fn approval_after_the_guardrails_changed_is_blocked() {
+    // rollback-deployment: 1 per hour. Two approvals for the same service; the first uses the hour's slot.
+    let r = rig(SEED, Faults::default());
+    let first = send(&r, &undo("C1", "checkout")).await.approval_id.unwrap();
+    let second = send(&r, &undo("C2", "checkout")).await.approval_id.unwrap();
+    assert_eq!(answer(&r, &first, true, "alice", None).await.1[0].decision, Decision::Executed);
+    let (ok, out) = answer(&r, &second, true, "alice", None).await;
+    assert!(ok, "the answer is accepted...");
+    assert_eq!(out[0].decision, Decision::Blocked, "...but the guardrails are checked again");
+    assert!(out[0].reason.contains("guardrails changed since"), "{}", out[0].reason);
+    assert_eq!(r.executor.journal().len(), 1);
+}
+
+#[tokio::test]
+async fn stale_incidents_are_not_executed_even_when_approved() {
+    let r = rig(SEED, Faults::default());
+    let json = format!(
+        r#"{{"id":"D1","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"web","detected_at":"{}","context":{{"deployment":"web","namespace":"production"}}}}"#,
+        r.clock.now().to_rfc3339()
+    );
+    let id = send(&r, &json).await.approval_id.unwrap();
+    r.clock.advance(ChronoDuration::minutes(20));
+    let (ok, out) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok);
+    assert_eq!(out[0].decision, Decision::Expired);
+    assert!(r.executor.journal().is_empty());
+}
+
+const LADDER: &str = r#"
+runbooks:
+  restart-pod:
+    risk: LOW
+    triggers: [CrashLoopBackOff]
+    min_confidence: 0.8
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: kubectl delete pod {pod_name} -n {namespace}
+    post_checks: [pod_becomes_ready]
+    trust: {floor: 0.8, min_runs: 3, window: 5}
+"#;
+
+fn crash(id: &str, svc: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"CrashLoopBackOff","confidence":0.95,"service":"{svc}","context":{{"pod_name":"{svc}-1","namespace":"production"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_runbook_below_its_floor_is_demoted_and_says_so() {
+    let faults = Faults { fail_post_checks_for: ["bad"].map(String::from).into(), ..Faults::default() };
+    let r = rig(LADDER, faults);
+    let ok = send(&r, &crash("T1", "good")).await;
+    assert_eq!(ok.trust.as_ref().map(|t| (t.executions, t.demoted)), Some((1, false)));
+    send(&r, &crash("T2", "bad")).await;
+    // 1 of 3 verified: below 80% once min_runs is reached.
+    let third = send(&r, &crash("T3", "bad")).await;
+    let trust = third.trust.clone().unwrap();
+    assert_eq!((trust.executions, trust.demoted), (3, true));
+    assert!((trust.success_rate - 1.0 / 3.0).abs() < 1e-9);
+    assert!(third.reason.contains("demoted from auto to approval"), "{}", third.reason);
+    let next = send(&r, &crash("T4", "good")).await;
+    assert_eq!(next.decision, Decision::ApprovalRequired);
+    assert!(next.reason.contains("was demoted from auto to approval"), "{}", next.reason);
+    // Promotion is a human decision.
+    assert!(r.store.promote("restart-pod").await.unwrap());
+}
