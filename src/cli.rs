@@ -42,6 +42,60 @@ pub enum Command {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Approve a pending approval through a worker's HTTP API (token in REMEDIATOR_APPROVAL_TOKEN).
+    Approve {
+        /// The approval id (from the `approval_required` outcome).
+        id: String,
+        #[command(flatten)]
+        answer: AnswerArgs,
+    },
+    /// Deny a pending approval through a worker's HTTP API.
+    Deny {
+        /// The approval id.
+        id: String,
+        #[command(flatten)]
+        answer: AnswerArgs,
+    },
+    /// List the approvals still waiting, through a worker's HTTP API.
+    Approvals {
+        /// Base URL of a worker.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+    },
+    /// Run a runbook by hand, through the same checks, guardrails and audit as automatic runs.
+    Execute {
+        /// Runbook id.
+        runbook: String,
+        /// The service it acts on.
+        #[arg(long)]
+        service: String,
+        /// Template values, `key=value` (repeatable), e.g. `--context namespace=prod`.
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Decide and reserve guardrails, but do not act.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who runs it (audited; default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+        /// Config file (as for `run`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Each runbook's mode, verified success rate, circuit state and demotion, from the store.
+    Runbooks {
+        /// Config file (as for `run`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Give a demoted runbook back its automatic mode (a human decision; starts a fresh record).
+    Promote {
+        /// Runbook id.
+        runbook: String,
+        /// Config file (as for `run`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check the runbook file (and config) and print every problem; exits non-zero on any.
     Validate {
         /// Runbook file (default: the config's `runbooks`).
@@ -51,4 +105,18 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// Options of `approve` and `deny`.
+#[derive(Debug, clap::Args)]
+pub struct AnswerArgs {
+    /// Who answers (audited; default: $USER).
+    #[arg(long)]
+    pub approver: Option<String>,
+    /// The action hash you reviewed (`remediator approvals` shows it); refused if it changed.
+    #[arg(long)]
+    pub action_hash: Option<String>,
+    /// Base URL of a worker.
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    pub url: String,
 }

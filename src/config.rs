@@ -183,6 +183,53 @@ impl Default for SimulatedConfig {
     }
 }
 
+/// Approval settings (DESIGN.md §4a).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// How long an approval can be answered.
+    pub ttl: String,
+    /// File holding the approval API's bearer token (the variable `REMEDIATOR_APPROVAL_TOKEN`
+    /// wins); "" and no variable: the HTTP approval API is off.
+    pub token_file: String,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            ttl: "1h".into(),
+            token_file: String::new(),
+        }
+    }
+}
+
+/// Notification settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// File holding the webhook URL (Slack-compatible); the variable
+    /// `REMEDIATOR_WEBHOOK_URL` wins. Neither: no notifications.
+    pub webhook_url_file: String,
+}
+
+/// A secret from the environment variable `var`, else from the file at `file` ("" = none),
+/// trimmed. Secrets never live in the YAML that ships in `config/`.
+pub fn secret(var: &str, file: &str) -> Result<Option<String>, ConfigError> {
+    if let Ok(v) = std::env::var(var) {
+        if !v.trim().is_empty() {
+            return Ok(Some(v.trim().to_string()));
+        }
+    }
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
+        path: file.into(),
+        source: e,
+    })?;
+    Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
 /// Logging settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +334,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Guardrail defaults.
     pub guardrails: GuardrailsConfig,
+    /// Approvals.
+    pub approvals: ApprovalsConfig,
+    /// Notifications.
+    pub notify: NotifyConfig,
     /// Logging.
     pub log: LogConfig,
     /// The Alertmanager webhook intake.
@@ -306,6 +357,8 @@ impl Default for Config {
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
             guardrails: GuardrailsConfig::default(),
+            approvals: ApprovalsConfig::default(),
+            notify: NotifyConfig::default(),
             log: LogConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
         }
@@ -422,6 +475,12 @@ impl Config {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
+        if parse_duration(&self.approvals.ttl)
+            .map_err(|m| invalid("approvals.ttl", m))?
+            .is_zero()
+        {
+            return Err(invalid("approvals.ttl", "must be greater than zero"));
+        }
         parse_duration(&self.simulated.action_delay).map_err(|m| invalid("simulated.action_delay", m))?;
         if parse_duration(&g.lease).unwrap_or_default() < Duration::from_secs(3) {
             return Err(invalid(
@@ -517,6 +576,7 @@ impl Config {
                 failure_threshold: g.failure_threshold,
                 recovery_timeout: d(&g.recovery_timeout),
             },
+            approval_ttl: d(&self.approvals.ttl),
             ..Settings::default()
         }
     }

@@ -1,6 +1,7 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
 //! `/readyz` (Kafka, the guardrail store and the executor are all reachable), plus the
-//! Alertmanager webhook (`POST /v1/alertmanager`, see `alertmanager.rs`) when it is enabled.
+//! Alertmanager webhook (`POST /v1/alertmanager`, see `alertmanager.rs`) when it is enabled, and
+//! the approval API (`/v1/approvals`, see `approval.rs`) when a token is configured.
 
 use crate::alertmanager::Intake;
 use crate::health::Health;
@@ -22,14 +23,23 @@ struct AppState {
 
 /// The router, separate from serving so tests can call it directly. `intake` adds the
 /// Alertmanager webhook route (`None`: the route does not exist, 404).
-pub fn router(metrics: Metrics, health: Arc<Health>, intake: Option<Arc<Intake>>) -> Router {
+pub fn router(
+    metrics: Metrics,
+    health: Arc<Health>,
+    intake: Option<Arc<Intake>>,
+    approvals: Option<Arc<crate::approval::Api>>,
+) -> Router {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .with_state(AppState { metrics, health });
-    match intake {
+    let app = match intake {
         Some(intake) => app.merge(intake.routes()),
+        None => app,
+    };
+    match approvals {
+        Some(api) => app.merge(api.routes()),
         None => app,
     }
 }
@@ -71,11 +81,12 @@ pub async fn serve(
     metrics: Metrics,
     health: Arc<Health>,
     intake: Option<Arc<Intake>>,
+    approvals: Option<Arc<crate::approval::Api>>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(metrics, health, intake);
+    let app = router(metrics, health, intake, approvals);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })

@@ -5,6 +5,7 @@
 //! through Redis, executed, verified, rolled back on failure, and audited as outcome events.
 
 pub mod alertmanager;
+pub mod approval;
 pub mod cli;
 pub mod clock;
 pub mod config;

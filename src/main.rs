@@ -79,6 +79,81 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Approve { id, answer } => answer_cli(&id, true, answer).await,
+        Command::Deny { id, answer } => answer_cli(&id, false, answer).await,
+        Command::Approvals { url } => {
+            let token = approval_token()?;
+            let pending = remediator::approval::client_pending(&url, &token)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if pending.is_empty() {
+                println!("no approvals waiting");
+            }
+            for a in pending {
+                let expires = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(a.expires_at_ms)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                println!(
+                    "{}  incident {}  runbook {}  expires {expires}",
+                    a.id, a.incident_id, a.runbook
+                );
+                println!("    action: {}", a.action);
+                println!("    action hash: {}", a.action_hash);
+            }
+            Ok(())
+        }
+        Command::Execute {
+            runbook,
+            service,
+            context,
+            dry_run,
+            operator,
+            config,
+        } => {
+            let config = Config::load(config.as_deref(), &env, &[])?;
+            remediator::worker::init_logging("text", "warn");
+            let mut values = BTreeMap::new();
+            for kv in &context {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--context {kv:?}: expected key=value"))?;
+                values.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let operator = operator
+                .or_else(|| env.get("USER").cloned())
+                .unwrap_or_else(|| "unknown".into());
+            let outcomes =
+                remediator::worker::execute_manual(&config, &runbook, &service, values, dry_run, &operator).await?;
+            for o in &outcomes {
+                println!("{}", remediator::demo::render(o));
+                println!("{}", o.to_json());
+            }
+            match outcomes.last().map(|o| (o.decision, o.success)) {
+                Some(
+                    (remediator::outcome::Decision::Executed, Some(true)) | (remediator::outcome::Decision::DryRun, _),
+                ) => Ok(()),
+                _ => bail!("the runbook did not run to a verified success"),
+            }
+        }
+        Command::Runbooks { config } => {
+            let config = Config::load(config.as_deref(), &env, &[])?;
+            print!("{}", remediator::worker::runbooks_report(&config).await?);
+            Ok(())
+        }
+        Command::Promote { runbook, config } => {
+            let config = Config::load(config.as_deref(), &env, &[])?;
+            let catalogue = load_catalogue(Path::new(&config.runbooks))?;
+            if catalogue.get(&runbook).is_none() {
+                bail!("no runbook {runbook:?} in {}", config.runbooks);
+            }
+            let store = remediator::worker::store(&config).await?;
+            if store.promote(&runbook).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                println!("{runbook}: promoted back to its automatic mode; its verified record starts afresh");
+            } else {
+                println!("{runbook}: was not demoted; nothing changed");
+            }
+            Ok(())
+        }
         Command::Validate { runbooks, config } => {
             let cfg = Config::load(config.as_deref(), &env, &[])?;
             let path = runbooks.unwrap_or_else(|| cfg.runbooks.clone().into());
@@ -96,6 +171,43 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The approval API token from `REMEDIATOR_APPROVAL_TOKEN`.
+fn approval_token() -> Result<String> {
+    std::env::var(remediator::approval::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .with_context(|| {
+            format!(
+                "set {} to the workers' approval API token",
+                remediator::approval::TOKEN_ENV
+            )
+        })
+}
+
+/// `approve` / `deny`.
+async fn answer_cli(id: &str, approve: bool, args: remediator::cli::AnswerArgs) -> Result<()> {
+    let token = approval_token()?;
+    let approver = args
+        .approver
+        .or_else(|| std::env::var("USER").ok())
+        .context("--approver is required (no $USER to default to)")?;
+    let body = remediator::approval::AnswerBody {
+        approver,
+        action_hash: args.action_hash,
+    };
+    let reply = remediator::approval::client_answer(&args.url, &token, id, approve, &body)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for o in &reply.outcomes {
+        println!("{}", remediator::demo::render(o));
+    }
+    if !reply.accepted {
+        bail!("refused: {}", reply.reason);
+    }
+    println!("{}: {}", id, reply.reason);
+    Ok(())
 }
 
 /// Load a catalogue, printing every problem before failing.

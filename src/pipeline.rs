@@ -15,16 +15,16 @@ use crate::clock::{millis, Clock};
 use crate::decision::{self, Facts, GuardrailFact, Intent, RunbookFacts, Verdict};
 use crate::executor::{ExecContext, Executor};
 use crate::guardrails::{
-    Admission, Answer, AnswerResult, Approval, ApprovalState, DecideAnswer, DecideRequest, ExecResult, FinishRequest, Guardrail, Limits, Scope,
-    Store, StoreError,
+    Admission, Answer, AnswerResult, Approval, ApprovalState, DecideAnswer, DecideRequest, ExecResult, FinishRequest,
+    Guardrail, Limits, Scope, Store, StoreError,
 };
 use crate::incident::{self, Incident, Partial, Rejection};
 use crate::metrics::Metrics;
-use crate::outcome::{TrustView, CheckOutcome, Decision, Mode, Outcome, Phase, SCHEMA_VERSION};
+use crate::outcome::{CheckOutcome, Decision, Mode, Outcome, Phase, TrustView, SCHEMA_VERSION};
 use crate::runbook::template::{RenderError, Vars};
 use crate::runbook::{Action, Catalogue, Risk, Runbook};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,6 +194,20 @@ const DEFAULT_TRUST_WINDOW: u32 = 20;
 /// How long a replica trusts its cached view of a runbook's demotion.
 const DEMOTION_CACHE: Duration = Duration::from_secs(5);
 
+/// Why a manual run could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManualError {
+    /// No runbook with that id.
+    #[error("no runbook {0:?} in the catalogue")]
+    UnknownRunbook(String),
+    /// The service or a context value is invalid for the runbook.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed (nothing was executed).
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
 /// What answering an approval produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answered {
@@ -215,7 +229,10 @@ fn approval_claim(a: &Approval) -> String {
 pub fn action_hash(action: &Action) -> String {
     use sha2::{Digest, Sha256};
     let canonical = serde_json::to_string(&action.view()).unwrap_or_default();
-    Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What an execution ended as, before it is written into an outcome.
@@ -323,7 +340,10 @@ impl Engine {
             max_age: self.settings.max_incident_age,
             root_cause: incident.root_cause.clone(),
             runbook: match matched {
-                Some(rb) => Some(RunbookFacts { demoted: self.demotion(rb).await, ..runbook_facts(rb) }),
+                Some(rb) => Some(RunbookFacts {
+                    demoted: self.demotion(rb).await,
+                    ..runbook_facts(rb)
+                }),
                 None => None,
             },
             confidence: incident.confidence,
@@ -372,9 +392,30 @@ impl Engine {
             Verdict::Proceed(intent) => intent,
         };
         // Proceed: a runbook matched and its action rendered.
-        let (Some(rb), Some(action)) = (matched, action) else {
+        let (Some(rb), Some(action), Some(rf)) = (matched, action, facts.runbook.clone()) else {
             unreachable!("decide() proceeds only with a matched runbook and a rendered action")
         };
+        let reason = decision::intent_reason(intent, &rf);
+        self.proceed(incident, rb, action, &vars, intent, reason, base, source, attempt)
+            .await
+    }
+
+    /// Rules 6-10 for a runbook and its rendered action: guardrails, then approval, suggestion,
+    /// dry run or execution. `reason` is the outcome's reason when nothing intervenes.
+    #[allow(clippy::too_many_arguments)]
+    async fn proceed(
+        &self,
+        incident: &Incident,
+        rb: &Runbook,
+        action: &Action,
+        vars: &Vars,
+        intent: Intent,
+        reason: String,
+        base: Outcome,
+        source: Option<&Source>,
+        attempt: &str,
+    ) -> Result<Handled, EngineError> {
+        let now = base.decided_at;
         let scope = Scope {
             runbook: rb.id.clone(),
             service: incident.service().to_string(),
@@ -406,13 +447,12 @@ impl Engine {
                 o.reason = detail;
                 return self.finalize(&incident.id, attempt, vec![o]).await;
             }
-            other => return self.settle(other, incident, matched, now, attempt).await,
+            other => return self.settle(other, incident, Some(rb), now, attempt).await,
         };
-        let rf = facts.runbook.clone().unwrap_or_else(|| runbook_facts(rb));
         let mut o = base;
         o.mode = Some(intent.mode());
         o.decision = intent.decision();
-        o.reason = decision::intent_reason(intent, &rf);
+        o.reason = reason;
         match intent {
             Intent::Suggest => {}
             Intent::Approval => {
@@ -437,7 +477,20 @@ impl Engine {
                 .await;
             }
             Intent::Execute => {
-                o = self.run_reserved(&incident.id, incident, rb, action, &vars, attempt, probe, scope, limits, o).await;
+                o = self
+                    .run_reserved(
+                        &incident.id,
+                        incident,
+                        rb,
+                        action,
+                        vars,
+                        attempt,
+                        probe,
+                        scope,
+                        limits,
+                        o,
+                    )
+                    .await;
             }
         }
         self.finalize(&incident.id, attempt, vec![o]).await
@@ -461,7 +514,10 @@ impl Engine {
     ) -> Outcome {
         let window = ms(self.settings.rate_window) as i64;
         let now_ms = millis(self.clock.now());
-        if !self.ceiling.try_acquire(&rb.id, incident.service(), rb.max_per_hour, window, now_ms) {
+        if !self
+            .ceiling
+            .try_acquire(&rb.id, incident.service(), rb.max_per_hour, window, now_ms)
+        {
             self.finish_retrying(&FinishRequest {
                 incident_id: claim_id.to_string(),
                 attempt: attempt.to_string(),
@@ -490,7 +546,10 @@ impl Engine {
                 result: exec.result,
             })
             .await;
-        self.metrics.circuit_state.with_label_values(&[&rb.id]).set(fin.circuit.gauge());
+        self.metrics
+            .circuit_state
+            .with_label_values(&[&rb.id])
+            .set(fin.circuit.gauge());
         self.metrics.actions.with_label_values(&[&rb.id, exec.label]).inc();
         o.decision = exec.decision;
         o.success = exec.success;
@@ -523,7 +582,10 @@ impl Engine {
             }
         };
         self.metrics.trust_rate.with_label_values(&[&rb.id]).set(stats.rate());
-        self.metrics.trust_executions.with_label_values(&[&rb.id]).set(i64::from(stats.total));
+        self.metrics
+            .trust_executions
+            .with_label_values(&[&rb.id])
+            .set(i64::from(stats.total));
         let mut demoted = self.demotion(rb).await.is_some();
         if let Some(policy) = rb.trust {
             if rb.mode == Mode::Auto && !demoted && stats.total >= policy.min_runs && stats.rate() < policy.floor {
@@ -546,8 +608,15 @@ impl Engine {
                 }
             }
         }
-        self.metrics.trust_demoted.with_label_values(&[&rb.id]).set(i64::from(demoted));
-        Some(TrustView { success_rate: stats.rate(), executions: stats.total, demoted })
+        self.metrics
+            .trust_demoted
+            .with_label_values(&[&rb.id])
+            .set(i64::from(demoted));
+        Some(TrustView {
+            success_rate: stats.rate(),
+            executions: stats.total,
+            demoted,
+        })
     }
 
     /// Why a runbook with a trust policy is demoted, if it is; cached a few seconds so a
@@ -571,7 +640,10 @@ impl Engine {
     }
 
     fn cache_demotion(&self, runbook: &str, why: Option<String>) {
-        self.demotions.lock().unwrap_or_else(|e| e.into_inner()).insert(runbook.to_string(), (why, Instant::now()));
+        self.demotions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(runbook.to_string(), (why, Instant::now()));
     }
 
     /// Create the pending approval an `approval_required` decision asks for, bound to the hash
@@ -591,7 +663,11 @@ impl Engine {
         };
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.store.create_approval(&pending, ms(self.settings.approval_ttl)).await {
+            match self
+                .store
+                .create_approval(&pending, ms(self.settings.approval_ttl))
+                .await
+            {
                 Ok(a) => return a,
                 Err(e) => {
                     self.metrics.store_errors.inc();
@@ -616,7 +692,11 @@ impl Engine {
             self.metrics.approvals.with_label_values(&["refused"]).inc();
             self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
             warn!(approval = approval_id, approver = %answer.approver, reason = %why, "approval answer refused");
-            Ok(Answered { accepted: false, reason: why, outcomes: vec![o] })
+            Ok(Answered {
+                accepted: false,
+                reason: why,
+                outcomes: vec![o],
+            })
         };
         let mut o = self.base(None, None, now);
         o.approval_id = Some(approval_id.to_string());
@@ -626,7 +706,8 @@ impl Engine {
         let valid = |v: &str| !v.is_empty() && v.chars().count() <= 128 && !v.chars().any(char::is_control);
         if !valid(approval_id) || !valid(&answer.approver) {
             o.approver = None;
-            let why = "approval answer refused: approval id and approver must be 1..128 printable characters".to_string();
+            let why =
+                "approval answer refused: approval id and approver must be 1..128 printable characters".to_string();
             o.reason = why.clone();
             return refuse(o, why);
         }
@@ -654,7 +735,9 @@ impl Engine {
                 o.decision = Decision::Expired;
                 let why = format!(
                     "approval answer refused: approval {approval_id} expired at {}",
-                    DateTime::<Utc>::from_timestamp_millis(a.expires_at_ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+                    DateTime::<Utc>::from_timestamp_millis(a.expires_at_ms)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
                 );
                 o.reason = why.clone();
                 return refuse(o, why);
@@ -688,15 +771,91 @@ impl Engine {
             o.decision = Decision::Manual;
             o.reason = format!("approval {} denied by {}; not executed", a.id, answer.approver);
             let outcomes = self.finalize_answer(&a, vec![o]).await;
-            return Ok(Answered { accepted: true, reason: "denied".into(), outcomes });
+            return Ok(Answered {
+                accepted: true,
+                reason: "denied".into(),
+                outcomes,
+            });
         }
         self.metrics.approvals.with_label_values(&["approved"]).inc();
         let outcomes = self.execute_approved(&a, &answer.approver, o).await?;
-        Ok(Answered { accepted: true, reason: "approved".into(), outcomes })
+        Ok(Answered {
+            accepted: true,
+            reason: "approved".into(),
+            outcomes,
+        })
+    }
+
+    /// `remediator execute`: a human runs a runbook by hand, through the same rendering, checks,
+    /// guardrails, execution, verification and audit as an automatic run. The person running it
+    /// is its approver, so an approval-mode runbook runs without asking again; the incident id is
+    /// `manual-<uuid>`, its root cause the runbook's first trigger, its confidence 1.
+    pub async fn execute_manual(
+        &self,
+        runbook: &str,
+        service: &str,
+        context: BTreeMap<String, String>,
+        dry_run: bool,
+        operator: &str,
+    ) -> Result<Handled, ManualError> {
+        let rb = self
+            .catalogue
+            .get(runbook)
+            .ok_or_else(|| ManualError::UnknownRunbook(runbook.to_string()))?;
+        let json = serde_json::json!({
+            "id": format!("manual-{}", uuid::Uuid::new_v4()),
+            "root_cause": rb.triggers.first().cloned().unwrap_or_default(),
+            "confidence": 1.0,
+            "services": [service],
+            "context": context,
+        });
+        let incident =
+            incident::parse(json.to_string().as_bytes()).map_err(|(r, _)| ManualError::Invalid(r.to_string()))?;
+        let vars = Vars::from_incident(&incident);
+        let action = render(rb, &incident, &vars).map_err(|e| ManualError::Invalid(e.to_string()))?;
+        let intent = if dry_run || rb.dry_run || self.settings.dry_run {
+            Intent::DryRun
+        } else {
+            Intent::Execute
+        };
+        let mut base = self.base(Some(&incident), Some(rb), self.clock.now());
+        base.action = Some(action.view());
+        base.approver = Some(operator.to_string());
+        let reason = format!("manual run of {} by {operator}", rb.id);
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let mut handled = self
+            .proceed(&incident, rb, &action, &vars, intent, reason, base, None, &attempt)
+            .await
+            .map_err(ManualError::Engine)?;
+        for o in &mut handled.outcomes {
+            if o.decision == Decision::Executed {
+                o.reason = format!("manual run by {operator}: {}", o.reason);
+            }
+            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
+        }
+        Ok(handled)
+    }
+
+    /// An audit outcome for an approval answer refused before it reached the store (a malformed
+    /// message on the approvals topic).
+    pub fn refused_answer(&self, approval_id: Option<&str>, approver: Option<&str>, reason: &str) -> Outcome {
+        let mut o = self.base(None, None, self.clock.now());
+        o.decision = Decision::Rejected;
+        o.mode = Some(Mode::Approval);
+        o.approval_id = approval_id.map(str::to_string);
+        o.approver = approver.filter(|a| !a.is_empty()).map(str::to_string);
+        o.reason = format!("approval answer refused: {reason}");
+        self.metrics.approvals.with_label_values(&["refused"]).inc();
+        o
     }
 
     /// Run an approved action: re-check freshness, the action's binding and the guardrails.
-    async fn execute_approved(&self, a: &Approval, approver: &str, mut o: Outcome) -> Result<Vec<Outcome>, EngineError> {
+    async fn execute_approved(
+        &self,
+        a: &Approval,
+        approver: &str,
+        mut o: Outcome,
+    ) -> Result<Vec<Outcome>, EngineError> {
         let now = self.clock.now();
         o.decided_at = now;
         let incident = match incident::parse(a.incident.as_bytes()) {
@@ -731,7 +890,10 @@ impl Engine {
             }
         };
         o.action = Some(action.view());
-        if let Some(age) = incident.detected_at.map(|d| (now - d).to_std().unwrap_or(Duration::ZERO)) {
+        if let Some(age) = incident
+            .detected_at
+            .map(|d| (now - d).to_std().unwrap_or(Duration::ZERO))
+        {
             if age > self.settings.max_incident_age {
                 o.decision = Decision::Expired;
                 o.reason = format!(
@@ -747,7 +909,10 @@ impl Engine {
         // (approval_required), and an approval is single use.
         let claim_id = approval_claim(a);
         let attempt = uuid::Uuid::new_v4().to_string();
-        let scope = Scope { runbook: rb.id.clone(), service: incident.service().to_string() };
+        let scope = Scope {
+            runbook: rb.id.clone(),
+            service: incident.service().to_string(),
+        };
         let limits = self.limits(rb);
         let req = DecideRequest {
             incident_id: claim_id.clone(),
@@ -755,11 +920,18 @@ impl Engine {
             worker: self.settings.worker.clone(),
             source: None,
             lease_ms: ms(self.settings.lease),
-            admission: Admission::Reserve { scope: scope.clone(), limits: limits.clone() },
+            admission: Admission::Reserve {
+                scope: scope.clone(),
+                limits: limits.clone(),
+            },
         };
         match self.claim(&req).await? {
             DecideAnswer::Allowed { probe, .. } => {
-                o = self.run_reserved(&claim_id, &incident, rb, &action, &vars, &attempt, probe, scope, limits, o).await;
+                o = self
+                    .run_reserved(
+                        &claim_id, &incident, rb, &action, &vars, &attempt, probe, scope, limits, o,
+                    )
+                    .await;
                 if o.decision == Decision::Executed {
                     o.reason = format!("approved by {approver}; {}", o.reason);
                 }
@@ -797,7 +969,10 @@ impl Engine {
             worker: self.settings.worker.clone(),
             source: None,
             lease_ms: ms(self.settings.lease),
-            admission: Admission::Record { outcomes: to_json(&outcomes), ttl_ms: ms(self.settings.idempotency_ttl) },
+            admission: Admission::Record {
+                outcomes: to_json(&outcomes),
+                ttl_ms: ms(self.settings.idempotency_ttl),
+            },
         };
         // Best effort: the answer itself is already final in the store.
         if let Err(e) = self.store.decide(&req).await {

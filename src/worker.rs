@@ -6,7 +6,7 @@ use crate::executor::kubernetes::{KubeExecutorOptions, KubernetesExecutor};
 use crate::executor::simulated::SimulatedExecutor;
 use crate::executor::Executor;
 use crate::guardrails::redis::RedisStore;
-use crate::guardrails::Store;
+use crate::guardrails::{GuardrailStore, Store};
 use crate::health::Health;
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::Metrics;
@@ -14,6 +14,7 @@ use crate::pipeline::{Engine, EventIds};
 use crate::runbook::Catalogue;
 use crate::shutdown::{self, Shutdown};
 use anyhow::{anyhow, Context, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,12 +80,7 @@ async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) ->
 
 /// Refresh `remediator_circuit_state` for every runbook from the shared store, so every replica
 /// exports the same truth, not just the one that moved the circuit.
-fn spawn_circuit_gauges(
-    store: Arc<dyn Store>,
-    catalogue: Arc<Catalogue>,
-    metrics: Metrics,
-    mut shutdown: Shutdown,
-) {
+fn spawn_circuit_gauges(store: Arc<dyn Store>, catalogue: Arc<Catalogue>, metrics: Metrics, mut shutdown: Shutdown) {
     tokio::spawn(async move {
         loop {
             for rb in catalogue.runbooks() {
@@ -101,7 +97,7 @@ fn spawn_circuit_gauges(
 }
 
 /// The configured executor. A Kubernetes executor's reachability feeds `/readyz` every 10 s.
-async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Shutdown) -> Result<Arc<dyn Executor>> {
+pub async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Shutdown) -> Result<Arc<dyn Executor>> {
     if config.executor == "simulated" {
         warn!("executor: simulated cluster; actions are not applied to any real system");
         let sim = &config.simulated;
@@ -177,17 +173,8 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let (addr, http_task) = crate::http::serve(
-        &config.http.listen,
-        metrics.clone(),
-        Arc::clone(&health),
-        intake,
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| format!("http.listen {}", config.http.listen))?;
-    info!(%addr, "serving /metrics, /healthz, /readyz");
-
+    // The store connects lazily (a worker starts while Redis is down and is not ready until it
+    // answers), so the engine exists before anything is served or consumed.
     let Some(store) = connect_store(&config, &health, &signal_shutdown).await? else {
         return Ok(());
     };
@@ -205,11 +192,140 @@ pub async fn run(config: Config) -> Result<()> {
         executor,
         Arc::new(SystemClock),
         config.settings(),
-        metrics,
+        metrics.clone(),
         EventIds::Random,
     ));
+
+    // Approvals: the HTTP API needs a token; the approvals topic is always consumed.
+    let publisher = crate::approval::Publisher::new(&kafka_settings(&config)).map_err(|e| anyhow!(e))?;
+    let approvals = match crate::config::secret(crate::approval::TOKEN_ENV, &config.approvals.token_file)? {
+        Some(token) => Some(Arc::new(crate::approval::Api::new(
+            Arc::clone(&engine),
+            publisher.clone(),
+            token,
+        ))),
+        None => {
+            warn!(
+                "approval API disabled: set {} (or approvals.token_file)",
+                crate::approval::TOKEN_ENV
+            );
+            None
+        }
+    };
+    {
+        let (settings, topic) = (kafka_settings(&config), config.kafka.approvals_topic.clone());
+        let (engine, publisher, shutdown) = (Arc::clone(&engine), publisher.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::approval::consume(&settings, &topic, engine, publisher, shutdown).await {
+                tracing::error!(error = %e, "approvals consumer stopped");
+            }
+        });
+    }
+    let (addr, http_task) = crate::http::serve(
+        &config.http.listen,
+        metrics,
+        Arc::clone(&health),
+        intake,
+        approvals,
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("http.listen {}", config.http.listen))?;
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+
     let stats = kafka::run(&kafka_settings(&config), engine, Arc::clone(&health), shutdown).await?;
     info!(?stats, "stopped");
     let _ = http_task.await;
     Ok(())
+}
+
+/// The configured store (for the command-line tools that share the workers' state).
+pub async fn store(config: &Config) -> Result<Arc<dyn Store>> {
+    let store = RedisStore::connect(
+        &config.redis.url,
+        &config.redis.key_prefix,
+        Duration::from_millis(config.redis.timeout_ms),
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    store.ping().await.map_err(|e| anyhow!("{e}"))?;
+    Ok(Arc::new(store))
+}
+
+/// `remediator execute`: one manual run with the configured store and executor, audited on the
+/// outcomes topic. Returns the outcomes (already published).
+pub async fn execute_manual(
+    config: &Config,
+    runbook: &str,
+    service: &str,
+    context: BTreeMap<String, String>,
+    dry_run: bool,
+    operator: &str,
+) -> Result<Vec<crate::outcome::Outcome>> {
+    let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
+    let store = store(config).await?;
+    let health = Arc::new(Health::new());
+    let (_trigger, shutdown) = shutdown::channel();
+    let executor = build_executor(config, &health, &shutdown).await?;
+    let publisher = crate::approval::Publisher::new(&kafka_settings(config)).map_err(|e| anyhow!(e))?;
+    let engine = Engine::new(
+        Arc::new(catalogue),
+        store,
+        executor,
+        Arc::new(SystemClock),
+        config.settings(),
+        Metrics::new(),
+        EventIds::Random,
+    );
+    let handled = engine
+        .execute_manual(runbook, service, context, dry_run, operator)
+        .await?;
+    publisher
+        .publish(&handled.outcomes, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!("audit: {e}"))?;
+    Ok(handled.outcomes)
+}
+
+/// `remediator runbooks`: each runbook's mode, demotion, verified success rate and circuit.
+pub async fn runbooks_report(config: &Config) -> Result<String> {
+    use std::fmt::Write;
+    let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
+    let store = store(config).await?;
+    let mut out = format!(
+        "{:<22} {:<6} {:<9} {:<9} {:>8} {:>10}  {}\n",
+        "RUNBOOK", "RISK", "MODE", "CIRCUIT", "SUCCESS", "EXECUTIONS", "TRUST"
+    );
+    for rb in catalogue.runbooks() {
+        let window = rb.trust.map(|t| t.window).unwrap_or(20);
+        let stats = store.trust(&rb.id, window).await.map_err(|e| anyhow!("{e}"))?;
+        let circuit = store.circuit(&rb.id).await.map_err(|e| anyhow!("{e}"))?;
+        let demoted = store.demotion(&rb.id).await.map_err(|e| anyhow!("{e}"))?;
+        let mode = match (&demoted, rb.mode) {
+            (Some(_), crate::outcome::Mode::Auto) => "approval*",
+            (_, m) => m.as_str(),
+        };
+        let success = if stats.total == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}%", stats.rate() * 100.0)
+        };
+        let policy = match (rb.trust, &demoted) {
+            (_, Some(why)) => format!("DEMOTED from auto: {why} (remediator promote {})", rb.id),
+            (Some(t), None) => format!("floor {:.0}% after {} runs", t.floor * 100.0, t.min_runs),
+            (None, None) => "no automatic demotion".to_string(),
+        };
+        let risk = format!("{:?}", rb.risk).to_uppercase();
+        let _ = writeln!(
+            out,
+            "{:<22} {:<6} {:<9} {:<9} {:>8} {:>10}  {policy}",
+            rb.id,
+            risk,
+            mode,
+            circuit.state.as_str(),
+            success,
+            format!("{}/{window}", stats.total)
+        );
+    }
+    Ok(out)
 }

@@ -42,6 +42,7 @@ impl Server {
             metrics.clone(),
             Arc::new(Health::new()),
             Some(Arc::new(intake)),
+            None,
             observer,
         )
         .await
