@@ -18,6 +18,7 @@ pub mod http;
 pub mod incident;
 pub mod kafka;
 pub mod metrics;
+pub mod notify;
 pub mod outcome;
 pub mod pipeline;
 pub mod replay;

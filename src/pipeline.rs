@@ -187,6 +187,7 @@ pub struct Engine {
     ids: EventIds,
     ceiling: LocalCeiling,
     demotions: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 /// Executions a runbook's verified success rate is computed over when it has no trust policy.
@@ -267,6 +268,19 @@ impl Engine {
             ids,
             ceiling: LocalCeiling::default(),
             demotions: Mutex::new(HashMap::new()),
+            notifier: None,
+        }
+    }
+
+    /// Also send every new outcome to a notification webhook (never blocking).
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    fn notify(&self, outcomes: &[Outcome]) {
+        if let Some(n) = &self.notifier {
+            outcomes.iter().for_each(|o| n.notify(o));
         }
     }
 
@@ -310,6 +324,7 @@ impl Engine {
                 .with_label_values(&[] as &[&str])
                 .observe(started.elapsed().as_secs_f64());
             if !h.republished {
+                self.notify(&h.outcomes);
                 for o in &h.outcomes {
                     self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
                     if let Some(g) = o.guardrail {
@@ -687,6 +702,12 @@ impl Engine {
     /// approved) and goes through the guardrails again before executing: what was safe when the
     /// approval was asked for may not be safe any more.
     pub async fn answer(&self, approval_id: &str, answer: &Answer) -> Result<Answered, EngineError> {
+        let answered = self.answer_inner(approval_id, answer).await?;
+        self.notify(&answered.outcomes);
+        Ok(answered)
+    }
+
+    async fn answer_inner(&self, approval_id: &str, answer: &Answer) -> Result<Answered, EngineError> {
         let now = self.clock.now();
         let refuse = |o: Outcome, why: String| {
             self.metrics.approvals.with_label_values(&["refused"]).inc();
@@ -833,6 +854,7 @@ impl Engine {
             }
             self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
         }
+        self.notify(&handled.outcomes);
         Ok(handled)
     }
 

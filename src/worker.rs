@@ -186,7 +186,7 @@ pub async fn run(config: Config) -> Result<()> {
         metrics.clone(),
         shutdown.clone(),
     );
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         catalogue,
         store,
         executor,
@@ -194,7 +194,12 @@ pub async fn run(config: Config) -> Result<()> {
         config.settings(),
         metrics.clone(),
         EventIds::Random,
-    ));
+    );
+    if let Some(url) = crate::config::secret(crate::notify::URL_ENV, &config.notify.webhook_url_file)? {
+        engine = engine.with_notifier(crate::notify::Notifier::spawn(&url, metrics.clone()).map_err(|e| anyhow!(e))?);
+        info!("notifications: every outcome also goes to the configured webhook");
+    }
+    let engine = Arc::new(engine);
 
     // Approvals: the HTTP API needs a token; the approvals topic is always consumed.
     let publisher = crate::approval::Publisher::new(&kafka_settings(&config)).map_err(|e| anyhow!(e))?;

@@ -1,0 +1,101 @@
+//! Notifications: every outcome can also go to a Slack-compatible webhook (DESIGN.md §4a,
+//! "always notify, even on success").
+//!
+//! Notifying must never slow or block the pipeline: outcomes go into a bounded queue
+//! ([`QUEUE`]) drained by one background task that posts `{"text": …}` with retries; when the
+//! queue is full (the webhook is down or slow) the newest notification is dropped and counted in
+//! `remediator_notifications_total{result="dropped"}`. The audit topic remains the record.
+
+use crate::metrics::Metrics;
+use crate::outcome::{Decision, Outcome};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Environment variable with the webhook URL (a secret: it often embeds a token).
+pub const URL_ENV: &str = "REMEDIATOR_WEBHOOK_URL";
+
+/// Notifications waiting to be sent, at most.
+pub const QUEUE: usize = 1000;
+/// Attempts per notification.
+const ATTEMPTS: u32 = 3;
+
+/// A handle that queues outcomes for the webhook.
+#[derive(Clone)]
+pub struct Notifier {
+    tx: mpsc::Sender<Outcome>,
+    metrics: Metrics,
+}
+
+impl Notifier {
+    /// Start the sender task posting to `url` (validated: http or https, no credentials).
+    pub fn spawn(url: &str, metrics: Metrics) -> Result<Self, String> {
+        let url = crate::executor::webhook::parse_url(url).map_err(|e| format!("notify webhook url: {e}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("notify webhook client: {e}"))?;
+        let (tx, mut rx) = mpsc::channel::<Outcome>(QUEUE);
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(o) = rx.recv().await {
+                let body = serde_json::json!({ "text": text(&o) });
+                let mut sent = false;
+                for attempt in 0..ATTEMPTS {
+                    match client.post(url.clone()).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            sent = true;
+                            break;
+                        }
+                        Ok(r) => warn!(status = %r.status(), attempt, "notification webhook refused"),
+                        Err(e) => warn!(error = %e, attempt, "notification webhook unreachable"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                }
+                m.notifications
+                    .with_label_values(&[if sent { "sent" } else { "failed" }])
+                    .inc();
+            }
+        });
+        Ok(Self { tx, metrics })
+    }
+
+    /// Queue an outcome; never waits.
+    pub fn notify(&self, o: &Outcome) {
+        if self.tx.try_send(o.clone()).is_err() {
+            self.metrics.notifications.with_label_values(&["dropped"]).inc();
+        }
+    }
+}
+
+/// One line a human reads in a chat channel.
+pub fn text(o: &Outcome) -> String {
+    let verdict = match (o.decision, o.success) {
+        (Decision::Executed, Some(true)) => "executed, verified".to_string(),
+        (Decision::Executed, Some(false)) if o.rolled_back => "executed, FAILED verification, rolled back".into(),
+        (Decision::Executed, _) => "executed, FAILED verification".into(),
+        (Decision::Blocked, _) => format!(
+            "blocked by {}",
+            o.guardrail.map(|g| g.as_str()).unwrap_or("a guardrail")
+        ),
+        (d, _) => d.as_str().replace('_', " "),
+    };
+    let mut t = format!(
+        "[remediator] {} {} on {}: {verdict}",
+        o.incident_id.as_deref().unwrap_or("-"),
+        o.root_cause.as_deref().unwrap_or("?"),
+        o.service.as_deref().unwrap_or("?"),
+    );
+    if let Some(rb) = &o.runbook_id {
+        t.push_str(&format!(" (runbook {rb})"));
+    }
+    if let Some(a) = &o.action {
+        t.push_str(&format!(" — {}", a.display));
+    }
+    if let Some(id) = &o.approval_id {
+        t.push_str(&format!(" — approval {id}"));
+    }
+    t.push_str(&format!(" — {}", o.reason));
+    t
+}
