@@ -8,7 +8,8 @@ use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use remediator::clock::{Clock, ManualClock};
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
-use remediator::guardrails::{Answer, LedgerStore};
+use remediator::guardrails::redis::RedisStore;
+use remediator::guardrails::{Answer, Store};
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
 use remediator::pipeline::{Engine, EventIds, Settings};
@@ -18,15 +19,36 @@ use std::sync::Arc;
 struct Rig {
     engine: Engine,
     executor: Arc<SimulatedExecutor>,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn Store>,
     clock: ManualClock,
 }
 
 fn rig(runbooks: &str, faults: Faults) -> Rig {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::clone(&shared)));
+    rig_with(runbooks, faults, store, clock)
+}
+
+/// The same rig on the real Redis (its own key namespace); `None` when Redis is not configured.
+/// Redis keeps its own time, so cases that move the clock stay memory-only.
+async fn redis_rig(runbooks: &str, faults: Faults) -> Option<Rig> {
+    let url = common::redis_url()?;
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let store = RedisStore::connect(&url, &prefix, std::time::Duration::from_millis(500))
+        .await
+        .expect("connect");
+    Some(rig_with(
+        runbooks,
+        faults,
+        Arc::new(store),
+        ManualClock::new(Utc::now()),
+    ))
+}
+
+fn rig_with(runbooks: &str, faults: Faults, store: Arc<dyn Store>, clock: ManualClock) -> Rig {
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let executor = Arc::new(SimulatedExecutor::with_faults(faults));
-    let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
     let engine = Engine::new(
         Arc::new(Catalogue::from_yaml(runbooks, "test").expect("runbooks load")),
         store.clone(),
@@ -36,18 +58,31 @@ fn rig(runbooks: &str, faults: Faults) -> Rig {
         Metrics::new(),
         EventIds::Random,
     );
-    Rig { engine, executor, store, clock }
+    Rig {
+        engine,
+        executor,
+        store,
+        clock,
+    }
 }
 
 async fn send(r: &Rig, json: &str) -> Outcome {
-    let h = r.engine.handle(json.as_bytes(), None, &uuid::Uuid::new_v4().to_string()).await.expect("handled");
+    let h = r
+        .engine
+        .handle(json.as_bytes(), None, &uuid::Uuid::new_v4().to_string())
+        .await
+        .expect("handled");
     let o = h.outcomes.into_iter().next().expect("one outcome");
     common::schema::assert_valid_outcome(&serde_json::to_value(&o).unwrap());
     o
 }
 
 async fn answer(r: &Rig, id: &str, approve: bool, who: &str, hash: Option<&str>) -> (bool, Vec<Outcome>) {
-    let a = Answer { approve, approver: who.into(), action_hash: hash.map(str::to_string) };
+    let a = Answer {
+        approve,
+        approver: who.into(),
+        action_hash: hash.map(str::to_string),
+    };
     let res = r.engine.answer(id, &a).await.expect("answered");
     for o in &res.outcomes {
         common::schema::assert_valid_outcome(&serde_json::to_value(o).unwrap());
@@ -65,7 +100,17 @@ fn undo(id: &str, svc: &str) -> String {
 
 #[tokio::test]
 async fn approved_once_executes_once_and_replays_are_refused() {
-    let r = rig(SEED, Faults::default());
+    approved_once(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn approved_once_executes_once_and_replays_are_refused_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        approved_once(r).await;
+    }
+}
+
+async fn approved_once(r: Rig) {
     let o = send(&r, &undo("A1", "checkout")).await;
     assert_eq!(o.decision, Decision::ApprovalRequired);
     let id = o.approval_id.clone().expect("approval id");
@@ -86,7 +131,11 @@ async fn approved_once_executes_once_and_replays_are_refused() {
     let (ok, out) = answer(&r, &id, true, "mallory", None).await;
     assert!(!ok);
     assert_eq!(out[0].decision, Decision::Rejected);
-    assert!(out[0].reason.contains("already approved by alice (single use)"), "{}", out[0].reason);
+    assert!(
+        out[0].reason.contains("already approved by alice (single use)"),
+        "{}",
+        out[0].reason
+    );
     assert_eq!(r.executor.journal().len(), 1, "a replayed approval never runs again");
 }
 
@@ -119,14 +168,31 @@ async fn denied_expired_tampered_and_unknown_answers() {
 
 #[tokio::test]
 async fn approval_after_the_guardrails_changed_is_blocked() {
-    // rollback-deployment: 1 per hour. Two approvals for the same service; the first uses the hour's slot.
-    let r = rig(SEED, Faults::default());
+    guardrails_changed(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn approval_after_the_guardrails_changed_is_blocked_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        guardrails_changed(r).await;
+    }
+}
+
+/// rollback-deployment: 1 per hour. Two approvals for the same service; the first uses the slot.
+async fn guardrails_changed(r: Rig) {
     let first = send(&r, &undo("C1", "checkout")).await.approval_id.unwrap();
     let second = send(&r, &undo("C2", "checkout")).await.approval_id.unwrap();
-    assert_eq!(answer(&r, &first, true, "alice", None).await.1[0].decision, Decision::Executed);
+    assert_eq!(
+        answer(&r, &first, true, "alice", None).await.1[0].decision,
+        Decision::Executed
+    );
     let (ok, out) = answer(&r, &second, true, "alice", None).await;
     assert!(ok, "the answer is accepted...");
-    assert_eq!(out[0].decision, Decision::Blocked, "...but the guardrails are checked again");
+    assert_eq!(
+        out[0].decision,
+        Decision::Blocked,
+        "...but the guardrails are checked again"
+    );
     assert!(out[0].reason.contains("guardrails changed since"), "{}", out[0].reason);
     assert_eq!(r.executor.journal().len(), 1);
 }
@@ -165,10 +231,26 @@ fn crash(id: &str, svc: &str) -> String {
     )
 }
 
+fn ladder_faults() -> Faults {
+    Faults {
+        fail_post_checks_for: ["bad"].map(String::from).into(),
+        ..Faults::default()
+    }
+}
+
 #[tokio::test]
 async fn a_runbook_below_its_floor_is_demoted_and_says_so() {
-    let faults = Faults { fail_post_checks_for: ["bad"].map(String::from).into(), ..Faults::default() };
-    let r = rig(LADDER, faults);
+    demotion(rig(LADDER, ladder_faults())).await;
+}
+
+#[tokio::test]
+async fn a_runbook_below_its_floor_is_demoted_and_says_so_on_redis() {
+    if let Some(r) = redis_rig(LADDER, ladder_faults()).await {
+        demotion(r).await;
+    }
+}
+
+async fn demotion(r: Rig) {
     let ok = send(&r, &crash("T1", "good")).await;
     assert_eq!(ok.trust.as_ref().map(|t| (t.executions, t.demoted)), Some((1, false)));
     send(&r, &crash("T2", "bad")).await;
@@ -177,10 +259,18 @@ async fn a_runbook_below_its_floor_is_demoted_and_says_so() {
     let trust = third.trust.clone().unwrap();
     assert_eq!((trust.executions, trust.demoted), (3, true));
     assert!((trust.success_rate - 1.0 / 3.0).abs() < 1e-9);
-    assert!(third.reason.contains("demoted from auto to approval"), "{}", third.reason);
+    assert!(
+        third.reason.contains("demoted from auto to approval"),
+        "{}",
+        third.reason
+    );
     let next = send(&r, &crash("T4", "good")).await;
     assert_eq!(next.decision, Decision::ApprovalRequired);
-    assert!(next.reason.contains("was demoted from auto to approval"), "{}", next.reason);
+    assert!(
+        next.reason.contains("was demoted from auto to approval"),
+        "{}",
+        next.reason
+    );
     // Promotion is a human decision.
     assert!(r.store.promote("restart-pod").await.unwrap());
 }
