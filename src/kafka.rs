@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 /// How long shutdown waits for in-progress messages before giving up on them (they are then
 /// redelivered, which the store makes safe).
@@ -568,8 +568,17 @@ impl Shared {
         }
     }
 
-    /// Handle one message and publish everything it produced, in order.
+    /// Handle one message and publish everything it produced, in order, in the message's trace.
     async fn process(&self, w: &Work) -> Finished {
+        let trace = w.headers.as_ref().and_then(TraceParent::from_headers);
+        let span = match &trace {
+            Some(t) => tracing::info_span!("message", trace_id = %t.trace_id, parent_id = %t.parent_id),
+            None => tracing::info_span!("message"),
+        };
+        self.process_traced(w, trace.map(|t| t.child())).instrument(span).await
+    }
+
+    async fn process_traced(&self, w: &Work, traceparent: Option<String>) -> Finished {
         // One attempt id per delivery, reused on retries so the store never reserves twice.
         let attempt = uuid::Uuid::new_v4().to_string();
         let payload = w.payload.as_deref().unwrap_or_default();
@@ -627,10 +636,23 @@ impl Shared {
             warn!(source = %w.source, field = %rejection.field, reason = %rejection, topic = %self.dlq_topic,
                 "poison message copied to the dead-letter topic");
         }
+        // Outcomes continue the incident's trace (W3C trace context): same trace id, our span.
+        let outcome_headers = traceparent.as_deref().map(|tp| {
+            OwnedHeaders::new().insert(Header {
+                key: TRACEPARENT,
+                value: Some(tp),
+            })
+        });
         for o in &handled.outcomes {
             let key = o.incident_id.as_deref().map(str::as_bytes);
             if !self
-                .deliver(&self.outcomes_topic, key, Some(o.to_json().as_bytes()), None, &w.source)
+                .deliver(
+                    &self.outcomes_topic,
+                    key,
+                    Some(o.to_json().as_bytes()),
+                    outcome_headers.clone(),
+                    &w.source,
+                )
                 .await
             {
                 return Finished::Abandoned;
@@ -701,6 +723,61 @@ impl Shared {
         if let Err(e) = self.consumer.store_offsets(&tpl) {
             debug!(source = %w.source, error = %e, "offset not stored (partition revoked?)");
         }
+    }
+}
+
+/// The W3C trace-context header carried from incidents to their outcomes.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A parsed W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// Trace id (32 lowercase hex, not all zero).
+    pub trace_id: String,
+    /// Parent span id (16 lowercase hex, not all zero).
+    pub parent_id: String,
+    /// Trace flags (2 hex).
+    pub flags: String,
+}
+
+impl TraceParent {
+    /// Parse a header value; anything malformed is ignored (never an error: tracing is advisory).
+    pub fn parse(v: &str) -> Option<Self> {
+        let parts: Vec<&str> = v.trim().split('-').collect();
+        let hex =
+            |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        match parts.as_slice() {
+            [ver, trace, parent, flags]
+                if hex(ver, 2)
+                    && *ver != "ff"
+                    && hex(trace, 32)
+                    && nonzero(trace)
+                    && hex(parent, 16)
+                    && nonzero(parent)
+                    && hex(flags, 2) =>
+            {
+                Some(Self {
+                    trace_id: trace.to_string(),
+                    parent_id: parent.to_string(),
+                    flags: flags.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The first valid `traceparent` header of a message.
+    pub fn from_headers(h: &OwnedHeaders) -> Option<Self> {
+        h.iter()
+            .filter(|x| x.key.eq_ignore_ascii_case(TRACEPARENT))
+            .find_map(|x| x.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(Self::parse))
+    }
+
+    /// The header for what this worker sends on: same trace, a new span id of ours.
+    pub fn child(&self) -> String {
+        let span = uuid::Uuid::new_v4().simple().to_string();
+        format!("00-{}-{}-{}", self.trace_id, &span[..16], self.flags)
     }
 }
 
@@ -945,6 +1022,29 @@ mod tests {
         let c = consumer_config(&s);
         assert_eq!(c.get("security.protocol"), Some("ssl"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn traceparent_is_parsed_strictly_and_continued() {
+        let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = TraceParent::parse(&tp.child()).unwrap();
+        assert_eq!(
+            (child.trace_id.as_str(), child.flags.as_str()),
+            (tp.trace_id.as_str(), "01")
+        );
+        assert_ne!(child.parent_id, tp.parent_id);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01; rm -rf /",
+        ] {
+            assert!(TraceParent::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn init_logging(format: &str, level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
-        builder.json().with_current_span(true).try_init()
+        builder.json().with_current_span(true).with_span_list(true).try_init()
     } else {
         builder.with_target(false).try_init()
     };

@@ -556,3 +556,31 @@ async fn partitions_stay_ordered_under_backpressure() {
         .collect();
     assert_eq!(done, ends);
 }
+
+/// W3C trace context: an incident's `traceparent` header continues on its outcome (same trace
+/// id, the worker's own span id); without one, outcomes carry none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traceparent_is_carried_from_incident_to_outcome() {
+    let Some(bs) = bootstrap() else { return };
+    let topics = Topics::create(&bs, 1).await;
+    let incidents = seed_incidents(&unique("trace"));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = Msg::incident(&incidents[0].0, &incidents[0].1);
+    traced.headers.push(("traceparent".into(), tp.into()));
+    let plain = Msg::incident(&incidents[3].0, &incidents[3].1);
+    produce(&bs, &topics.incidents, &[traced, plain]).await;
+    let worker = Worker::start(
+        &topics.settings(&bs, &unique("group")),
+        engine(store().await, Arc::new(SimulatedExecutor::new())),
+    );
+    let outcomes = read(&bs, &topics.outcomes, 2, WITHIN).await;
+    worker.stop().await.expect("run ok");
+    let header = outcomes[0].header("traceparent").expect("traceparent on the outcome");
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the worker's own span id");
+    assert_eq!(outcomes[1].header("traceparent"), None);
+}
