@@ -4,7 +4,8 @@
 //! other or with a process-global registry.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// All metrics of one worker.
@@ -156,18 +157,30 @@ impl Metrics {
             g
         };
         let trust_rate = GaugeVec::new(
-            Opts::new("remediator_runbook_success_rate", "Verified success rate of a runbook over its trust window."),
+            Opts::new(
+                "remediator_runbook_success_rate",
+                "Verified success rate of a runbook over its trust window.",
+            ),
             &["runbook"],
         )
         .expect("valid metric definition");
-        registry.register(Box::new(trust_rate.clone())).expect("unique metric name");
-        let trust_executions =
-            int_gauge_vec("remediator_runbook_executions", "Executions counted in a runbook's trust window.");
-        let trust_demoted =
-            int_gauge_vec("remediator_runbook_demoted", "1 when a runbook is demoted from auto to approval.");
+        registry
+            .register(Box::new(trust_rate.clone()))
+            .expect("unique metric name");
+        let trust_executions = int_gauge_vec(
+            "remediator_runbook_executions",
+            "Executions counted in a runbook's trust window.",
+        );
+        let trust_demoted = int_gauge_vec(
+            "remediator_runbook_demoted",
+            "1 when a runbook is demoted from auto to approval.",
+        );
         let approvals = counter_vec("remediator_approvals_total", "Approval answers by result.", &["result"]);
-        let notifications =
-            counter_vec("remediator_notifications_total", "Webhook notifications by result.", &["result"]);
+        let notifications = counter_vec(
+            "remediator_notifications_total",
+            "Webhook notifications by result.",
+            &["result"],
+        );
         Self {
             registry,
             trust_rate,

@@ -403,7 +403,10 @@ impl Parser<'_> {
                 let floor = match t.get("floor") {
                     Some(v) => self.number(v, "trust.floor", 0.0, 1.0),
                     None => {
-                        self.err("trust.floor", "is required (lowest acceptable verified success rate, 0..1)");
+                        self.err(
+                            "trust.floor",
+                            "is required (lowest acceptable verified success rate, 0..1)",
+                        );
                         None
                     }
                 };
@@ -416,18 +419,26 @@ impl Parser<'_> {
                     None => Some(20),
                 };
                 match (floor, min_runs, window) {
-                    (Some(floor), Some(min_runs), Some(window)) if window >= min_runs => {
-                        Some(TrustPolicy { floor, min_runs, window })
-                    }
+                    (Some(floor), Some(min_runs), Some(window)) if window >= min_runs => Some(TrustPolicy {
+                        floor,
+                        min_runs,
+                        window,
+                    }),
                     (Some(_), Some(min_runs), Some(window)) => {
-                        self.err("trust.window", format!("must be at least min_runs ({min_runs}), got {window}"));
+                        self.err(
+                            "trust.window",
+                            format!("must be at least min_runs ({min_runs}), got {window}"),
+                        );
                         None
                     }
                     _ => None,
                 }
             }
             Some(other) => {
-                self.err("trust", format!("must be a mapping with floor/min_runs/window, got {}", type_name(other)));
+                self.err(
+                    "trust",
+                    format!("must be a mapping with floor/min_runs/window, got {}", type_name(other)),
+                );
                 None
             }
         };
