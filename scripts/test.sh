@@ -9,9 +9,12 @@
 #   2. scripts/services.sh install   Redis, kcat, Java 17, Kafka jars (cached in ~/.cache/remediator)
 #   3. scripts/services.sh start     Redis + Kafka on loopback; stopped again on exit (also on failure
 #                                    or Ctrl-C) unless they were already running before this script
-#   4. cargo fmt --all -- --check
-#   5. cargo clippy --all-targets -- -D warnings
-#   6. cargo test --all-targets "$@"
+#   4. promtool (apt: Debian's `prometheus` package, only when missing) and scripts/helm.sh install
+#      (helm built once from the Go module proxy, cached in ~/.cache/remediator/helm): for
+#      tests/observability_assets.rs and tests/helm.rs
+#   5. cargo fmt --all -- --check
+#   6. cargo clippy --all-targets -- -D warnings
+#   7. cargo test --all-targets "$@"
 # Tests see REDIS_URL, KAFKA_BOOTSTRAP and REMEDIATOR_TEST_REQUIRE_SERVICES=1 (a missing service is a
 # test failure, not a skip). Service knobs (ports, cache, run dir) are documented in scripts/services.sh.
 set -euo pipefail
@@ -134,6 +137,23 @@ start_k8s() {
 
 step "k8s.sh install" bash "$K8S" install
 step "k8s.sh start" start_k8s
+
+# --- hook: deploy asset tools (promtool, helm) -----------------------------------------------------
+# promtool checks and unit-tests deploy/prometheus/*.yml; it ships in Debian's `prometheus` package
+# (the package's service is not started where policy-rc.d forbids it, and is not needed). helm renders
+# and lints deploy/helm/remediator; a cold build takes ~3 min on 2 cores, later runs are instant.
+promtool_prereq() {
+  if command -v promtool >/dev/null; then log "promtool present"; return 0; fi
+  local sudo=()
+  if [ "$EUID" -ne 0 ] && command -v sudo >/dev/null; then sudo=(sudo); fi
+  log "apt-get install prometheus (for promtool)"
+  "${sudo[@]}" apt-get update -qq >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus >&2
+}
+
+step "promtool (apt)" promtool_prereq
+step "helm.sh install" bash scripts/helm.sh install
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings

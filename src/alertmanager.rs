@@ -265,7 +265,8 @@ impl Intake {
             config: config.clone(),
             topic: kafka.incidents_topic.clone(),
             producer: c.create()?,
-            token: token.filter(|t| !t.is_empty()),
+            // Secrets mounted from files often end in a newline.
+            token: token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
             metrics,
         })
     }
@@ -398,7 +399,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Convenience for the worker: the token from the environment, if set.
 pub fn token_from_env() -> Option<String> {
-    std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty())
+    std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty())
 }
 
 #[cfg(test)]
