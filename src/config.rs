@@ -793,3 +793,37 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
     }
 }
+
+#[cfg(test)]
+mod docs {
+    use super::*;
+
+    /// The shipped example and the README name every key, so neither drifts from the code.
+    #[test]
+    fn example_config_and_readme_document_every_key() {
+        let example = include_str!("../config/remediator.yaml");
+        let readme = include_str!("../README.md");
+        let parsed = Config::load(
+            Some(Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/remediator.yaml"
+            ))),
+            &BTreeMap::new(),
+            &[],
+        );
+        assert!(parsed.is_ok(), "config/remediator.yaml loads: {parsed:?}");
+        for (key, var) in Config::keys() {
+            let leaf = key.rsplit('.').next().unwrap_or(&key);
+            if !key.starts_with("alertmanager.label_mapping.") && key != "worker_id" {
+                assert!(
+                    example.contains(&format!("{leaf}:")),
+                    "config/remediator.yaml lacks {key}"
+                );
+            }
+            assert!(
+                readme.contains(&format!("`{key}`")) || readme.contains(&var),
+                "README lacks {key} / {var}"
+            );
+        }
+    }
+}
