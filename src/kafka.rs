@@ -100,15 +100,22 @@ pub struct KafkaSettings {
 }
 
 impl Default for KafkaSettings {
+    /// The defaults of the `kafka.*` configuration keys (DESIGN.md §1.6), defined once there.
     fn default() -> Self {
+        Self::from(&crate::config::KafkaConfig::default())
+    }
+}
+
+impl From<&crate::config::KafkaConfig> for KafkaSettings {
+    fn from(k: &crate::config::KafkaConfig) -> Self {
         Self {
-            brokers: "127.0.0.1:9092".into(),
-            group_id: "remediator".into(),
-            incidents_topic: "incidents".into(),
-            outcomes_topic: "remediation-outcomes".into(),
-            dlq_topic: "incidents-dlq".into(),
-            max_in_flight: 16,
-            properties: BTreeMap::new(),
+            brokers: k.brokers.clone(),
+            group_id: k.group_id.clone(),
+            incidents_topic: k.incidents_topic.clone(),
+            outcomes_topic: k.outcomes_topic.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            max_in_flight: k.max_in_flight,
+            properties: k.properties.clone(),
         }
     }
 }

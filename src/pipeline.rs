@@ -22,7 +22,7 @@ use crate::incident::{self, Incident, Partial, Rejection};
 use crate::metrics::Metrics;
 use crate::outcome::{CheckOutcome, Decision, Mode, Outcome, Phase, TrustView, SCHEMA_VERSION};
 use crate::runbook::template::{RenderError, Vars};
-use crate::runbook::{Action, Catalogue, Risk, Runbook};
+use crate::runbook::{Action, Catalogue, CheckSpec, Risk, Runbook};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -1095,28 +1095,20 @@ impl Engine {
             }
         }
         let exec = 'run: {
-            for c in &rb.pre_checks {
-                let r = self
-                    .executor
-                    .check(c, &ctx(incident, rb, action, &vars, &action_id, false))
-                    .await;
-                checks.push(CheckOutcome {
-                    phase: Phase::Pre,
-                    name: c.name().into(),
-                    passed: r.passed,
-                    detail: r.detail.clone(),
-                });
-                if !r.passed {
-                    break 'run Execution {
-                        decision: Decision::Aborted,
-                        success: None,
-                        rolled_back: false,
-                        reason: format!("pre-check {} failed: {}; nothing changed", c.name(), r.detail),
-                        checks,
-                        result: ExecResult::NotRun,
-                        label: "aborted",
-                    };
-                }
+            let pre_ctx = ctx(incident, rb, action, &vars, &action_id, false);
+            if let Some(failure) = self
+                .run_checks(&rb.pre_checks, Phase::Pre, &pre_ctx, true, &mut checks)
+                .await
+            {
+                break 'run Execution {
+                    decision: Decision::Aborted,
+                    success: None,
+                    rolled_back: false,
+                    reason: format!("{failure}; nothing changed"),
+                    checks,
+                    result: ExecResult::NotRun,
+                    label: "aborted",
+                };
             }
             let report = match self
                 .executor
@@ -1139,22 +1131,10 @@ impl Engine {
             for (k, v) in &report.captured {
                 vars.set(k, v.clone());
             }
-            let mut failed = None;
-            for c in &rb.post_checks {
-                let r = self
-                    .executor
-                    .check(c, &ctx(incident, rb, action, &vars, &action_id, false))
-                    .await;
-                if !r.passed && failed.is_none() {
-                    failed = Some(format!("post-check {} failed: {}", c.name(), r.detail));
-                }
-                checks.push(CheckOutcome {
-                    phase: Phase::Post,
-                    name: c.name().into(),
-                    passed: r.passed,
-                    detail: r.detail,
-                });
-            }
+            let post_ctx = ctx(incident, rb, action, &vars, &action_id, false);
+            let failed = self
+                .run_checks(&rb.post_checks, Phase::Post, &post_ctx, false, &mut checks)
+                .await;
             let Some(failure) = failed else {
                 break 'run Execution {
                     decision: Decision::Executed,
@@ -1199,22 +1179,10 @@ impl Engine {
             let outcome = match outcome {
                 Ok(report) => {
                     // Never assume the rollback worked either.
-                    let mut unverified = None;
-                    for c in &rb.rollback_checks {
-                        let r = self
-                            .executor
-                            .check(c, &ctx(incident, rb, action, &vars, &action_id, true))
-                            .await;
-                        if !r.passed && unverified.is_none() {
-                            unverified = Some(format!("rollback check {} failed: {}", c.name(), r.detail));
-                        }
-                        checks.push(CheckOutcome {
-                            phase: Phase::Rollback,
-                            name: c.name().into(),
-                            passed: r.passed,
-                            detail: r.detail,
-                        });
-                    }
+                    let rb_ctx = ctx(incident, rb, action, &vars, &action_id, true);
+                    let unverified = self
+                        .run_checks(&rb.rollback_checks, Phase::Rollback, &rb_ctx, false, &mut checks)
+                        .await;
                     unverified.map_or(Ok(report), Err)
                 }
                 Err(e) => Err(e),
@@ -1248,6 +1216,41 @@ impl Engine {
             .observe(started.elapsed().as_secs_f64());
         info!(runbook = %rb.id, result = exec.label, reason = %exec.reason, "execution finished");
         exec
+    }
+
+    /// Run `specs` in order, appending each result to `checks`; the first failure, described,
+    /// is returned. Pre-checks stop at it (`stop_at_failure`); verification runs every check so
+    /// the outcome shows the whole picture.
+    async fn run_checks(
+        &self,
+        specs: &[CheckSpec],
+        phase: Phase,
+        ctx: &ExecContext<'_>,
+        stop_at_failure: bool,
+        checks: &mut Vec<CheckOutcome>,
+    ) -> Option<String> {
+        let what = match phase {
+            Phase::Pre => "pre-check",
+            Phase::Post => "post-check",
+            Phase::Rollback => "rollback check",
+        };
+        let mut failed = None;
+        for c in specs {
+            let r = self.executor.check(c, ctx).await;
+            if !r.passed && failed.is_none() {
+                failed = Some(format!("{what} {} failed: {}", c.name(), r.detail));
+            }
+            checks.push(CheckOutcome {
+                phase,
+                name: c.name().into(),
+                passed: r.passed,
+                detail: r.detail,
+            });
+            if failed.is_some() && stop_at_failure {
+                break;
+            }
+        }
+        failed
     }
 
     /// Keep the claim and the blast-radius lease alive while an action runs.

@@ -36,16 +36,7 @@ pub fn init_logging(format: &str, level: &str) {
 
 /// Kafka settings from the config.
 pub fn kafka_settings(config: &Config) -> KafkaSettings {
-    let k = &config.kafka;
-    KafkaSettings {
-        brokers: k.brokers.clone(),
-        group_id: k.group_id.clone(),
-        incidents_topic: k.incidents_topic.clone(),
-        outcomes_topic: k.outcomes_topic.clone(),
-        dlq_topic: k.dlq_topic.clone(),
-        max_in_flight: k.max_in_flight,
-        properties: k.properties.clone(),
-    }
+    KafkaSettings::from(&config.kafka)
 }
 
 /// Connect to Redis, retrying with backoff until it answers or shutdown is requested. Nothing
