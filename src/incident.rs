@@ -201,10 +201,16 @@ fn duplicate_key(bytes: &[u8]) -> Option<String> {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut seen = std::collections::HashSet::new();
             while let Some(key) = map.next_key::<String>()? {
-                let path = if self.path.is_empty() {
-                    shorten(&key)
+                // An empty key still needs a visible name in the path.
+                let name = if key.is_empty() {
+                    "\"\"".to_string()
                 } else {
-                    format!("{}.{}", self.path, shorten(&key))
+                    shorten(&key)
+                };
+                let path = if self.path.is_empty() {
+                    name
+                } else {
+                    format!("{}.{name}", self.path)
                 };
                 if !seen.insert(key) {
                     *self.found.borrow_mut() = Some(path);
@@ -551,6 +557,9 @@ mod tests {
                 r#"{"id":"a","root_cause":"x","confidence":0.9,"services":["a"],"extra":[{"k":1},{"k":1,"k":2}]}"#,
                 "extra[1].k",
             ),
+            // Found by `cargo fuzz` (fuzz/fuzz_targets/incident_parse.rs): an empty key repeated.
+            (r#"{"kd":"Iffk","":0.95,"skd":"Iffk","":0.95,"ervice":"er"}"#, r#""""#),
+            (r#"{"id":"a","context":{"":1,"":2}}"#, r#"context."""#),
         ];
         for (json, field) in cases {
             let r = rejected(json);
