@@ -13,6 +13,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
 COPY schemas ./schemas
+# Cargo.toml declares a [[bench]] target: cargo refuses a manifest whose target file is missing.
+COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin remediator \

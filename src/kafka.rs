@@ -286,7 +286,10 @@ pub fn consumer_config(s: &KafkaSettings) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // Statistics feed the consumer-lag gauge; every 5 s is cheap.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // TCP_NODELAY, as the Java client does: small fetches and commits are not held back by
+        // Nagle waiting on a delayed ACK (scripts/bench: lower p99 decision latency).
+        .set("socket.nagle.disable", "true");
     for (k, v) in &s.properties {
         c.set(k, v);
     }
@@ -302,7 +305,14 @@ pub fn producer_config(s: &KafkaSettings) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // Surface a broker outage after 30 s (and retry ourselves) instead of librdkafka's 5 min.
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        // Send at once: a partition waits for its outcome's acknowledgement before its next
+        // message, so librdkafka's default 5 ms linger was paid once per message, serially
+        // (scripts/bench: 11x the throughput without it, BENCHMARKS.md). Batching still happens
+        // whenever several outcomes are queued while a request is in flight.
+        .set("linger.ms", "0")
+        // TCP_NODELAY: a small outcome is not held back by Nagle behind an unacknowledged one.
+        .set("socket.nagle.disable", "true");
     for (k, v) in &s.properties {
         c.set(k, v);
     }
@@ -1029,6 +1039,19 @@ mod tests {
         let c = consumer_config(&s);
         assert_eq!(c.get("security.protocol"), Some("ssl"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn outcomes_are_sent_without_delay_unless_configured() {
+        let mut s = KafkaSettings::default();
+        assert_eq!(producer_config(&s).get("linger.ms"), Some("0"));
+        assert_eq!(producer_config(&s).get("socket.nagle.disable"), Some("true"));
+        assert_eq!(consumer_config(&s).get("socket.nagle.disable"), Some("true"));
+        s.properties.insert("linger.ms".into(), "5".into());
+        s.properties.insert("socket.nagle.disable".into(), "false".into());
+        assert_eq!(producer_config(&s).get("linger.ms"), Some("5"));
+        assert_eq!(producer_config(&s).get("socket.nagle.disable"), Some("false"));
+        assert_eq!(consumer_config(&s).get("socket.nagle.disable"), Some("false"));
     }
 
     #[test]
