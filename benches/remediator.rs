@@ -117,6 +117,8 @@ struct Env {
     brokers: String,
     run: String,
     opts: Opts,
+    /// Topics created so far, deleted at the end.
+    topics: Mutex<Vec<String>>,
 }
 
 impl Env {
@@ -176,7 +178,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: scripts/bench [--quick] [--only=admission,pipeline,latency,match] \
+const USAGE: &str = "usage: scripts/bench [--quick] [--only=admission,pipeline,engine,latency,match] \
                      [--messages=N] [--partitions=N] [--max-in-flight=N] [--kafka-property=KEY=VALUE]...";
 
 /// Command line of the bench binary (after cargo's own `--bench`).
@@ -235,6 +237,7 @@ async fn run(opts: Opts) -> Res<()> {
         brokers,
         run: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         opts,
+        topics: Mutex::default(),
     };
     let mut sizes = if quick { QUICK } else { FULL };
     if let Some(n) = env.opts.messages {
@@ -250,35 +253,42 @@ async fn run(opts: Opts) -> Res<()> {
     j.insert("bench".into(), json!("remediator"));
     j.insert("mode".into(), json!(if quick { "quick" } else { "full" }));
 
-    if wanted("admission") {
-        eprintln!(
-            "[bench] admission: {} decisions through RedisStore vs redis-benchmark",
-            sizes.admission
-        );
-        admission(&env, sizes, &mut t, &mut j).await?;
-    }
-    if wanted("pipeline") {
-        eprintln!(
-            "[bench] pipeline: {} incidents through the worker and the pass-throughs",
-            sizes.pipeline
-        );
-        pipeline(&env, sizes, rss_start, &mut t, &mut j).await?;
-    }
-    if wanted("engine") {
-        eprintln!("[bench] engine: one incident at a time through Engine::handle, Redis vs memory store");
-        engine_alone(&env, sizes.engine, &mut t, &mut j).await?;
-    }
-    if wanted("latency") {
-        eprintln!(
-            "[bench] latency: {}/s for {} s through the worker",
-            sizes.latency_rate, sizes.latency_secs
-        );
-        latency(&env, sizes, &mut t, &mut j).await?;
-    }
-    if wanted("match") {
-        eprintln!("[bench] match: 10 vs 10,000 runbooks");
-        matching(sizes, &mut t, &mut j)?;
-    }
+    // The sections; whatever happens, this run's topics are deleted afterwards.
+    let sections = async {
+        if wanted("admission") {
+            eprintln!(
+                "[bench] admission: {} decisions through RedisStore vs redis-benchmark",
+                sizes.admission
+            );
+            admission(&env, sizes, &mut t, &mut j).await?;
+        }
+        if wanted("pipeline") {
+            eprintln!(
+                "[bench] pipeline: {} incidents through the worker and the pass-throughs",
+                sizes.pipeline
+            );
+            pipeline(&env, sizes, rss_start, &mut t, &mut j).await?;
+        }
+        if wanted("engine") {
+            eprintln!("[bench] engine: one incident at a time through Engine::handle, Redis vs memory store");
+            engine_alone(&env, sizes.engine, &mut t, &mut j).await?;
+        }
+        if wanted("latency") {
+            eprintln!(
+                "[bench] latency: {}/s for {} s through the worker",
+                sizes.latency_rate, sizes.latency_secs
+            );
+            latency(&env, sizes, &mut t, &mut j).await?;
+        }
+        if wanted("match") {
+            eprintln!("[bench] match: 10 vs 10,000 runbooks");
+            matching(sizes, &mut t, &mut j)?;
+        }
+        Ok::<(), Box<dyn Error + Send + Sync>>(())
+    };
+    let outcome = sections.await;
+    delete_topics(&env).await;
+    outcome?;
     let load_after = loadavg();
     t.row("Machine", "", "");
     let machine = machine();
@@ -677,8 +687,14 @@ fn incident_json(run: &str, i: usize) -> String {
     v.to_string()
 }
 
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Res<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+/// Create this run's topics (deleted again by [`delete_topics`] at the end).
+async fn create_topics(env: &Env, topics: &[(&str, i32)]) -> Res<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &env.brokers).create()?;
+    env.topics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(topics.iter().map(|(name, _)| name.to_string()));
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
@@ -688,6 +704,22 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Res<()> {
         r.map_err(|(topic, code)| format!("creating {topic}: {code}"))?;
     }
     Ok(())
+}
+
+/// Delete the topics this run created, so a shared broker does not collect them.
+async fn delete_topics(env: &Env) {
+    let topics = std::mem::take(&mut *env.topics.lock().unwrap_or_else(|e| e.into_inner()));
+    if topics.is_empty() {
+        return;
+    }
+    let admin: Result<AdminClient<DefaultClientContext>, _> =
+        ClientConfig::new().set("bootstrap.servers", &env.brokers).create();
+    let Ok(admin) = admin else { return };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    if let Err(e) = admin.delete_topics(&names, &opts).await {
+        eprintln!("[bench] could not delete the bench topics: {e}");
+    }
 }
 
 /// A plain producer for the load (librdkafka defaults; `linger.ms` as given).
@@ -931,7 +963,7 @@ async fn pipeline(
     let relay_serial = format!("{}-relay-serial", env.run);
     let relay_pipelined = format!("{}-relay-pipelined", env.run);
     create_topics(
-        &env.brokers,
+        env,
         &[
             (&s.incidents_topic, env.partitions()),
             (&s.outcomes_topic, 1),
@@ -1223,7 +1255,7 @@ async fn engine_alone(env: &Env, n: usize, t: &mut Table, j: &mut serde_json::Ma
 async fn latency(env: &Env, sizes: Sizes, t: &mut Table, j: &mut serde_json::Map<String, Value>) -> Res<()> {
     let s = worker_settings(env, "lat");
     create_topics(
-        &env.brokers,
+        env,
         &[
             (&s.incidents_topic, env.partitions()),
             (&s.outcomes_topic, 1),
