@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# reliability.sh - prove the promises: the reliability suite (tests/reliability.rs) and the fuzzers.
+# reliability.sh - prove the promises: the reliability suite (tests/reliability.rs, plus the Sentinel
+# failover scenarios of tests/redis_failover.rs, which start their own Redis set-up) and the fuzzers.
 #
 #   scripts/reliability.sh [reduced]  the suite with the parameters `cargo test` uses (a few hundred
 #                                     incidents, 3 kills, ...), against scripts/services.sh's Redis and
@@ -140,7 +141,7 @@ case "$MODE" in
   reduced)
     trap stop_services EXIT
     start_services
-    run_suite --test reliability
+    run_suite --test reliability --test redis_failover
     ;;
   heavy)
     trap stop_services EXIT
@@ -148,7 +149,7 @@ case "$MODE" in
     start_services REMEDIATOR_RUN=/tmp/remediator-reliability \
       REDIS_PORT="${RELIABILITY_REDIS_PORT:-29379}" KAFKA_PORT="${RELIABILITY_KAFKA_PORT:-29092}"
     export REMEDIATOR_RELIABILITY=heavy
-    run_suite --release --test reliability -- --test-threads=1
+    run_suite --release --test reliability --test redis_failover -- --test-threads=1
     ;;
   fuzz) run_fuzz ;;
   *) echo "usage: $0 [reduced|heavy|fuzz]" >&2; exit 2 ;;

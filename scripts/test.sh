@@ -9,13 +9,16 @@
 #   2. scripts/services.sh install   Redis, kcat, Java 17, Kafka jars (cached in ~/.cache/remediator)
 #   3. scripts/services.sh start     Redis + Kafka on loopback; stopped again on exit (also on failure
 #                                    or Ctrl-C) unless they were already running before this script
+#      scripts/redis-ha.sh start cluster   a 3-primary Redis Cluster (ports 17000-17002, ~2 s) for
+#                                    tests/guardrails_redis_cluster.rs, same stop rule (the Sentinel
+#                                    tests start and stop private Sentinel set-ups themselves)
 #   4. promtool (apt: Debian's `prometheus` package, only when missing) and scripts/helm.sh install
 #      (helm built once from the Go module proxy, cached in ~/.cache/remediator/helm): for
 #      tests/observability_assets.rs and tests/helm.rs
 #   5. cargo fmt --all -- --check
 #   6. cargo clippy --all-targets -- -D warnings
 #   7. cargo test --all-targets "$@"
-# Tests see REDIS_URL, KAFKA_BOOTSTRAP and REMEDIATOR_TEST_REQUIRE_SERVICES=1 (a missing service is a
+# Tests see REDIS_URL, REDIS_CLUSTER_URL, KAFKA_BOOTSTRAP and REMEDIATOR_TEST_REQUIRE_SERVICES=1 (a missing service is a
 # test failure, not a skip). Service knobs (ports, cache, run dir) are documented in scripts/services.sh.
 set -euo pipefail
 
@@ -40,7 +43,7 @@ step() {
 }
 
 # --- cleanup: stop the services this run started; print the timing summary -----------------------
-STARTED_SERVICES=0 STARTED_K8S=0
+STARTED_SERVICES=0 STARTED_K8S=0 STARTED_CLUSTER=0
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -49,6 +52,9 @@ cleanup() {
   fi
   if [ "$STARTED_SERVICES" = 1 ]; then
     bash "$SERVICES" stop || log "WARNING: stopping services failed"
+  fi
+  if [ "$STARTED_CLUSTER" = 1 ]; then
+    bash scripts/redis-ha.sh stop cluster || log "WARNING: stopping the Redis Cluster failed"
   fi
   if [ "$STARTED_K8S" = 1 ]; then
     bash "$K8S" stop || log "WARNING: stopping the Kubernetes control plane failed"
@@ -109,9 +115,22 @@ start_services() {
   export REMEDIATOR_TEST_REQUIRE_SERVICES=1
 }
 
+start_cluster() {
+  local out
+  if bash scripts/redis-ha.sh status cluster; then
+    log "Redis Cluster already running: using it and leaving it running"
+  else
+    STARTED_CLUSTER=1
+  fi
+  out=$(bash scripts/redis-ha.sh start cluster)
+  [[ $out =~ ^REDIS_CLUSTER_URL=.+$ ]] || die "unexpected output from redis-ha.sh: $out"
+  export "${out?}"; log "$out"
+}
+
 step "build prerequisites (apt)" build_prereqs
 step "services.sh install" bash "$SERVICES" install
 step "services.sh start" start_services
+step "redis-ha.sh start cluster" start_cluster
 
 # --- hook: Kubernetes control plane ---------------------------------------------------------------
 # scripts/k8s.sh: etcd + kube-apiserver + controller-manager + scheduler + kwok on loopback (port base

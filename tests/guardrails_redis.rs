@@ -382,6 +382,57 @@ async fn conservative_mode_after_epoch_loss() {
     );
 }
 
+/// A promoted replica keeps the epoch but not necessarily the old primary's last writes; it has a
+/// new replication id, though. A `primary` key naming another replication id than the server's
+/// is what a promotion looks like to the script: conservative mode for everyone, once.
+#[tokio::test]
+async fn conservative_mode_after_a_new_primary() {
+    let Some(url) = common::redis_url() else { return };
+    let prefix = fresh_prefix();
+    let store = connect(&url, &prefix).await;
+    let mut conn = raw(&url).await;
+    let limits = conservative_limits();
+    let key = format!("{{{prefix}}}:primary");
+    assert_eq!(
+        store
+            .decide(&reserve("i0", "a0", &scope("rb0", "svc"), &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        ALLOWED,
+        "the first decision records the primary without suspicion"
+    );
+    let info: String = raw_cmd(&mut conn, redis::cmd("INFO").arg("replication")).await;
+    let replid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("master_replid:"))
+        .expect("master_replid")
+        .trim()
+        .to_string();
+    let recorded: String = raw_cmd(&mut conn, redis::cmd("GET").arg(&key)).await;
+    assert_eq!(recorded, replid);
+
+    // As if these decisions had been made on a primary that is gone now.
+    raw_cmd::<()>(&mut conn, redis::cmd("SET").arg(&key).arg("0123456789abcdef")).await;
+    assert_eq!(
+        store
+            .decide(&reserve("i1", "a1", &scope("rb1", "svc"), &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        CONSERVATIVE_PROBE
+    );
+    let recorded: String = raw_cmd(&mut conn, redis::cmd("GET").arg(&key)).await;
+    assert_eq!(recorded, replid, "the new primary is recorded");
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(
+        store
+            .decide(&reserve("i2", "a2", &scope("rb2", "svc"), &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        ALLOWED,
+        "declared once per promotion, for conservative_ms"
+    );
+}
+
 /// A full wipe followed by a new replica starting (which re-creates the epoch unknowingly): an
 /// older replica notices the changed epoch and declares conservative mode for everyone.
 #[tokio::test]

@@ -15,6 +15,7 @@ KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot scr
   6  rbsvc:<runbook>           zset    member service, score last touched by this runbook (ms)
   7  epoch                     string  generation id of the store's data
   8  conservative_until        string  ms; also marks "this generation's loss was noticed"
+  9  primary                   string  replication id of the primary that served the last decision
 
 ARGV
   1  incident id          2  attempt              3  worker
@@ -49,8 +50,8 @@ local function ceil_s(ms)
   return fmt(math.ceil(ms / 1000))
 end
 
-local K_INC, K_RATE, K_CB, K_LEASES, K_SERVICES, K_RBSVC, K_EPOCH, K_CONS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_INC, K_RATE, K_CB, K_LEASES, K_SERVICES, K_RBSVC, K_EPOCH, K_CONS, K_PRIMARY =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local incident, attempt, worker = ARGV[1], ARGV[2], ARGV[3]
 local source, has_source = ARGV[4], ARGV[5] == '1'
 local lease_ms, grace = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -158,6 +159,25 @@ elseif remembered ~= '' and stored ~= remembered and redis.call('EXISTS', K_CONS
   redis.call('SET', K_CONS, fmt(now + conservative_ms))
 end
 epoch = stored
+
+-- 4a'. Failover. A replica promoted to primary (Sentinel, Cluster failover, a manual REPLICAOF NO
+-- ONE) keeps the data it had received, epoch included, so the epoch alone cannot tell that the
+-- writes the old primary acknowledged last may be gone. The promoted node starts a new replication
+-- history, though: its `master_replid` differs from the one stored by the decisions it inherited.
+-- A changed id therefore means "possibly lost writes": conservative mode, as after a wipe. A
+-- missing id is a first decision (or a wipe, handled above). A primary restarted from its own
+-- persistence may also start a new id; being conservative then costs an hour of one-at-a-time
+-- probes, never an extra execution.
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+if replid ~= '' then
+  local seen = redis.call('GET', K_PRIMARY)
+  if seen ~= replid then
+    if seen then
+      redis.call('SET', K_CONS, fmt(now + conservative_ms))
+    end
+    redis.call('SET', K_PRIMARY, replid)
+  end
+end
 local conservative = (tonumber(redis.call('GET', K_CONS)) or 0) > now
 
 -- 4b. Circuit breaker.

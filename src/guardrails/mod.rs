@@ -13,6 +13,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod topology;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -26,6 +26,7 @@
 //! {p}:rbsvc:<runbook>          zset    service -> last touched by this runbook ms
 //! {p}:epoch                    string  generation of the data (detects a wipe)
 //! {p}:conservative_until       string  ms; end of conservative mode after a detected wipe
+//! {p}:primary                  string  replication id of the primary (detects a failover)
 //! {p}:appr:<id>                hash    one approval (json, state, approver, expiry, action hash)
 //! {p}:approvals                zset    approval id -> expiry ms (pending index)
 //! {p}:trust:<runbook>          list    last verified results, newest first ('1' / '0')
@@ -41,13 +42,14 @@
 //! lazily so a worker can start while Redis is down and become ready when it returns.
 
 use super::memory::CLAIM_GRACE_MS;
+use super::topology::{Backend, Conn, Topology};
 use super::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
     DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, StoreError,
     TrustStats,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -61,6 +63,7 @@ struct Scripts {
     approval_answer: Script,
     approval_pending: Script,
     trust_record: Script,
+    init_epoch: Script,
 }
 
 impl Scripts {
@@ -74,13 +77,17 @@ impl Scripts {
             approval_answer: Script::new(include_str!("approval_answer.lua")),
             approval_pending: Script::new(include_str!("approval_pending.lua")),
             trust_record: Script::new(include_str!("trust_record.lua")),
+            // SET NX then GET in one step (a MULTI/EXEC pipeline would not route in Cluster).
+            init_epoch: Script::new("redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])"),
         }
     }
 }
 
 /// Guardrail store shared by all replicas through Redis; see the module documentation.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    backend: Backend,
+    /// `single`, `cluster` or `sentinel` (from the URL scheme).
+    topology: &'static str,
     key_prefix: String,
     /// `{<key_prefix>}:`, the start of every key.
     tag: String,
@@ -97,6 +104,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("topology", &self.topology)
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -114,8 +122,11 @@ fn escape(id: &str) -> String {
 /// reset, timed out, loading, read-only replica, cluster down, out of memory — means the store is
 /// not usable right now.
 fn classify(op: &str, e: RedisError) -> StoreError {
+    // A demoted primary refuses a script's write with READONLY inside a script error: that is an
+    // unusable store (Sentinel has moved on), not a broken script.
+    let readonly = e.detail().is_some_and(|d| d.contains("READONLY"));
     let script_error =
-        matches!(e.code(), Some("ERR" | "WRONGTYPE")) && e.detail().is_some_and(|d| d.contains("script"));
+        !readonly && matches!(e.code(), Some("ERR" | "WRONGTYPE")) && e.detail().is_some_and(|d| d.contains("script"));
     if script_error || matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
         StoreError::Protocol(format!("{op}: {e}"))
     } else {
@@ -217,8 +228,10 @@ fn parse_status(op: &str, ok: &str, reply: &[String]) -> Result<bool, StoreError
 }
 
 impl RedisStore {
-    /// Connect to `url` (`redis://host:port[/db]`, `rediss://…`) with every key under
-    /// `{<key_prefix>}:`.
+    /// Connect to `url` with every key under `{<key_prefix>}:`. The scheme chooses the topology
+    /// (see [`super::topology`]): `redis://host:port[/db]` one server,
+    /// `redis+cluster://host:port,…` a Redis Cluster, `redis+sentinel://host:port,…/name[/db]`
+    /// the primary that Sentinel names `name`.
     ///
     /// The connection is made lazily: this returns `Ok` even when Redis is down (every call then
     /// fails with [`StoreError::Unavailable`] until it is back), so a worker starts, reports not
@@ -235,19 +248,12 @@ impl RedisStore {
                 "invalid guardrail key prefix {key_prefix:?}: must be non-empty without '{{' or '}}'"
             )));
         }
-        // The URL may carry a password: name the problem, not the URL.
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {}", e.category())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Retries happen inside one call's wait for the connection; the outer timeout cuts
-            // them short anyway, and the next call starts a fresh reconnect.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| classify("connect", e))?;
+        // The URL may carry a password: the errors name the problem, not the URL.
+        let topology = Topology::parse(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let backend = Backend::new(&topology, timeout).map_err(StoreError::Unavailable)?;
         let store = Self {
-            conn,
+            backend,
+            topology: topology.kind(),
             key_prefix: key_prefix.to_owned(),
             tag: format!("{{{key_prefix}}}:"),
             timeout,
@@ -265,6 +271,11 @@ impl RedisStore {
     /// The configured key prefix (keys start with `{<key_prefix>}:`).
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix
+    }
+
+    /// `single`, `cluster` or `sentinel`: how the store reaches Redis.
+    pub fn topology(&self) -> &'static str {
+        self.topology
     }
 
     /// Full key name for `parts` joined by `:`, each escaped.
@@ -287,28 +298,14 @@ impl RedisStore {
         self.key(&["cb", runbook])
     }
 
-    /// `SET epoch <candidate> NX` then `GET epoch`, in one transaction: the stored generation.
+    /// `SET epoch <candidate> NX` then `GET epoch`, atomically: the stored generation.
     async fn init_epoch(&self) -> Result<String, StoreError> {
-        let key = self.key(&["epoch"]);
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
-            .arg(&self.candidate_epoch)
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(&key);
-        let fut = pipe.query_async::<(Option<String>,)>(&mut conn);
-        match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(self.timed_out("init epoch")),
-            Ok(Err(e)) => Err(classify("init epoch", e)),
-            Ok(Ok((Some(epoch),))) => Ok(epoch),
-            Ok(Ok((None,))) => Err(StoreError::Protocol(
-                "init epoch: epoch missing right after SET NX".into(),
-            )),
-        }
+        let mut inv = self.scripts.init_epoch.prepare_invoke();
+        inv.key(self.key(&["epoch"])).arg(&self.candidate_epoch);
+        let epoch: Option<String> = self
+            .call("init epoch", |mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        epoch.ok_or_else(|| StoreError::Protocol("init epoch: epoch missing right after SET NX".into()))
     }
 
     /// Remember the store's epoch (see the `epoch` field).
@@ -329,26 +326,42 @@ impl RedisStore {
         StoreError::Unavailable(format!("{op}: no answer within {} ms", self.timeout.as_millis()))
     }
 
-    /// Run one script invocation within the timeout and return its flat string reply.
-    async fn run(&self, op: &str, invocation: &ScriptInvocation<'_>) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await {
-            Err(_) => Err(self.timed_out(op)),
-            Ok(Err(e)) => Err(classify(op, e)),
-            Ok(Ok(v)) => strings(op, v),
-        }
-    }
-}
-
-impl RedisStore {
-    /// Run one plain command within the timeout.
-    async fn command<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+    /// Run `f` on a connection within the timeout (which also covers getting the connection:
+    /// reconnects, a Sentinel lookup, `NOSCRIPT` reloads). A failure for lack of a usable server
+    /// tells the backend, so a Sentinel-managed store looks up the primary again.
+    async fn call<T, Fut>(&self, op: &str, f: impl FnOnce(Conn) -> Fut) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let mut generation = None;
+        let attempt = async {
+            let (g, conn) = self.backend.conn().await?;
+            generation = Some(g);
+            f(conn).await
+        };
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
             Err(_) => Err(self.timed_out(op)),
             Ok(Err(e)) => Err(classify(op, e)),
             Ok(Ok(v)) => Ok(v),
+        };
+        if let (Err(StoreError::Unavailable(_)), Some(g)) = (&result, generation) {
+            self.backend.failed(g);
         }
+        result
+    }
+
+    /// Run one script invocation within the timeout and return its flat string reply.
+    async fn run(&self, op: &str, invocation: &ScriptInvocation<'_>) -> Result<Vec<String>, StoreError> {
+        let v: Value = self
+            .call(op, |mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        strings(op, v)
+    }
+
+    /// Run one plain command within the timeout.
+    async fn command<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.call(op, |mut c| async move { cmd.query_async::<T>(&mut c).await })
+            .await
     }
 }
 
@@ -499,7 +512,8 @@ impl GuardrailStore for RedisStore {
             .key(self.key(&["services"]))
             .key(self.key(&["rbsvc", runbook]))
             .key(self.key(&["epoch"]))
-            .key(self.key(&["conservative_until"]));
+            .key(self.key(&["conservative_until"]))
+            .key(self.key(&["primary"]));
         let remembered = self
             .epoch
             .lock()
@@ -596,15 +610,9 @@ impl GuardrailStore for RedisStore {
 
     async fn circuit(&self, runbook: &str) -> Result<CircuitSnapshot, StoreError> {
         const OP: &str = "circuit";
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.cb_key(runbook)).arg("state").arg("failures");
-        let fut = cmd.query_async::<(Option<String>, Option<String>)>(&mut conn);
-        let (state, failures) = match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => return Err(self.timed_out(OP)),
-            Ok(Err(e)) => return Err(classify(OP, e)),
-            Ok(Ok(v)) => v,
-        };
+        let (state, failures): (Option<String>, Option<String>) = self.command(OP, &cmd).await?;
         let state = match state {
             None => CircuitState::Closed,
             Some(s) => {
@@ -619,14 +627,7 @@ impl GuardrailStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let fut = cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(self.timed_out("ping")),
-            Ok(Err(e)) => Err(classify("ping", e)),
-            Ok(Ok(_)) => Ok(()),
-        }
+        self.command::<String>("ping", &redis::cmd("PING")).await.map(drop)
     }
 }
 

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# redis-ha.sh - Redis Cluster and Sentinel-managed Redis on loopback, for the test suite and for trying
+# remediator's `redis+cluster://` and `redis+sentinel://` URLs. No Docker: Debian's redis-server 7.0
+# (the same package scripts/services.sh installs), nothing persisted.
+#
+# Commands (TOPOLOGY is `cluster` or `sentinel`):
+#   start TOPOLOGY   start it (no-op for nodes already running), wait until usable, print the env line
+#                    on stdout:  REDIS_CLUSTER_URL=redis+cluster://...  or
+#                                REDIS_SENTINEL_URL=redis+sentinel://.../remediator
+#                    Usage in a shell:  export "$(scripts/redis-ha.sh start cluster)"
+#   stop [TOPOLOGY]  stop its nodes (both when omitted) and delete their state (nodes are ephemeral)
+#   env TOPOLOGY     print the env line without starting anything
+#   status TOPOLOGY  exit 0 if it runs and is usable (cluster_state:ok / Sentinel names a primary)
+#   primary          (sentinel) print the port of the node the Sentinels name as primary
+#   kill PORT        kill -9 the node on PORT (fault injection)
+#   revive PORT      start the node on PORT again, empty (a killed Sentinel-managed node rejoins and is
+#                    made a replica of the current primary by the Sentinels)
+#
+# Layout: cluster = 3 primaries (no replicas) on REDIS_CLUSTER_PORT..+2, cluster bus on port+10000;
+# sentinel = a primary on REDIS_SENTINEL_PORT, its replica on +1, three Sentinels on +10..+12 with
+# quorum 2, down-after 1000 ms, failover-timeout 5000 ms; master name `remediator`.
+# Env knobs (defaults in brackets):
+#   REDIS_CLUSTER_PORT [17000]  REDIS_SENTINEL_PORT [17100]
+#   REDIS_HA_RUN [/tmp/remediator-redis-ha; one per port set]  REDIS_SENTINEL_DOWN_MS [1000]
+# Progress and errors go to stderr; stdout carries only the env / port lines.
+set -euo pipefail
+
+HOST=127.0.0.1
+RUN=${REDIS_HA_RUN:-/tmp/remediator-redis-ha}
+CPORT=${REDIS_CLUSTER_PORT:-17000}
+SPORT=${REDIS_SENTINEL_PORT:-17100}
+DOWN_MS=${REDIS_SENTINEL_DOWN_MS:-1000}
+MASTER=remediator
+CLUSTER_PORTS="$CPORT $((CPORT + 1)) $((CPORT + 2))"
+DATA_PORTS="$SPORT $((SPORT + 1))"
+SENTINEL_PORTS="$((SPORT + 10)) $((SPORT + 11)) $((SPORT + 12))"
+
+log() { echo "[redis-ha] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+cli() { redis-cli -h "$HOST" -p "$1" "${@:2}" 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+pidfile() { echo "$RUN/$1/redis.pid"; }
+# Running, not a zombie, and still a redis-server (guards against a recycled pid).
+alive() {
+  local f pid s; f=$(pidfile "$1"); [ -s "$f" ] || return 1; pid=$(cat "$f")
+  s=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1); [ -n "$s" ] && [ "$s" != Z ] \
+    && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q redis-server
+}
+wait_ping() {   # wait_ping PORT: until the node answers PING (10 s)
+  for _ in $(seq 100); do [ "$(cli "$1" ping)" = PONG ] && return 0; sleep 0.1; done
+  die "node $1 did not answer PING; see $RUN/$1/redis.log"
+}
+
+# node PORT EXTRA-ARGS...: start one redis-server (ephemeral) in $RUN/PORT unless it runs.
+node() {
+  local p=$1 d=$RUN/$1; shift
+  alive "$p" && return 0
+  port_open "$p" && die "port $p already in use (set REDIS_CLUSTER_PORT / REDIS_SENTINEL_PORT)"
+  mkdir -p "$d"
+  redis-server --bind "$HOST" --port "$p" --save '' --appendonly no --dir "$d" --daemonize yes \
+    --pidfile "$d/redis.pid" --logfile "$d/redis.log" "$@"
+}
+
+# --- cluster ----------------------------------------------------------------------------------------
+cluster_node() {
+  node "$1" --cluster-enabled yes --cluster-config-file "$RUN/$1/nodes.conf" --cluster-node-timeout 2000
+}
+cluster_ok() { local p; for p in $CLUSTER_PORTS; do cli "$p" cluster info | grep -q '^cluster_state:ok' || return 1; done; }
+start_cluster() {
+  local p t0=$SECONDS addrs=()
+  for p in $CLUSTER_PORTS; do cluster_node "$p"; done
+  for p in $CLUSTER_PORTS; do wait_ping "$p"; addrs+=("$HOST:$p"); done
+  if ! cli "$CPORT" cluster info | grep -q '^cluster_slots_assigned:16384'; then
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$RUN/create.log" 2>&1 \
+      || { cat "$RUN/create.log" >&2; die "redis-cli --cluster create failed"; }
+  fi
+  for _ in $(seq 200); do cluster_ok && break; sleep 0.1; done
+  cluster_ok || die "cluster not ok after 20 s; see $RUN/*/redis.log"
+  log "cluster ok on ports $CLUSTER_PORTS after $((SECONDS - t0)) s"
+}
+cluster_env() { echo "REDIS_CLUSTER_URL=redis+cluster://$HOST:$CPORT,$HOST:$((CPORT + 1)),$HOST:$((CPORT + 2))"; }
+
+# --- sentinel ---------------------------------------------------------------------------------------
+sentinel_node() {
+  local p=$1 d=$RUN/$1
+  alive "$p" && return 0
+  mkdir -p "$d"
+  # A Sentinel rewrites its config file (it records the current primary): one per node, kept
+  # across a revive so a restarted Sentinel knows the topology.
+  [ -f "$d/sentinel.conf" ] || cat >"$d/sentinel.conf" <<EOF
+bind $HOST
+port $p
+dir $d
+sentinel monitor $MASTER $HOST $SPORT 2
+sentinel down-after-milliseconds $MASTER $DOWN_MS
+sentinel failover-timeout $MASTER 5000
+sentinel parallel-syncs $MASTER 1
+EOF
+  port_open "$p" && die "port $p already in use (set REDIS_SENTINEL_PORT)"
+  redis-server "$d/sentinel.conf" --sentinel --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log"
+}
+sentinel_primary() {   # the port the first answering Sentinel names as primary
+  local p out
+  for p in $SENTINEL_PORTS; do
+    out=$(cli "$p" sentinel get-master-addr-by-name "$MASTER" | sed -n 2p)
+    [ -n "$out" ] && { echo "$out"; return 0; }
+  done
+  return 1
+}
+sentinel_ok() {   # every Sentinel names the same primary, which answers as master and sees 2 Sentinels
+  local p first='' got
+  for p in $SENTINEL_PORTS; do
+    got=$(cli "$p" sentinel get-master-addr-by-name "$MASTER" | sed -n 2p)
+    [ -n "$got" ] || return 1
+    [ -z "$first" ] && first=$got; [ "$got" = "$first" ] || return 1
+    [ "$(cli "$p" sentinel master "$MASTER" | grep -A1 '^num-other-sentinels$' | tail -1)" = 2 ] || return 1
+  done
+  cli "$first" role | head -1 | grep -q master
+}
+start_sentinel() {
+  local p t0=$SECONDS primary
+  if ! alive "$SPORT" && ! alive "$((SPORT + 1))"; then rm -rf "$RUN"/"$SPORT" "$RUN"/"$((SPORT + 1))"; fi
+  primary=$(sentinel_primary || echo "$SPORT")
+  for p in $DATA_PORTS; do
+    if [ "$p" = "$primary" ]; then node "$p"; else node "$p" --replicaof "$HOST" "$primary"; fi
+  done
+  for p in $DATA_PORTS; do wait_ping "$p"; done
+  for p in $SENTINEL_PORTS; do sentinel_node "$p"; done
+  for p in $SENTINEL_PORTS; do wait_ping "$p"; done
+  for _ in $(seq 300); do sentinel_ok && break; sleep 0.1; done
+  sentinel_ok || die "Sentinels do not agree on a primary after 30 s; see $RUN/*/redis.log"
+  # The replica has caught up (link up) before anyone relies on it.
+  for _ in $(seq 100); do
+    cli "$primary" info replication | grep -q 'state=online' && break; sleep 0.1
+  done
+  for p in $DATA_PORTS; do [ "$p" = "$primary" ] || replica_known "$p"; done
+  log "sentinel ready after $((SECONDS - t0)) s: primary $primary, Sentinels on $SENTINEL_PORTS"
+}
+replica_known() {   # PORT is in sync with the primary and every Sentinel lists it as a healthy replica
+  local p flags ok      # (flags exactly "slave"); 30 s
+  for _ in $(seq 300); do
+    ok=1
+    cli "$(sentinel_primary)" info replication | grep -q "port=$1,state=online" || ok=0
+    for p in $SENTINEL_PORTS; do
+      flags=$(cli "$p" sentinel replicas "$MASTER" | awk -v want="$1" '
+        $0 == "port" { getline; port = $0 } $0 == "flags" { getline; if (port == want) print }')
+      [ "$flags" = slave ] || ok=0
+    done
+    [ "$ok" = 1 ] && return 0; sleep 0.1
+  done
+  die "the Sentinels do not list node $1 as a healthy replica after 30 s"
+}
+sentinel_env() {
+  local s; s=$(for p in $SENTINEL_PORTS; do printf '%s:%s,' "$HOST" "$p"; done)
+  echo "REDIS_SENTINEL_URL=redis+sentinel://${s%,}/$MASTER"
+}
+
+stop_ports() {   # TERM (nothing to save), then KILL after 5 s; remove the state
+  local p pid i
+  for p in "$@"; do
+    if alive "$p"; then
+      pid=$(cat "$(pidfile "$p")"); kill -TERM "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do alive "$p" || break; sleep 0.1; done
+      alive "$p" && kill -KILL "$pid" 2>/dev/null || true
+      log "stopped node $p (pid $pid)"
+    fi
+    rm -rf "${RUN:?}/$p"
+  done
+}
+
+topology() {
+  case "${1:-}" in cluster|sentinel) ;; *) echo "usage: $0 $CMD cluster|sentinel" >&2; exit 2 ;; esac
+}
+command -v redis-server >/dev/null || die "redis-server missing: run scripts/services.sh install"
+mkdir -p "$RUN"
+CMD=${1:-}
+case "$CMD" in
+  start)
+    topology "${2:-}"
+    if [ "$2" = cluster ]; then start_cluster; cluster_env; else start_sentinel; sentinel_env; fi ;;
+  stop)
+    case "${2:-}" in
+      cluster) stop_ports $CLUSTER_PORTS ;;
+      sentinel) stop_ports $SENTINEL_PORTS $DATA_PORTS ;;
+      '') stop_ports $CLUSTER_PORTS $SENTINEL_PORTS $DATA_PORTS ;;
+      *) topology "$2" ;;
+    esac ;;
+  env) topology "${2:-}"; if [ "$2" = cluster ]; then cluster_env; else sentinel_env; fi ;;
+  status) topology "${2:-}"; if [ "$2" = cluster ]; then cluster_ok; else sentinel_ok; fi ;;
+  primary) sentinel_primary || die "no Sentinel names a primary" ;;
+  kill)
+    [ -n "${2:-}" ] || die "usage: $0 kill PORT"
+    alive "$2" || die "no node runs on port $2"
+    kill -KILL "$(cat "$(pidfile "$2")")"; log "killed node $2" ;;
+  revive)
+    [ -n "${2:-}" ] || die "usage: $0 revive PORT"
+    case " $DATA_PORTS " in
+      *" $2 "*) node "$2" --replicaof "$HOST" "$(sentinel_primary)"; wait_ping "$2"; replica_known "$2" ;;
+      *) case " $CLUSTER_PORTS " in
+           *" $2 "*) die "a killed cluster node has lost its slots' data: stop and start the cluster" ;;
+           *) sentinel_node "$2"; wait_ping "$2" ;;
+         esac ;;
+    esac
+    log "revived node $2" ;;
+  *) echo "usage: $0 start|stop|env|status TOPOLOGY | primary | kill PORT | revive PORT" >&2; exit 2 ;;
+esac

@@ -1,0 +1,366 @@
+//! Sentinel failover (issue #9, README "What is exact, and where it degrades"): a private
+//! primary, its replica and three Sentinels started by `scripts/redis-ha.sh`, the primary killed
+//! with SIGKILL while the store (and, in the second test, four worker processes under a flood)
+//! uses it through `redis+sentinel://`.
+//!
+//! * [`store_follows_a_sentinel_failover`]: calls fail closed while no primary is usable, the
+//!   store follows the promoted replica, notices the promotion (conservative mode) and keeps the
+//!   state that had been replicated.
+//! * [`sentinel_failover_mid_flood_stays_within_the_bound`]: the full history of a flood across
+//!   failovers (reduced: 1, heavy `REMEDIATOR_RELIABILITY=heavy`: 5): every incident one final
+//!   outcome, nothing executed twice, and per (runbook, service) at most `max_per_hour` plus the
+//!   reservations the failover lost, never more than replicas × the per-replica ceiling; the
+//!   lost reservations are counted from the journal against what the new primary still holds.
+
+#[allow(dead_code)]
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka_common;
+#[path = "common/reliability.rs"]
+mod reliability_common;
+#[allow(dead_code)]
+#[path = "common/schema.rs"]
+mod schema;
+
+use common::guardrail_suite::{finish, open_limits, reserve, scope};
+use kafka_common::{unique, Msg, Topics};
+use reliability_common::{
+    committed_all, crash, decisions, now_ms, require_tool, runbooks, scale, services, Collector, Figures, Fleet,
+    History, Producer,
+};
+use remediator::guardrails::redis::RedisStore;
+use remediator::guardrails::{DecideAnswer, ExecResult, Guardrail, GuardrailStore, Limits, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A private Sentinel set-up (`scripts/redis-ha.sh` with its own ports and run directory),
+/// stopped when dropped.
+struct OwnSentinel {
+    base: u16,
+    run: PathBuf,
+    url: String,
+}
+
+impl OwnSentinel {
+    /// Start one on ports `base` (primary), `base+1` (replica), `base+10..12` (Sentinels), or
+    /// the next free block of 20; `None` (skip) without `redis-server`.
+    fn start(base: u16) -> Option<Self> {
+        if !require_tool("redis-server", "the Sentinel set-up runs redis-server") {
+            return None;
+        }
+        // The first block of ports from `base` on that nobody listens on (another test run may
+        // hold the default ones).
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let base = (0..50)
+            .map(|k| base + 20 * k)
+            .find(|b| [0, 1, 10, 11, 12].iter().all(|o| free(b + o)))
+            .expect("no free block of ports for the Sentinel set-up");
+        let mut s = Self {
+            base,
+            run: std::env::temp_dir().join(unique("redis-ha")),
+            url: String::new(),
+        };
+        let out = s.script(&["start", "sentinel"]);
+        s.url = out
+            .trim()
+            .strip_prefix("REDIS_SENTINEL_URL=")
+            .unwrap_or_else(|| panic!("unexpected output {out:?}"))
+            .to_string();
+        Some(s)
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-ha.sh"))
+            .args(args)
+            .env("REDIS_SENTINEL_PORT", self.base.to_string())
+            .env("REDIS_HA_RUN", &self.run)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("redis-ha.sh");
+        assert!(out.status.success(), "redis-ha.sh {args:?} failed");
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// The port the Sentinels name as primary.
+    fn primary(&self) -> u16 {
+        let out = self.script(&["primary"]);
+        out.trim().parse().unwrap_or_else(|_| panic!("primary port {out:?}"))
+    }
+
+    fn kill(&self, port: u16) {
+        self.script(&["kill", &port.to_string()]);
+    }
+
+    /// Start the killed node again as a replica of the current primary, in sync and known to
+    /// every Sentinel, so the next failover has a replica to promote.
+    fn revive(&self, port: u16) {
+        self.script(&["revive", &port.to_string()]);
+    }
+
+    /// Wait until the Sentinels name a primary other than `old`; the time it took.
+    async fn wait_new_primary(&self, old: u16, within: Duration) -> (u16, Duration) {
+        let t0 = Instant::now();
+        loop {
+            let p = self.primary();
+            if p != old {
+                return (p, t0.elapsed());
+            }
+            assert!(t0.elapsed() < within, "no failover from {old} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A plain connection to the node on `port`.
+    async fn raw(&self, port: u16) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection")
+    }
+}
+
+impl Drop for OwnSentinel {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-ha.sh"))
+            .args(["stop", "sentinel"])
+            .env("REDIS_SENTINEL_PORT", self.base.to_string())
+            .env("REDIS_HA_RUN", &self.run)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+}
+
+fn limits(max_per_hour: u32) -> Limits {
+    Limits {
+        max_per_hour,
+        conservative_ms: 60_000,
+        ..open_limits()
+    }
+}
+
+/// One store through Sentinel: a reservation replicated before the primary dies survives the
+/// failover; while no primary is usable every call fails closed (`Unavailable`, never an answer
+/// from a stale node); the first answer after the failover is conservative (the promotion was
+/// noticed: one probe at a time); and the old primary, revived as a replica, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_follows_a_sentinel_failover() {
+    let Some(ha) = OwnSentinel::start(17300) else { return };
+    let store = RedisStore::connect(&ha.url, &unique("sentinel"), Duration::from_millis(500))
+        .await
+        .expect("connect");
+    assert_eq!(store.topology(), "sentinel");
+    let (s, l) = (scope("rb", "svc"), limits(2));
+    assert_eq!(
+        store
+            .decide(&reserve("i0", "a0", &s, &l, 30_000))
+            .await
+            .expect("decide"),
+        DecideAnswer::Allowed {
+            probe: false,
+            conservative: false
+        }
+    );
+    store
+        .finish(&finish("i0", "a0", &s, &l, ExecResult::Success))
+        .await
+        .expect("finish");
+    let old = ha.primary();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2_000)
+        .query_async(&mut ha.raw(old).await)
+        .await
+        .expect("WAIT");
+    assert_eq!(acked, 1, "the replica acknowledged the reservation");
+
+    ha.kill(old);
+    let t0 = Instant::now();
+    let mut refused = 0;
+    let answer = loop {
+        match store.decide(&reserve("i1", "a1", &s, &l, 30_000)).await {
+            Ok(a) => break a,
+            Err(StoreError::Unavailable(_)) => refused += 1,
+            Err(e) => panic!("a failover must look like an outage, got {e:?}"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "store never followed the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (new, _) = ha.wait_new_primary(old, Duration::from_secs(1)).await;
+    eprintln!(
+        "failover {old} -> {new}: {refused} calls refused, first answer after {:?}",
+        t0.elapsed()
+    );
+    assert!(refused > 0, "the dead primary was never noticed");
+    assert_eq!(
+        answer,
+        DecideAnswer::Allowed {
+            probe: true,
+            conservative: true
+        },
+        "the promotion must put the store in conservative mode"
+    );
+    store
+        .finish(&finish("i1", "a1", &s, &l, ExecResult::Success))
+        .await
+        .expect("finish");
+    // i0's reservation was replicated, so with i1 the limit of 2 is reached.
+    assert!(matches!(
+        store
+            .decide(&reserve("i2", "a2", &s, &l, 30_000))
+            .await
+            .expect("decide"),
+        DecideAnswer::Blocked {
+            guardrail: Guardrail::RateLimit,
+            ..
+        }
+    ));
+    ha.revive(old);
+    assert!(matches!(
+        store
+            .decide(&reserve("i3", "a3", &s, &l, 30_000))
+            .await
+            .expect("decide"),
+        DecideAnswer::Blocked {
+            guardrail: Guardrail::RateLimit,
+            ..
+        }
+    ));
+}
+
+/// Four worker processes through Sentinel under a flood of incidents for one runbook
+/// (`max_per_hour: 5` per service; each service gets 8 incidents in a row, new services keep
+/// coming, so reservations happen all through the flood); the primary is killed mid-flood and
+/// revived as a replica after the failover (reduced: once; heavy: 5 times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_mid_flood_stays_within_the_bound() {
+    const MAX_PER_HOUR: usize = 5;
+    const REPLICAS: usize = 4;
+    let Some(svc) = services() else { return };
+    let Some(ha) = OwnSentinel::start(17500) else { return };
+    let mut fig = Figures::new("sentinel_failover");
+    let failovers = scale(1, 5);
+    let n = scale(480, 2400);
+    let over = Duration::from_secs(scale(16, 80));
+    let prefix = unique("rel-sentinel");
+    let topics = Topics::create(&svc.brokers, 4).await;
+    let own = reliability_common::Services {
+        brokers: svc.brokers.clone(),
+        redis: ha.url.clone(),
+    };
+    let mut fleet = Fleet::new(
+        "sentinel",
+        &own,
+        &topics,
+        &runbooks(MAX_PER_HOUR as u32),
+        &[
+            ("REMEDIATOR_REDIS_KEY_PREFIX", &prefix),
+            ("REMEDIATOR_SIMULATED_ACTION_DELAY", "20ms"),
+        ],
+    );
+    fleet.start(REPLICAS).await;
+    let collector = Collector::start(&svc.brokers, &topics.outcomes);
+    let run = unique("sentinel");
+    let work: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("{run}-{i}"), format!("fo-svc-{}", i / 8)))
+        .collect();
+    let msgs: Vec<Msg> = work.iter().map(|(id, service)| crash(id, service)).collect();
+    let service_of: BTreeMap<String, String> = work.into_iter().collect();
+    let sent: BTreeSet<String> = msgs.iter().filter_map(|m| m.key.clone()).collect();
+    let producing = Producer::new(&svc.brokers).send_paced(&topics.incidents, msgs, over);
+
+    let mut windows = Vec::new();
+    for _ in 0..failovers {
+        tokio::time::sleep(over / (failovers as u32 + 1)).await;
+        let old = ha.primary();
+        let killed_at = now_ms();
+        ha.kill(old);
+        let (_, took) = ha.wait_new_primary(old, Duration::from_secs(30)).await;
+        windows.push((killed_at, killed_at + took.as_millis() as i64));
+        ha.revive(old);
+    }
+
+    let mut v = Vec::new();
+    producing.await.expect("producer");
+    v.extend(
+        collector
+            .wait_all(&sent, Duration::from_secs(scale(120, 300)))
+            .await
+            .err(),
+    );
+    v.extend(fleet.check_alive().await);
+    let logs: Vec<String> = fleet.running().into_iter().map(|i| fleet.proc(i).log()).collect();
+    v.extend(fleet.stop_all().await);
+    let h = History::gather(&fleet, sent).await;
+    let finals = h.finals(&mut v);
+    h.single_execution(&mut v);
+    h.journal_matches(&finals, &mut v);
+    h.schema_valid(&mut v);
+    committed_all(&fleet, &mut v);
+
+    // Reservations the new primary still holds, per service, against the journal.
+    let mut conn = ha.raw(ha.primary()).await;
+    let mut executed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in &h.journal {
+        let service = service_of.get(&a.incident_id).cloned().unwrap_or_default();
+        executed.entry(service).or_default().push(a.incident_id.clone());
+    }
+    let (mut lost, mut excess, mut in_window) = (0, 0, 0);
+    for (service, ids) in &executed {
+        let key = format!("{{{prefix}}}:rate:rel-restart:{service}");
+        let held: BTreeSet<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("ZRANGE");
+        let lost_here = ids.iter().filter(|id| !held.contains(*id)).count();
+        lost += lost_here;
+        let over_limit = ids.len().saturating_sub(MAX_PER_HOUR);
+        excess += over_limit;
+        if over_limit > lost_here {
+            v.push(format!(
+                "{service}: {} executions, {over_limit} over max_per_hour but only {lost_here} reservations lost",
+                ids.len()
+            ));
+        }
+        if ids.len() > REPLICAS * MAX_PER_HOUR {
+            v.push(format!(
+                "{service}: {} executions, above replicas x per-replica ceiling = {}",
+                ids.len(),
+                REPLICAS * MAX_PER_HOUR
+            ));
+        }
+    }
+    for a in &h.journal {
+        if windows.iter().any(|(from, to)| (*from..=*to).contains(&a.at_ms)) {
+            in_window += 1;
+        }
+    }
+    let conservative = logs.iter().filter(|l| l.contains("running conservatively")).count();
+    if conservative == 0 {
+        v.push("no worker reported conservative mode after the failover".into());
+    }
+    let failover_ms: Vec<i64> = windows.iter().map(|(a, b)| b - a).collect();
+    let d = decisions(&finals);
+    fig.add("workers", REPLICAS)
+        .add("incidents", n)
+        .add("failovers", failovers)
+        .add("failover_ms", format!("{failover_ms:?}").replace(' ', ""))
+        .add("executions", h.journal.len())
+        .add("executions_in_failover_windows", in_window)
+        .add("lost_reservations", lost)
+        .add("excess_over_max_per_hour", excess)
+        .add("bound_per_service", REPLICAS * MAX_PER_HOUR)
+        .add("conservative_workers", conservative)
+        .add("decisions", format!("{d:?}").replace(' ', ""))
+        .finish(&v);
+}
