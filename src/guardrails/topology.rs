@@ -379,8 +379,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backends_build_without_connecting() {
+    #[tokio::test]
+    async fn backends_build_without_connecting() {
         for url in [
             "redis://127.0.0.1:1",
             "redis+cluster://127.0.0.1:1,127.0.0.1:2",
