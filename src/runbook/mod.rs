@@ -112,8 +112,8 @@ pub enum MatchedBy {
 pub struct Catalogue {
     runbooks: Vec<Runbook>,
     by_id: HashMap<String, usize>,
-    by_root_cause: HashMap<String, usize>,
-    by_symptom: HashMap<String, usize>,
+    by_root_cause: HashMap<Key, usize>,
+    by_symptom: HashMap<Key, usize>,
 }
 
 impl Catalogue {
@@ -221,7 +221,79 @@ impl Catalogue {
     }
 }
 
-/// Index key: triggers and symptoms match case-insensitively.
-fn key(s: &str) -> String {
-    s.to_lowercase()
+/// Longest matching form kept inside the index's bucket (most triggers and symptoms are short
+/// identifiers such as `CrashLoopBackOff` or `health_check_failure`).
+const INLINE: usize = 30;
+
+/// A trigger or symptom in its matching form: lowercase (matching is case-insensitive). Short
+/// keys live inside the hash map's bucket, so a lookup in a large catalogue touches one bucket
+/// instead of a bucket and a separately allocated string, and building a key to look up an
+/// ASCII root cause allocates nothing. Inline exactly when the lowercase form fits, so equal
+/// keys always have the same variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline(len, b) => &b[..usize::from(*len)],
+            Self::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+/// The used bytes only, as `str` hashes (the unused inline tail is zero and equal anyway).
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.bytes());
+        state.write_u8(0xff);
+    }
+}
+
+fn key(s: &str) -> Key {
+    let inline = |bytes: &[u8]| {
+        let mut b = [0u8; INLINE];
+        b[..bytes.len()].copy_from_slice(bytes);
+        Key::Inline(bytes.len() as u8, b)
+    };
+    if s.len() <= INLINE && s.is_ascii() {
+        let mut b = [0u8; INLINE];
+        for (d, c) in b.iter_mut().zip(s.bytes()) {
+            *d = c.to_ascii_lowercase();
+        }
+        return Key::Inline(s.len() as u8, b);
+    }
+    let lower = s.to_lowercase();
+    if lower.len() <= INLINE {
+        inline(lower.as_bytes())
+    } else {
+        Key::Heap(lower.into_boxed_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_canonical_whatever_their_length_or_script() {
+        // Same matching form, same key: case folds, and the variant depends only on the
+        // lowercase form's length.
+        assert_eq!(key("CrashLoopBackOff"), key("crashloopbackoff"));
+        assert!(matches!(key("CrashLoopBackOff"), Key::Inline(16, _)));
+        let long = "Health_Check_Failure_After_Deploy_Rollout";
+        assert_eq!(key(long), key(&long.to_lowercase()));
+        assert!(matches!(key(long), Key::Heap(_)));
+        assert_eq!(key("STRASSE-Straße"), key("strasse-straße"));
+        assert!(matches!(key("Straße"), Key::Inline(..)));
+        // 15 × 'İ' is 30 bytes, but its lowercase form is 45: stored on the heap both ways.
+        let dotted = "İ".repeat(15);
+        assert_eq!(key(&dotted), key(&dotted.to_lowercase()));
+        assert!(matches!(key(&dotted), Key::Heap(_)));
+        assert_ne!(key("crash"), key("crash "));
+        assert_ne!(key("a"), key("a\0"), "the zero padding never makes two keys equal");
+    }
 }
