@@ -13,6 +13,10 @@
 #   status TOPOLOGY  exit 0 if it runs and is usable (cluster_state:ok / Sentinel names a primary)
 #   primary          (sentinel) print the port of the node the Sentinels name as primary
 #   kill PORT        kill -9 the node on PORT (fault injection)
+#   cut PORT         the primary on PORT stops feeding its replicas, as in a partition between them:
+#                    it requires a password from now on (connections already made are unaffected) and
+#                    drops its replica links, so the replicas cannot resync. Writes it takes from then
+#                    on are lost if it dies and a replica is promoted.
 #   revive PORT      start the node on PORT again, empty (a killed Sentinel-managed node rejoins and is
 #                    made a replica of the current primary by the Sentinels)
 #
@@ -192,6 +196,11 @@ case "$CMD" in
     [ -n "${2:-}" ] || die "usage: $0 kill PORT"
     alive "$2" || die "no node runs on port $2"
     kill -KILL "$(cat "$(pidfile "$2")")"; log "killed node $2" ;;
+  cut)
+    [ -n "${2:-}" ] || die "usage: $0 cut PORT"
+    printf 'CONFIG SET requirepass %s\nCLIENT KILL TYPE replica\n' "cut-$RANDOM$RANDOM" \
+      | redis-cli -h "$HOST" -p "$2" >/dev/null || die "cannot cut node $2 off its replicas"
+    log "node $2 no longer feeds its replicas" ;;
   revive)
     [ -n "${2:-}" ] || die "usage: $0 revive PORT"
     case " $DATA_PORTS " in
@@ -202,5 +211,5 @@ case "$CMD" in
          esac ;;
     esac
     log "revived node $2" ;;
-  *) echo "usage: $0 start|stop|env|status TOPOLOGY | primary | kill PORT | revive PORT" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|env|status TOPOLOGY | primary | kill|cut|revive PORT" >&2; exit 2 ;;
 esac

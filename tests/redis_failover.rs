@@ -7,7 +7,8 @@
 //!   store follows the promoted replica, notices the promotion (conservative mode) and keeps the
 //!   state that had been replicated.
 //! * [`sentinel_failover_mid_flood_stays_within_the_bound`]: the full history of a flood across
-//!   failovers (reduced: 1, heavy `REMEDIATOR_RELIABILITY=heavy`: 5): every incident one final
+//!   failovers (reduced: 1, heavy `REMEDIATOR_RELIABILITY=heavy`: 6, half of them to a replica that
+//!   had fallen behind): every incident one final
 //!   outcome, nothing executed twice, and per (runbook, service) at most `max_per_hour` plus the
 //!   reservations the failover lost, never more than replicas × the per-replica ceiling; the
 //!   lost reservations are counted from the journal against what the new primary still holds.
@@ -92,6 +93,11 @@ impl OwnSentinel {
 
     fn kill(&self, port: u16) {
         self.script(&["kill", &port.to_string()]);
+    }
+
+    /// The primary on `port` stops feeding its replica (see `redis-ha.sh cut`).
+    fn cut(&self, port: u16) {
+        self.script(&["cut", &port.to_string()]);
     }
 
     /// Start the killed node again as a replica of the current primary, in sync and known to
@@ -237,8 +243,10 @@ async fn store_follows_a_sentinel_failover() {
 
 /// Four worker processes through Sentinel under a flood of incidents for one runbook
 /// (`max_per_hour: 5` per service; each service gets 8 incidents in a row, new services keep
-/// coming, so reservations happen all through the flood); the primary is killed mid-flood and
-/// revived as a replica after the failover (reduced: once; heavy: 5 times).
+/// coming, so reservations happen all through the flood, and about a second later a second burst
+/// of 8, which only reservations lost in between can let through); the primary is killed mid-flood and
+/// revived as a replica after the failover (reduced: once; heavy: 6 times), every other time
+/// after its replica fell 1.5 s behind, so that the failover really loses reservations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_mid_flood_stays_within_the_bound() {
     const MAX_PER_HOUR: usize = 5;
@@ -246,7 +254,7 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
     let Some(svc) = services() else { return };
     let Some(ha) = OwnSentinel::start(17500) else { return };
     let mut fig = Figures::new("sentinel_failover");
-    let failovers = scale(1, 5);
+    let failovers = scale(1, 6);
     let n = scale(480, 2400);
     let over = Duration::from_secs(scale(16, 80));
     let prefix = unique("rel-sentinel");
@@ -269,7 +277,13 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
     let collector = Collector::start(&svc.brokers, &topics.outcomes);
     let run = unique("sentinel");
     let work: Vec<(String, String)> = (0..n)
-        .map(|i| (format!("{run}-{i}"), format!("fo-svc-{}", i / 8)))
+        .map(|i| {
+            // Bursts of 8 incidents per service, in groups of 4 bursts that alternate between 4
+            // new services and the 4 services of the group before.
+            let burst = i / 8;
+            let service = if (burst / 4) % 2 == 0 { burst } else { burst - 4 };
+            (format!("{run}-{i}"), format!("fo-svc-{service}"))
+        })
         .collect();
     let msgs: Vec<Msg> = work.iter().map(|(id, service)| crash(id, service)).collect();
     let service_of: BTreeMap<String, String> = work.into_iter().collect();
@@ -277,11 +291,20 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
     let producing = Producer::new(&svc.brokers).send_paced(&topics.incidents, msgs, over);
 
     let mut windows = Vec::new();
-    for _ in 0..failovers {
+    let mut lagging_failovers = 0;
+    for round in 0..failovers {
         tokio::time::sleep(over / (failovers as u32 + 1)).await;
         let old = ha.primary();
-        let killed_at = now_ms();
+        // Every other failover (the first one included) promotes a replica that fell behind: the
+        // primary stops feeding it and takes 2 s of reservations alone before it dies, so those
+        // writes are lost and the bound is what holds.
+        if round % 2 == 0 {
+            ha.cut(old);
+            tokio::time::sleep(Duration::from_millis(2_000)).await;
+            lagging_failovers += 1;
+        }
         ha.kill(old);
+        let killed_at = now_ms();
         let (_, took) = ha.wait_new_primary(old, Duration::from_secs(30)).await;
         windows.push((killed_at, killed_at + took.as_millis() as i64));
         ha.revive(old);
@@ -313,6 +336,7 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
         executed.entry(service).or_default().push(a.incident_id.clone());
     }
     let (mut lost, mut excess, mut in_window) = (0, 0, 0);
+    let max_per_service = executed.values().map(Vec::len).max().unwrap_or(0);
     for (service, ids) in &executed {
         let key = format!("{{{prefix}}}:rate:rel-restart:{service}");
         let held: BTreeSet<String> = redis::cmd("ZRANGE")
@@ -354,11 +378,13 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
     fig.add("workers", REPLICAS)
         .add("incidents", n)
         .add("failovers", failovers)
+        .add("lagging_replica_failovers", lagging_failovers)
         .add("failover_ms", format!("{failover_ms:?}").replace(' ', ""))
         .add("executions", h.journal.len())
         .add("executions_in_failover_windows", in_window)
         .add("lost_reservations", lost)
         .add("excess_over_max_per_hour", excess)
+        .add("max_executions_one_service", max_per_service)
         .add("bound_per_service", REPLICAS * MAX_PER_HOUR)
         .add("conservative_workers", conservative)
         .add("decisions", format!("{d:?}").replace(' ', ""))
