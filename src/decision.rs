@@ -49,8 +49,11 @@ pub struct Facts {
     pub invalid: Option<String>,
     /// The incident id was handled before.
     pub duplicate: bool,
-    /// How old the incident is (None: no `detected_at`).
+    /// How old the incident is (None: no `detected_at`; zero when it lies in the future).
     pub age: Option<Duration>,
+    /// How far `detected_at` lies in the future (zero when it does not): clock skew tolerated up
+    /// to `max_age`, beyond that the time is wrong and the incident is never fresh.
+    pub ahead: Duration,
     /// The freshness limit.
     pub max_age: Duration,
     /// The root cause as reported (for the reason text).
@@ -153,6 +156,17 @@ pub fn decide(f: &Facts) -> Verdict {
             ),
         );
     }
+    if f.ahead > f.max_age {
+        return final_(
+            Decision::Expired,
+            format!(
+                "incident detected_at is {} in the future, more than max_incident_age {} ahead: its \
+                 source's clock is wrong, so its freshness is unknown",
+                human(f.ahead),
+                human(f.max_age)
+            ),
+        );
+    }
     let Some(rb) = &f.runbook else {
         return final_(
             Decision::Manual,
@@ -240,6 +254,7 @@ mod tests {
             invalid: None,
             duplicate: false,
             age: Some(Duration::from_secs(10)),
+            ahead: Duration::ZERO,
             max_age: Duration::from_secs(900),
             root_cause: "CrashLoopBackOff".into(),
             runbook: Some(rb(Mode::Auto, false)),
@@ -362,6 +377,22 @@ mod tests {
                 "age exactly at the limit is fresh",
                 |f| f.age = Some(Duration::from_secs(900)),
                 Decision::Executed,
+            ),
+            (
+                "detected_at ahead by up to max_incident_age is clock skew, fresh",
+                |f| {
+                    f.age = Some(Duration::ZERO);
+                    f.ahead = Duration::from_secs(900);
+                },
+                Decision::Executed,
+            ),
+            (
+                "3 detected_at further ahead than max_incident_age is never fresh",
+                |f| {
+                    f.age = Some(Duration::ZERO);
+                    f.ahead = Duration::from_secs(901);
+                },
+                Decision::Expired,
             ),
             (
                 "confidence exactly at the threshold acts",

@@ -352,6 +352,10 @@ impl Engine {
             age: incident
                 .detected_at
                 .map(|d| (now - d).to_std().unwrap_or(Duration::ZERO)),
+            ahead: incident
+                .detected_at
+                .and_then(|d| (d - now).to_std().ok())
+                .unwrap_or(Duration::ZERO),
             max_age: self.settings.max_incident_age,
             root_cause: incident.root_cause.clone(),
             runbook: match matched {
