@@ -332,11 +332,15 @@ fn from_object(obj: &Map<String, Value>) -> Result<Incident, Rejection> {
                 }
                 let cv = match v {
                     Value::String(s) => {
-                        if s.chars().count() > MAX_TEXT_CHARS || s.chars().any(char::is_control) {
+                        let n = s.chars().count();
+                        if n > MAX_TEXT_CHARS {
                             return Err(Rejection::new(
                                 field,
-                                format!("must be at most {MAX_TEXT_CHARS} printable characters"),
+                                format!("must be at most {MAX_TEXT_CHARS} characters, got {n}"),
                             ));
+                        }
+                        if s.chars().any(char::is_control) {
+                            return Err(Rejection::new(field, "must not contain control characters"));
                         }
                         ContextValue::Str(s.clone())
                     }
@@ -582,5 +586,20 @@ mod tests {
         let r = rejected(&json);
         assert_eq!(r.field, "id");
         assert!(r.message.contains("at most 128"), "{r}");
+    }
+
+    #[test]
+    fn context_strings_say_what_is_wrong_with_them() {
+        let r =
+            rejected(r#"{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":{"pod_name":"p\u0007"}}"#);
+        assert_eq!(r.field, "context.pod_name");
+        assert!(r.message.contains("control characters"), "{r}");
+        let long = format!(
+            r#"{{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":{{"k":"{}"}}}}"#,
+            "y".repeat(MAX_TEXT_CHARS + 1)
+        );
+        let r = rejected(&long);
+        assert_eq!(r.field, "context.k");
+        assert!(r.message.contains(&format!("got {}", MAX_TEXT_CHARS + 1)), "{r}");
     }
 }
