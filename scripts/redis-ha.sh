@@ -141,8 +141,8 @@ start_sentinel() {
   log "sentinel ready after $((SECONDS - t0)) s: primary $primary, Sentinels on $SENTINEL_PORTS"
 }
 replica_known() {   # PORT is in sync with the primary and every Sentinel lists it as a healthy replica
-  local p flags ok      # (flags exactly "slave"); 30 s
-  for _ in $(seq 300); do
+  local p flags ok      # (flags exactly "slave"); 60 s
+  for _ in $(seq 600); do
     ok=1
     cli "$(sentinel_primary)" info replication | grep -q "port=$1,state=online" || ok=0
     for p in $SENTINEL_PORTS; do
@@ -152,7 +152,11 @@ replica_known() {   # PORT is in sync with the primary and every Sentinel lists 
     done
     [ "$ok" = 1 ] && return 0; sleep 0.1
   done
-  die "the Sentinels do not list node $1 as a healthy replica after 30 s"
+  for p in $SENTINEL_PORTS; do
+    log "Sentinel $p: replicas $(cli "$p" sentinel replicas "$MASTER" | tr '\n' ' ' | grep -o 'port [0-9]* [^|]*flags [a-z_,]*' | sed 's/ runid.*flags/ flags/' | tr '\n' ';')"
+  done
+  log "primary $(sentinel_primary): $(cli "$(sentinel_primary)" info replication | grep -E '^(role|slave[0-9])' | tr '\r\n' '  ')"
+  die "the Sentinels do not list node $1 as a healthy replica after 60 s"
 }
 sentinel_env() {
   local s; s=$(for p in $SENTINEL_PORTS; do printf '%s:%s,' "$HOST" "$p"; done)
