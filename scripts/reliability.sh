@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # reliability.sh - prove the promises: the reliability suite (tests/reliability.rs, plus the Sentinel
-# failover scenarios of tests/redis_failover.rs, which start their own Redis set-up) and the fuzzers.
+# failover scenarios of tests/redis_failover.rs, which start their own Redis set-up, and the
+# replicated-Kafka scenarios of tests/kafka_failover.rs, which start their own 3-node cluster with
+# scripts/kafka-cluster.sh on free ports) and the fuzzers.
 #
 #   scripts/reliability.sh [reduced]  the suite with the parameters `cargo test` uses (a few hundred
 #                                     incidents, 3 kills, ...), against scripts/services.sh's Redis and
@@ -141,7 +143,7 @@ case "$MODE" in
   reduced)
     trap stop_services EXIT
     start_services
-    run_suite --test reliability --test redis_failover
+    run_suite --test reliability --test redis_failover --test kafka_failover
     ;;
   heavy)
     trap stop_services EXIT
@@ -149,7 +151,7 @@ case "$MODE" in
     start_services REMEDIATOR_RUN=/tmp/remediator-reliability \
       REDIS_PORT="${RELIABILITY_REDIS_PORT:-29379}" KAFKA_PORT="${RELIABILITY_KAFKA_PORT:-29092}"
     export REMEDIATOR_RELIABILITY=heavy
-    run_suite --release --test reliability --test redis_failover -- --test-threads=1
+    run_suite --release --test reliability --test redis_failover --test kafka_failover -- --test-threads=1
     ;;
   fuzz) run_fuzz ;;
   *) echo "usage: $0 [reduced|heavy|fuzz]" >&2; exit 2 ;;

@@ -28,6 +28,13 @@
 //! * **Rebalances.** A revoked partition's message in progress may finish and publish (the new
 //!   owner's redelivery is made safe by the store), but its offset is no longer stored, and its
 //!   queued messages are dropped unprocessed: they belong to the new owner now.
+//! * **A stuck producer ends the worker, an outage does not.** An outcome is retried until the
+//!   broker acknowledges it, through any outage. But if one record failed to deliver several
+//!   times in a row (about two minutes), each time while the cluster answered the consumer's
+//!   metadata request with a leader for every partition of its topic, the producer is presumed
+//!   stuck and [`run`]
+//!   fails ([`KafkaError::Stalled`]), so the process exits non-zero and is restarted; what it had
+//!   not acknowledged is redelivered and re-published from the store, never acted on again.
 //! * **Graceful shutdown.** Stop consuming, let each partition finish the message it is working on
 //!   (bounded by 30 s; queued ones are left for redelivery), commit synchronously, flush.
 
@@ -69,6 +76,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// Pause after a consumer error so a persistent one is not logged in a hot loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Consecutive failed deliveries of one record, each while the cluster itself answered, after
+/// which the producer is presumed stuck (see [`Shared::deliver`]). Each failure is normally a
+/// whole `message.timeout.ms` (30 s by default), so this is about two minutes without an
+/// acknowledgement.
+const STALL_FAILURES: u32 = 4;
+/// How long the metadata request that tells a stuck producer from a broker outage may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 /// Header names the dead-letter copy carries (DESIGN.md §3).
 const DLQ_HEADERS: [&str; 5] = [
     "error",
@@ -156,6 +170,23 @@ pub enum KafkaError {
     /// the client is unusable and the process must restart. Unfinished messages are redelivered.
     #[error("fatal kafka error, the worker must restart: {0}")]
     Fatal(String),
+    /// The producer stopped delivering while the cluster answers (module documentation); the
+    /// process must restart with fresh clients. Unfinished messages are redelivered and their
+    /// recorded outcomes re-published, not acted on again.
+    #[error(
+        "the producer is stuck: {failures} deliveries to {topic} in a row failed over {secs} s \
+         (last: {last}) while the cluster answers; the worker must restart"
+    )]
+    Stalled {
+        /// Topic of the record that could not be delivered.
+        topic: String,
+        /// Failed attempts in a row.
+        failures: u32,
+        /// Seconds since the first of them.
+        secs: u64,
+        /// The last delivery error.
+        last: String,
+    },
     /// Handling a message panicked (a bug). The worker stops without committing that message,
     /// so it is redelivered after the restart instead of being skipped.
     #[error("handling the message at {0} panicked; stopping so it is not skipped")]
@@ -246,8 +277,12 @@ pub async fn run(
         Ok(Err(e)) => warn!(error = %e, "final commit failed; the unacknowledged tail will be redelivered"),
         Err(e) => warn!(error = %e, "final commit task failed"),
     }
+    // After a fatal error the producer is not trusted to flush (a stuck one would only make the
+    // exit wait); every acknowledged outcome was awaited already.
+    let failed = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    let flush_timeout = if failed { Duration::ZERO } else { FLUSH_TIMEOUT };
     let flusher = producer.clone();
-    match tokio::task::spawn_blocking(move || flusher.flush(Timeout::After(FLUSH_TIMEOUT))).await {
+    match tokio::task::spawn_blocking(move || flusher.flush(Timeout::After(flush_timeout))).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "producer flush failed"),
         Err(e) => warn!(error = %e, "producer flush task failed"),
@@ -555,7 +590,36 @@ enum Finished {
 
 impl Shared {
     fn stopping(&self) -> bool {
-        *self.stop.borrow() || self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        *self.stop.borrow() || self.failed()
+    }
+
+    /// A fatal error was recorded: the worker is stopping to be restarted.
+    fn failed(&self) -> bool {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Does the cluster answer a metadata request for `topic` (asked through the consumer, not
+    /// the producer under suspicion) with a leader, among the brokers it lists, for every
+    /// partition? `false` means an outage (or a topic gone), which is waited out.
+    async fn cluster_answers(&self, topic: &str) -> bool {
+        let (consumer, name) = (self.consumer.clone(), topic.to_string());
+        let asked = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                .map(|md| metadata_has_leaders(&md, &name))
+        })
+        .await;
+        match asked {
+            Ok(Ok(answers)) => answers,
+            Ok(Err(e)) => {
+                debug!(%topic, error = %e, "metadata request failed: the cluster is not reachable");
+                false
+            }
+            Err(e) => {
+                warn!(%topic, error = %e, "metadata task failed");
+                false
+            }
+        }
     }
 
     fn fail(&self, e: KafkaError) {
@@ -684,7 +748,24 @@ impl Shared {
     }
 
     /// Publish one record and wait for the broker's acknowledgement, retrying until it comes.
-    /// `false` only when the producer failed fatally: the caller must not acknowledge.
+    /// `false` only when the worker failed fatally: the caller must not acknowledge.
+    ///
+    /// **Liveness.** A broker outage is waited out for as long as it lasts, but a producer that
+    /// no longer delivers while the cluster is fine is not. After each failed attempt the
+    /// consumer's own metadata request asks the cluster whether every partition of the topic has
+    /// a leader. When it has after [`STALL_FAILURES`] failures in a row (about two minutes with
+    /// the default `message.timeout.ms`), the producer is stuck (seen once after a broker
+    /// restart: one replica's idempotent producer timed out for minutes while the other
+    /// replica's recovered at once) and the worker fails with [`KafkaError::Stalled`]: the
+    /// process exits non-zero, its orchestrator restarts it with fresh clients, the messages it
+    /// had not acknowledged are redelivered, and the guardrail store answers them with their
+    /// recorded outcomes instead of acting again. When the cluster does not answer, or a
+    /// partition has no leader, it is an outage: the count starts again and the record keeps
+    /// being retried (a failure that happened during an outage which ended just before the check
+    /// counts once, and the next attempt, in the recovered cluster, succeeds). A cluster that
+    /// answers but cannot take writes (fewer in-sync replicas than `min.insync.replicas`, an
+    /// ACL) also ends the worker, once per restart and message: it is visible, where waiting was
+    /// not.
     async fn deliver(
         &self,
         topic: &str,
@@ -694,6 +775,8 @@ impl Shared {
         source: &Source,
     ) -> bool {
         let mut wait = BACKOFF_MIN;
+        // Failures in a row, and how many of the latest ones in a row the cluster answered after.
+        let (mut failures, mut answered, mut first_failure) = (0u32, 0u32, None);
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
             if let Some(p) = payload {
@@ -713,8 +796,29 @@ impl Shared {
                         self.fail(KafkaError::Fatal(format!("producer: {code}: {reason}")));
                         return false;
                     }
-                    warn!(%topic, %source, error = %e, retry_in_ms = wait.as_millis() as u64,
-                        "delivery not acknowledged; retrying");
+                    if self.failed() {
+                        // Another partition found the producer unusable: the worker is restarting,
+                        // and this message is redelivered after it.
+                        return false;
+                    }
+                    failures += 1;
+                    let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+                    answered = if self.cluster_answers(topic).await {
+                        answered + 1
+                    } else {
+                        0
+                    };
+                    if answered >= STALL_FAILURES {
+                        self.fail(KafkaError::Stalled {
+                            topic: topic.to_string(),
+                            failures: answered,
+                            secs: since.elapsed().as_secs(),
+                            last: e.to_string(),
+                        });
+                        return false;
+                    }
+                    warn!(%topic, %source, error = %e, failures, cluster_answered = answered,
+                        retry_in_ms = wait.as_millis() as u64, "delivery not acknowledged; retrying");
                     // Keep retrying while draining too: an executed action's outcome must get out.
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(BACKOFF_MAX);
@@ -741,6 +845,19 @@ impl Shared {
             debug!(source = %w.source, error = %e, "offset not stored (partition revoked?)");
         }
     }
+}
+
+/// `topic` is in `md` without error, with at least one partition, and every partition has a
+/// leader that is one of the brokers `md` lists.
+fn metadata_has_leaders(md: &rdkafka::metadata::Metadata, topic: &str) -> bool {
+    let brokers: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+    md.topics().iter().find(|t| t.name() == topic).is_some_and(|t| {
+        t.error().is_none()
+            && !t.partitions().is_empty()
+            && t.partitions()
+                .iter()
+                .all(|p| p.error().is_none() && p.leader() >= 0 && brokers.contains(&p.leader()))
+    })
 }
 
 /// The W3C trace-context header carried from incidents to their outcomes.
@@ -1116,6 +1233,30 @@ mod tests {
             ("trace", "abc"),
         ];
         assert_eq!(got, want.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+
+    /// The stuck-producer check tells "the cluster answers with leaders" from an outage: a topic
+    /// whose partitions all have a leader passes; a leaderless partition or an unknown topic does
+    /// not (the worker then keeps waiting instead of exiting).
+    #[test]
+    fn metadata_check_requires_a_leader_for_every_partition() {
+        let cluster = MockCluster::new(2).expect("mock cluster");
+        cluster.create_topic("led", 2, 1).expect("topic");
+        cluster.create_topic("leaderless", 2, 1).expect("topic");
+        cluster.partition_leader("leaderless", 1, None).expect("no leader");
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("client");
+        let answers = |topic: &str| {
+            let md = c
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("metadata");
+            metadata_has_leaders(&md, topic)
+        };
+        assert!(answers("led"));
+        assert!(!answers("leaderless"));
+        assert!(!answers("missing"));
     }
 
     /// The embedded demo's setup with the classic group protocol (the default). The mock

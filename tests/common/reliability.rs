@@ -1371,3 +1371,253 @@ impl Drop for OwnKafka {
             .status();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A replicated Kafka cluster
+
+/// `n` consecutive TCP ports nobody listens on right now; returns the first.
+pub fn free_port_block(n: u16) -> u16 {
+    for _ in 0..200 {
+        let p = free_port(false);
+        if p.checked_add(n).is_some() && (p..p + n).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no block of {n} free ports found");
+}
+
+/// Whether `scripts/services.sh install` put the Kafka jars in `$REMEDIATOR_CACHE`; skips (with
+/// a note) or fails (under `REMEDIATOR_TEST_REQUIRE_SERVICES`) when not, or when kcat is missing.
+fn kafka_jars(what: &str) -> bool {
+    let cache = std::env::var("REMEDIATOR_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/remediator", std::env::var("HOME").unwrap_or_default()));
+    let installed = std::fs::read_dir(&cache).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("kafka-") && e.path().join("libs/.complete").exists())
+    });
+    if !installed {
+        if require_services() {
+            panic!("Kafka jars not installed in {cache} but REMEDIATOR_TEST_REQUIRE_SERVICES is set ({what})");
+        }
+        eprintln!("skipping: Kafka jars not installed in {cache} (run scripts/services.sh install; {what})");
+        return false;
+    }
+    require_tool("kcat", what)
+}
+
+/// One partition as the cluster's metadata reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Partition.
+    pub partition: i32,
+    /// Leader's node id (`-1`: none).
+    pub leader: i32,
+    /// Replicas (node ids).
+    pub replicas: Vec<i32>,
+    /// In-sync replicas (node ids).
+    pub isr: Vec<i32>,
+}
+
+/// A private 3-node KRaft cluster (each node broker and controller) started by
+/// `scripts/kafka-cluster.sh` on a free block of ports with its own run directory, so a test can
+/// kill, pause and restart nodes. Dropping it stops every node (also when the test panics; the
+/// logs are then kept).
+pub struct OwnCluster {
+    /// Bootstrap servers (all three nodes).
+    pub brokers: String,
+    /// How long `start` took.
+    pub started_in: Duration,
+    run: PathBuf,
+    base: u16,
+}
+
+impl OwnCluster {
+    /// Nodes in the cluster (ids `1..=NODES`).
+    pub const NODES: i32 = 3;
+
+    /// Start it (about 7 s); `None` (skip) when the Kafka jars or kcat are missing.
+    pub fn start(name: &str) -> Option<Self> {
+        if !kafka_jars("needed for a replicated cluster") {
+            return None;
+        }
+        let base = free_port_block(6);
+        let run = std::env::temp_dir().join(kafka_common::unique(&format!("reliability-cluster-{name}")));
+        let t0 = Instant::now();
+        let mut c = Self {
+            brokers: String::new(),
+            started_in: Duration::ZERO,
+            run,
+            base,
+        };
+        let out = c.script(&["start"]);
+        c.brokers = out
+            .lines()
+            .find_map(|l| l.strip_prefix("KAFKA_CLUSTER_BOOTSTRAP="))
+            .unwrap_or_else(|| panic!("kafka-cluster.sh start printed no bootstrap line: {out:?}"))
+            .to_string();
+        c.started_in = t0.elapsed();
+        Some(c)
+    }
+
+    /// Run `scripts/kafka-cluster.sh ARGS` for this cluster; its stdout. Panics on failure.
+    pub fn script(&self, args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-cluster.sh"))
+            .args(args)
+            .env("REMEDIATOR_RUN", &self.run)
+            .env("KAFKA_CLUSTER_PORT_BASE", self.base.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kafka-cluster.sh");
+        assert!(
+            out.status.success(),
+            "kafka-cluster.sh {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stop node `n` (`TERM`: a controlled shutdown; `KILL`: a crash) and wait until it is gone.
+    pub fn stop_node(&self, n: i32, sig: &str) {
+        let cmd = if sig == "KILL" { "kill-node" } else { "stop-node" };
+        self.script(&[cmd, &n.to_string()]);
+    }
+
+    /// Start node `n` again on its data and wait until the cluster lists it.
+    pub fn start_node(&self, n: i32) {
+        self.script(&["start-node", &n.to_string()]);
+    }
+
+    /// Freeze node `n` (SIGSTOP): its connections stay open, nothing answers.
+    pub fn pause_node(&self, n: i32) {
+        self.script(&["pause-node", &n.to_string()]);
+    }
+
+    /// Thaw node `n` (SIGCONT).
+    pub fn resume_node(&self, n: i32) {
+        self.script(&["resume-node", &n.to_string()]);
+    }
+
+    /// The partitions of `topic` as the cluster reports them now (`Err` when it does not answer
+    /// within 5 s).
+    pub fn partitions(&self, topic: &str) -> Result<Vec<PartitionState>, String> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| format!("{topic} not in the metadata"))?;
+        Ok(t.partitions()
+            .iter()
+            .map(|p| PartitionState {
+                partition: p.id(),
+                leader: p.leader(),
+                replicas: p.replicas().to_vec(),
+                isr: p.isr().to_vec(),
+            })
+            .collect())
+    }
+
+    /// The leader of `topic`/`partition` now (`None`: none, or no answer).
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        self.partitions(topic)
+            .ok()?
+            .into_iter()
+            .find(|p| p.partition == partition && p.leader >= 0)
+            .map(|p| p.leader)
+    }
+
+    /// Wait until every partition of `topics` has a leader and `isr` in-sync replicas; `Err`
+    /// with the last state seen after `within`.
+    pub async fn wait_isr(&self, topics: &[&str], isr: usize, within: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            let mut last = String::new();
+            let mut ok = true;
+            for t in topics {
+                match self.partitions(t) {
+                    Ok(ps) if ps.iter().all(|p| p.leader >= 0 && p.isr.len() == isr) => {}
+                    Ok(ps) => {
+                        ok = false;
+                        last = format!("{t}: {ps:?}");
+                    }
+                    Err(e) => {
+                        ok = false;
+                        last = format!("{t}: {e}");
+                    }
+                }
+            }
+            if ok {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                return Err(format!("ISR of {isr} not reached after {within:?}; last: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Unique topics for a test, every one with replication factor 3; `min.insync.replicas` 2,
+    /// except the outcomes topic's, which is `outcomes_min_isr`.
+    pub async fn topics(&self, partitions: i32, outcomes_min_isr: u8) -> Topics {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let t = Topics {
+            incidents: kafka_common::unique("incidents"),
+            outcomes: kafka_common::unique("outcomes"),
+            dlq: kafka_common::unique("dlq"),
+            partitions,
+        };
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("admin client");
+        let out_isr = outcomes_min_isr.to_string();
+        let new = [
+            NewTopic::new(&t.incidents, partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
+            NewTopic::new(&t.outcomes, 1, TopicReplication::Fixed(3)).set("min.insync.replicas", &out_isr),
+            NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
+        ];
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+        for r in admin.create_topics(&new, &opts).await.expect("CreateTopics") {
+            r.unwrap_or_else(|(topic, code)| panic!("creating {topic}: {code}"));
+        }
+        let names = [t.incidents.as_str(), t.outcomes.as_str(), t.dlq.as_str()];
+        if let Err(e) = self.wait_isr(&names, 3, Duration::from_secs(30)).await {
+            panic!("new topics not fully replicated: {e}");
+        }
+        t
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let keep = std::thread::panicking();
+        if keep {
+            eprintln!("[reliability] cluster's data and logs kept in {}", self.run.display());
+        }
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-cluster.sh"))
+            .arg(if keep { "stop" } else { "clean" })
+            .env("REMEDIATOR_RUN", &self.run)
+            .env("KAFKA_CLUSTER_PORT_BASE", self.base.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Proc {
+    /// How it ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.alive();
+        self.exit
+    }
+}
