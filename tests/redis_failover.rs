@@ -13,15 +13,13 @@
 //!   reservations the failover lost, never more than replicas × the per-replica ceiling; the
 //!   lost reservations are counted from the journal against what the new primary still holds.
 
-#[allow(dead_code)]
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka_common;
 #[path = "common/reliability.rs"]
 mod reliability_common;
-#[allow(dead_code)]
-#[path = "common/schema.rs"]
-mod schema;
+// The reliability harness checks events against the schemas as `crate::schema`.
+use common::schema;
 
 use common::guardrail_suite::{finish, open_limits, reserve, scope};
 use kafka_common::{unique, Msg, Topics};
