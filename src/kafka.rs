@@ -8,9 +8,11 @@
 //!   only after every outcome of message `N` (and its dead-letter copy) was acknowledged by the
 //!   broker. A crash between publish and commit redelivers the message; the guardrail store then
 //!   re-publishes the recorded outcome instead of acting again.
-//! * **Per-partition order, partitions in parallel.** One task per partition handles its messages
-//!   one after another, so offsets are stored in order by construction: `N+1` is never stored
-//!   while `N` is unfinished. Partitions run concurrently.
+//! * **Per-partition order, partitions in parallel.** One task per partition decides its messages
+//!   one after another and hands them to the partition's publisher, which publishes their
+//!   outcomes one after another in the same order: while the broker acknowledges message `N`,
+//!   `N+1` (up to 8 messages ahead) is being decided. Offsets are stored in order by
+//!   construction: `N+1` is never stored while `N` is unpublished. Partitions run concurrently.
 //! * **Bounded work, backpressure.** At most `max_in_flight` messages are pulled and unfinished at
 //!   a time (a semaphore). When it is exhausted the consumer stops pulling; if no slot frees up
 //!   within a second, the assigned partitions are *paused* and the consumer is polled again, so
@@ -36,13 +38,14 @@
 //!   fails ([`KafkaError::Stalled`]), so the process exits non-zero and is restarted; what it had
 //!   not acknowledged is redelivered and re-published from the store, never acted on again.
 //! * **Graceful shutdown.** Stop consuming, let each partition finish the message it is working on
-//!   (bounded by 30 s; queued ones are left for redelivery), commit synchronously, flush.
+//!   and publish what it decided (bounded by 30 s; queued ones are left for redelivery), commit
+//!   synchronously, flush.
 
 use crate::health::Health;
 use crate::incident::Rejection;
 use crate::metrics::Metrics;
 use crate::outcome::Decision;
-use crate::pipeline::{Engine, EngineError, Source};
+use crate::pipeline::{Engine, EngineError, Handled, Source};
 use crate::shutdown::Shutdown;
 use futures::FutureExt;
 use rdkafka::config::RDKafkaLogLevel;
@@ -579,6 +582,15 @@ struct Shared {
     republished: AtomicU64,
 }
 
+/// A message decided and waiting to be published.
+struct Decided {
+    handled: Handled,
+    /// The `traceparent` its outcomes carry (the incident's trace, our span).
+    traceparent: Option<String>,
+    /// The message's span, entered again to publish.
+    span: tracing::Span,
+}
+
 /// How handling one message ended.
 enum Finished {
     /// Every outcome (and DLQ copy) is acknowledged: the offset may be stored.
@@ -650,16 +662,25 @@ impl Shared {
     }
 
     /// Handle one message and publish everything it produced, in order, in the message's trace.
-    async fn process(&self, w: &Work) -> Finished {
+    /// Decide one message (the guardrail store is asked, the decision recorded, any action run):
+    /// what [`Shared::publish`] must then get out. `None` when the worker stopped first (nothing
+    /// was decided; the message is redelivered).
+    async fn decide(&self, w: &Work) -> Option<Decided> {
         let trace = w.headers.as_ref().and_then(TraceParent::from_headers);
         let span = match &trace {
             Some(t) => tracing::info_span!("message", trace_id = %t.trace_id, parent_id = %t.parent_id),
             None => tracing::info_span!("message"),
         };
-        self.process_traced(w, trace.map(|t| t.child())).instrument(span).await
+        let traceparent = trace.map(|t| t.child());
+        let handled = self.decide_traced(w).instrument(span.clone()).await?;
+        Some(Decided {
+            handled,
+            traceparent,
+            span,
+        })
     }
 
-    async fn process_traced(&self, w: &Work, traceparent: Option<String>) -> Finished {
+    async fn decide_traced(&self, w: &Work) -> Option<Handled> {
         // One attempt id per delivery, reused on retries so the store never reserves twice.
         let attempt = uuid::Uuid::new_v4().to_string();
         let payload = w.payload.as_deref().unwrap_or_default();
@@ -680,7 +701,7 @@ impl Shared {
                         "guardrail store unavailable: partition paused on this incident");
                     if !self.backoff(wait).await {
                         info!(source = %w.source, "stopping while the store is unavailable; left for redelivery");
-                        return Finished::Abandoned;
+                        return None;
                     }
                     wait = (wait * 2).min(BACKOFF_MAX);
                 }
@@ -697,6 +718,21 @@ impl Shared {
             }
             handled.dead_letter = Some(rejection);
         }
+        Some(handled)
+    }
+
+    /// Get a decided message's dead-letter copy and outcomes out, each acknowledged by the
+    /// broker. `Abandoned` only when the worker failed fatally.
+    async fn publish(&self, w: &Work, decided: Decided) -> Finished {
+        let Decided {
+            handled,
+            traceparent,
+            span,
+        } = decided;
+        self.publish_traced(w, handled, traceparent).instrument(span).await
+    }
+
+    async fn publish_traced(&self, w: &Work, handled: Handled, traceparent: Option<String>) -> Finished {
         if let Some(rejection) = &handled.dead_letter {
             let headers = dlq_headers(rejection, &w.source, w.headers.as_ref());
             // Byte for byte: a null payload stays null.
@@ -1058,8 +1094,20 @@ fn spawn_worker(shared: &Arc<Shared>, partition: i32) -> Worker {
     Worker { tx, handle }
 }
 
-/// One partition's messages, strictly one after another: this is what keeps offsets in order.
+/// Decided messages of one partition that may wait for their publication at once.
+const PUBLISH_DEPTH: usize = 8;
+
+/// One partition's messages, in two stages that overlap: this task decides each message after
+/// the one before it was decided (so the store sees a partition's incidents in order, and a
+/// redelivered duplicate finds the record of its original), and a publisher task of its own
+/// publishes the decided messages' outcomes one after another, in the same order, storing each
+/// offset once that message's outcomes are acknowledged. So while the broker acknowledges
+/// message `N`, message `N+1` is being decided; outcomes keep the partition's order, and offsets
+/// are stored strictly in order. A message whose publishing was abandoned (a fatal Kafka error)
+/// stops the partition: nothing after it is published or acknowledged.
 async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::UnboundedReceiver<Work>) {
+    let (decided_tx, decided_rx) = mpsc::channel::<(Work, Decided)>(PUBLISH_DEPTH);
+    let publisher = tokio::spawn(publish_in_order(shared.clone(), decided_rx));
     while let Some(work) = rx.recv().await {
         if shared.stopping() {
             // Not started: left for redelivery (after a restart or to the next owner).
@@ -1069,7 +1117,37 @@ async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::Unbou
             debug!(source = %work.source, "partition revoked before this message started; skipped");
             continue;
         }
-        match AssertUnwindSafe(shared.process(&work)).catch_unwind().await {
+        if publisher.is_finished() {
+            // Publishing stopped: nothing after its last message may be acknowledged.
+            break;
+        }
+        let decided = match AssertUnwindSafe(shared.decide(&work)).catch_unwind().await {
+            Ok(Some(d)) => d,
+            // Stopping before it was decided: left for redelivery, and so is everything after.
+            Ok(None) => break,
+            Err(_) => {
+                shared.fail(KafkaError::Panicked(work.source.to_string()));
+                break;
+            }
+        };
+        // A decided message whose publisher is gone is redelivered and re-published from the
+        // store's record.
+        if decided_tx.send((work, decided)).await.is_err() {
+            break;
+        }
+    }
+    // The queue is closed (shutdown, revocation) or this partition stops: what was decided is
+    // still published (an executed action's outcome must get out) and acknowledged in order.
+    drop(decided_tx);
+    if let Err(e) = publisher.await {
+        shared.fail(KafkaError::Panicked(format!("publishing partition {partition}: {e}")));
+    }
+}
+
+/// The publishing stage of [`partition_task`].
+async fn publish_in_order(shared: Arc<Shared>, mut decided: mpsc::Receiver<(Work, Decided)>) {
+    while let Some((work, d)) = decided.recv().await {
+        match AssertUnwindSafe(shared.publish(&work, d)).catch_unwind().await {
             Ok(Finished::Done) => shared.acknowledge(&work),
             // Nothing after an unacknowledged message may be acknowledged: stop this partition.
             Ok(Finished::Abandoned) => return,
