@@ -14,6 +14,10 @@
 //! * `match_cost_10k_vs_10_runbooks`: `Catalogue::match_incident` cost with 10,000 runbooks over
 //!   its cost with 10.
 //!
+//! On request (`--scaling`, or `--only=scaling`) it also measures incidents/s with 1, 2 and 4
+//! `remediator run` processes (the release build) in one consumer group over 4 and 12 partitions,
+//! with the CPU each party used (workers, broker, Redis, this bench) and Redis commands/s.
+//!
 //! It prints a table, then one JSON line (the last line of stdout). It only runs when invoked by
 //! `cargo bench` (which passes `--bench`): under `cargo test --all-targets` it is compiled and
 //! exits at once, so CI checks that it builds without running it. It needs `REDIS_URL` and
@@ -92,6 +96,9 @@ struct Sizes {
     matches: usize,
     /// Incidents through `Engine::handle` alone, per store.
     engine: usize,
+    /// Incidents per configuration and round of the scaling section (`--scaling`), and rounds.
+    scaling: usize,
+    scaling_rounds: usize,
 }
 
 const QUICK: Sizes = Sizes {
@@ -101,6 +108,8 @@ const QUICK: Sizes = Sizes {
     latency_secs: 5,
     matches: 2_000_000,
     engine: 2_000,
+    scaling: 4_000,
+    scaling_rounds: 1,
 };
 const FULL: Sizes = Sizes {
     admission: 300_000,
@@ -109,6 +118,8 @@ const FULL: Sizes = Sizes {
     latency_secs: 10,
     matches: 10_000_000,
     engine: 10_000,
+    scaling: 12_000,
+    scaling_rounds: 2,
 };
 
 /// Where the services are, and a tag that makes this run's topics, groups and keys unique.
@@ -178,13 +189,17 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: scripts/bench [--quick] [--only=admission,pipeline,engine,latency,match] \
-                     [--messages=N] [--partitions=N] [--max-in-flight=N] [--kafka-property=KEY=VALUE]...";
+const USAGE: &str = "usage: scripts/bench [--quick] [--scaling] [--only=admission,pipeline,engine,latency,match,scaling] \
+                     [--messages=N] [--scaling-messages=N] [--partitions=N] [--max-in-flight=N] [--kafka-property=KEY=VALUE]...";
 
 /// Command line of the bench binary (after cargo's own `--bench`).
 #[derive(Debug, Default)]
 struct Opts {
     quick: bool,
+    /// Also run the scaling section (worker processes; not part of a default run).
+    scaling: bool,
+    /// Overrides the incidents per configuration of the scaling section.
+    scaling_messages: Option<usize>,
     /// Sections to run (all when empty).
     only: Vec<String>,
     /// Overrides the message count of the pipeline section.
@@ -206,6 +221,10 @@ impl Opts {
                 continue;
             } else if a == "--quick" {
                 o.quick = true;
+            } else if a == "--scaling" {
+                o.scaling = true;
+            } else if let Some(v) = a.strip_prefix("--scaling-messages=") {
+                o.scaling_messages = Some(num(v)?.max(1));
             } else if let Some(v) = a.strip_prefix("--only=") {
                 o.only.extend(v.split(',').map(str::to_string));
             } else if let Some(v) = a.strip_prefix("--messages=") {
@@ -243,7 +262,17 @@ async fn run(opts: Opts) -> Res<()> {
     if let Some(n) = env.opts.messages {
         sizes.pipeline = n;
     }
-    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    if let Some(n) = env.opts.scaling_messages {
+        sizes.scaling = n;
+    }
+    // The scaling section starts worker processes and takes minutes: only on request.
+    let wanted = |s: &str| {
+        if s == "scaling" {
+            env.opts.scaling || only.iter().any(|o| o == s)
+        } else {
+            only.is_empty() || only.iter().any(|o| o == s)
+        }
+    };
     init_logging();
     let started = Instant::now();
     let load_before = loadavg();
@@ -283,6 +312,9 @@ async fn run(opts: Opts) -> Res<()> {
         if wanted("match") {
             eprintln!("[bench] match: 10 vs 10,000 runbooks");
             matching(sizes, &mut t, &mut j)?;
+        }
+        if wanted("scaling") {
+            scaling(&env, sizes, &mut t, &mut j).await?;
         }
         Ok::<(), Box<dyn Error + Send + Sync>>(())
     };
@@ -395,7 +427,7 @@ fn admission_request(i: usize) -> DecideRequest {
 fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String> {
     let (runbook, service) = if check { CHECK_SCOPE } else { STORM_SCOPE };
     let l = limits();
-    let mut a: Vec<String> = vec!["EVALSHA".into(), sha.into(), "8".into()];
+    let mut a: Vec<String> = vec!["EVALSHA".into(), sha.into(), "9".into()];
     for k in [
         "inc:adm-rb-__rand_int__".to_string(),
         format!("rate:{runbook}:{service}"),
@@ -405,6 +437,7 @@ fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String>
         format!("rbsvc:{runbook}"),
         "epoch".into(),
         "conservative_until".into(),
+        "primary".into(),
     ] {
         a.push(format!("{tag}{k}"));
     }
@@ -1473,6 +1506,553 @@ fn matching(sizes: Sizes, t: &mut Table, j: &mut serde_json::Map<String, Value>)
     j.insert("match_ns_10".into(), json!(round(ns_small, 1)));
     j.insert("match_ns_10k".into(), json!(round(ns_large, 1)));
     j.insert("match_ns_10k_hot10".into(), json!(round(ns_hot, 1)));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scaling: 1, 2 and 4 `remediator run` processes over 4 and 12 partitions.
+// ---------------------------------------------------------------------------------------------
+
+/// Worker processes and incidents-topic partitions of the scaling figure.
+const SCALING_PROCESSES: [usize; 3] = [1, 2, 4];
+const SCALING_PARTITIONS: [i32; 2] = [4, 12];
+
+/// One `remediator run` process of the scaling section; killed (by its pid) when dropped.
+struct WorkerProc {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl WorkerProc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Start `remediator run` (the release build cargo made next to this bench) configured only by
+/// `REMEDIATOR_*` variables, as a container would be: worker-wide dry run, the shipped
+/// catalogue, production guardrail and Kafka defaults (plus this run's --max-in-flight and
+/// --kafka-property), JSON logs at `info` appended to `log`.
+fn spawn_worker(env: &Env, vars: &[(&str, String)], name: &str, log: &std::path::Path) -> Res<WorkerProc> {
+    let port = free_port()?;
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_remediator"));
+    cmd.arg("run")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("REMEDIATOR_WORKER_ID", name)
+        .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    if let Some(m) = env.opts.max_in_flight {
+        cmd.env("REMEDIATOR_KAFKA_MAX_IN_FLIGHT", m.to_string());
+    }
+    if !env.opts.properties.is_empty() {
+        let props: Vec<String> = env.opts.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        cmd.env("REMEDIATOR_KAFKA_PROPERTIES", props.join(","));
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_remediator")))?;
+    Ok(WorkerProc { child, port })
+}
+
+async fn http_get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let r = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.ok()?))
+}
+
+/// Wait until every process answers `/readyz` with 200 (Kafka, Redis and the executor reachable).
+async fn wait_ready(client: &reqwest::Client, procs: &mut [WorkerProc]) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in procs.iter_mut() {
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                return Err(format!("worker on port {} exited: {status} (log: see the workers' log)", p.port).into());
+            }
+            if matches!(http_get(client, &p.url("/readyz")).await, Some((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("worker on port {} not ready within 60 s", p.port).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Wait until `group` is `Stable` with `members` members, so the backlog is shared from the
+/// first message (the broker runs with `group.initial.rebalance.delay.ms=0`).
+async fn wait_group_stable(brokers: &str, group: &str, members: usize) -> Res<()> {
+    let (brokers, group) = (brokers.to_string(), group.to_string());
+    tokio::task::spawn_blocking(move || -> Res<()> {
+        let c: rdkafka::consumer::BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let start = Instant::now();
+        let mut last = String::from("no answer");
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(list) = c.fetch_group_list(Some(&group), Duration::from_secs(5)) {
+                if let Some(g) = list.groups().first() {
+                    last = format!("{} with {} members", g.state(), g.members().len());
+                    if g.state() == "Stable" && g.members().len() == members {
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("group {group} not stable with {members} members within 60 s (last: {last})").into())
+    })
+    .await?
+}
+
+/// The value of an unlabelled sample, or the sum of a labelled family's samples, in an exposition.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn proc_cpu_seconds(pid: u32, tick: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) end with ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / tick)
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`, 100 on Linux in practice).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`; idle and iowait are not busy).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// The process listening on TCP `port` (the broker), found through its socket's inode.
+fn pid_listening_on(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| link.as_os_str() == i.as_str()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Redis' own CPU seconds (`INFO cpu`: main process, user + system).
+async fn redis_cpu_seconds(con: &mut redis::aio::MultiplexedConnection) -> Res<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(con).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_sys:")
+                .or_else(|| l.strip_prefix("used_cpu_user:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum())
+}
+
+/// Where the CPU and Redis counters stood at one moment.
+struct Snapshot {
+    at: Instant,
+    machine: (u64, u64),
+    workers: f64,
+    broker: Option<f64>,
+    bench: f64,
+    redis_cpu: f64,
+    commands: BTreeMap<String, u64>,
+}
+
+async fn snapshot(
+    con: &mut redis::aio::MultiplexedConnection,
+    pids: &[u32],
+    broker: Option<u32>,
+    tick: f64,
+) -> Res<Snapshot> {
+    Ok(Snapshot {
+        at: Instant::now(),
+        machine: machine_jiffies(),
+        workers: pids.iter().filter_map(|p| proc_cpu_seconds(*p, tick)).sum(),
+        broker: broker.and_then(|p| proc_cpu_seconds(p, tick)),
+        bench: proc_cpu_seconds(std::process::id(), tick).unwrap_or(0.0),
+        redis_cpu: redis_cpu_seconds(con).await?,
+        commands: commandstats(con).await?,
+    })
+}
+
+/// One configuration's figures (summed over rounds): counts, seconds and CPU seconds.
+#[derive(Debug, Clone, Default)]
+struct ScalePoint {
+    partitions: i32,
+    processes: usize,
+    /// Outcomes counted in the measured window, and its length.
+    count: u64,
+    secs: f64,
+    /// Outcomes published, per process (the last round, all of it).
+    per_process: Vec<u64>,
+    /// CPU seconds over the window: the whole machine (busy), the worker processes, the broker
+    /// (the process listening on the bootstrap port), Redis (`INFO cpu`) and this bench.
+    machine: f64,
+    workers: f64,
+    broker: Option<f64>,
+    redis: f64,
+    bench: f64,
+    /// Redis commands (scripts' included) and script calls (round trips) over the window.
+    commands: f64,
+    round_trips: f64,
+    decisions: BTreeMap<String, u64>,
+}
+
+impl ScalePoint {
+    fn add(&mut self, o: &ScalePoint) {
+        self.count += o.count;
+        self.secs += o.secs;
+        self.per_process = o.per_process.clone();
+        self.machine += o.machine;
+        self.workers += o.workers;
+        self.broker = self.broker.zip(o.broker).map(|(a, b)| a + b);
+        self.redis += o.redis;
+        self.bench += o.bench;
+        self.commands += o.commands;
+        self.round_trips += o.round_trips;
+        for (k, v) in &o.decisions {
+            *self.decisions.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.secs.max(1e-9)
+    }
+
+    /// CPU seconds as percent of one core over the window.
+    fn pct(&self, cpu_s: f64) -> f64 {
+        100.0 * cpu_s / self.secs.max(1e-9)
+    }
+
+    /// CPU microseconds per incident.
+    fn per_incident_us(&self, cpu_s: f64) -> f64 {
+        1e6 * cpu_s / self.count.max(1) as f64
+    }
+
+    /// CPU used by everything else on the machine (other sessions' builds and services).
+    fn others(&self) -> f64 {
+        (self.machine - self.workers - self.broker.unwrap_or(0.0) - self.redis - self.bench).max(0.0)
+    }
+}
+
+/// `processes` worker processes in one group over a `partitions`-partition topic: wait until
+/// they are ready and share the partitions, then produce `n` incidents and time the outcomes
+/// (first to last, from the workers' own `remediator_outcomes_published_total`).
+async fn scale_point(
+    env: &Env,
+    (partitions, processes): (i32, usize),
+    round: usize,
+    n: usize,
+    tick: f64,
+) -> Res<ScalePoint> {
+    let name = format!("scale-p{partitions}-w{processes}-r{round}");
+    let (incidents, outcomes, dlq, approvals, group, prefix) = (
+        format!("{}-{name}-incidents", env.run),
+        format!("{}-{name}-outcomes", env.run),
+        format!("{}-{name}-dlq", env.run),
+        format!("{}-{name}-approvals", env.run),
+        format!("{}-{name}-group", env.run),
+        format!("{}-{name}", env.run),
+    );
+    create_topics(
+        env,
+        &[(&incidents, partitions), (&outcomes, 1), (&dlq, 1), (&approvals, 1)],
+    )
+    .await?;
+    let vars: Vec<(&str, String)> = vec![
+        ("REMEDIATOR_KAFKA_BROKERS", env.brokers.clone()),
+        ("REMEDIATOR_KAFKA_GROUP_ID", group.clone()),
+        ("REMEDIATOR_KAFKA_INCIDENTS_TOPIC", incidents.clone()),
+        ("REMEDIATOR_KAFKA_OUTCOMES_TOPIC", outcomes),
+        ("REMEDIATOR_KAFKA_DLQ_TOPIC", dlq),
+        ("REMEDIATOR_KAFKA_APPROVALS_TOPIC", approvals),
+        ("REMEDIATOR_REDIS_URL", env.redis_url.clone()),
+        ("REMEDIATOR_REDIS_KEY_PREFIX", prefix.clone()),
+        ("REMEDIATOR_RUNBOOKS", "config/runbooks.yaml".into()),
+        ("REMEDIATOR_DRY_RUN", "true".into()),
+        ("REMEDIATOR_EXECUTOR", "simulated".into()),
+        ("REMEDIATOR_LOG_FORMAT", "json".into()),
+        ("REMEDIATOR_LOG_LEVEL", "info".into()),
+    ];
+    let log = std::path::PathBuf::from(
+        std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "/tmp/remediator-bench-workers.log".into()),
+    );
+    let mut procs = Vec::new();
+    for i in 0..processes {
+        procs.push(spawn_worker(env, &vars, &format!("{name}-{i}"), &log)?);
+    }
+    let client = reqwest::Client::new();
+    wait_ready(&client, &mut procs).await?;
+    wait_group_stable(&env.brokers, &group, processes).await?;
+
+    let redis_client = redis::Client::open(env.redis_url.as_str())?;
+    let mut con = redis_client.get_multiplexed_async_connection().await?;
+    let pids: Vec<u32> = procs.iter().map(WorkerProc::pid).collect();
+    let broker_port = env
+        .brokers
+        .split(',')
+        .next()
+        .and_then(|b| b.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok());
+    let broker = broker_port.and_then(pid_listening_on);
+
+    let producer = {
+        let (brokers, topic, run) = (env.brokers.clone(), incidents.clone(), format!("{}-{name}", env.run));
+        tokio::spawn(async move { produce_backlog(&brokers, &topic, &run, n).await })
+    };
+    let urls: Vec<String> = procs.iter().map(|p| p.url("/metrics")).collect();
+    let published = |texts: &[String]| -> Vec<u64> {
+        texts
+            .iter()
+            .map(|t| metric_sum(t, "remediator_outcomes_published_total") as u64)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Snapshot, u64)> = None;
+    let (end, texts) = loop {
+        let mut texts = Vec::with_capacity(urls.len());
+        for u in &urls {
+            texts.push(http_get(&client, u).await.map(|(_, t)| t).unwrap_or_default());
+        }
+        let count: u64 = published(&texts).iter().sum();
+        if count > 0 && first.is_none() {
+            first = Some((snapshot(&mut con, &pids, broker, tick).await?, count));
+        }
+        if count >= n as u64 {
+            break (snapshot(&mut con, &pids, broker, tick).await?, texts);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name}: only {count} of {n} outcomes within 600 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    producer.await??;
+    let (start, c0) = first.ok_or("no outcome seen")?;
+    let secs = end.at.duration_since(start.at).as_secs_f64().max(1e-9);
+    let count: u64 = published(&texts).iter().sum();
+    let (busy0, total0) = start.machine;
+    let (busy1, total1) = end.machine;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+    let delta =
+        |k: &str| end.commands.get(k).copied().unwrap_or(0) as f64 - start.commands.get(k).copied().unwrap_or(0) as f64;
+    let commands: f64 = end.commands.keys().filter(|k| *k != "info").map(|k| delta(k)).sum();
+    let point = ScalePoint {
+        partitions,
+        processes,
+        count: count - c0,
+        secs,
+        per_process: published(&texts),
+        machine: secs * cores * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
+        workers: end.workers - start.workers,
+        broker: end.broker.zip(start.broker).map(|(b, a)| b - a),
+        redis: end.redis_cpu - start.redis_cpu,
+        bench: end.bench - start.bench,
+        commands,
+        round_trips: ["evalsha", "eval"].iter().map(|k| delta(k)).sum::<f64>(),
+        decisions: DECISIONS
+            .iter()
+            .map(|d| {
+                let label = format!("remediator_incidents_total{{decision=\"{d}\"}}");
+                let v: f64 = texts.iter().map(|t| metric_sum(t, &label)).sum();
+                (d.to_string(), v as u64)
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect(),
+    };
+    drop(procs);
+    cleanup(&mut con, &format!("{{{prefix}}}:")).await;
+    Ok(point)
+}
+
+async fn scaling(env: &Env, sizes: Sizes, t: &mut Table, j: &mut serde_json::Map<String, Value>) -> Res<()> {
+    let tick = clock_ticks();
+    let mut configs: Vec<(i32, usize)> = Vec::new();
+    for partitions in SCALING_PARTITIONS {
+        for processes in SCALING_PROCESSES {
+            configs.push((partitions, processes));
+        }
+    }
+    // Rounds alternate the order (forwards, backwards, ...), so load that drifts during the run
+    // hits every configuration alike.
+    let mut points: Vec<ScalePoint> = configs
+        .iter()
+        .map(|&(partitions, processes)| ScalePoint {
+            partitions,
+            processes,
+            broker: Some(0.0),
+            ..ScalePoint::default()
+        })
+        .collect();
+    for round in 0..sizes.scaling_rounds {
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (partitions, processes) = configs[i];
+            eprintln!(
+                "[bench] scaling round {}/{}: {processes} process(es), {partitions} partitions, {} incidents (load {:.2})",
+                round + 1,
+                sizes.scaling_rounds,
+                sizes.scaling,
+                loadavg()
+            );
+            let p = scale_point(env, (partitions, processes), round, sizes.scaling, tick).await?;
+            points[i].add(&p);
+        }
+    }
+    t.row(
+        "Scaling (remediator run processes, one group, dry run, real Redis and Kafka)",
+        "",
+        "",
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let mut rows = Vec::new();
+    for p in &points {
+        let base = points
+            .iter()
+            .find(|b| b.partitions == p.partitions && b.processes == 1)
+            .map_or(p.rate(), ScalePoint::rate);
+        let broker = p.broker.map_or("n/a".to_string(), |b| format!("{:.0}%", p.pct(b)));
+        t.row(
+            &format!("{} partitions, {} process(es): incidents/s", p.partitions, p.processes),
+            format!("{:.0}", p.rate()),
+            format!(
+                "x{:.2}; CPU, % of one core: machine {:.0}% of {}00% = workers {:.0}% + broker {broker} + redis {:.0}% + bench {:.0}% + others {:.0}%; redis {:.0} cmd/s, {:.0} EVALSHA/s; outcomes per process {}",
+                p.rate() / base,
+                p.pct(p.machine),
+                cores,
+                p.pct(p.workers),
+                p.pct(p.redis),
+                p.pct(p.bench),
+                p.pct(p.others()),
+                p.commands / p.secs.max(1e-9),
+                p.round_trips / p.secs.max(1e-9),
+                p.per_process.iter().map(u64::to_string).collect::<Vec<_>>().join("/")
+            ),
+        );
+        t.row(
+            "  CPU per incident: workers / broker / redis",
+            format!(
+                "{:.0} / {} / {:.0} us",
+                p.per_incident_us(p.workers),
+                p.broker
+                    .map_or("n/a".to_string(), |b| format!("{:.0}", p.per_incident_us(b))),
+                p.per_incident_us(p.redis)
+            ),
+            format!(
+                "{:.2} Redis round trips per decision",
+                p.round_trips / (p.count.max(1) as f64)
+            ),
+        );
+        rows.push(json!({
+            "partitions": p.partitions,
+            "processes": p.processes,
+            "incidents_per_s": p.rate().round(),
+            "speedup_vs_1_process": round(p.rate() / base, 2),
+            "seconds": round(p.secs, 2),
+            "machine_cpu_pct": round(p.pct(p.machine), 0),
+            "workers_cpu_pct": round(p.pct(p.workers), 0),
+            "broker_cpu_pct": p.broker.map(|b| round(p.pct(b), 0)),
+            "redis_cpu_pct": round(p.pct(p.redis), 0),
+            "bench_cpu_pct": round(p.pct(p.bench), 0),
+            "others_cpu_pct": round(p.pct(p.others()), 0),
+            "cpu_us_per_incident": {
+                "workers": round(p.per_incident_us(p.workers), 0),
+                "broker": p.broker.map(|b| round(p.per_incident_us(b), 0)),
+                "redis": round(p.per_incident_us(p.redis), 0),
+            },
+            "redis_commands_per_s": (p.commands / p.secs.max(1e-9)).round(),
+            "redis_round_trips_per_s": (p.round_trips / p.secs.max(1e-9)).round(),
+            "redis_round_trips_per_decision": round(p.round_trips / (p.count.max(1) as f64), 2),
+            "outcomes_per_process": p.per_process,
+            "decisions": p.decisions,
+        }));
+    }
+    if let Some(p) = points.first() {
+        t.row(
+            "decision mix (1 process, 4 partitions, all rounds)",
+            "",
+            join_counts(&p.decisions),
+        );
+    }
+    j.insert("scaling_messages_per_configuration".into(), json!(sizes.scaling));
+    j.insert("scaling_rounds".into(), json!(sizes.scaling_rounds));
+    j.insert("scaling".into(), Value::Array(rows));
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! other or with a process-global registry.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics of one worker.
@@ -47,6 +47,11 @@ pub struct Metrics {
     pub approvals: IntCounterVec,
     /// `remediator_notifications_total{result}`: webhook notifications (`sent`, `failed`, `dropped`).
     pub notifications: IntCounterVec,
+    /// `remediator_approvals_pending`: approvals pending and not expired in the shared store (every
+    /// replica reports the same value: aggregate with `max`, not `sum`).
+    pub approvals_pending: IntGauge,
+    /// `remediator_approval_oldest_pending_seconds`: age of the oldest of them, 0 when none.
+    pub approval_oldest_pending: Gauge,
     /// `remediator_alertmanager_alerts_total{status}`: alerts the Alertmanager intake received, by
     /// what became of them (`firing`, `resolved`, `rejected`, `failed`; see `alertmanager.rs`).
     pub alertmanager_alerts: IntCounterVec,
@@ -181,8 +186,26 @@ impl Metrics {
             "Webhook notifications by result.",
             &["result"],
         );
+        let approvals_pending = IntGauge::new(
+            "remediator_approvals_pending",
+            "Approvals pending and not expired in the shared store (the same on every replica).",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(approvals_pending.clone()))
+            .expect("unique metric name");
+        let approval_oldest_pending = Gauge::new(
+            "remediator_approval_oldest_pending_seconds",
+            "Age of the oldest pending approval in the shared store, 0 when none.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(approval_oldest_pending.clone()))
+            .expect("unique metric name");
         Self {
             registry,
+            approvals_pending,
+            approval_oldest_pending,
             trust_rate,
             trust_executions,
             trust_demoted,
@@ -204,6 +227,31 @@ impl Metrics {
         }
     }
 
+    /// Set the approval gauges from the shared store's view: `count` approvals pending, the
+    /// oldest created at `oldest_created_ms`, at `now_ms` (both milliseconds since the epoch).
+    pub fn set_pending_approvals(&self, count: usize, oldest_created_ms: Option<i64>, now_ms: i64) {
+        self.approvals_pending.set(i64::try_from(count).unwrap_or(i64::MAX));
+        let age_ms = oldest_created_ms.map_or(0, |c| now_ms.saturating_sub(c).max(0));
+        // Milliseconds to seconds; f64 is exact far beyond any real age.
+        self.approval_oldest_pending.set(age_ms as f64 / 1000.0);
+    }
+
+    /// This replica created a pending approval: count it until the next refresh from the store.
+    pub fn approval_created(&self) {
+        self.approvals_pending.inc();
+    }
+
+    /// This replica's answer was accepted: one approval fewer until the next refresh (the oldest
+    /// age is only known again then, unless none is left).
+    pub fn approval_answered(&self) {
+        if self.approvals_pending.get() > 0 {
+            self.approvals_pending.dec();
+        }
+        if self.approvals_pending.get() == 0 {
+            self.approval_oldest_pending.set(0.0);
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -212,5 +260,45 @@ impl Metrics {
             return format!("# encoding failed: {e}\n");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(m: &Metrics, name: &str) -> Option<f64> {
+        m.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    #[test]
+    fn pending_approval_gauges_follow_the_store_and_local_answers() {
+        let m = Metrics::new();
+        assert_eq!(sample(&m, "remediator_approvals_pending"), Some(0.0));
+        assert_eq!(sample(&m, "remediator_approval_oldest_pending_seconds"), Some(0.0));
+
+        m.set_pending_approvals(3, Some(1_000_000), 1_930_500);
+        assert_eq!(sample(&m, "remediator_approvals_pending"), Some(3.0));
+        assert_eq!(sample(&m, "remediator_approval_oldest_pending_seconds"), Some(930.5));
+
+        m.approval_created();
+        assert_eq!(m.approvals_pending.get(), 4);
+        for _ in 0..3 {
+            m.approval_answered();
+        }
+        assert_eq!(m.approvals_pending.get(), 1);
+        assert_eq!(m.approval_oldest_pending.get(), 930.5, "unknown until the next refresh");
+        m.approval_answered();
+        m.approval_answered();
+        assert_eq!(m.approvals_pending.get(), 0, "never below zero");
+        assert_eq!(m.approval_oldest_pending.get(), 0.0, "nothing pending, nothing waiting");
+
+        // A store clock slightly ahead of this replica's never gives a negative age.
+        m.set_pending_approvals(1, Some(5_000), 4_000);
+        assert_eq!(m.approval_oldest_pending.get(), 0.0);
+        m.set_pending_approvals(0, None, 4_000);
+        assert_eq!(sample(&m, "remediator_approvals_pending"), Some(0.0));
     }
 }

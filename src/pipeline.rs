@@ -299,6 +299,39 @@ impl Engine {
         &self.store
     }
 
+    /// Set `remediator_approvals_pending` and `remediator_approval_oldest_pending_seconds` from
+    /// the shared store (one `pending_approvals` call; the worker does it periodically, never per
+    /// decision). Returns how many approvals are pending.
+    pub async fn refresh_approval_gauges(&self) -> Result<usize, StoreError> {
+        let pending = self.store.pending_approvals().await?;
+        let oldest = pending.iter().map(|a| a.created_at_ms).min();
+        self.metrics
+            .set_pending_approvals(pending.len(), oldest, millis(self.clock.now()));
+        Ok(pending.len())
+    }
+
+    /// Set the trust-ladder gauges (`remediator_runbook_success_rate`, `_executions`, `_demoted`)
+    /// of every runbook from the shared store, so every replica reports the same record, a
+    /// promotion included, not only the replica that last executed the runbook.
+    pub async fn refresh_trust_gauges(&self) -> Result<(), StoreError> {
+        for rb in self.catalogue.runbooks() {
+            let window = rb.trust.map(|t| t.window).unwrap_or(DEFAULT_TRUST_WINDOW);
+            let stats = self.store.trust(&rb.id, window).await?;
+            // As the engine sees it: only a runbook with a trust policy is ever demoted.
+            let demoted = rb.trust.is_some() && self.store.demotion(&rb.id).await?.is_some();
+            self.metrics.trust_rate.with_label_values(&[&rb.id]).set(stats.rate());
+            self.metrics
+                .trust_executions
+                .with_label_values(&[&rb.id])
+                .set(i64::from(stats.total));
+            self.metrics
+                .trust_demoted
+                .with_label_values(&[&rb.id])
+                .set(i64::from(demoted));
+        }
+        Ok(())
+    }
+
     /// Handle one message. `attempt` must be unique per delivery and reused when the same
     /// delivery is retried after [`EngineError`], so a retry never reserves twice.
     pub async fn handle(&self, payload: &[u8], source: Option<&Source>, attempt: &str) -> Result<Handled, EngineError> {
@@ -687,7 +720,10 @@ impl Engine {
                 .create_approval(&pending, ms(self.settings.approval_ttl))
                 .await
             {
-                Ok(a) => return a,
+                Ok(a) => {
+                    self.metrics.approval_created();
+                    return a;
+                }
                 Err(e) => {
                     self.metrics.store_errors.inc();
                     warn!(error = %e, "could not store the approval; retrying");
@@ -791,6 +827,7 @@ impl Engine {
         };
         describe(&a, &mut o);
         o.action = None;
+        self.metrics.approval_answered();
         if a.state == ApprovalState::Denied {
             self.metrics.approvals.with_label_values(&["denied"]).inc();
             o.decision = Decision::Manual;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Install the global tracing subscriber: JSON lines (production) or text, to stderr.
 pub fn init_logging(format: &str, level: &str) {
@@ -69,18 +69,31 @@ async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) ->
     }
 }
 
-/// Refresh `remediator_circuit_state` for every runbook from the shared store, so every replica
-/// exports the same truth, not just the one that moved the circuit.
-fn spawn_circuit_gauges(store: Arc<dyn Store>, catalogue: Arc<Catalogue>, metrics: Metrics, mut shutdown: Shutdown) {
+/// How often a worker refreshes the gauges of shared state from the store.
+pub const SHARED_GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+/// Refresh the gauges of shared state from the store every [`SHARED_GAUGES_EVERY`], so every
+/// replica exports the same truth, not just the one that changed it: `remediator_circuit_state`
+/// per runbook, the trust ladder (success rate, executions, demotion) and the pending approvals
+/// (`remediator_approvals_pending`, `remediator_approval_oldest_pending_seconds`). A few store
+/// calls per runbook per period, none per decision; a failed refresh keeps the last values.
+fn spawn_shared_gauges(engine: Arc<Engine>, mut shutdown: Shutdown) {
     tokio::spawn(async move {
         loop {
-            for rb in catalogue.runbooks() {
+            let (store, metrics) = (engine.store(), engine.metrics());
+            for rb in engine.catalogue().runbooks() {
                 if let Ok(c) = store.circuit(&rb.id).await {
                     metrics.circuit_state.with_label_values(&[&rb.id]).set(c.state.gauge());
                 }
             }
+            if let Err(e) = engine.refresh_trust_gauges().await {
+                debug!(error = %e, "trust gauges not refreshed");
+            }
+            if let Err(e) = engine.refresh_approval_gauges().await {
+                debug!(error = %e, "approval gauges not refreshed");
+            }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                _ = tokio::time::sleep(SHARED_GAUGES_EVERY) => {}
                 _ = shutdown.wait() => return,
             }
         }
@@ -171,12 +184,6 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let store: Arc<dyn Store> = Arc::new(store);
     let executor = build_executor(&config, &health, &shutdown).await?;
-    spawn_circuit_gauges(
-        Arc::clone(&store),
-        Arc::clone(&catalogue),
-        metrics.clone(),
-        shutdown.clone(),
-    );
     let mut engine = Engine::new(
         catalogue,
         store,
@@ -191,6 +198,7 @@ pub async fn run(config: Config) -> Result<()> {
         info!("notifications: every outcome also goes to the configured webhook");
     }
     let engine = Arc::new(engine);
+    spawn_shared_gauges(Arc::clone(&engine), shutdown.clone());
 
     // Approvals: the HTTP API needs a token; the approvals topic is always consumed.
     let publisher = crate::approval::Publisher::new(&kafka_settings(&config)).map_err(|e| anyhow!(e))?;

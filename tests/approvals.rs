@@ -271,6 +271,73 @@ async fn demotion(r: Rig) {
         "{}",
         next.reason
     );
+    // Every replica reports the shared record, not only the one that executed.
+    r.engine.refresh_trust_gauges().await.expect("trust gauges");
+    let m = r.engine.metrics();
+    assert_eq!(m.trust_demoted.with_label_values(&["restart-pod"]).get(), 1);
+    assert_eq!(m.trust_executions.with_label_values(&["restart-pod"]).get(), 3);
+    assert!((m.trust_rate.with_label_values(&["restart-pod"]).get() - 1.0 / 3.0).abs() < 1e-9);
     // Promotion is a human decision.
     assert!(r.store.promote("restart-pod").await.unwrap());
+    r.engine.refresh_trust_gauges().await.expect("trust gauges");
+    assert_eq!(
+        m.trust_demoted.with_label_values(&["restart-pod"]).get(),
+        0,
+        "a promotion shows without a new execution"
+    );
+}
+
+/// `remediator_approvals_pending` / `remediator_approval_oldest_pending_seconds`: counted on
+/// create and accepted answer, and set from the store (expiry included) by the refresh.
+#[tokio::test]
+async fn pending_approval_gauges_follow_the_store() {
+    let r = rig(SEED, Faults::default());
+    let m = r.engine.metrics().clone();
+    let first = send(&r, &undo("G1", "checkout")).await.approval_id.unwrap();
+    r.clock.advance(ChronoDuration::minutes(10));
+    let second = send(&r, &undo("G2", "cart")).await.approval_id.unwrap();
+    assert_eq!(m.approvals_pending.get(), 2, "counted when created, before any refresh");
+    assert_eq!(r.engine.refresh_approval_gauges().await.unwrap(), 2);
+    assert_eq!(m.approval_oldest_pending.get(), 600.0);
+    r.clock.advance(ChronoDuration::minutes(5));
+    r.engine.refresh_approval_gauges().await.unwrap();
+    assert_eq!(m.approval_oldest_pending.get(), 900.0);
+
+    let (ok, _) = answer(&r, &first, false, "bob", None).await;
+    assert!(ok);
+    assert_eq!(m.approvals_pending.get(), 1, "an accepted answer counts at once");
+    assert_eq!(r.engine.refresh_approval_gauges().await.unwrap(), 1);
+    assert_eq!(m.approval_oldest_pending.get(), 300.0, "now the second is the oldest");
+    let (ok, _) = answer(&r, "no-such-approval", true, "alice", None).await;
+    assert!(!ok);
+    assert_eq!(m.approvals_pending.get(), 1, "a refused answer changes nothing");
+
+    // Past its TTL (1 h) an approval no longer waits for anyone.
+    r.clock.advance(ChronoDuration::hours(2));
+    assert_eq!(r.engine.refresh_approval_gauges().await.unwrap(), 0);
+    assert_eq!((m.approvals_pending.get(), m.approval_oldest_pending.get()), (0, 0.0));
+    let (ok, _) = answer(&r, &second, true, "alice", None).await;
+    assert!(!ok, "expired");
+    assert_eq!(m.approvals_pending.get(), 0);
+}
+
+#[tokio::test]
+async fn pending_approval_gauges_follow_the_store_on_redis() {
+    let Some(r) = redis_rig(SEED, Faults::default()).await else {
+        return;
+    };
+    let m = r.engine.metrics().clone();
+    let first = send(&r, &undo("G1", "checkout")).await.approval_id.unwrap();
+    send(&r, &undo("G2", "cart")).await;
+    // A second replica, sharing the store, sees both without having created either.
+    let other = rig_with(SEED, Faults::default(), r.store.clone(), ManualClock::new(Utc::now()));
+    assert_eq!(other.engine.metrics().approvals_pending.get(), 0);
+    assert_eq!(other.engine.refresh_approval_gauges().await.unwrap(), 2);
+    let age = other.engine.metrics().approval_oldest_pending.get();
+    assert!((0.0..60.0).contains(&age), "age {age} s by the Redis clock");
+    let (ok, _) = answer(&r, &first, true, "alice", None).await;
+    assert!(ok);
+    assert_eq!(m.approvals_pending.get(), 1);
+    assert_eq!(other.engine.refresh_approval_gauges().await.unwrap(), 1);
+    assert_eq!(other.engine.metrics().approvals_pending.get(), 1);
 }

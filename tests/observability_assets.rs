@@ -7,6 +7,8 @@
 //! * Every metric an expression of the dashboard or the rules selects exists in
 //!   `Metrics::new().render()` (after touching each labelled metric once), every label it
 //!   matches on or groups by is one of that metric's labels (or a target label Prometheus adds).
+//! * Every metric `src/metrics.rs` defines is exported, documented in README's metrics table and
+//!   shown on a dashboard panel; every alert rule is named in README.
 //! * The dashboard is well-formed: unique panel ids, a grid position each, every query on the
 //!   datasource variable.
 
@@ -41,6 +43,11 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     m.circuit_state.with_label_values(&["restart-pod"]).set(0);
     m.consumer_lag.with_label_values(&["0"]).set(0);
     m.alertmanager_alerts.with_label_values(&["firing"]).inc_by(0);
+    m.trust_rate.with_label_values(&["restart-pod"]).set(1.0);
+    m.trust_executions.with_label_values(&["restart-pod"]).set(0);
+    m.trust_demoted.with_label_values(&["restart-pod"]).set(0);
+    m.approvals.with_label_values(&["approved"]).inc_by(0);
+    m.notifications.with_label_values(&["sent"]).inc_by(0);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in m.render().lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (name, rest) = match line.find(['{', ' ']) {
@@ -310,6 +317,81 @@ fn every_referenced_metric_and_label_exists() {
         missing.is_empty(),
         "metrics without a panel in deploy/grafana/remediator.json: {missing:?} (add one; alert rules optional)"
     );
+}
+
+/// Every metric name `src/metrics.rs` defines (its `"remediator_..."` string literals).
+fn defined_metrics() -> BTreeSet<String> {
+    let src = read("src/metrics.rs");
+    src.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|lit| {
+            lit.starts_with("remediator_")
+                && lit
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_defined_metric_is_exported_documented_and_on_a_panel() {
+    let defined = defined_metrics();
+    assert!(
+        defined.len() >= 20,
+        "found only {defined:?} in src/metrics.rs: has the definition style changed?"
+    );
+    let exported = exported();
+    let readme = read("README.md");
+    let table: BTreeSet<&str> = readme
+        .split("\n## Metrics")
+        .nth(1)
+        .expect("README has a Metrics section")
+        .split("\n## ")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    let shown: BTreeSet<String> = dashboard_exprs(&dashboard())
+        .iter()
+        .flat_map(|(_, e)| refs(e).selectors.into_iter().map(|(m, _)| m))
+        .map(|m| {
+            m.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_string()
+        })
+        .collect();
+    for name in &defined {
+        let series = [name.clone(), format!("{name}_bucket")];
+        assert!(
+            series.iter().any(|s| exported.contains_key(s)),
+            "{name} is defined but not in the exposition: touch it in exported() of this test"
+        );
+        assert!(
+            table.contains(name.as_str()),
+            "{name} is missing from README's metrics table"
+        );
+        assert!(
+            shown.contains(name),
+            "{name} has no panel in deploy/grafana/remediator.json"
+        );
+    }
+    for documented in &table {
+        assert!(
+            defined.contains(*documented),
+            "README documents {documented}, which src/metrics.rs does not define"
+        );
+    }
+    for (origin, _) in rule_exprs() {
+        let alert = origin.trim_start_matches("rule ");
+        assert!(
+            readme.contains(&format!("`{alert}`")),
+            "alert {alert} is not named in README (Dashboards and alerts)"
+        );
+    }
 }
 
 #[test]

@@ -116,6 +116,11 @@ async fn run_processes_incidents_serves_metrics_and_drains_on_sigterm() {
         "remediator_actions_total{result=\"success\",runbook=\"restart-pod\"} 1",
         "remediator_outcomes_published_total 4",
         "remediator_actions_in_flight 0",
+        // The approval waits in the shared store; the trust gauges of a runbook that never ran
+        // come from the store refresh, not from an execution.
+        "remediator_approvals_pending 1",
+        "remediator_runbook_executions{runbook=\"rollback-deployment\"} 0",
+        "remediator_runbook_demoted{runbook=\"rollback-deployment\"} 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
