@@ -1053,7 +1053,7 @@ async fn pipeline(
     t.row(
         "pass-through msgs/s (one at a time per partition)",
         format!("{serial_rate:.0}"),
-        "the worker's discipline: ack before the next message of a partition",
+        "the worker's publishing discipline: a partition's next copy after this one's ack",
     );
     t.row(
         "pass-through msgs/s (pipelined, same in-flight bound)",

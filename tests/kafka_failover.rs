@@ -30,33 +30,14 @@ mod schema;
 
 use kafka_common::{unique, Msg};
 use reliability_common::{
-    committed_all, crash, decisions, mixed, now_ms, runbooks, scale, services, wait_for, Collector, Figures, Fleet,
-    History, Kind, OwnCluster, Producer, Services,
+    crash, decisions, full_history, ids, mixed, now_ms, runbooks, scale, services, wait_for, Collector, Figures, Fleet,
+    Kind, OwnCluster, Producer, Services,
 };
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Each test starts a 3-node cluster: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn ids(msgs: &[Msg]) -> BTreeSet<String> {
-    msgs.iter().filter_map(|m| m.key.clone()).collect()
-}
-
-/// The checks every scenario ends with (as in `tests/reliability.rs`), after its workers stopped.
-async fn full_history(
-    fleet: &Fleet,
-    sent: BTreeSet<String>,
-    v: &mut Vec<String>,
-) -> (History, reliability_common::Finals) {
-    let h = History::gather(fleet, sent).await;
-    let finals = h.finals(v);
-    h.single_execution(v);
-    h.journal_matches(&finals, v);
-    h.schema_valid(v);
-    committed_all(fleet, v);
-    (h, finals)
-}
 
 fn expect_kinds(work: &[(Msg, Kind)], finals: &reliability_common::Finals, v: &mut Vec<String>) {
     for (m, kind) in work {

@@ -24,8 +24,8 @@ use common::schema;
 use common::guardrail_suite::{finish, open_limits, reserve, scope};
 use kafka_common::{unique, Msg, Topics};
 use reliability_common::{
-    committed_all, crash, decisions, now_ms, require_tool, runbooks, scale, services, Collector, Figures, Fleet,
-    History, Producer,
+    crash, decisions, full_history, ids, now_ms, require_tool, runbooks, scale, services, Collector, Figures, Fleet,
+    Producer,
 };
 use remediator::guardrails::redis::RedisStore;
 use remediator::guardrails::{DecideAnswer, ExecResult, Guardrail, GuardrailStore, Limits, StoreError};
@@ -285,7 +285,7 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
         .collect();
     let msgs: Vec<Msg> = work.iter().map(|(id, service)| crash(id, service)).collect();
     let service_of: BTreeMap<String, String> = work.into_iter().collect();
-    let sent: BTreeSet<String> = msgs.iter().filter_map(|m| m.key.clone()).collect();
+    let sent = ids(&msgs);
     let producing = Producer::new(&svc.brokers).send_paced(&topics.incidents, msgs, over);
 
     let mut windows = Vec::new();
@@ -319,12 +319,7 @@ async fn sentinel_failover_mid_flood_stays_within_the_bound() {
     v.extend(fleet.check_alive().await);
     let logs: Vec<String> = fleet.running().into_iter().map(|i| fleet.proc(i).log()).collect();
     v.extend(fleet.stop_all().await);
-    let h = History::gather(&fleet, sent).await;
-    let finals = h.finals(&mut v);
-    h.single_execution(&mut v);
-    h.journal_matches(&finals, &mut v);
-    h.schema_valid(&mut v);
-    committed_all(&fleet, &mut v);
+    let (h, finals) = full_history(&fleet, sent, &mut v).await;
 
     // Reservations the new primary still holds, per service, against the journal.
     let mut conn = ha.raw(ha.primary()).await;

@@ -29,34 +29,13 @@ mod schema;
 
 use kafka_common::{unique, Msg, Topics};
 use reliability_common::{
-    committed_all, crash, decisions, free_port, http_get, max_overlap, metric, mixed, now_ms, runbooks, scale,
-    services, Collector, Figures, Fleet, History, Kind, OwnKafka, OwnRedis, Producer, Rng, Services,
+    committed_all, crash, decisions, free_port, full_history, http_get, ids, max_overlap, metric, mixed, now_ms,
+    runbooks, scale, services, Collector, Figures, Fleet, Kind, OwnKafka, OwnRedis, Producer, Rng, Services,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn ids(msgs: &[Msg]) -> BTreeSet<String> {
-    msgs.iter().filter_map(|m| m.key.clone()).collect()
-}
-
-/// The checks every scenario ends with, after its workers stopped: one final outcome per
-/// incident, no action twice, journal and outcomes agree, every event valid, every offset
-/// committed.
-async fn full_history(
-    fleet: &Fleet,
-    sent: BTreeSet<String>,
-    v: &mut Vec<String>,
-) -> (History, reliability_common::Finals) {
-    let h = History::gather(fleet, sent).await;
-    let finals = h.finals(v);
-    h.single_execution(v);
-    h.journal_matches(&finals, v);
-    h.schema_valid(v);
-    committed_all(fleet, v);
-    (h, finals)
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Shared guardrails under concurrency

@@ -1046,6 +1046,24 @@ impl History {
     }
 }
 
+/// The incident ids (message keys) of `msgs`.
+pub fn ids(msgs: &[Msg]) -> BTreeSet<String> {
+    msgs.iter().filter_map(|m| m.key.clone()).collect()
+}
+
+/// The checks every scenario ends with, after its workers stopped: one final outcome per
+/// incident, no action twice, journal and outcomes agree, every event valid, every offset
+/// committed. Violations go to `v`.
+pub async fn full_history(fleet: &Fleet, sent: BTreeSet<String>, v: &mut Vec<String>) -> (History, Finals) {
+    let h = History::gather(fleet, sent).await;
+    let finals = h.finals(v);
+    h.single_execution(v);
+    h.journal_matches(&finals, v);
+    h.schema_valid(v);
+    committed_all(fleet, v);
+    (h, finals)
+}
+
 /// Count of final outcomes per decision.
 pub fn decisions(finals: &Finals) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
