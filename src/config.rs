@@ -556,6 +556,9 @@ impl Config {
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return Err(invalid("redis.key_prefix", "must be non-empty and contain no braces"));
         }
+        // The scheme chooses the topology; the message never repeats the URL (it may hold a
+        // password).
+        crate::guardrails::topology::Topology::parse(&self.redis.url).map_err(|m| invalid("redis.url", m))?;
         Ok(())
     }
 
@@ -769,6 +772,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("REMEDIATOR_KAFKA_BROKER: unknown configuration key"), "{e}");
+        let e = Config::load(
+            None,
+            &env(&[("REMEDIATOR_REDIS_URL", "redis+sentinel://:hunter2@s1:26379")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("redis.url") && e.contains("primary's name"), "{e}");
+        assert!(!e.contains("hunter2"), "the password is never echoed: {e}");
+        let ok = Config::load(
+            None,
+            &env(&[("REMEDIATOR_REDIS_URL", "redis+cluster://a:7000,b:7001")]),
+            &[],
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

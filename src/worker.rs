@@ -57,7 +57,8 @@ async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) ->
             }
             Err(e) => {
                 health.set_store(false);
-                warn!(error = %e, url = %config.redis.url, "guardrail store unreachable; retrying (nothing is consumed meanwhile)");
+                // Not the URL: it may carry a password.
+                warn!(error = %e, "guardrail store unreachable; retrying (nothing is consumed meanwhile)");
             }
         }
         let mut s = shutdown.clone();
@@ -152,6 +153,31 @@ pub async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Sh
     Ok(executor)
 }
 
+/// How often the guardrail store is pinged for `/readyz`.
+pub const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keep `/readyz` true to the guardrail store even while no message needs it (an idle worker
+/// would otherwise report a store that went away as fine until the next incident): a `PING`
+/// now and every [`STORE_PROBE_EVERY`], bounded by `redis.timeout_ms`. Decisions update the same
+/// flag as they go.
+fn spawn_store_probe(store: Arc<dyn Store>, health: Arc<Health>, mut shutdown: Shutdown) {
+    tokio::spawn(async move {
+        loop {
+            match store.ping().await {
+                Ok(()) => health.set_store(true),
+                Err(e) => {
+                    debug!(error = %e, "guardrail store probe failed");
+                    health.set_store(false);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_PROBE_EVERY) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    });
+}
+
 /// Run the worker until SIGTERM.
 pub async fn run(config: Config) -> Result<()> {
     let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
@@ -183,6 +209,7 @@ pub async fn run(config: Config) -> Result<()> {
         return Ok(());
     };
     let store: Arc<dyn Store> = Arc::new(store);
+    spawn_store_probe(Arc::clone(&store), Arc::clone(&health), shutdown.clone());
     let executor = build_executor(&config, &health, &shutdown).await?;
     let mut engine = Engine::new(
         catalogue,

@@ -589,6 +589,27 @@ async fn redis_outage_executes_nothing_and_loses_nothing() {
         } else {
             redis.down();
         }
+        // With no message needing the store yet, `/readyz` still turns not ready (the worker's
+        // store probe, every 5 s).
+        let waited = std::time::Instant::now();
+        loop {
+            let mut ready = Vec::new();
+            for i in fleet.running() {
+                if http_get(&fleet.proc(i).url("/readyz")).await.0 == 200 {
+                    ready.push(fleet.proc(i).name.clone());
+                }
+            }
+            if ready.is_empty() {
+                break;
+            }
+            if waited.elapsed() > Duration::from_secs(12) {
+                v.push(format!(
+                    "{ready:?} still ready 12 s after Redis was {phase}, with no message to decide"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let msgs = make(phase);
         let batch_ids = ids(&msgs);
         sent.extend(batch_ids.clone());
