@@ -12,6 +12,7 @@
 #   env TOPOLOGY     print the env line without starting anything
 #   status TOPOLOGY  exit 0 if it runs and is usable (cluster_state:ok / Sentinel names a primary)
 #   primary          (sentinel) print the port of the node the Sentinels name as primary
+#   slot-owner KEY   (cluster) print the port of the primary serving KEY's slot
 #   kill PORT        kill -9 the node on PORT (fault injection)
 #   cut PORT         the primary on PORT stops feeding its replicas, as in a partition between them:
 #                    it requires a password from now on (connections already made are unaffected) and
@@ -20,11 +21,13 @@
 #   revive PORT      start the node on PORT again, empty (a killed Sentinel-managed node rejoins and is
 #                    made a replica of the current primary by the Sentinels)
 #
-# Layout: cluster = 3 primaries (no replicas) on REDIS_CLUSTER_PORT..+2, cluster bus on port+10000;
+# Layout: cluster = 3 primaries on REDIS_CLUSTER_PORT..+2 (with REDIS_CLUSTER_REPLICAS=1: 3 primaries and
+# 3 replicas on ..+5; cluster-node-timeout 2000 ms, so a killed primary's replica takes over in ~3 s),
+# cluster bus on port+10000;
 # sentinel = a primary on REDIS_SENTINEL_PORT, its replica on +1, three Sentinels on +10..+12 with
 # quorum 2, down-after 1000 ms, failover-timeout 5000 ms; master name `remediator`.
 # Env knobs (defaults in brackets):
-#   REDIS_CLUSTER_PORT [17000]  REDIS_SENTINEL_PORT [17100]
+#   REDIS_CLUSTER_PORT [17000]  REDIS_CLUSTER_REPLICAS [0; 0 or 1]  REDIS_SENTINEL_PORT [17100]
 #   REDIS_HA_RUN [/tmp/remediator-redis-ha; one per port set]  REDIS_SENTINEL_DOWN_MS [1000]
 # Progress and errors go to stderr; stdout carries only the env / port lines.
 set -euo pipefail
@@ -35,7 +38,9 @@ CPORT=${REDIS_CLUSTER_PORT:-17000}
 SPORT=${REDIS_SENTINEL_PORT:-17100}
 DOWN_MS=${REDIS_SENTINEL_DOWN_MS:-1000}
 MASTER=remediator
-CLUSTER_PORTS="$CPORT $((CPORT + 1)) $((CPORT + 2))"
+REPLICAS=${REDIS_CLUSTER_REPLICAS:-0}
+case "$REPLICAS" in 0|1) ;; *) echo "[redis-ha] ERROR: REDIS_CLUSTER_REPLICAS must be 0 or 1" >&2; exit 1 ;; esac
+CLUSTER_PORTS=$(seq -s ' ' "$CPORT" $((CPORT + 3 * (REPLICAS + 1) - 1)))
 DATA_PORTS="$SPORT $((SPORT + 1))"
 SENTINEL_PORTS="$((SPORT + 10)) $((SPORT + 11)) $((SPORT + 12))"
 
@@ -75,11 +80,20 @@ start_cluster() {
   for p in $CLUSTER_PORTS; do cluster_node "$p"; done
   for p in $CLUSTER_PORTS; do wait_ping "$p"; addrs+=("$HOST:$p"); done
   if ! cli "$CPORT" cluster info | grep -q '^cluster_slots_assigned:16384'; then
-    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$RUN/create.log" 2>&1 \
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$REPLICAS" --cluster-yes >"$RUN/create.log" 2>&1 \
       || { cat "$RUN/create.log" >&2; die "redis-cli --cluster create failed"; }
   fi
   for _ in $(seq 200); do cluster_ok && break; sleep 0.1; done
   cluster_ok || die "cluster not ok after 20 s; see $RUN/*/redis.log"
+  if [ "$REPLICAS" = 1 ]; then   # every replica in sync, so a failover has something to promote
+    for p in $CLUSTER_PORTS; do
+      for _ in $(seq 300); do
+        cli "$p" info replication | grep -q '^role:master' && break
+        cli "$p" info replication | grep -q '^master_link_status:up' && break
+        sleep 0.1
+      done
+    done
+  fi
   log "cluster ok on ports $CLUSTER_PORTS after $((SECONDS - t0)) s"
 }
 cluster_env() { echo "REDIS_CLUSTER_URL=redis+cluster://$HOST:$CPORT,$HOST:$((CPORT + 1)),$HOST:$((CPORT + 2))"; }
@@ -196,6 +210,19 @@ case "$CMD" in
   env) topology "${2:-}"; if [ "$2" = cluster ]; then cluster_env; else sentinel_env; fi ;;
   status) topology "${2:-}"; if [ "$2" = cluster ]; then cluster_ok; else sentinel_ok; fi ;;
   primary) sentinel_primary || die "no Sentinel names a primary" ;;
+  slot-owner)
+    [ -n "${2:-}" ] || die "usage: $0 slot-owner KEY"
+    for p in $CLUSTER_PORTS; do
+      alive "$p" || continue
+      # A MOVED reply names the owner; a node that serves the key answers without one.
+      out=$(printf 'EXISTS %s\n' "$2" | redis-cli -h "$HOST" -p "$p" 2>&1)
+      case "$out" in
+        *MOVED*) echo "${out##*:}" ;;
+        *) echo "$p" ;;
+      esac
+      exit 0
+    done
+    die "no cluster node is running" ;;
   kill)
     [ -n "${2:-}" ] || die "usage: $0 kill PORT"
     alive "$2" || die "no node runs on port $2"

@@ -34,19 +34,38 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A private Sentinel set-up (`scripts/redis-ha.sh` with its own ports and run directory),
-/// stopped when dropped.
-struct OwnSentinel {
+/// A private Sentinel set-up or Redis Cluster with replicas (`scripts/redis-ha.sh` with its own
+/// ports and run directory), stopped when dropped.
+struct OwnHa {
+    /// `sentinel` or `cluster`.
+    topology: &'static str,
     base: u16,
     run: PathBuf,
     url: String,
 }
 
-impl OwnSentinel {
-    /// Start one on ports `base` (primary), `base+1` (replica), `base+10..12` (Sentinels), or
-    /// the next free block of 20; `None` (skip) without `redis-server`.
+/// The Sentinel set-up or the Sentinel-managed primary.
+type OwnSentinel = OwnHa;
+
+impl OwnHa {
+    /// A Sentinel set-up on ports `base` (primary), `base+1` (replica), `base+10..12`
+    /// (Sentinels), or the next free block of 20; `None` (skip) without `redis-server`.
     fn start(base: u16) -> Option<Self> {
-        if !require_tool("redis-server", "the Sentinel set-up runs redis-server") {
+        Self::start_topology("sentinel", base, &[0, 1, 10, 11, 12])
+    }
+
+    /// A Redis Cluster of 3 primaries and 3 replicas on `base..base+5` (cluster bus 10000 up), or
+    /// the next free block of 20.
+    fn start_cluster(base: u16) -> Option<Self> {
+        Self::start_topology(
+            "cluster",
+            base,
+            &[0, 1, 2, 3, 4, 5, 10_000, 10_001, 10_002, 10_003, 10_004, 10_005],
+        )
+    }
+
+    fn start_topology(topology: &'static str, base: u16, offsets: &[u16]) -> Option<Self> {
+        if !require_tool("redis-server", "the set-up runs redis-server") {
             return None;
         }
         // The first block of ports from `base` on that nobody listens on (another test run may
@@ -54,33 +73,53 @@ impl OwnSentinel {
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         let base = (0..50)
             .map(|k| base + 20 * k)
-            .find(|b| [0, 1, 10, 11, 12].iter().all(|o| free(b + o)))
-            .expect("no free block of ports for the Sentinel set-up");
+            .find(|b| offsets.iter().all(|o| free(b + o)))
+            .expect("no free block of ports for the Redis set-up");
         let mut s = Self {
+            topology,
             base,
             run: std::env::temp_dir().join(unique("redis-ha")),
             url: String::new(),
         };
-        let out = s.script(&["start", "sentinel"]);
+        let out = s.script(&["start", topology]);
+        let var = if topology == "cluster" {
+            "REDIS_CLUSTER_URL="
+        } else {
+            "REDIS_SENTINEL_URL="
+        };
         s.url = out
             .trim()
-            .strip_prefix("REDIS_SENTINEL_URL=")
+            .strip_prefix(var)
             .unwrap_or_else(|| panic!("unexpected output {out:?}"))
             .to_string();
         Some(s)
     }
 
-    fn script(&self, args: &[&str]) -> String {
-        let out = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-ha.sh"))
-            .args(args)
+    fn command(&self) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-ha.sh"))
             .env("REDIS_SENTINEL_PORT", self.base.to_string())
-            .env("REDIS_HA_RUN", &self.run)
+            .env("REDIS_CLUSTER_PORT", self.base.to_string())
+            .env("REDIS_CLUSTER_REPLICAS", "1")
+            .env("REDIS_HA_RUN", &self.run);
+        c
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let out = self
+            .command()
+            .args(args)
             .stderr(Stdio::inherit())
             .output()
             .expect("redis-ha.sh");
         assert!(out.status.success(), "redis-ha.sh {args:?} failed");
         String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// (cluster) The port of the primary serving `key`'s slot.
+    fn slot_owner(&self, key: &str) -> u16 {
+        let out = self.script(&["slot-owner", key]);
+        out.trim().parse().unwrap_or_else(|_| panic!("slot owner {out:?}"))
     }
 
     /// The port the Sentinels name as primary.
@@ -127,17 +166,16 @@ impl OwnSentinel {
     }
 }
 
-impl Drop for OwnSentinel {
+impl Drop for OwnHa {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-ha.sh"))
-            .args(["stop", "sentinel"])
-            .env("REDIS_SENTINEL_PORT", self.base.to_string())
-            .env("REDIS_HA_RUN", &self.run)
-            .status();
+        let _ = self.command().args(["stop", self.topology]).status();
         let _ = std::fs::remove_dir_all(&self.run);
     }
 }
+
+/// Each test starts its own Redis set-up and kills nodes on a timing that a loaded machine can
+/// upset (Sentinel's down-after is 1 s): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn limits(max_per_hour: u32) -> Limits {
     Limits {
@@ -153,6 +191,7 @@ fn limits(max_per_hour: u32) -> Limits {
 /// noticed: one probe at a time); and the old primary, revived as a replica, changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_follows_a_sentinel_failover() {
+    let _serial = SERIAL.lock().await;
     let Some(ha) = OwnSentinel::start(17300) else { return };
     let store = RedisStore::connect(&ha.url, &unique("sentinel"), Duration::from_millis(500))
         .await
@@ -216,27 +255,121 @@ async fn store_follows_a_sentinel_failover() {
         .await
         .expect("finish");
     // i0's reservation was replicated, so with i1 the limit of 2 is reached.
-    assert!(matches!(
-        store
-            .decide(&reserve("i2", "a2", &s, &l, 30_000))
-            .await
-            .expect("decide"),
-        DecideAnswer::Blocked {
-            guardrail: Guardrail::RateLimit,
-            ..
-        }
-    ));
+    let answer = store
+        .decide(&reserve("i2", "a2", &s, &l, 30_000))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(
+            answer,
+            DecideAnswer::Blocked {
+                guardrail: Guardrail::RateLimit,
+                ..
+            }
+        ),
+        "i2: {answer:?}"
+    );
     ha.revive(old);
-    assert!(matches!(
+    let answer = store
+        .decide(&reserve("i3", "a3", &s, &l, 30_000))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(
+            answer,
+            DecideAnswer::Blocked {
+                guardrail: Guardrail::RateLimit,
+                ..
+            }
+        ),
+        "i3: {answer:?}"
+    );
+}
+
+/// One store on a Redis Cluster with replicas: the primary serving the store's slot is killed,
+/// the cluster promotes its replica (cluster-node-timeout 2 s), and the store follows it (the
+/// redis crate refreshes its slot map) without a restart; calls fail closed meanwhile, the
+/// promotion is noticed (conservative mode) and the replicated state is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_follows_a_primary_failover() {
+    let _serial = SERIAL.lock().await;
+    let Some(ha) = OwnHa::start_cluster(17700) else { return };
+    let prefix = unique("cluster-fo");
+    let store = RedisStore::connect(&ha.url, &prefix, Duration::from_millis(500))
+        .await
+        .expect("connect");
+    assert_eq!(store.topology(), "cluster");
+    let (s, l) = (scope("rb", "svc"), limits(2));
+    assert_eq!(
         store
-            .decide(&reserve("i3", "a3", &s, &l, 30_000))
+            .decide(&reserve("i0", "a0", &s, &l, 30_000))
             .await
             .expect("decide"),
-        DecideAnswer::Blocked {
-            guardrail: Guardrail::RateLimit,
-            ..
+        DecideAnswer::Allowed {
+            probe: false,
+            conservative: false
         }
-    ));
+    );
+    store
+        .finish(&finish("i0", "a0", &s, &l, ExecResult::Success))
+        .await
+        .expect("finish");
+    let owner = ha.slot_owner(&format!("{{{prefix}}}:epoch"));
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2_000)
+        .query_async(&mut ha.raw(owner).await)
+        .await
+        .expect("WAIT");
+    assert_eq!(acked, 1, "the replica acknowledged the reservation");
+
+    ha.kill(owner);
+    let t0 = Instant::now();
+    let mut refused = 0;
+    let answer = loop {
+        match store.decide(&reserve("i1", "a1", &s, &l, 30_000)).await {
+            Ok(a) => break a,
+            Err(StoreError::Unavailable(_)) => refused += 1,
+            Err(e) => panic!("a failover must look like an outage, got {e:?}"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(45),
+            "store never followed the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new_owner = ha.slot_owner(&format!("{{{prefix}}}:epoch"));
+    eprintln!(
+        "cluster failover {owner} -> {new_owner}: {refused} calls refused, first answer after {:?}",
+        t0.elapsed()
+    );
+    assert_ne!(new_owner, owner, "a replica was promoted");
+    assert_eq!(
+        answer,
+        DecideAnswer::Allowed {
+            probe: true,
+            conservative: true
+        },
+        "the promotion must put the store in conservative mode"
+    );
+    store
+        .finish(&finish("i1", "a1", &s, &l, ExecResult::Success))
+        .await
+        .expect("finish");
+    let answer = store
+        .decide(&reserve("i2", "a2", &s, &l, 30_000))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(
+            answer,
+            DecideAnswer::Blocked {
+                guardrail: Guardrail::RateLimit,
+                ..
+            }
+        ),
+        "i2: {answer:?}"
+    );
 }
 
 /// Four worker processes through Sentinel under a flood of incidents for one runbook
@@ -247,6 +380,7 @@ async fn store_follows_a_sentinel_failover() {
 /// after its replica fell 1.5 s behind, so that the failover really loses reservations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_mid_flood_stays_within_the_bound() {
+    let _serial = SERIAL.lock().await;
     const MAX_PER_HOUR: usize = 5;
     const REPLICAS: usize = 4;
     let Some(svc) = services() else { return };
