@@ -433,6 +433,48 @@ async fn conservative_mode_after_a_new_primary() {
     );
 }
 
+/// A server that refuses `INFO` (an ACL, a renamed command) loses only the promotion check:
+/// decisions go on, not conservative.
+#[tokio::test]
+async fn decisions_work_where_info_is_denied() {
+    let Some(url) = common::redis_url() else { return };
+    let mut conn = raw(&url).await;
+    let user = format!("noinfo-{}", uuid::Uuid::new_v4().simple());
+    raw_cmd::<()>(
+        &mut conn,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(">pw")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg("-info"),
+    )
+    .await;
+    let limited = url.replacen("redis://", &format!("redis://{user}:pw@"), 1);
+    let store = connect(&limited, &fresh_prefix()).await;
+    let limits = conservative_limits();
+    for i in 0..2 {
+        let id = format!("i{i}");
+        assert_eq!(
+            store
+                .decide(&reserve(
+                    &id,
+                    &id,
+                    &scope(&format!("rb{i}"), "svc"),
+                    &limits,
+                    LONG_LEASE
+                ))
+                .await
+                .expect("decide without INFO"),
+            ALLOWED
+        );
+    }
+    raw_cmd::<()>(&mut conn, redis::cmd("ACL").arg("DELUSER").arg(&user)).await;
+}
+
 /// A full wipe followed by a new replica starting (which re-creates the epoch unknowingly): an
 /// older replica notices the changed epoch and declares conservative mode for everyone.
 #[tokio::test]

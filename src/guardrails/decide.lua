@@ -168,7 +168,9 @@ epoch = stored
 -- missing id is a first decision (or a wipe, handled above). A primary restarted from its own
 -- persistence may also start a new id; being conservative then costs an hour of one-at-a-time
 -- probes, never an extra execution.
-local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+-- pcall: a server that refuses INFO (renamed or denied by ACL) only loses this check.
+local info = redis.pcall('INFO', 'replication')
+local replid = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
 if replid ~= '' then
   local seen = redis.call('GET', K_PRIMARY)
   if seen ~= replid then
