@@ -185,18 +185,9 @@ fn limits(max_per_hour: u32) -> Limits {
     }
 }
 
-/// One store through Sentinel: a reservation replicated before the primary dies survives the
-/// failover; while no primary is usable every call fails closed (`Unavailable`, never an answer
-/// from a stale node); the first answer after the failover is conservative (the promotion was
-/// noticed: one probe at a time); and the old primary, revived as a replica, changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_follows_a_sentinel_failover() {
-    let _serial = SERIAL.lock().await;
-    let Some(ha) = OwnSentinel::start(17300) else { return };
-    let store = RedisStore::connect(&ha.url, &unique("sentinel"), Duration::from_millis(500))
-        .await
-        .expect("connect");
-    assert_eq!(store.topology(), "sentinel");
+/// Reserve (and finish) incident `i0` with a limit of 2, and wait until a replica of `primary`
+/// acknowledged it.
+async fn reserve_replicated(ha: &OwnHa, store: &RedisStore, primary: u16) {
     let (s, l) = (scope("rb", "svc"), limits(2));
     assert_eq!(
         store
@@ -212,16 +203,21 @@ async fn store_follows_a_sentinel_failover() {
         .finish(&finish("i0", "a0", &s, &l, ExecResult::Success))
         .await
         .expect("finish");
-    let old = ha.primary();
     let acked: i64 = redis::cmd("WAIT")
         .arg(1)
         .arg(2_000)
-        .query_async(&mut ha.raw(old).await)
+        .query_async(&mut ha.raw(primary).await)
         .await
         .expect("WAIT");
     assert_eq!(acked, 1, "the replica acknowledged the reservation");
+}
 
-    ha.kill(old);
+/// After the node holding `i0`'s reservation was killed: every call fails closed
+/// (`Unavailable`, never an answer from a stale node) until the store answers again, and that
+/// first answer is the conservative probe (the promotion was noticed). Returns how many calls
+/// were refused and when the first answer came.
+async fn first_answer_after_failover(store: &RedisStore, within: Duration) -> (usize, Duration) {
+    let (s, l) = (scope("rb", "svc"), limits(2));
     let t0 = Instant::now();
     let mut refused = 0;
     let answer = loop {
@@ -230,17 +226,9 @@ async fn store_follows_a_sentinel_failover() {
             Err(StoreError::Unavailable(_)) => refused += 1,
             Err(e) => panic!("a failover must look like an outage, got {e:?}"),
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "store never followed the failover"
-        );
+        assert!(t0.elapsed() < within, "store never followed the failover");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (new, _) = ha.wait_new_primary(old, Duration::from_secs(1)).await;
-    eprintln!(
-        "failover {old} -> {new}: {refused} calls refused, first answer after {:?}",
-        t0.elapsed()
-    );
     assert!(refused > 0, "the dead primary was never noticed");
     assert_eq!(
         answer,
@@ -254,9 +242,14 @@ async fn store_follows_a_sentinel_failover() {
         .finish(&finish("i1", "a1", &s, &l, ExecResult::Success))
         .await
         .expect("finish");
-    // i0's reservation was replicated, so with i1 the limit of 2 is reached.
+    (refused, t0.elapsed())
+}
+
+/// `i0`'s reservation survived the failover: with `i1`, the limit of 2 is reached.
+async fn assert_limit_kept(store: &RedisStore, incident: &str) {
+    let (s, l) = (scope("rb", "svc"), limits(2));
     let answer = store
-        .decide(&reserve("i2", "a2", &s, &l, 30_000))
+        .decide(&reserve(incident, incident, &s, &l, 30_000))
         .await
         .expect("decide");
     assert!(
@@ -267,23 +260,31 @@ async fn store_follows_a_sentinel_failover() {
                 ..
             }
         ),
-        "i2: {answer:?}"
+        "{incident}: {answer:?}"
     );
+}
+
+/// One store through Sentinel: a reservation replicated before the primary dies survives the
+/// failover; while no primary is usable every call fails closed (`Unavailable`, never an answer
+/// from a stale node); the first answer after the failover is conservative (the promotion was
+/// noticed: one probe at a time); and the old primary, revived as a replica, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_follows_a_sentinel_failover() {
+    let _serial = SERIAL.lock().await;
+    let Some(ha) = OwnSentinel::start(17300) else { return };
+    let store = RedisStore::connect(&ha.url, &unique("sentinel"), Duration::from_millis(500))
+        .await
+        .expect("connect");
+    assert_eq!(store.topology(), "sentinel");
+    let old = ha.primary();
+    reserve_replicated(&ha, &store, old).await;
+    ha.kill(old);
+    let (refused, took) = first_answer_after_failover(&store, Duration::from_secs(30)).await;
+    let (new, _) = ha.wait_new_primary(old, Duration::from_secs(1)).await;
+    eprintln!("failover {old} -> {new}: {refused} calls refused, first answer after {took:?}");
+    assert_limit_kept(&store, "i2").await;
     ha.revive(old);
-    let answer = store
-        .decide(&reserve("i3", "a3", &s, &l, 30_000))
-        .await
-        .expect("decide");
-    assert!(
-        matches!(
-            answer,
-            DecideAnswer::Blocked {
-                guardrail: Guardrail::RateLimit,
-                ..
-            }
-        ),
-        "i3: {answer:?}"
-    );
+    assert_limit_kept(&store, "i3").await;
 }
 
 /// One store on a Redis Cluster with replicas: the primary serving the store's slot is killed,
@@ -299,77 +300,14 @@ async fn cluster_store_follows_a_primary_failover() {
         .await
         .expect("connect");
     assert_eq!(store.topology(), "cluster");
-    let (s, l) = (scope("rb", "svc"), limits(2));
-    assert_eq!(
-        store
-            .decide(&reserve("i0", "a0", &s, &l, 30_000))
-            .await
-            .expect("decide"),
-        DecideAnswer::Allowed {
-            probe: false,
-            conservative: false
-        }
-    );
-    store
-        .finish(&finish("i0", "a0", &s, &l, ExecResult::Success))
-        .await
-        .expect("finish");
     let owner = ha.slot_owner(&format!("{{{prefix}}}:epoch"));
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2_000)
-        .query_async(&mut ha.raw(owner).await)
-        .await
-        .expect("WAIT");
-    assert_eq!(acked, 1, "the replica acknowledged the reservation");
-
+    reserve_replicated(&ha, &store, owner).await;
     ha.kill(owner);
-    let t0 = Instant::now();
-    let mut refused = 0;
-    let answer = loop {
-        match store.decide(&reserve("i1", "a1", &s, &l, 30_000)).await {
-            Ok(a) => break a,
-            Err(StoreError::Unavailable(_)) => refused += 1,
-            Err(e) => panic!("a failover must look like an outage, got {e:?}"),
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(45),
-            "store never followed the failover"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (refused, took) = first_answer_after_failover(&store, Duration::from_secs(45)).await;
     let new_owner = ha.slot_owner(&format!("{{{prefix}}}:epoch"));
-    eprintln!(
-        "cluster failover {owner} -> {new_owner}: {refused} calls refused, first answer after {:?}",
-        t0.elapsed()
-    );
+    eprintln!("cluster failover {owner} -> {new_owner}: {refused} calls refused, first answer after {took:?}");
     assert_ne!(new_owner, owner, "a replica was promoted");
-    assert_eq!(
-        answer,
-        DecideAnswer::Allowed {
-            probe: true,
-            conservative: true
-        },
-        "the promotion must put the store in conservative mode"
-    );
-    store
-        .finish(&finish("i1", "a1", &s, &l, ExecResult::Success))
-        .await
-        .expect("finish");
-    let answer = store
-        .decide(&reserve("i2", "a2", &s, &l, 30_000))
-        .await
-        .expect("decide");
-    assert!(
-        matches!(
-            answer,
-            DecideAnswer::Blocked {
-                guardrail: Guardrail::RateLimit,
-                ..
-            }
-        ),
-        "i2: {answer:?}"
-    );
+    assert_limit_kept(&store, "i2").await;
 }
 
 /// Four worker processes through Sentinel under a flood of incidents for one runbook
