@@ -33,11 +33,12 @@ use remediator::clock::SystemClock;
 use remediator::executor::simulated::SimulatedExecutor;
 use remediator::guardrails::memory::{MemoryStore, CLAIM_GRACE_MS};
 use remediator::guardrails::redis::RedisStore;
-use remediator::guardrails::{Admission, DecideAnswer, DecideRequest, GuardrailStore, Limits, Scope, Store};
+use remediator::guardrails::{Admission, DecideAnswer, DecideRequest, Guardrail, GuardrailStore, Limits, Scope, Store};
 use remediator::health::Health;
 use remediator::incident::{self, Incident};
 use remediator::kafka::{self, KafkaSettings};
 use remediator::metrics::Metrics;
+use remediator::outcome::Decision;
 use remediator::pipeline::{Engine, EventIds, Settings, Source};
 use remediator::runbook::Catalogue;
 use remediator::shutdown;
@@ -62,26 +63,6 @@ const RUNBOOKS_YAML: &str = include_str!("../config/runbooks.yaml");
 const DECIDE_LUA: &str = include_str!("../src/guardrails/decide.lua");
 /// Production's `redis.timeout_ms`.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
-/// Decision names, as `remediator_incidents_total{decision}` labels them.
-const DECISIONS: [&str; 9] = [
-    "executed",
-    "approval_required",
-    "manual",
-    "blocked",
-    "aborted",
-    "rejected",
-    "duplicate",
-    "expired",
-    "dry_run",
-];
-const GUARDRAILS: [&str; 5] = [
-    "rate_limit",
-    "cooldown",
-    "circuit_open",
-    "blast_radius",
-    "store_unavailable",
-];
-
 /// Sizes of one run.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
@@ -954,13 +935,15 @@ async fn worker_round(env: &Env, s: &KafkaSettings, round: usize, n: usize) -> R
     let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let r = WorkerRound {
         run,
-        decisions: DECISIONS
+        decisions: Decision::ALL
             .iter()
+            .map(|d| d.as_str())
             .map(|d| (d.to_string(), metrics.incidents.with_label_values(&[d]).get()))
             .filter(|(_, v)| *v > 0)
             .collect(),
-        blocks: GUARDRAILS
+        blocks: Guardrail::ALL
             .iter()
+            .map(|g| g.as_str())
             .map(|g| (g.to_string(), metrics.guardrail_blocks.with_label_values(&[g]).get()))
             .filter(|(_, v)| *v > 0)
             .collect(),
@@ -1923,8 +1906,9 @@ async fn scale_point(
         bench: end.bench - start.bench,
         commands,
         round_trips: ["evalsha", "eval"].iter().map(|k| delta(k)).sum::<f64>(),
-        decisions: DECISIONS
+        decisions: Decision::ALL
             .iter()
+            .map(|d| d.as_str())
             .map(|d| {
                 let label = format!("remediator_incidents_total{{decision=\"{d}\"}}");
                 let v: f64 = texts.iter().map(|t| metric_sum(t, &label)).sum();

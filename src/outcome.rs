@@ -36,6 +36,19 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Every decision.
+    pub const ALL: [Decision; 9] = [
+        Decision::Executed,
+        Decision::ApprovalRequired,
+        Decision::Manual,
+        Decision::Blocked,
+        Decision::Aborted,
+        Decision::Rejected,
+        Decision::Duplicate,
+        Decision::Expired,
+        Decision::DryRun,
+    ];
+
     /// Wire name, also the `decision` metric label.
     pub fn as_str(self) -> &'static str {
         match self {

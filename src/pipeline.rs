@@ -236,6 +236,20 @@ pub fn action_hash(action: &Action) -> String {
         .collect()
 }
 
+/// An action whose guardrails `attempt` has reserved, with what running it needs.
+#[derive(Clone, Copy)]
+struct Reserved<'a> {
+    /// The id the store's claim is under (the incident's, or its approval's).
+    claim_id: &'a str,
+    incident: &'a Incident,
+    rb: &'a Runbook,
+    action: &'a Action,
+    vars: &'a Vars,
+    attempt: &'a str,
+    /// This execution is the circuit's half-open probe.
+    probe: bool,
+}
+
 /// What an execution ended as, before it is written into an outcome.
 struct Execution {
     decision: Decision,
@@ -529,20 +543,16 @@ impl Engine {
                 .await;
             }
             Intent::Execute => {
-                o = self
-                    .run_reserved(
-                        &incident.id,
-                        incident,
-                        rb,
-                        action,
-                        vars,
-                        attempt,
-                        probe,
-                        scope,
-                        limits,
-                        o,
-                    )
-                    .await;
+                let reserved = Reserved {
+                    claim_id: &incident.id,
+                    incident,
+                    rb,
+                    action,
+                    vars,
+                    attempt,
+                    probe,
+                };
+                o = self.run_reserved(reserved, scope, limits, o).await;
             }
         }
         self.finalize(&incident.id, attempt, vec![o]).await
@@ -550,20 +560,14 @@ impl Engine {
 
     /// Execute an action whose guardrails are reserved (by `attempt`), release them, feed the
     /// circuit breaker and the trust ladder, and write the result into `o`.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_reserved(
-        &self,
-        claim_id: &str,
-        incident: &Incident,
-        rb: &Runbook,
-        action: &Action,
-        vars: &Vars,
-        attempt: &str,
-        probe: bool,
-        scope: Scope,
-        limits: Limits,
-        mut o: Outcome,
-    ) -> Outcome {
+    async fn run_reserved(&self, r: Reserved<'_>, scope: Scope, limits: Limits, mut o: Outcome) -> Outcome {
+        let Reserved {
+            claim_id,
+            incident,
+            rb,
+            attempt,
+            ..
+        } = r;
         let window = ms(self.settings.rate_window) as i64;
         let now_ms = millis(self.clock.now());
         if !self
@@ -588,7 +592,7 @@ impl Engine {
             );
             return o;
         }
-        let exec = self.execute(claim_id, incident, rb, action, vars, attempt, probe).await;
+        let exec = self.execute(r).await;
         let fin = self
             .finish_retrying(&FinishRequest {
                 incident_id: claim_id.to_string(),
@@ -990,11 +994,16 @@ impl Engine {
         };
         match self.claim(&req).await? {
             DecideAnswer::Allowed { probe, .. } => {
-                o = self
-                    .run_reserved(
-                        &claim_id, &incident, rb, &action, &vars, &attempt, probe, scope, limits, o,
-                    )
-                    .await;
+                let reserved = Reserved {
+                    claim_id: &claim_id,
+                    incident: &incident,
+                    rb,
+                    action: &action,
+                    vars: &vars,
+                    attempt: &attempt,
+                    probe,
+                };
+                o = self.run_reserved(reserved, scope, limits, o).await;
                 if o.decision == Decision::Executed {
                     o.reason = format!("approved by {approver}; {}", o.reason);
                 }
@@ -1101,17 +1110,16 @@ impl Engine {
     }
 
     /// Run pre-checks, the action, post-checks and, on failure, the rollback.
-    #[allow(clippy::too_many_arguments)]
-    async fn execute(
-        &self,
-        claim_id: &str,
-        incident: &Incident,
-        rb: &Runbook,
-        action: &Action,
-        vars: &Vars,
-        attempt: &str,
-        probe: bool,
-    ) -> Execution {
+    async fn execute(&self, r: Reserved<'_>) -> Execution {
+        let Reserved {
+            claim_id,
+            incident,
+            rb,
+            action,
+            vars,
+            attempt,
+            probe,
+        } = r;
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let renewal = self.spawn_renewal(claim_id, attempt);

@@ -255,6 +255,19 @@ impl KubernetesExecutor {
         }
     }
 
+    /// [`Self::call`] for an object that must exist: a 404 becomes "`thing` not found".
+    async fn call_existing<T>(
+        &self,
+        what: String,
+        thing: &str,
+        fut: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T, ExecError> {
+        self.call(what, fut).await.map_err(|e| match e {
+            KErr::NotFound(_) => ExecError(format!("{thing} not found")),
+            e => e.into(),
+        })
+    }
+
     /// Memory key of an execution phase: a rollback (and the checks verifying it) has its own
     /// record, so "the count the action set" means the rollback's count while verifying it.
     fn memory_key(ctx: &ExecContext<'_>) -> String {
@@ -449,12 +462,8 @@ impl KubernetesExecutor {
     async fn delete_pod(&self, ns: &str, pod: &str, ctx: &ExecContext<'_>) -> Result<ActionReport, ExecError> {
         let pods: Api<Pod> = self.api(ns);
         let p = self
-            .call(format!("get pod {ns}/{pod}"), pods.get(pod))
-            .await
-            .map_err(|e| match e {
-                KErr::NotFound(_) => ExecError(format!("pod {ns}/{pod} not found")),
-                e => e.into(),
-            })?;
+            .call_existing(format!("get pod {ns}/{pod}"), &format!("pod {ns}/{pod}"), pods.get(pod))
+            .await?;
         let uid = p
             .metadata
             .uid
@@ -519,12 +528,12 @@ impl KubernetesExecutor {
         let mut attempt = 0;
         loop {
             let scale = self
-                .call(format!("get deployment {ns}/{name} scale"), deployments.get_scale(name))
-                .await
-                .map_err(|e| match e {
-                    KErr::NotFound(_) => ExecError(format!("deployment {ns}/{name} not found")),
-                    e => e.into(),
-                })?;
+                .call_existing(
+                    format!("get deployment {ns}/{name} scale"),
+                    &format!("deployment {ns}/{name}"),
+                    deployments.get_scale(name),
+                )
+                .await?;
             let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
             let rv = scale
                 .metadata
@@ -574,12 +583,12 @@ impl KubernetesExecutor {
     async fn rollout_restart(&self, ns: &str, name: &str, ctx: &ExecContext<'_>) -> Result<ActionReport, ExecError> {
         let deployments: Api<Deployment> = self.api(ns);
         let d = self
-            .call(format!("get deployment {ns}/{name}"), deployments.get(name))
-            .await
-            .map_err(|e| match e {
-                KErr::NotFound(_) => ExecError(format!("deployment {ns}/{name} not found")),
-                e => e.into(),
-            })?;
+            .call_existing(
+                format!("get deployment {ns}/{name}"),
+                &format!("deployment {ns}/{name}"),
+                deployments.get(name),
+            )
+            .await?;
         let stamped = d
             .spec
             .as_ref()
@@ -644,12 +653,12 @@ impl KubernetesExecutor {
         let started = Instant::now();
         loop {
             let d = self
-                .call(format!("get deployment {ns}/{name}"), deployments.get(name))
-                .await
-                .map_err(|e| match e {
-                    KErr::NotFound(_) => ExecError(format!("deployment {ns}/{name} not found")),
-                    e => e.into(),
-                })?;
+                .call_existing(
+                    format!("get deployment {ns}/{name}"),
+                    &format!("deployment {ns}/{name}"),
+                    deployments.get(name),
+                )
+                .await?;
             let generation = d.metadata.generation.unwrap_or(0);
             let observed = d.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
             if observed >= generation {
@@ -778,12 +787,12 @@ impl KubernetesExecutor {
         let mut attempt = 0;
         loop {
             let obj = self
-                .call(format!("get {resource} {ns}/{name}"), api.get(name))
-                .await
-                .map_err(|e| match e {
-                    KErr::NotFound(_) => ExecError(format!("{resource} {ns}/{name} not found")),
-                    e => e.into(),
-                })?;
+                .call_existing(
+                    format!("get {resource} {ns}/{name}"),
+                    &format!("{resource} {ns}/{name}"),
+                    api.get(name),
+                )
+                .await?;
             let before = obj.meta().resource_version.clone().unwrap_or_default();
             // Fence with the resourceVersion just read, unless the runbook pinned its own (then a
             // conflict is final: re-reading cannot make a pinned version current).

@@ -36,6 +36,15 @@ pub enum Guardrail {
 }
 
 impl Guardrail {
+    /// Every guardrail.
+    pub const ALL: [Guardrail; 5] = [
+        Guardrail::RateLimit,
+        Guardrail::Cooldown,
+        Guardrail::CircuitOpen,
+        Guardrail::BlastRadius,
+        Guardrail::StoreUnavailable,
+    ];
+
     /// The wire name, also used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,14 +58,7 @@ impl Guardrail {
 
     /// Parse the wire name (used by the Redis store's script answers).
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "rate_limit" => Guardrail::RateLimit,
-            "cooldown" => Guardrail::Cooldown,
-            "circuit_open" => Guardrail::CircuitOpen,
-            "blast_radius" => Guardrail::BlastRadius,
-            "store_unavailable" => Guardrail::StoreUnavailable,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
     }
 }
 
