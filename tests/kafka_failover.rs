@@ -30,7 +30,7 @@ mod schema;
 
 use kafka_common::{unique, Msg};
 use reliability_common::{
-    crash, decisions, full_history, ids, mixed, now_ms, runbooks, scale, services, wait_for, Collector, Figures, Fleet,
+    crash, flood, full_history, ids, now_ms, runbooks, scale, services, wait_for, Collector, Figures, Fleet, Flood,
     Kind, OwnCluster, Producer, Services,
 };
 use std::collections::BTreeSet;
@@ -109,12 +109,12 @@ async fn leader_kill_mid_flood_loses_nothing() {
         &[("REMEDIATOR_SIMULATED_ACTION_DELAY", "100ms")],
     );
     fleet.start(2).await;
-    let collector = Collector::start(&own.brokers, &topics.outcomes);
-    let run = unique("failover");
-    let work = mixed(&run, n, 40);
-    let msgs: Vec<Msg> = work.iter().map(|(m, _)| m.clone()).collect();
-    let sent = ids(&msgs);
-    let producing = Producer::new(&own.brokers).send_paced(&topics.incidents, msgs, over);
+    let Flood {
+        collector,
+        work,
+        sent,
+        producing,
+    } = flood(&own.brokers, &topics, "failover", n, over);
     let all_topics = [
         topics.incidents.as_str(),
         topics.outcomes.as_str(),
@@ -183,7 +183,6 @@ async fn leader_kill_mid_flood_loses_nothing() {
     v.extend(fleet.stop_all().await);
     let (h, finals) = full_history(&fleet, sent, &mut v).await;
     expect_kinds(&work, &finals, &mut v);
-    let d = decisions(&finals);
     fig.add("incidents", n)
         .add("workers", 2)
         .add("leader_kills", kills)
@@ -192,11 +191,8 @@ async fn leader_kill_mid_flood_loses_nothing() {
         .add("max_new_leader_ms", max_new_leader_ms)
         .add("max_next_outcome_ms", max_next_outcome_ms)
         .add("max_back_in_sync_ms", max_resync_ms)
-        .add("executions", h.journal.len())
         .add("outcome_records", h.records.len())
-        .add("republished", finals.republished)
-        .add("rejected_again", finals.rejected_again)
-        .add("decisions", format!("{d:?}").replace(' ', ""))
+        .history(&h, &finals)
         .finish(&v);
 }
 

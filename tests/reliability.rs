@@ -29,8 +29,8 @@ mod schema;
 
 use kafka_common::{unique, Msg, Topics};
 use reliability_common::{
-    committed_all, crash, decisions, free_port, full_history, http_get, ids, max_overlap, metric, mixed, now_ms,
-    runbooks, scale, services, Collector, Figures, Fleet, Kind, OwnKafka, OwnRedis, Producer, Rng, Services,
+    committed_all, crash, decisions, flood, free_port, full_history, http_get, ids, max_overlap, metric, now_ms,
+    runbooks, scale, services, Collector, Figures, Fleet, Flood, Kind, OwnKafka, OwnRedis, Producer, Rng, Services,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -363,12 +363,12 @@ async fn kill_nine_mid_action_never_executes_twice() {
         &[("REMEDIATOR_SIMULATED_ACTION_DELAY", "300ms")],
     );
     fleet.start(3).await;
-    let collector = Collector::start(&svc.brokers, &topics.outcomes);
-    let run = unique("kill");
-    let work = mixed(&run, n, 40);
-    let msgs: Vec<Msg> = work.iter().map(|(m, _)| m.clone()).collect();
-    let sent = ids(&msgs);
-    let producing = Producer::new(&svc.brokers).send_paced(&topics.incidents, msgs, over);
+    let Flood {
+        collector,
+        work,
+        sent,
+        producing,
+    } = flood(&svc.brokers, &topics, "kill", n, over);
 
     let mut rng = Rng::new();
     let seed = rng.seed();
@@ -435,16 +435,12 @@ async fn kill_nine_mid_action_never_executes_twice() {
     }
     let interrupted = interrupted_ids.len();
     expect_kinds(&work, &finals, &mut v);
-    let d = decisions(&finals);
     fig.add("incidents", n)
         .add("kills", fleet.kills)
         .add("kills_mid_action", mid_action)
         .add("restarts", fleet.restarts)
-        .add("executions", h.journal.len())
         .add("interrupted", interrupted)
-        .add("republished", finals.republished)
-        .add("rejected_again", finals.rejected_again)
-        .add("decisions", format!("{d:?}").replace(' ', ""))
+        .history(&h, &finals)
         .add("seed", seed)
         .finish(&v);
 }
@@ -489,12 +485,12 @@ async fn rebalance_under_load_never_executes_twice() {
         &[("REMEDIATOR_SIMULATED_ACTION_DELAY", "200ms")],
     );
     fleet.start(2).await;
-    let collector = Collector::start(&svc.brokers, &topics.outcomes);
-    let run = unique("rebal");
-    let work = mixed(&run, n, 40);
-    let msgs: Vec<Msg> = work.iter().map(|(m, _)| m.clone()).collect();
-    let sent = ids(&msgs);
-    let producing = Producer::new(&svc.brokers).send_paced(&topics.incidents, msgs, over);
+    let Flood {
+        collector,
+        work,
+        sent,
+        producing,
+    } = flood(&svc.brokers, &topics, "rebal", n, over);
 
     let mut v = Vec::new();
     let (mut joins, mut leaves) = (0, 0);
@@ -526,14 +522,10 @@ async fn rebalance_under_load_never_executes_twice() {
     v.extend(fleet.stop_all().await);
     let (h, finals) = full_history(&fleet, sent, &mut v).await;
     expect_kinds(&work, &finals, &mut v);
-    let d = decisions(&finals);
     fig.add("incidents", n)
         .add("joins", joins)
         .add("leaves", leaves)
-        .add("executions", h.journal.len())
-        .add("republished", finals.republished)
-        .add("rejected_again", finals.rejected_again)
-        .add("decisions", format!("{d:?}").replace(' ', ""))
+        .history(&h, &finals)
         .finish(&v);
 }
 
@@ -809,12 +801,12 @@ async fn kafka_broker_restart_loses_nothing() {
         &[("REMEDIATOR_SIMULATED_ACTION_DELAY", "100ms")],
     );
     fleet.start(2).await;
-    let collector = Collector::start(&own.brokers, &topics.outcomes);
-    let run = unique("kafka");
-    let work = mixed(&run, n, 40);
-    let msgs: Vec<Msg> = work.iter().map(|(m, _)| m.clone()).collect();
-    let sent = ids(&msgs);
-    let producing = Producer::new(&own.brokers).send_paced(&topics.incidents, msgs, over);
+    let Flood {
+        collector,
+        work,
+        sent,
+        producing,
+    } = flood(&own.brokers, &topics, "kafka", n, over);
 
     let mut down_ms = 0;
     for r in 0..restarts {
@@ -838,14 +830,10 @@ async fn kafka_broker_restart_loses_nothing() {
     v.extend(fleet.stop_all().await);
     let (h, finals) = full_history(&fleet, sent, &mut v).await;
     expect_kinds(&work, &finals, &mut v);
-    let d = decisions(&finals);
     fig.add("incidents", n)
         .add("broker_restarts", restarts)
         .add("broker_down_secs", format!("{:.1}", down_ms as f64 / 1000.0))
-        .add("executions", h.journal.len())
-        .add("republished", finals.republished)
-        .add("rejected_again", finals.rejected_again)
-        .add("decisions", format!("{d:?}").replace(' ', ""))
+        .history(&h, &finals)
         .finish(&v);
 }
 

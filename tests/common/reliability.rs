@@ -257,6 +257,34 @@ pub fn mixed(run: &str, n: usize, services: usize) -> Vec<(Msg, Kind)> {
         .collect()
 }
 
+/// A mixed workload (see [`mixed`]: `n` incidents over 40 services, ids `<name>-…`) being sent
+/// to `topics.incidents` over `over`, with a collector already reading the outcomes.
+pub struct Flood {
+    /// Reads the outcomes topic from the start.
+    pub collector: Collector,
+    /// Every incident and what it should end as.
+    pub work: Vec<(Msg, Kind)>,
+    /// The incident ids sent.
+    pub sent: BTreeSet<String>,
+    /// The paced producer; its result is how many it sent.
+    pub producing: tokio::task::JoinHandle<usize>,
+}
+
+/// Start a [`Flood`].
+pub fn flood(brokers: &str, topics: &Topics, name: &str, n: usize, over: Duration) -> Flood {
+    let collector = Collector::start(brokers, &topics.outcomes);
+    let work = mixed(&kafka_common::unique(name), n, 40);
+    let msgs: Vec<Msg> = work.iter().map(|(m, _)| m.clone()).collect();
+    let sent = ids(&msgs);
+    let producing = Producer::new(brokers).send_paced(&topics.incidents, msgs, over);
+    Flood {
+        collector,
+        work,
+        sent,
+        producing,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Producing
 
@@ -1134,6 +1162,15 @@ impl Figures {
     pub fn add(&mut self, key: &str, value: impl Display) -> &mut Self {
         self.items.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// The figures every history-checked scenario reports: executions, re-published and
+    /// re-rejected records, and the final decisions.
+    pub fn history(&mut self, h: &History, finals: &Finals) -> &mut Self {
+        self.add("executions", h.journal.len())
+            .add("republished", finals.republished)
+            .add("rejected_again", finals.rejected_again)
+            .add("decisions", format!("{:?}", decisions(finals)).replace(' ', ""))
     }
 
     /// Print and record the figures (with the elapsed seconds), then panic if `violations` is
