@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh - THE single command that runs the whole test suite (locally and in CI via .ci/run).
 #
-#   scripts/test.sh [ARGS...]      ARGS are passed to `cargo test --all-targets`, e.g.
-#   scripts/test.sh kafka -- --nocapture
+#   scripts/test.sh [ARGS...]      ARGS are passed to `cargo nextest run`, e.g.
+#   scripts/test.sh -E 'binary(kafka_pipeline)'      one test file
+#   scripts/test.sh redelivered --no-capture           tests whose name contains "redelivered"
 #
 # Steps (each timed):
 #   1. build prerequisites: C toolchain for rdkafka's bundled librdkafka (apt, only what is missing)
@@ -15,9 +16,11 @@
 #   4. promtool (apt: Debian's `prometheus` package, only when missing) and scripts/helm.sh install
 #      (helm built once from the Go module proxy, cached in ~/.cache/remediator/helm): for
 #      tests/observability_assets.rs and tests/helm.rs
-#   5. cargo fmt --all -- --check
-#   6. cargo clippy --all-targets -- -D warnings
-#   7. cargo test --all-targets "$@"
+#   5. cargo-nextest (built once from crates.io into ~/.cache/remediator/cargo-nextest-<version>)
+#   6. cargo fmt --all -- --check
+#   7. cargo clippy --all-targets -- -D warnings
+#   8. cargo nextest run --profile ci (every test in its own process, bounded by the slow-timeouts
+#      of .config/nextest.toml: a hung test is terminated and named, never waited for)
 # Tests see REDIS_URL, REDIS_CLUSTER_URL, KAFKA_BOOTSTRAP and REMEDIATOR_TEST_REQUIRE_SERVICES=1 (a missing service is a
 # test failure, not a skip). Service knobs (ports, cache, run dir) are documented in scripts/services.sh.
 set -euo pipefail
@@ -174,6 +177,23 @@ promtool_prereq() {
 step "promtool (apt)" promtool_prereq
 step "helm.sh install" bash scripts/helm.sh install
 
+# --- hook: cargo-nextest ------------------------------------------------------------------------
+# The test runner: one process per test, each with a time bound (.config/nextest.toml), so a
+# regression that hangs is a named failure within minutes. Built once from crates.io (~5 min cold on
+# 2 cores; --locked: the versions its release was tested with), then reused.
+NEXTEST_VERSION=0.9.151
+NEXTEST_ROOT="${REMEDIATOR_CACHE:-$HOME/.cache/remediator}/cargo-nextest-$NEXTEST_VERSION"
+nextest_install() {
+  if [ -x "$NEXTEST_ROOT/bin/cargo-nextest" ]; then
+    log "cargo-nextest $NEXTEST_VERSION present"
+  else
+    cargo install cargo-nextest --locked --version "$NEXTEST_VERSION" --root "$NEXTEST_ROOT" >&2
+  fi
+}
+step "cargo-nextest install" nextest_install
+export PATH="$NEXTEST_ROOT/bin:$PATH"
+
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
-step "cargo test --all-targets${*:+ $*}" cargo test --all-targets "$@"
+# Benches are built (and linted) by clippy above; `cargo bench` runs them (scripts/bench).
+step "cargo nextest run --profile ci${*:+ $*}" cargo nextest run --profile ci --workspace --lib --bins --tests "$@"
