@@ -370,6 +370,7 @@ fn limits() -> Limits {
         runbook_max_services: 0,
         services_window_ms: 900_000,
         conservative_ms: 3_600_000,
+        record_ttl_ms: 7 * 24 * 3_600_000,
     }
 }
 
@@ -432,7 +433,7 @@ fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String>
         CLAIM_GRACE_MS.to_string(),
         if check { "check" } else { "reserve" }.into(),
         String::new(),
-        "1".into(),
+        l.record_ttl_ms.to_string(),
         service.into(),
         l.max_per_hour.to_string(),
         l.rate_window_ms.to_string(),

@@ -482,6 +482,26 @@ impl Config {
             return Err(invalid("approvals.ttl", "must be greater than zero"));
         }
         parse_duration(&self.simulated.action_delay).map_err(|m| invalid("simulated.action_delay", m))?;
+        // An incident may be acted on while younger than max_incident_age; its claim record (and
+        // the done record) must outlive that, or a redelivery could find no record and still be
+        // fresh enough to act.
+        let max_age = parse_duration(&g.max_incident_age).unwrap_or_default();
+        let grace = Duration::from_millis(crate::guardrails::memory::CLAIM_GRACE_MS);
+        if max_age >= grace {
+            return Err(invalid(
+                "guardrails.max_incident_age",
+                format!(
+                    "must be below {}s, the claim grace (how long an incident's claim outlives its lease)",
+                    grace.as_secs()
+                ),
+            ));
+        }
+        if max_age >= parse_duration(&g.idempotency_ttl).unwrap_or_default() {
+            return Err(invalid(
+                "guardrails.max_incident_age",
+                "must be below guardrails.idempotency_ttl (a redelivery must never outlive its record while still fresh)",
+            ));
+        }
         if parse_duration(&g.lease).unwrap_or_default() < Duration::from_secs(3) {
             return Err(invalid(
                 "guardrails.lease",
@@ -787,6 +807,34 @@ mod tests {
             &[],
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    /// A redelivery may act while the incident is younger than max_incident_age, so the records
+    /// that stop it (claim, idempotency) must outlive that age: the config says so at load.
+    #[test]
+    fn max_incident_age_is_bounded_by_the_claim_grace_and_the_idempotency_ttl() {
+        let load = |age: &str, ttl: &str| {
+            Config::load(
+                None,
+                &env(&[
+                    ("REMEDIATOR_GUARDRAILS_MAX_INCIDENT_AGE", age),
+                    ("REMEDIATOR_GUARDRAILS_IDEMPOTENCY_TTL", ttl),
+                ]),
+                &[],
+            )
+        };
+        assert!(load("59m", "7d").is_ok());
+        let e = load("1h", "7d").unwrap_err().to_string();
+        assert!(
+            e.contains("guardrails.max_incident_age") && e.contains("claim grace"),
+            "{e}"
+        );
+        let e = load("30m", "30m").unwrap_err().to_string();
+        assert!(
+            e.contains("guardrails.max_incident_age") && e.contains("guardrails.idempotency_ttl"),
+            "{e}"
+        );
+        assert!(load("30m", "31m").is_ok());
     }
 
     #[test]

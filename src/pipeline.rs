@@ -487,7 +487,14 @@ impl Engine {
             service: incident.service().to_string(),
         };
         let limits = self.limits(rb);
-        let admission = if intent.reserves() {
+        // A dry run holds the slots a real run would, but never the circuit's probe (it proves
+        // nothing about the action, so it must neither close nor count for the circuit).
+        let admission = if intent == Intent::DryRun {
+            Admission::DryRun {
+                scope: scope.clone(),
+                limits: limits.clone(),
+            }
+        } else if intent.reserves() {
             Admission::Reserve {
                 scope: scope.clone(),
                 limits: limits.clone(),
@@ -533,12 +540,13 @@ impl Engine {
                 ));
             }
             Intent::DryRun => {
+                // Nothing ran: release the slots without any word to the circuit.
                 self.finish_retrying(&FinishRequest {
                     incident_id: incident.id.clone(),
                     attempt: attempt.to_string(),
                     scope,
                     limits,
-                    result: ExecResult::Success,
+                    result: ExecResult::NotRun,
                 })
                 .await;
             }
@@ -1420,6 +1428,7 @@ impl Engine {
             runbook_max_services: rb.blast_radius_limit.unwrap_or(0),
             services_window_ms: ms(g.affected_services_window),
             conservative_ms: ms(self.settings.rate_window),
+            record_ttl_ms: ms(self.settings.idempotency_ttl),
         }
     }
 

@@ -68,6 +68,60 @@ async fn manual_clock_rate_window_is_exact_to_the_millisecond() {
     );
 }
 
+/// The record of an action that started lives the idempotency TTL, not lease + claim grace: a
+/// redelivery two hours after a mid-action crash (claim grace 1 h) is Interrupted, never run; a
+/// renewal never shortens it; and the interrupted claim that took over lives as long.
+#[tokio::test]
+async fn started_action_record_lives_the_idempotency_ttl() {
+    let clock = ManualClock::new(chrono::DateTime::from_timestamp_millis(1_700_000_000_000).expect("time"));
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let s = scope("rb", "svc");
+    let day = 24 * 3_600_000;
+    let limits = Limits {
+        record_ttl_ms: day,
+        ..open_limits()
+    };
+    let allowed = DecideAnswer::Allowed {
+        probe: false,
+        conservative: false,
+    };
+    let interrupted = DecideAnswer::Interrupted { worker: "w1".into() };
+    assert_eq!(
+        store
+            .decide(&reserve("i1", "a1", &s, &limits, 60_000))
+            .await
+            .expect("d"),
+        allowed
+    );
+    store.renew("i1", "a1", 60_000).await.expect("renew");
+    clock.advance(chrono::Duration::hours(2));
+    assert_eq!(
+        store
+            .decide(&reserve("i1", "a2", &s, &limits, 60_000))
+            .await
+            .expect("d"),
+        interrupted
+    );
+    clock.advance(chrono::Duration::hours(2));
+    assert_eq!(
+        store
+            .decide(&reserve("i1", "a3", &s, &limits, 60_000))
+            .await
+            .expect("d"),
+        interrupted,
+        "the interrupted claim lives as long"
+    );
+    clock.advance(chrono::Duration::hours(25));
+    assert_eq!(
+        store
+            .decide(&reserve("i1", "a4", &s, &limits, 60_000))
+            .await
+            .expect("d"),
+        allowed,
+        "past the idempotency TTL the id is new again"
+    );
+}
+
 async fn memory_ledger() -> Option<common::ledger_suite::Ledger> {
     Some(Arc::new(MemoryStore::new(Arc::new(SystemClock))))
 }

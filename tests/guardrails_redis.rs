@@ -275,6 +275,42 @@ async fn two_replicas_share_the_rate_limit() {
     assert_eq!(allowed, 5);
 }
 
+/// The record of an action that started lives the idempotency TTL (here a day), not lease +
+/// the one-hour claim grace; a renewal never shortens it; the interrupted claim that takes it
+/// over lives as long. (Read from Redis: nobody waits an hour in a test.)
+#[tokio::test]
+async fn started_action_record_lives_the_idempotency_ttl() {
+    let Some(url) = common::redis_url() else { return };
+    let prefix = fresh_prefix();
+    let store = connect(&url, &prefix).await;
+    let mut conn = raw(&url).await;
+    let day: i64 = 24 * 3_600_000;
+    let limits = Limits {
+        record_ttl_ms: day as u64,
+        ..open_limits()
+    };
+    let key = format!("{{{prefix}}}:inc:i1");
+    let s = scope("rb", "svc");
+    assert_eq!(
+        store.decide(&reserve("i1", "a1", &s, &limits, 300)).await.expect("d"),
+        ALLOWED
+    );
+    let pttl: i64 = raw_cmd(&mut conn, redis::cmd("PTTL").arg(&key)).await;
+    assert!(pttl > day - 60_000, "executing record PTTL {pttl}");
+    store.renew("i1", "a1", 300).await.expect("renew");
+    let pttl: i64 = raw_cmd(&mut conn, redis::cmd("PTTL").arg(&key)).await;
+    assert!(pttl > day - 60_000, "renewed executing record PTTL {pttl}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut next = reserve("i1", "a2", &s, &limits, 300);
+    next.worker = "w2".into();
+    assert_eq!(
+        store.decide(&next).await.expect("d"),
+        DecideAnswer::Interrupted { worker: "w1".into() }
+    );
+    let pttl: i64 = raw_cmd(&mut conn, redis::cmd("PTTL").arg(&key)).await;
+    assert!(pttl > day - 60_000, "interrupted record PTTL {pttl}");
+}
+
 fn conservative_limits() -> Limits {
     Limits {
         conservative_ms: 1_500,

@@ -7,16 +7,23 @@ use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use remediator::clock::{Clock, ManualClock};
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
+use remediator::guardrails::{
+    Answer, AnswerResult, Approval, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, FinishAnswer,
+    FinishRequest, GuardrailStore, LedgerStore, StoreError, TrustStats,
+};
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
-use remediator::pipeline::{Engine, EventIds, Settings, Source};
+use remediator::pipeline::{Engine, EngineError, EventIds, Settings, Source};
 use remediator::runbook::Catalogue;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 struct Rig {
     engine: Engine,
     executor: Arc<SimulatedExecutor>,
     clock: ManualClock,
+    store: Arc<Faulty>,
     n: std::cell::Cell<u32>,
 }
 
@@ -24,9 +31,14 @@ fn rig(runbooks: &str, faults: Faults, settings: Settings) -> Rig {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let executor = Arc::new(SimulatedExecutor::with_faults(faults));
+    let store = Arc::new(Faulty {
+        inner: MemoryStore::new(Arc::clone(&shared)),
+        lose_decide_answer: AtomicBool::new(false),
+        fail_records: AtomicBool::new(false),
+    });
     let engine = Engine::new(
         Arc::new(Catalogue::from_yaml(runbooks, "test").expect("runbooks load")),
-        Arc::new(MemoryStore::new(Arc::clone(&shared))),
+        store.clone(),
         executor.clone(),
         shared,
         settings,
@@ -37,7 +49,78 @@ fn rig(runbooks: &str, faults: Faults, settings: Settings) -> Rig {
         engine,
         executor,
         clock,
+        store,
         n: std::cell::Cell::new(0),
+    }
+}
+
+/// The memory store with faults a test switches on: a decide answer lost on its way back (the
+/// script ran, the worker saw a timeout), a store that refuses to record (the worker then
+/// retries for ever, as a replica that dies before recording would never record).
+struct Faulty {
+    inner: MemoryStore,
+    lose_decide_answer: AtomicBool,
+    fail_records: AtomicBool,
+}
+
+fn unavailable() -> StoreError {
+    StoreError::Unavailable("injected fault".into())
+}
+
+#[async_trait::async_trait]
+impl GuardrailStore for Faulty {
+    async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError> {
+        let answer = self.inner.decide(req).await;
+        if self.lose_decide_answer.swap(false, Ordering::SeqCst) {
+            return Err(unavailable());
+        }
+        answer
+    }
+    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError> {
+        self.inner.renew(incident_id, attempt, lease_ms).await
+    }
+    async fn finish(&self, req: &FinishRequest) -> Result<FinishAnswer, StoreError> {
+        self.inner.finish(req).await
+    }
+    async fn record(&self, incident_id: &str, attempt: &str, outcomes: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        if self.fail_records.load(Ordering::SeqCst) {
+            return Err(unavailable());
+        }
+        self.inner.record(incident_id, attempt, outcomes, ttl_ms).await
+    }
+    async fn circuit(&self, runbook: &str) -> Result<CircuitSnapshot, StoreError> {
+        self.inner.circuit(runbook).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait::async_trait]
+impl LedgerStore for Faulty {
+    async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError> {
+        self.inner.create_approval(approval, ttl_ms).await
+    }
+    async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError> {
+        self.inner.answer_approval(id, answer).await
+    }
+    async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        self.inner.pending_approvals().await
+    }
+    async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {
+        self.inner.record_trust(runbook, success, window).await
+    }
+    async fn trust(&self, runbook: &str, window: u32) -> Result<TrustStats, StoreError> {
+        self.inner.trust(runbook, window).await
+    }
+    async fn demote(&self, runbook: &str, reason: &str) -> Result<bool, StoreError> {
+        self.inner.demote(runbook, reason).await
+    }
+    async fn demotion(&self, runbook: &str) -> Result<Option<String>, StoreError> {
+        self.inner.demotion(runbook).await
+    }
+    async fn promote(&self, runbook: &str) -> Result<bool, StoreError> {
+        self.inner.promote(runbook).await
     }
 }
 
@@ -309,4 +392,129 @@ async fn stale_incidents_expire() {
     let o = r.send(&json).await;
     assert_eq!(o.decision, Decision::Expired);
     assert_eq!(o.reason, "incident is 16m old, older than max_incident_age 15m");
+}
+
+/// "Never executed twice" across crashes: a replica dies mid-action; two hours later (past lease
+/// + the one-hour claim grace; the incident has no `detected_at`, so it never ages out) the
+/// redelivery is Interrupted, and the replica handling it dies too before recording; the next
+/// redelivery is Interrupted again and records `aborted`. The action ran once.
+#[tokio::test]
+async fn crash_takeover_crash_again_never_runs_twice() {
+    let slow = Faults {
+        action_delay: Duration::from_secs(30),
+        ..Faults::default()
+    };
+    let r = rig(SEED, slow, Settings::default());
+    let src = Source {
+        topic: "incidents".into(),
+        partition: 0,
+        offset: 7,
+    };
+    let msg = crash("K1", "api");
+    let handle = |attempt: &'static str| r.engine.handle(msg.as_bytes(), Some(&src), attempt);
+    // Dropping the future mid-action is the crash: no finish, no record.
+    assert!(tokio::time::timeout(Duration::from_millis(300), handle("a1"))
+        .await
+        .is_err());
+    assert_eq!(r.executor.journal().len(), 1, "the action started");
+    r.executor.set_faults(Faults::default());
+
+    r.clock.advance(ChronoDuration::hours(2));
+    r.store.fail_records.store(true, Ordering::SeqCst);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), handle("a2"))
+            .await
+            .is_err(),
+        "the second replica dies before recording"
+    );
+    assert_eq!(r.executor.journal().len(), 1, "a late redelivery never runs it again");
+
+    r.store.fail_records.store(false, Ordering::SeqCst);
+    r.clock.advance(ChronoDuration::minutes(2));
+    let third = tokio::time::timeout(Duration::from_secs(5), handle("a3"))
+        .await
+        .expect("bounded")
+        .expect("handled");
+    assert_eq!(third.outcomes[0].decision, Decision::Aborted, "{:?}", third.outcomes);
+    assert!(
+        third.outcomes[0].reason.contains("interrupted"),
+        "{}",
+        third.outcomes[0].reason
+    );
+    assert_eq!(r.executor.journal().len(), 1, "executed exactly once");
+}
+
+/// A dry run (`execute --dry-run`, or a dry-run replica) cannot close an open circuit: it never
+/// takes the half-open probe, and after it the circuit is still OPEN with its failures, so the
+/// next real incident is the probe.
+#[tokio::test]
+async fn a_dry_run_never_closes_an_open_circuit() {
+    let faults = Faults {
+        fail_post_checks_for: ["a", "b", "c"].map(String::from).into(),
+        ..Faults::default()
+    };
+    let r = rig(SEED, faults, Settings::default());
+    for s in ["a", "b", "c"] {
+        assert_eq!(r.send(&crash(&format!("O-{s}"), s)).await.success, Some(false));
+    }
+    let open = CircuitSnapshot {
+        state: CircuitState::Open,
+        failures: 3,
+    };
+    assert_eq!(r.engine.store().circuit("restart-pod").await.unwrap(), open);
+    r.clock.advance(ChronoDuration::seconds(301));
+    r.executor.set_faults(Faults::default());
+    let context = [("pod_name", "d-1"), ("namespace", "production")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+    let dry = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.engine.execute_manual("restart-pod", "d", context, true, "alice"),
+    )
+    .await
+    .expect("bounded")
+    .expect("dry run");
+    assert_eq!(dry.outcomes[0].decision, Decision::DryRun, "{:?}", dry.outcomes);
+    assert_eq!(
+        r.engine.store().circuit("restart-pod").await.unwrap(),
+        open,
+        "the dry run neither closed nor counted for the circuit"
+    );
+    let probe = r.send(&crash("O-e", "e")).await;
+    assert!(probe.reason.contains("half-open probe succeeded"), "{}", probe.reason);
+    assert_eq!(
+        r.executor.journal().len(),
+        4,
+        "three failures and the probe; the dry run acted on nothing"
+    );
+}
+
+/// A retry of the same attempt after a lost Reserve answer, once the incident aged out in the
+/// backlog, asks to Record: it is recorded as expired (never handed the cached `allowed`, which
+/// the engine cannot use and retried for ever), and nothing runs.
+#[tokio::test]
+async fn a_retry_in_another_mode_is_decided_afresh() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    let msg = format!(
+        r#"{{"id":"M1","root_cause":"OOMKilled","confidence":0.99,"service":"api","detected_at":"{}","context":{{"pod_name":"p","namespace":"n"}}}}"#,
+        r.clock.now().to_rfc3339()
+    );
+    let src = Source {
+        topic: "incidents".into(),
+        partition: 0,
+        offset: 3,
+    };
+    r.store.lose_decide_answer.store(true, Ordering::SeqCst);
+    let first = r.engine.handle(msg.as_bytes(), Some(&src), "m-1").await;
+    assert!(matches!(first, Err(EngineError::StoreUnavailable(_))), "{first:?}");
+    r.clock.advance(ChronoDuration::minutes(16));
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.engine.handle(msg.as_bytes(), Some(&src), "m-1"),
+    )
+    .await
+    .expect("bounded")
+    .expect("handled, not wedged");
+    assert_eq!(again.outcomes[0].decision, Decision::Expired, "{:?}", again.outcomes);
+    assert!(r.executor.journal().is_empty());
 }

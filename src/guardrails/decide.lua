@@ -6,8 +6,10 @@ crash or by another replica. Time is Redis `TIME`, never a worker's clock, so ev
 agrees on every window. Mirrors `MemoryStore::decide` (src/guardrails/memory.rs) line by line.
 
 KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot script in Cluster)
-  1  inc:<incident>            hash    state claimed|executing|done, worker, attempt, lease_until,
-                                       source, outcomes, answer (JSON of this attempt's reply)
+  1  inc:<incident>            hash    state claimed|executing|interrupted|done, worker, attempt,
+                                       lease_until, source, outcomes, answer (JSON of this
+                                       attempt's reply), answer_mode (the mode it answered),
+                                       acted_by (interrupted: the worker whose action may have run)
   2  rate:<runbook>:<service>  zset    member incident id, score reservation time (ms)
   3  cb:<runbook>              hash    state CLOSED|OPEN|HALF_OPEN, failures, opened_at, probe
   4  leases                    zset    member attempt, score lease expiry (ms); in-flight actions
@@ -20,9 +22,12 @@ KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot scr
 ARGV
   1  incident id          2  attempt              3  worker
   4  source               5  has_source 0|1       6  lease_ms
-  7  claim_grace_ms (claimed/executing records live lease_ms + this)
-  8  mode record|check|reserve
-  9  outcomes (record)    10 ttl_ms (record)
+  7  claim_grace_ms (claimed records live lease_ms + this)
+  8  mode record|check|reserve|dry_run
+  9  outcomes (record)
+  10 ttl_ms: the idempotency TTL. A done record lives this long; so does the record of an action
+     that started (executing, interrupted), at least, so a redelivery however late within it is
+     Interrupted or Duplicate, never run again.
   11 service              12 max_per_hour         13 rate_window_ms
   14 cooldown_ms          15 recovery_ms          16 max_concurrent_actions
   17 max_affected_services                        18 services_window_ms
@@ -57,12 +62,14 @@ local source, has_source = ARGV[4], ARGV[5] == '1'
 local lease_ms, grace = tonumber(ARGV[6]), tonumber(ARGV[7])
 local mode = ARGV[8]
 
+local ttl = tonumber(ARGV[10])
 local epoch = ''
 
--- Every answer of this attempt is cached in its record, so a retry of the same attempt (after
--- a timeout whose effect is unknown) gets the same answer and never reserves twice.
+-- Every answer of this attempt is cached in its record with the mode it answered, so a retry of
+-- the same attempt in the same mode (after a timeout whose effect is unknown) gets the same
+-- answer and never reserves twice.
 local function reply(answer)
-  redis.call('HSET', K_INC, 'answer', cjson.encode(answer))
+  redis.call('HSET', K_INC, 'answer', cjson.encode(answer), 'answer_mode', mode)
   local out = { epoch }
   for i = 1, #answer do
     out[#out + 1] = answer[i]
@@ -72,12 +79,13 @@ end
 
 -- 1. Idempotency.
 local rec = redis.call('HMGET', K_INC, 'state', 'worker', 'attempt', 'lease_until', 'source',
-  'outcomes', 'answer')
-local r_state, r_worker, r_attempt, r_lease, r_source, r_outcomes, r_answer =
-  rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7]
+  'outcomes', 'answer', 'answer_mode', 'acted_by')
+local r_state, r_worker, r_attempt, r_lease, r_source, r_outcomes, r_answer, r_mode, r_acted =
+  rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7], rec[8], rec[9]
 local interrupted = nil
 if r_state then
-  if r_attempt == attempt and r_answer then
+  local same = r_attempt == attempt and r_answer
+  if same and r_mode == mode then
     local cached = cjson.decode(r_answer)
     local out = { '' }
     for i = 1, #cached do
@@ -86,45 +94,67 @@ if r_state then
     return out
   end
   if r_state == 'done' then
-    local same = has_source and r_source == source
-    return { '', 'duplicate', r_outcomes or '[]', same and '1' or '0' }
+    local same_src = has_source and r_source == source
+    return { '', 'duplicate', r_outcomes or '[]', same_src and '1' or '0' }
   end
-  local lease_until = tonumber(r_lease) or 0
-  if lease_until > now then
-    return { '', 'in_progress', r_worker or '', fmt(lease_until - now) }
+  if same then
+    -- The same attempt asks again in another mode (its Reserve timed out, then the incident aged
+    -- out and it asks to Record; or a Check became a Reserve after a promotion). It never
+    -- received the cached answer, so it never acted on it: what that answer reserved is stale.
+    -- Its lease (and with it any probe it took) is released; the rate-limit slot and cooldown
+    -- stay counted (conservative). Then it decides afresh in the asked mode.
+    if r_state == 'executing' then
+      redis.call('ZREM', K_LEASES, attempt)
+    end
+  else
+    local lease_until = tonumber(r_lease) or 0
+    if lease_until > now then
+      return { '', 'in_progress', r_worker or '', fmt(lease_until - now) }
+    end
+    -- The holder's lease expired: it crashed (or stalled past its lease). A claim that never
+    -- started an action is simply taken over; one that may have acted must never act again.
+    if r_state == 'executing' then
+      interrupted = r_worker or ''
+    end
   end
-  -- The holder's lease expired: it crashed (or stalled past its lease). A claim that never
-  -- started an action is simply taken over; one that may have acted must never act again.
-  if r_state == 'executing' then
-    interrupted = r_worker or ''
+  -- Interrupted is sticky until an outcome is recorded: if the attempt that took over an
+  -- interrupted action dies too, the next one is Interrupted again, never runs.
+  if r_state == 'interrupted' then
+    interrupted = r_acted or r_worker or ''
   end
 end
 
--- Claim (fresh, or take over an expired claim). The record outlives the lease by a grace
--- period so a redelivery after a crash still finds an `executing` record and is Interrupted.
+-- Claim (fresh, or take over an expired claim). A claim lives lease + grace; an interrupted one
+-- (an action may have run) at least the idempotency TTL, so a redelivery however late within it
+-- still finds it and is Interrupted.
 redis.call('DEL', K_INC)
+local state = interrupted and 'interrupted' or 'claimed'
 if has_source then
-  redis.call('HSET', K_INC, 'state', 'claimed', 'worker', worker, 'attempt', attempt,
+  redis.call('HSET', K_INC, 'state', state, 'worker', worker, 'attempt', attempt,
     'lease_until', fmt(now + lease_ms), 'source', source)
 else
-  redis.call('HSET', K_INC, 'state', 'claimed', 'worker', worker, 'attempt', attempt,
+  redis.call('HSET', K_INC, 'state', state, 'worker', worker, 'attempt', attempt,
     'lease_until', fmt(now + lease_ms))
 end
-redis.call('PEXPIRE', K_INC, lease_ms + grace)
-
 if interrupted then
+  redis.call('HSET', K_INC, 'acted_by', interrupted)
+  redis.call('PEXPIRE', K_INC, math.max(lease_ms + grace, ttl))
   return reply({ 'interrupted', interrupted })
 end
+redis.call('PEXPIRE', K_INC, lease_ms + grace)
 
 -- 3. Record: the decision is final without guardrails.
 if mode == 'record' then
   redis.call('HSET', K_INC, 'state', 'done', 'outcomes', ARGV[9])
   local r = reply({ 'recorded' })
-  redis.call('PEXPIRE', K_INC, ARGV[10])
+  redis.call('PEXPIRE', K_INC, ttl)
   return r
 end
 
-local reserve = mode == 'reserve'
+-- A dry run takes the slots a real run would (so shadow mode shows what would be blocked) but
+-- never the circuit's probe, and never moves the circuit: it is no evidence either way.
+local reserve = mode == 'reserve' or mode == 'dry_run'
+local real = mode == 'reserve'
 local service = ARGV[11]
 local max_per_hour, window, cooldown = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local recovery = tonumber(ARGV[15])
@@ -192,8 +222,9 @@ if c_state == 'OPEN' then
     return blocked('circuit_open', 'circuit open (' .. ceil_s(wait) .. 's until half-open)')
   end
   -- Recovery passed: the first Reserve that passes every other guardrail becomes the probe
-  -- (and moves the circuit to HALF_OPEN); a Check only reports that it would be allowed.
-  take_probe = reserve
+  -- (and moves the circuit to HALF_OPEN); a Check or a dry run only reports that it would be
+  -- allowed.
+  take_probe = real
 elseif c_state == 'HALF_OPEN' or conservative then
   -- Exactly one probe: a probe is live while its attempt holds a live lease in `leases`, so
   -- the probe and its blast-radius lease expire (or are renewed) together. This script is
@@ -209,7 +240,7 @@ elseif c_state == 'HALF_OPEN' or conservative then
     end
     return blocked('circuit_open', 'circuit half-open (conservative mode), probe in flight')
   end
-  take_probe = reserve
+  take_probe = real
 end
 
 -- 4c. Rate limit: exact sliding window. An entry counts while now - score < window. Entries are
@@ -265,7 +296,8 @@ if rb_max_services > 0 and not redis.call('ZSCORE', K_RBSVC, service)
     .. ' per window) reached')
 end
 
--- 4f. Allowed. Reserve takes every slot at once; Check leaves the incident claimed only.
+-- 4f. Allowed. Reserve (and a dry run) takes every slot at once; Check leaves the incident
+-- claimed only.
 if reserve then
   -- Member is the incident id: re-reserving the same incident (after a NotRun finish) moves its
   -- entry instead of adding one, since it is still at most one execution.
@@ -282,6 +314,11 @@ if reserve then
     end
     redis.call('HSET', K_CB, 'state', next_state, 'probe', attempt)
   end
-  redis.call('HSET', K_INC, 'state', 'executing')
+  -- Only a real action makes the incident `executing`: from now on its record lives at least the
+  -- idempotency TTL, so however late a redelivery comes, it never runs the action again.
+  if real then
+    redis.call('HSET', K_INC, 'state', 'executing')
+    redis.call('PEXPIRE', K_INC, math.max(lease_ms + grace, ttl))
+  end
 end
 return reply({ 'allowed', take_probe and '1' or '0', conservative and '1' or '0' })

@@ -95,7 +95,7 @@ end
 -- repeated decide of this attempt can no longer replay `allowed`.
 local answer = { state, fmt(failures), opened and '1' or '0', owns and 'current' or 'stale' }
 if owns then
-  redis.call('HDEL', K_INC, 'answer')
+  redis.call('HDEL', K_INC, 'answer', 'answer_mode')
   redis.call('HSET', K_INC, 'finish', cjson.encode(answer))
   if result == 'not_run' and rec[2] == 'executing' then
     redis.call('HSET', K_INC, 'state', 'claimed')

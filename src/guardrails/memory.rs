@@ -20,14 +20,12 @@ use crate::clock::{millis, Clock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// How long a claimed or executing incident record outlives its lease.
+/// How long a claimed incident record outlives its lease (a record whose action started lives
+/// at least the idempotency TTL instead, see [`super::Limits::record_ttl_ms`]).
 ///
-/// A replica that crashes mid-action leaves an `executing` record; a redelivery that arrives
-/// after the lease but within this grace still finds it and is answered
-/// [`DecideAnswer::Interrupted`] instead of acting a second time. An hour is well past the
-/// default `max_incident_age` (15 minutes), after which a redelivery is recorded as expired
-/// without guardrails anyway. Both stores use this value (the Redis store passes it to its
-/// scripts).
+/// The config refuses a `max_incident_age` of this or more, so an incident with `detected_at`
+/// that is redelivered after its claim expired is recorded as expired without guardrails. Both
+/// stores use this value (the Redis store passes it to its scripts).
 pub const CLAIM_GRACE_MS: u64 = 3_600_000;
 
 /// Decisions between two sweeps of expired incident records (lazy expiry keeps memory bounded
@@ -41,6 +39,9 @@ enum ClaimState {
     Claimed,
     /// An action was reserved and may have run; only `record` ends this state.
     Executing,
+    /// An executing attempt's lease expired and another attempt took the claim over: the action
+    /// may have run, so every later attempt is Interrupted too, until `record`.
+    Interrupted,
     /// The final outcomes are stored.
     Done,
 }
@@ -54,8 +55,11 @@ struct Incident {
     lease_until: i64,
     source: Option<String>,
     outcomes: Option<String>,
-    /// This attempt's decide answer, replayed to a retry of the same attempt.
-    answer: Option<DecideAnswer>,
+    /// This attempt's decide answer and the mode it answered, replayed to a retry of the same
+    /// attempt in the same mode.
+    answer: Option<(&'static str, DecideAnswer)>,
+    /// Interrupted: the worker whose action may have run.
+    acted_by: Option<String>,
     /// This attempt's finish answer, replayed to a retry of the same finish.
     finish: Option<FinishAnswer>,
     /// When the record disappears (Redis: the key's TTL).
@@ -120,10 +124,11 @@ impl State {
         }
     }
 
-    /// Cache `answer` as this attempt's answer (see `decide.lua`, `reply`) and return it.
-    fn reply(&mut self, id: &str, answer: DecideAnswer) -> DecideAnswer {
+    /// Cache `answer` as this attempt's answer in `mode` (see `decide.lua`, `reply`) and return
+    /// it.
+    fn reply(&mut self, id: &str, mode: &'static str, answer: DecideAnswer) -> DecideAnswer {
         if let Some(rec) = self.incidents.get_mut(id) {
-            rec.answer = Some(answer.clone());
+            rec.answer = Some((mode, answer.clone()));
         }
         answer
     }
@@ -187,11 +192,16 @@ impl MemoryStore {
         let id = req.incident_id.as_str();
         let lease_ms = ms(req.lease_ms);
 
+        let mode = req.admission.mode();
+        let ttl = ms(req.admission.record_ttl_ms().max(1));
+
         // 1. Idempotency.
         let mut interrupted = None;
+        let mut release_stale = false;
         if let Some(rec) = st.live_incident(id, now) {
-            if rec.attempt == req.attempt {
-                if let Some(answer) = &rec.answer {
+            let same = rec.attempt == req.attempt && rec.answer.is_some();
+            if let Some((m, answer)) = &rec.answer {
+                if same && *m == mode {
                     return answer.clone();
                 }
             }
@@ -201,53 +211,79 @@ impl MemoryStore {
                     same_source: req.source.is_some() && rec.source == req.source,
                 };
             }
-            if rec.lease_until > now {
-                return DecideAnswer::InProgress {
-                    worker: rec.worker.clone(),
-                    retry_after_ms: u64::try_from(rec.lease_until - now).unwrap_or(0),
-                };
+            if same {
+                // The same attempt asks in another mode: it never received the cached answer, so
+                // never acted on it. Its lease (and any probe with it) is released; the rate slot
+                // and cooldown stay counted. Then it decides afresh.
+                release_stale = rec.state == ClaimState::Executing;
+            } else {
+                if rec.lease_until > now {
+                    return DecideAnswer::InProgress {
+                        worker: rec.worker.clone(),
+                        retry_after_ms: u64::try_from(rec.lease_until - now).unwrap_or(0),
+                    };
+                }
+                // Expired lease: a claim that never acted is taken over; one that may have acted
+                // must never act again.
+                if rec.state == ClaimState::Executing {
+                    interrupted = Some(rec.worker.clone());
+                }
             }
-            // Expired lease: a claim that never acted is taken over; one that may have acted
-            // must never act again.
-            if rec.state == ClaimState::Executing {
-                interrupted = Some(rec.worker.clone());
+            // Interrupted is sticky until an outcome is recorded.
+            if rec.state == ClaimState::Interrupted {
+                interrupted = Some(rec.acted_by.clone().unwrap_or_else(|| rec.worker.clone()));
             }
         }
+        if release_stale {
+            st.leases.remove(&req.attempt);
+        }
 
-        // Claim (fresh or take-over); the record outlives the lease by CLAIM_GRACE_MS.
+        // Claim (fresh or take-over); a claim outlives its lease by CLAIM_GRACE_MS, an
+        // interrupted one lives at least the idempotency TTL.
+        let claim_expiry = now.saturating_add(lease_ms).saturating_add(ms(CLAIM_GRACE_MS));
         st.incidents.insert(
             id.to_owned(),
             Incident {
-                state: ClaimState::Claimed,
+                state: if interrupted.is_some() {
+                    ClaimState::Interrupted
+                } else {
+                    ClaimState::Claimed
+                },
                 worker: req.worker.clone(),
                 attempt: req.attempt.clone(),
                 lease_until: now.saturating_add(lease_ms),
                 source: req.source.clone(),
                 outcomes: None,
                 answer: None,
+                acted_by: interrupted.clone(),
                 finish: None,
-                expires_at: now.saturating_add(lease_ms).saturating_add(ms(CLAIM_GRACE_MS)),
+                expires_at: if interrupted.is_some() {
+                    claim_expiry.max(now.saturating_add(ttl))
+                } else {
+                    claim_expiry
+                },
             },
         );
         if let Some(worker) = interrupted {
-            return st.reply(id, DecideAnswer::Interrupted { worker });
+            return st.reply(id, mode, DecideAnswer::Interrupted { worker });
         }
 
-        let (scope, limits, reserve) = match &req.admission {
+        let (scope, limits) = match &req.admission {
             // 3. Record: final without guardrails.
-            Admission::Record { outcomes, ttl_ms } => {
+            Admission::Record { outcomes, .. } => {
                 if let Some(rec) = st.incidents.get_mut(id) {
                     rec.state = ClaimState::Done;
                     rec.outcomes = Some(outcomes.clone());
-                    rec.expires_at = now.saturating_add(ms((*ttl_ms).max(1)));
+                    rec.expires_at = now.saturating_add(ttl);
                 }
-                return st.reply(id, DecideAnswer::Recorded);
+                return st.reply(id, mode, DecideAnswer::Recorded);
             }
-            Admission::Check { scope, limits } => (scope, limits, false),
-            Admission::Reserve { scope, limits } => (scope, limits, true),
+            Admission::Check { scope, limits }
+            | Admission::Reserve { scope, limits }
+            | Admission::DryRun { scope, limits } => (scope, limits),
         };
-        let answer = Self::check_and_reserve(st, now, req, scope, limits, reserve);
-        st.reply(id, answer)
+        let answer = Self::check_and_reserve(st, now, req, scope, limits, ttl);
+        st.reply(id, mode, answer)
     }
 
     /// Steps 4a–4f of `decide.lua`: first failing guardrail wins, nothing is reserved on a block.
@@ -257,8 +293,11 @@ impl MemoryStore {
         req: &DecideRequest,
         scope: &Scope,
         limits: &Limits,
-        reserve: bool,
+        ttl: i64,
     ) -> DecideAnswer {
+        // A dry run takes the slots a real run would, but never the probe nor the circuit.
+        let real = matches!(req.admission, Admission::Reserve { .. });
+        let reserve = real || matches!(req.admission, Admission::DryRun { .. });
         // 4a. No epoch in memory: the state cannot be lost while the process lives.
         let conservative = false;
 
@@ -277,7 +316,7 @@ impl MemoryStore {
                     format!("circuit open ({}s until half-open)", ceil_s(wait)),
                 );
             }
-            take_probe = reserve;
+            take_probe = real;
         } else if c_state == CircuitState::HalfOpen || conservative {
             // Exactly one probe: it is live while its attempt's lease is, and this runs under
             // the lock, so of any number of concurrent callers only the first sees none.
@@ -293,7 +332,7 @@ impl MemoryStore {
                 };
                 return blocked(Guardrail::CircuitOpen, detail.to_owned());
             }
-            take_probe = reserve;
+            take_probe = real;
         }
 
         // 4c. Rate limit, exact sliding window: an entry counts while now - at < window. Entries
@@ -412,8 +451,13 @@ impl MemoryStore {
                 }
                 circuit.probe = Some(req.attempt.clone());
             }
-            if let Some(rec) = st.incidents.get_mut(&req.incident_id) {
-                rec.state = ClaimState::Executing;
+            // Only a real action makes the incident executing; its record then lives at least
+            // the idempotency TTL.
+            if real {
+                if let Some(rec) = st.incidents.get_mut(&req.incident_id) {
+                    rec.state = ClaimState::Executing;
+                    rec.expires_at = rec.expires_at.max(now.saturating_add(ttl));
+                }
             }
         }
         DecideAnswer::Allowed {
@@ -509,7 +553,10 @@ impl MemoryStore {
         match st.live_incident(incident_id, now) {
             Some(rec) if rec.attempt == attempt && rec.state != ClaimState::Done => {
                 rec.lease_until = now.saturating_add(lease_ms);
-                rec.expires_at = now.saturating_add(lease_ms).saturating_add(ms(CLAIM_GRACE_MS));
+                // Extend, never shorten (an executing record lives at least the idempotency TTL).
+                rec.expires_at = rec
+                    .expires_at
+                    .max(now.saturating_add(lease_ms).saturating_add(ms(CLAIM_GRACE_MS)));
             }
             _ => {
                 tracing::debug!(incident_id, attempt, "guardrail renew of a stale attempt ignored");
@@ -555,6 +602,7 @@ impl MemoryStore {
                         source: None,
                         outcomes: Some(outcomes.to_owned()),
                         answer: None,
+                        acted_by: None,
                         finish: None,
                         expires_at,
                     },

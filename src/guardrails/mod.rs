@@ -138,6 +138,10 @@ pub struct Limits {
     pub services_window_ms: u64,
     /// After an epoch change (state lost), run conservatively (circuits half-open) this long.
     pub conservative_ms: u64,
+    /// The idempotency TTL: the record of an incident whose action started (executing, or
+    /// interrupted by a crash) lives at least this long, like a done record, so a redelivery
+    /// however late within it is never run again.
+    pub record_ttl_ms: u64,
 }
 
 /// What a guarded decision is about: the runbook and the (primary) service it would touch.
@@ -168,9 +172,18 @@ pub enum Admission {
         /// Limits to check.
         limits: Limits,
     },
-    /// Check and reserve (execute, dry-run): on success a rate-limit slot, the cooldown, a
-    /// blast-radius lease and possibly the circuit probe are held until [`GuardrailStore::finish`].
+    /// Check and reserve (execute): on success a rate-limit slot, the cooldown, a blast-radius
+    /// lease and possibly the circuit probe are held until [`GuardrailStore::finish`].
     Reserve {
+        /// Runbook and service.
+        scope: Scope,
+        /// Limits to check and reserve against.
+        limits: Limits,
+    },
+    /// A dry run: checked and reserved like `Reserve` (so shadow mode shows what would be
+    /// blocked), but it never takes the circuit's half-open probe, never moves the circuit and
+    /// never marks the incident executing. Released with [`ExecResult::NotRun`].
+    DryRun {
         /// Runbook and service.
         scope: Scope,
         /// Limits to check and reserve against.
@@ -178,13 +191,38 @@ pub enum Admission {
     },
 }
 
+impl Admission {
+    /// The mode's wire name (`decide.lua` ARGV 8); a cached answer is only replayed to a retry
+    /// in the same mode.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Admission::Record { .. } => "record",
+            Admission::Check { .. } => "check",
+            Admission::Reserve { .. } => "reserve",
+            Admission::DryRun { .. } => "dry_run",
+        }
+    }
+
+    /// The idempotency TTL this request carries (see [`Limits::record_ttl_ms`]).
+    pub fn record_ttl_ms(&self) -> u64 {
+        match self {
+            Admission::Record { ttl_ms, .. } => *ttl_ms,
+            Admission::Check { limits, .. } | Admission::Reserve { limits, .. } | Admission::DryRun { limits, .. } => {
+                limits.record_ttl_ms
+            }
+        }
+    }
+}
+
 /// One call of [`GuardrailStore::decide`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecideRequest {
     /// The incident id (idempotency key).
     pub incident_id: String,
-    /// Unique per processing attempt. Repeating a call with the same attempt (after a timeout
-    /// whose effect is unknown) returns the first call's answer instead of reserving twice.
+    /// Unique per processing attempt. Repeating a call with the same attempt and admission mode
+    /// (after a timeout whose effect is unknown) returns the first call's answer instead of
+    /// reserving twice. Repeating it in another mode (the incident aged out meanwhile) releases
+    /// the lease the first answer may have taken, unused, and decides afresh.
     pub attempt: String,
     /// Replica identity, stored with the claim for operators.
     pub worker: String,
@@ -237,9 +275,10 @@ pub enum DecideAnswer {
     },
     /// A previous attempt started executing and its replica died before finishing. The action
     /// may or may not have happened, so it is never run again: the caller (now holding the
-    /// claim) records a final `aborted` outcome.
+    /// claim) records a final `aborted` outcome. Sticky until that outcome is recorded: if this
+    /// caller dies too, the next attempt is Interrupted again.
     Interrupted {
-        /// The replica that crashed.
+        /// The replica whose action was interrupted.
         worker: String,
     },
 }
@@ -247,13 +286,14 @@ pub enum DecideAnswer {
 /// How an execution ended, for the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecResult {
-    /// Post-checks passed (or a dry run simulated success).
+    /// Post-checks passed.
     Success,
     /// Post-checks failed (rolled back or not).
     Failure,
     /// The rollback itself failed: open the circuit now, whatever the count.
     ForceOpen,
-    /// Nothing ran (pre-check aborted, invalid template): release without touching the circuit.
+    /// Nothing ran (pre-check aborted, invalid template, a dry run): release without touching
+    /// the circuit.
     NotRun,
 }
 

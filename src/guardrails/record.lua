@@ -27,6 +27,6 @@ end
 -- `source` is kept, so a redelivery of the same message is recognised as such. The cached
 -- decide answer is dropped: from now on every decide, even by this attempt, is a Duplicate.
 redis.call('HSET', K_INC, 'state', 'done', 'attempt', attempt, 'outcomes', outcomes)
-redis.call('HDEL', K_INC, 'answer', 'lease_until')
+redis.call('HDEL', K_INC, 'answer', 'answer_mode', 'lease_until')
 redis.call('PEXPIRE', K_INC, ttl)
 return { 'recorded' }

@@ -497,10 +497,13 @@ impl LedgerStore for RedisStore {
 impl GuardrailStore for RedisStore {
     async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError> {
         let mut inv = self.scripts.decide.prepare_invoke();
-        let (mode, scope, limits, outcomes, ttl_ms) = match &req.admission {
-            Admission::Record { outcomes, ttl_ms } => ("record", None, None, outcomes.as_str(), *ttl_ms),
-            Admission::Check { scope, limits } => ("check", Some(scope), Some(limits), "", 0),
-            Admission::Reserve { scope, limits } => ("reserve", Some(scope), Some(limits), "", 0),
+        let mode = req.admission.mode();
+        let ttl_ms = req.admission.record_ttl_ms();
+        let (scope, limits, outcomes) = match &req.admission {
+            Admission::Record { outcomes, .. } => (None, None, outcomes.as_str()),
+            Admission::Check { scope, limits }
+            | Admission::Reserve { scope, limits }
+            | Admission::DryRun { scope, limits } => (Some(scope), Some(limits), ""),
         };
         // Record needs no scope; its rate, circuit and rbsvc keys are placeholders the script
         // never touches (still under the tag, so the script stays single-slot).

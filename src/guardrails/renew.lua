@@ -29,7 +29,10 @@ if rec[1] ~= attempt or rec[2] == 'done' then
 end
 
 redis.call('HSET', K_INC, 'lease_until', string.format('%d', now + lease_ms))
-redis.call('PEXPIRE', K_INC, lease_ms + grace)
+-- Extend, never shorten: an executing record already lives at least the idempotency TTL.
+if redis.call('PTTL', K_INC) < lease_ms + grace then
+  redis.call('PEXPIRE', K_INC, lease_ms + grace)
+end
 -- Only a live lease is extended: an expired one may already have been counted as free by
 -- another decision, and reviving it could exceed max_concurrent_actions. A finished attempt has
 -- no entry (finish removed it) and gets none back.

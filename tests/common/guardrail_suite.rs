@@ -31,6 +31,9 @@ macro_rules! guardrail_suite_tests {
             claimed_lease_expired_is_taken_over,
             executing_lease_expired_is_interrupted,
             finished_then_crashed_is_interrupted_not_run_is_not,
+            interrupted_is_sticky_until_recorded,
+            same_attempt_in_another_mode_decides_afresh,
+            dry_run_never_takes_the_probe_nor_moves_the_circuit,
             stale_record_is_ignored,
             rate_limit_is_an_exact_sliding_window,
             cooldown_reports_remaining_seconds,
@@ -82,6 +85,7 @@ pub fn open_limits() -> Limits {
         runbook_max_services: 0,
         services_window_ms: 60_000,
         conservative_ms: 0,
+        record_ttl_ms: 60_000,
     }
 }
 
@@ -472,6 +476,142 @@ pub async fn finished_then_crashed_is_interrupted_not_run_is_not(store: Store) {
         decide(&store, &reserve("inc-2", "b2", &s, &limits, LONG_LEASE)).await,
         ALLOWED
     );
+}
+
+/// Crash, take-over, crash again: the attempt that took over an interrupted action dies before
+/// recording its outcome, and the next one is Interrupted again (naming the replica whose action
+/// may have run), never allowed to run it. Only a recorded outcome ends that.
+pub async fn interrupted_is_sticky_until_recorded(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = open_limits();
+    assert_eq!(decide(&store, &reserve("inc-1", "a1", &s, &limits, 200)).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let interrupted = DecideAnswer::Interrupted { worker: "w1".into() };
+    let mut second = reserve("inc-1", "a2", &s, &limits, 200);
+    second.worker = "w2".into();
+    assert_eq!(decide(&store, &second).await, interrupted);
+    // w2 dies before recording its `aborted` outcome.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut third = reserve("inc-1", "a3", &s, &limits, LONG_LEASE);
+    third.worker = "w3".into();
+    assert_eq!(
+        decide(&store, &third).await,
+        interrupted,
+        "still interrupted after a second crash"
+    );
+    let mut fourth = third.clone();
+    fourth.attempt = "a4".into();
+    assert!(matches!(decide(&store, &fourth).await, DecideAnswer::InProgress { worker, .. } if worker == "w3"));
+    store.record("inc-1", "a3", OUTCOMES, 60_000).await.expect("record");
+    assert!(matches!(decide(&store, &fourth).await, DecideAnswer::Duplicate { .. }));
+}
+
+/// A retry of the same attempt in another mode never gets the other mode's cached answer: a
+/// Reserve whose answer was lost and that asks again as Record (the incident aged out) is
+/// recorded, and the lease it took, unused, is released; a Check that asks again as Reserve is
+/// decided afresh (and here blocked), not handed the Check's `allowed` without a reservation.
+pub async fn same_attempt_in_another_mode_decides_afresh(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    let record = request(
+        "inc-1",
+        "a1",
+        "w1",
+        LONG_LEASE,
+        Admission::Record {
+            outcomes: OUTCOMES.to_owned(),
+            ttl_ms: 60_000,
+        },
+    );
+    assert_eq!(decide(&store, &record).await, DecideAnswer::Recorded);
+    assert_eq!(
+        decide(&store, &record).await,
+        DecideAnswer::Recorded,
+        "retry in the same mode"
+    );
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a1", &s, &limits, LONG_LEASE)).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: true
+        },
+        "once recorded, no mode of any attempt acts"
+    );
+    assert_eq!(
+        decide(&store, &reserve("inc-2", "b1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "the stale reservation's lease was released"
+    );
+
+    // inc-2 holds the one slot: a Check under looser limits passes, then the same attempt asks
+    // to Reserve under the real ones.
+    assert_eq!(
+        decide(&store, &check("inc-3", "c1", &s, &open_limits(), LONG_LEASE)).await,
+        ALLOWED
+    );
+    let again = reserve("inc-3", "c1", &s, &limits, LONG_LEASE);
+    let first = decide(&store, &again).await;
+    blocked_by(&first, Guardrail::BlastRadius);
+    assert_eq!(decide(&store, &again).await, first, "then cached in its own mode");
+}
+
+/// A dry run proves nothing about the action: it never takes the half-open probe, never moves
+/// the circuit (neither to HALF_OPEN nor, released as NotRun, back to CLOSED), and a real probe
+/// after it is still the one probe.
+pub async fn dry_run_never_takes_the_probe_nor_moves_the_circuit(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    let dry = |incident: &str, attempt: &str| {
+        request(
+            incident,
+            attempt,
+            "w1",
+            LONG_LEASE,
+            Admission::DryRun {
+                scope: s.clone(),
+                limits: limits.clone(),
+            },
+        )
+    };
+    open_circuit(&store, "rb", &limits).await;
+    assert_blocked(
+        &decide(&store, &dry("d0", "d0a")).await,
+        Guardrail::CircuitOpen,
+        "circuit open (1s until half-open)",
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        decide(&store, &dry("d1", "d1a")).await,
+        ALLOWED,
+        "allowed, not the probe"
+    );
+    let open = CircuitSnapshot {
+        state: CircuitState::Open,
+        failures: 3,
+    };
+    assert_eq!(circuit(&store, "rb").await, open);
+    fin(&store, &finish("d1", "d1a", &s, &limits, ExecResult::NotRun)).await;
+    assert_eq!(circuit(&store, "rb").await, open, "a dry run never closes the circuit");
+
+    assert_eq!(
+        decide(&store, &reserve("p1", "p1a", &s, &limits, LONG_LEASE)).await,
+        PROBE,
+        "the real probe is still free"
+    );
+    assert_blocked(
+        &decide(&store, &dry("d2", "d2a")).await,
+        Guardrail::CircuitOpen,
+        "circuit half-open, probe in flight",
+    );
+    fin(&store, &finish("p1", "p1a", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(circuit(&store, "rb").await.state, CircuitState::Closed);
 }
 
 /// Only the attempt that owns the claim records; a stale attempt's record changes nothing.
