@@ -1193,8 +1193,12 @@ async fn a_scale_incident_asking_for_zero_or_past_the_cap_never_changes_the_depl
     let Some(client) = cluster().await else { return };
     let ns = Ns::new(&client, "scalecap").await;
     running(&ns, "web", 2, "registry.example/web:1").await;
+    // The executor acts as deploy/'s ServiceAccount, granted deploy/rbac.yaml's Role in this
+    // namespace only: the refusals below are remediator's own, not RBAC's.
+    let (sa_namespace, sa_name) = grant_deploy_role(&client, &ns.name).await;
+    let worker = common::k8s::client_as_service_account(&sa_namespace, &sa_name).await;
     // No Prometheus: the `rolled-back` runbook's query check cannot pass, so its rollback runs.
-    let executor = Arc::new(KubernetesExecutor::new(client.clone(), options()).unwrap());
+    let executor = Arc::new(KubernetesExecutor::new(worker, options()).unwrap());
     let runbooks = r#"
 runbooks:
   scale-up:
@@ -1283,4 +1287,38 @@ runbooks:
     assert!(o.reason.contains("above the runbook's max_replicas 4"), "{}", o.reason);
     assert_eq!(replicas().await, Some(3));
     ns.cleanup().await;
+}
+
+/// Create deploy/rbac.yaml's Role and RoleBinding in `namespace` (as an operator does for each
+/// namespace remediator may act in); returns the bound ServiceAccount's namespace and name.
+async fn grant_deploy_role(client: &Client, namespace: &str) -> (String, String) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use serde::Deserialize;
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).expect("deploy/rbac.yaml");
+    let mut subject = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).expect("YAML")).expect("JSON");
+        v["metadata"]["namespace"] = json!(namespace);
+        match v["kind"].as_str() {
+            Some("Role") => {
+                let role: Role = serde_json::from_value(v).expect("Role");
+                Api::<Role>::namespaced(client.clone(), namespace)
+                    .create(&PostParams::default(), &role)
+                    .await
+                    .expect("create Role");
+            }
+            Some("RoleBinding") => {
+                let binding: RoleBinding = serde_json::from_value(v).expect("RoleBinding");
+                let sa = binding.subjects.as_ref().and_then(|s| s.first()).expect("a subject");
+                subject = Some((sa.namespace.clone().expect("subject namespace"), sa.name.clone()));
+                Api::<RoleBinding>::namespaced(client.clone(), namespace)
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .expect("create RoleBinding");
+            }
+            other => panic!("deploy/rbac.yaml: unexpected {other:?}"),
+        }
+    }
+    subject.expect("deploy/rbac.yaml binds a ServiceAccount")
 }
