@@ -8,6 +8,9 @@
 //! * `scale_deployment` / `scale_to_zero` patch the `scale` subresource carrying the
 //!   `resourceVersion` they read (a concurrent change makes the API server answer 409; the
 //!   executor re-reads and recomputes a few times), and capture `old_replicas` for the rollback.
+//!   The target is judged against that same read ([`Replicas::target`]: the runbook's direction
+//!   and bounds, never 0 but for `scale_to_zero`); a target that breaks them is refused with
+//!   nothing patched ([`ActionReport::refused`]).
 //! * `rollout_restart` stamps `remediator.io/restarted-by: <action id>` on the pod template:
 //!   declarative, so running the same action twice changes nothing.
 //! * `rollout_undo` does what `kubectl rollout undo` does, with the observed `resourceVersion`.

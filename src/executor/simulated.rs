@@ -1,7 +1,8 @@
 //! A simulated cluster: the executor of `demo`, `replay` and tests.
 //!
 //! It keeps a journal of every action it was asked to run (so tests can prove "no executor
-//! call"), tracks deployment replica counts so scale rollbacks have something to restore, and
+//! call"), tracks deployment replica counts so scale rollbacks have something to restore (and
+//! refuses a scale against them as the Kubernetes executor does against the live count), and
 //! can be told to fail: a post-check for chosen services (to exercise rollback and the circuit
 //! breaker), the action itself, the rollback, or to take a while (to exercise concurrency).
 
