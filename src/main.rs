@@ -159,6 +159,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let path = runbooks.unwrap_or_else(|| cfg.runbooks.clone().into());
             let catalogue = load_catalogue(&path)?;
             println!("{}: {} runbooks OK", path.display(), catalogue.len());
+            // Warnings do not fail validation: the catalogue loads and runs as written.
+            for rb in catalogue.runbooks() {
+                for (key, message) in rb.warnings() {
+                    eprintln!("warning: {}: runbook {:?}: {key}: {message}", path.display(), rb.id);
+                }
+            }
             for rb in catalogue.runbooks() {
                 println!(
                     "  {:<22} risk {:<6} mode {:<8} triggers: {}",

@@ -1185,8 +1185,19 @@ impl Engine {
                     };
                 }
             };
+            if let Some(why) = report.refused {
+                break 'run Execution {
+                    decision: Decision::Aborted,
+                    success: None,
+                    rolled_back: false,
+                    reason: format!("action {} refused: {why}; nothing changed", action.kind()),
+                    checks,
+                    result: ExecResult::NotRun,
+                    label: "aborted",
+                };
+            }
             for (k, v) in &report.captured {
-                vars.set(k, v.clone());
+                vars.capture(k, v.clone());
             }
             let post_ctx = ctx(incident, rb, action, &vars, &action_id, false);
             let failed = self
@@ -1231,7 +1242,11 @@ impl Engine {
                     .executor
                     .execute(&rb_action, &ctx(incident, rb, action, &vars, &action_id, true))
                     .await
-                    .map_err(|e| format!("rollback failed: {e}")),
+                    .map_err(|e| format!("rollback failed: {e}"))
+                    .and_then(|r| match &r.refused {
+                        Some(why) => Err(format!("rollback refused: {why}")),
+                        None => Ok(r),
+                    }),
             };
             let outcome = match outcome {
                 Ok(report) => {
@@ -1265,6 +1280,12 @@ impl Engine {
                 },
             }
         };
+        // A runbook that acts automatically with nothing to undo it says so on every execution.
+        let mut exec = exec;
+        if let Some(why) = &rb.irreversible_override {
+            exec.reason
+                .push_str(&format!(" [runbook override allow_irreversible_auto: {why}]"));
+        }
         renewal.abort();
         self.metrics.in_flight.dec();
         self.metrics

@@ -341,11 +341,14 @@ pub async fn runbooks_report(config: &Config) -> Result<String> {
         } else {
             format!("{:.0}%", stats.rate() * 100.0)
         };
-        let policy = match (rb.trust, &demoted) {
+        let mut policy = match (rb.trust, &demoted) {
             (_, Some(why)) => format!("DEMOTED from auto: {why} (remediator promote {})", rb.id),
             (Some(t), None) => format!("floor {:.0}% after {} runs", t.floor * 100.0, t.min_runs),
             (None, None) => "no automatic demotion".to_string(),
         };
+        if let Some(why) = &rb.irreversible_override {
+            let _ = write!(policy, "; OVERRIDE auto without rollback: {why}");
+        }
         let risk = format!("{:?}", rb.risk).to_uppercase();
         let _ = writeln!(
             out,

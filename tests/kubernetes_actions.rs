@@ -1187,3 +1187,138 @@ async fn scale_replicas_by_and_predictive_are_computed_from_the_cluster() {
     .await;
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_scale_incident_asking_for_zero_or_past_the_cap_never_changes_the_deployment() {
+    let Some(client) = cluster().await else { return };
+    let ns = Ns::new(&client, "scalecap").await;
+    running(&ns, "web", 2, "registry.example/web:1").await;
+    // The executor acts as deploy/'s ServiceAccount, granted deploy/rbac.yaml's Role in this
+    // namespace only: the refusals below are remediator's own, not RBAC's.
+    let (sa_namespace, sa_name) = grant_deploy_role(&client, &ns.name).await;
+    let worker = common::k8s::client_as_service_account(&sa_namespace, &sa_name).await;
+    // No Prometheus: the `rolled-back` runbook's query check cannot pass, so its rollback runs.
+    let executor = Arc::new(KubernetesExecutor::new(worker, options()).unwrap());
+    let runbooks = r#"
+runbooks:
+  scale-up:
+    risk: LOW
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    pre_checks:
+      - current_replicas_below_max
+    action: kubectl scale deployment {deployment} --replicas={new_replicas} -n {namespace}
+    post_checks:
+      - {name: deployment_rolled_out, timeout_seconds: 30}
+    rollback: kubectl scale deployment {deployment} --replicas={old_replicas} -n {namespace}
+  rolled-back:
+    risk: LOW
+    triggers: [queue_backlog]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, replicas: "{new_replicas}", max_replicas: 4}
+    post_checks:
+      - {name: prometheus_query, query: 'up', below: 1}
+    rollback: {kind: scale_deployment, replicas: "{old_replicas}"}
+"#;
+    let rig = rig(runbooks, executor);
+    let deployments: Api<Deployment> = ns.api();
+    let replicas = || async { deployments.get("web").await.unwrap().spec.unwrap().replicas };
+    let send = |id: &str, root_cause: &str, n: u32| {
+        rig.send(incident(
+            id,
+            root_cause,
+            "web",
+            // `max_replicas` in the context is not a cap anyone reads.
+            json!({"namespace": ns.name, "deployment": "web", "new_replicas": n, "old_replicas": 9, "max_replicas": 10000}),
+        ))
+    };
+    let bounded = |f| tokio::time::timeout(Duration::from_secs(60), f);
+
+    for (id, n, why) in [
+        (
+            "zero",
+            0,
+            "0 replicas is refused: only a scale_to_zero action (HIGH risk) may scale to zero",
+        ),
+        ("cap-plus-one", 11, "11 replicas is above the runbook's max_replicas 10"),
+        ("huge", 10000, "10000 replicas is above the runbook's max_replicas 10"),
+    ] {
+        let o = bounded(send(id, "high_cpu", n)).await.expect("bounded");
+        assert_eq!(o.decision, Decision::Aborted, "{id}: {}", o.reason);
+        assert!(o.reason.contains(why), "{id}: {}", o.reason);
+        assert_eq!(replicas().await, Some(2), "{id}: the deployment was not touched");
+    }
+    // Within the runbook's bounds but below the live count: refused against the live object.
+    let o = bounded(send("down", "high_cpu", 1)).await.expect("bounded");
+    assert_eq!((o.decision, o.success), (Decision::Aborted, None), "{}", o.reason);
+    assert!(
+        o.reason.contains(&format!(
+            "deployment {}/web: a scale-up to 1 replicas is refused: the deployment already runs 2; nothing changed",
+            ns.name
+        )),
+        "{}",
+        o.reason
+    );
+    assert_eq!(replicas().await, Some(2));
+
+    // A valid scale-up works...
+    let o = bounded(send("up", "high_cpu", 3)).await.expect("bounded");
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{} {:?}",
+        o.reason,
+        o.checks
+    );
+    assert!(o.reason.contains("from 2 to 3"), "{}", o.reason);
+    assert_eq!(replicas().await, Some(3));
+    // ... and its rollback restores the count read from the cluster (3), not the incident's 9.
+    let o = bounded(send("back", "queue_backlog", 4)).await.expect("bounded");
+    assert_eq!((o.decision, o.rolled_back), (Decision::Executed, true), "{}", o.reason);
+    assert!(o.reason.contains("from 4 to 3"), "{}", o.reason);
+    assert_eq!(replicas().await, Some(3));
+    // The native form's own cap (4).
+    let o = bounded(send("native-cap", "queue_backlog", 5)).await.expect("bounded");
+    assert_eq!(o.decision, Decision::Aborted, "{}", o.reason);
+    assert!(o.reason.contains("above the runbook's max_replicas 4"), "{}", o.reason);
+    assert_eq!(replicas().await, Some(3));
+    ns.cleanup().await;
+}
+
+/// Create deploy/rbac.yaml's Role and RoleBinding in `namespace` (as an operator does for each
+/// namespace remediator may act in); returns the bound ServiceAccount's namespace and name.
+async fn grant_deploy_role(client: &Client, namespace: &str) -> (String, String) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use serde::Deserialize;
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).expect("deploy/rbac.yaml");
+    let mut subject = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).expect("YAML")).expect("JSON");
+        v["metadata"]["namespace"] = json!(namespace);
+        match v["kind"].as_str() {
+            Some("Role") => {
+                let role: Role = serde_json::from_value(v).expect("Role");
+                Api::<Role>::namespaced(client.clone(), namespace)
+                    .create(&PostParams::default(), &role)
+                    .await
+                    .expect("create Role");
+            }
+            Some("RoleBinding") => {
+                let binding: RoleBinding = serde_json::from_value(v).expect("RoleBinding");
+                let sa = binding.subjects.as_ref().and_then(|s| s.first()).expect("a subject");
+                subject = Some((sa.namespace.clone().expect("subject namespace"), sa.name.clone()));
+                Api::<RoleBinding>::namespaced(client.clone(), namespace)
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .expect("create RoleBinding");
+            }
+            other => panic!("deploy/rbac.yaml: unexpected {other:?}"),
+        }
+    }
+    subject.expect("deploy/rbac.yaml binds a ServiceAccount")
+}

@@ -517,4 +517,105 @@ async fn a_retry_in_another_mode_is_decided_afresh() {
     .expect("handled, not wedged");
     assert_eq!(again.outcomes[0].decision, Decision::Expired, "{:?}", again.outcomes);
     assert!(r.executor.journal().is_empty());
+fn scale_to(id: &str, service: &str, new_replicas: &str, old_replicas: u32) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"high_cpu","confidence":0.9,"service":"{service}","context":{{"deployment":"{service}","namespace":"production","new_replicas":{new_replicas},"old_replicas":{old_replicas},"max_replicas":10000}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_low_risk_scale_up_never_reaches_zero_nor_passes_its_cap_nor_goes_down() {
+    // The seed's scale-up: `--replicas={new_replicas}`, capped at 10 by its bare
+    // current_replicas_below_max pre-check. The incident's own `max_replicas` changes nothing.
+    let r = rig(SEED, Faults::default(), Settings::default());
+    for (id, n, why) in [
+        (
+            "Z0",
+            "0",
+            "context.new_replicas: 0 replicas is refused: only a scale_to_zero action (HIGH risk)",
+        ),
+        (
+            "Z1",
+            "11",
+            "context.new_replicas: 11 replicas is above the runbook's max_replicas 10",
+        ),
+        (
+            "Z2",
+            "10000",
+            "context.new_replicas: 10000 replicas is above the runbook's max_replicas 10",
+        ),
+    ] {
+        let o = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            r.send(&scale_to(id, &id.to_lowercase(), n, 3)),
+        )
+        .await
+        .expect("bounded");
+        assert_eq!(o.decision, Decision::Aborted, "{id}: {}", o.reason);
+        assert!(o.reason.contains(why), "{id}: {}", o.reason);
+    }
+    assert!(
+        r.executor.journal().is_empty(),
+        "refused at render time: no executor call"
+    );
+
+    // Within the bounds at render time, but below the live count (3): refused by the executor
+    // against the count it reads, nothing changed, no rollback, not a failure of the runbook.
+    let o = r.send(&scale_to("Z3", "z3", "2", 3)).await;
+    assert_eq!((o.decision, o.success, o.rolled_back), (Decision::Aborted, None, false));
+    assert!(
+        o.reason
+            .contains("action scale_deployment refused: deployment production/z3: a scale-up to 2 replicas is refused: the deployment already runs 3; nothing changed"),
+        "{}",
+        o.reason
+    );
+    assert_eq!(r.executor.journal().len(), 1, "one call, refused; no rollback");
+
+    // The cap itself is allowed, and the rollback restores the count read before the change.
+    let o = r.send(&scale_to("Z4", "z4", "10", 3)).await;
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{}",
+        o.reason
+    );
+    assert_eq!(o.action.as_ref().unwrap().params["max_replicas"], 10);
+    assert_eq!(o.action.as_ref().unwrap().params["direction"], "up");
+    r.executor.set_faults(Faults {
+        fail_post_checks_for: ["z5".to_string()].into(),
+        ..Faults::default()
+    });
+    let o = r.send(&scale_to("Z5", "z5", "4", 2)).await;
+    assert_eq!((o.decision, o.rolled_back), (Decision::Executed, true), "{}", o.reason);
+    let j = r.executor.journal();
+    assert_eq!(
+        j.last().unwrap().display,
+        "kubectl scale deployment z5 --replicas=2 -n production"
+    );
+}
+
+#[tokio::test]
+async fn a_high_risk_runbook_acting_automatically_without_rollback_says_so() {
+    let runbooks = r#"
+runbooks:
+  undo:
+    risk: HIGH
+    mode: auto
+    triggers: [error_rate_spike_after_deploy]
+    min_confidence: 0.9
+    action: {kind: rollout_undo}
+    allow_irreversible_auto: the deploy pipeline re-deploys on a failed rollback
+"#;
+    let r = rig(runbooks, Faults::default(), Settings::default());
+    let o = r
+        .send(r#"{"id":"H1","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"checkout","context":{"deployment":"checkout","namespace":"production"}}"#)
+        .await;
+    assert_eq!(o.decision, Decision::Executed, "{}", o.reason);
+    assert!(
+        o.reason.ends_with(
+            "[runbook override allow_irreversible_auto: the deploy pipeline re-deploys on a failed rollback]"
+        ),
+        "{}",
+        o.reason
+    );
 }

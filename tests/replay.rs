@@ -126,3 +126,171 @@ fn validate_accepts_the_shipped_files_and_lists_every_problem() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// Item 12 of the safety review: the catalogue refuses what the principles forbid, warns about
+/// what it allows only with care, and an override is shown wherever the runbook is listed.
+#[test]
+fn validate_refuses_high_risk_auto_without_rollback_and_warns_about_irreversible_automation() {
+    let dir = tempfile::tempdir().unwrap();
+    let high = dir.path().join("high.yaml");
+    let body = "runbooks:\n  undo:\n    risk: HIGH\n    mode: auto\n    triggers: [x]\n    min_confidence: 0.9\n    action: {kind: rollout_undo}\n";
+    std::fs::write(&high, body).unwrap();
+    let out = remediator(&["validate", "--runbooks", high.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a HIGH-risk auto runbook without rollback validates"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("high.yaml: runbook \"undo\": rollback: a HIGH-risk runbook in mode auto needs a rollback"),
+        "{err}"
+    );
+
+    // With a stated reason it loads, and is still warned about.
+    std::fs::write(
+        &high,
+        format!("{body}    allow_irreversible_auto: the deploy pipeline re-deploys on failure\n"),
+    )
+    .unwrap();
+    let out = remediator(&["validate", "--runbooks", high.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ")
+            && err.contains("runbook \"undo\": rollback: rollout_undo runs automatically but is neither reversible")
+            && err.contains("(allow_irreversible_auto: the deploy pipeline re-deploys on failure)"),
+        "{err}"
+    );
+
+    // The shipped catalogue: one automatic action that nothing undoes (clearing caches) is
+    // warned about on stderr; validation still passes.
+    let out = remediator(&["validate", "--runbooks", "config/runbooks.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with(
+            "warning: config/runbooks.yaml: runbook \"clear-disk-cache\": rollback: webhook runs automatically"
+        ),
+        "{err}"
+    );
+    let out = remediator(&["validate", "--runbooks", "tests/data/seed-runbooks.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "the seed file has nothing to warn about"
+    );
+}
+
+/// `remediator runbooks` (against real Redis) shows a runbook's override.
+#[test]
+fn the_runbooks_report_shows_an_override() {
+    let Some(redis) = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(
+            std::env::var_os("REMEDIATOR_TEST_REQUIRE_SERVICES").is_none(),
+            "REDIS_URL is required"
+        );
+        eprintln!("REDIS_URL unset: skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rb.yaml");
+    std::fs::write(
+        &path,
+        "runbooks:\n  undo:\n    risk: HIGH\n    mode: auto\n    triggers: [x]\n    min_confidence: 0.9\n    action: {kind: rollout_undo}\n    allow_irreversible_auto: the deploy pipeline re-deploys on failure\n  restart:\n    risk: LOW\n    triggers: [y]\n    min_confidence: 0.9\n    action: {kind: delete_pod}\n",
+    )
+    .unwrap();
+    let prefix = format!(
+        "test-report-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .arg("runbooks")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("REMEDIATOR_REDIS_URL", &redis)
+        .env("REMEDIATOR_REDIS_KEY_PREFIX", &prefix)
+        .env("REMEDIATOR_RUNBOOKS", &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run remediator runbooks");
+    // Bounded: a hung store must fail the test, not hang it.
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("remediator runbooks did not finish within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} in {text}"))
+    };
+    assert!(
+        line("undo").ends_with("OVERRIDE auto without rollback: the deploy pipeline re-deploys on failure"),
+        "{text}"
+    );
+    assert!(!line("restart").contains("OVERRIDE"), "{text}");
+}
+
+/// Item 2 of the safety review, offline: the seed's LOW-risk scale-up never renders 0 or a count
+/// above its cap (10, from its `current_replicas_below_max` pre-check), whatever the incident says.
+#[test]
+fn replay_refuses_a_scale_to_zero_or_past_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let incidents = dir.path().join("scale.jsonl");
+    let line = |id: &str, n: u32| {
+        format!(
+            r#"{{"id":"{id}","root_cause":"high_cpu","confidence":0.9,"service":"{id}","context":{{"deployment":"{id}","namespace":"production","new_replicas":{n},"old_replicas":3,"max_replicas":10000}}}}"#
+        )
+    };
+    std::fs::write(
+        &incidents,
+        [
+            line("zero", 0),
+            line("eleven", 11),
+            line("huge", 10000),
+            line("ten", 10),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    for runbooks in ["tests/data/seed-runbooks.yaml", "config/runbooks.yaml"] {
+        let out = remediator(&[
+            "replay",
+            "--runbooks",
+            runbooks,
+            "--incidents",
+            incidents.to_str().unwrap(),
+            "--now",
+            NOW,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let outcomes: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(&str, &str)> = outcomes
+            .iter()
+            .map(|o| (o["decision"].as_str().unwrap(), o["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got.len(), 4, "{runbooks}: {got:?}");
+        assert_eq!(got[0].0, "aborted", "{runbooks}: {got:?}");
+        assert!(
+            got[0].1.contains("context.new_replicas: 0 replicas is refused"),
+            "{got:?}"
+        );
+        for (d, reason) in &got[1..3] {
+            assert_eq!(*d, "aborted", "{runbooks}: {got:?}");
+            assert!(reason.contains("is above the runbook's max_replicas 10"), "{reason}");
+        }
+        assert_eq!(got[3].0, "dry_run", "{runbooks}: the cap itself is allowed: {got:?}");
+        assert_eq!(outcomes[3]["action"]["params"]["max_replicas"], 10);
+    }
+}

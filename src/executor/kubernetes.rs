@@ -8,6 +8,9 @@
 //! * `scale_deployment` / `scale_to_zero` patch the `scale` subresource carrying the
 //!   `resourceVersion` they read (a concurrent change makes the API server answer 409; the
 //!   executor re-reads and recomputes a few times), and capture `old_replicas` for the rollback.
+//!   The target is judged against that same read ([`Replicas::target`]: the runbook's direction
+//!   and bounds, never 0 but for `scale_to_zero`); a target that breaks them is refused with
+//!   nothing patched ([`ActionReport::refused`]).
 //! * `rollout_restart` stamps `remediator.io/restarted-by: <action id>` on the pod template:
 //!   declarative, so running the same action twice changes nothing.
 //! * `rollout_undo` does what `kubectl rollout undo` does, with the observed `resourceVersion`.
@@ -37,7 +40,6 @@
 //! URL is built by the `kube` and `reqwest` URL builders, never by splicing strings.
 
 use super::prometheus::{error_chain, Prometheus};
-use super::simulated::predictive_target;
 use super::{webhook, ActionReport, CheckResult, ExecContext, ExecError, Executor};
 use crate::clock::{Clock, SystemClock};
 use crate::runbook::action::PATCHABLE;
@@ -540,16 +542,17 @@ impl KubernetesExecutor {
                 .resource_version
                 .clone()
                 .ok_or_else(|| ExecError(format!("deployment {ns}/{name} scale has no resourceVersion")))?;
-            let target = match replicas {
-                Replicas::To(n) => *n,
-                Replicas::By(d) => (current as i64 + *d as i64).clamp(0, i32::MAX as i64) as u32,
-                Replicas::Predictive {
-                    predicted_load,
-                    current_load,
-                    max_replicas,
-                } => predictive_target(current, *predicted_load, *current_load, *max_replicas),
-            };
             let mut report = ActionReport::default();
+            // The runbook's direction and bounds, judged on the count just read: the patch below
+            // carries this read's resourceVersion, so the count cannot change in between.
+            let target = match replicas.target(current) {
+                Ok(t) => t,
+                Err(why) => {
+                    report.refused = Some(format!("deployment {ns}/{name}: {why}"));
+                    report.detail = format!("deployment {ns}/{name} left at {current} replicas");
+                    return Ok(report);
+                }
+            };
             report.captured.insert("old_replicas".into(), current.to_string());
             self.remember(ctx, |r| r.scaled_to = Some(target));
             if target == current {
@@ -1510,8 +1513,10 @@ impl Executor for KubernetesExecutor {
                 deployment,
                 replicas,
             } => self.scale(namespace, deployment, replicas, ctx).await,
+            // Zero replicas is the one count a scale never sets; scale_to_zero (HIGH risk only,
+            // enforced at load) reaches it by "restoring" zero.
             Action::ScaleToZero { namespace, deployment } => {
-                self.scale(namespace, deployment, &Replicas::To(0), ctx).await
+                self.scale(namespace, deployment, &Replicas::Restore(0), ctx).await
             }
             Action::RolloutRestart { namespace, deployment } => self.rollout_restart(namespace, deployment, ctx).await,
             Action::RolloutUndo { namespace, deployment } => self.rollout_undo(namespace, deployment).await,

@@ -67,6 +67,10 @@ pub struct ActionReport {
     pub detail: String,
     /// Values observed while acting that a rollback may need (`old_replicas`).
     pub captured: BTreeMap<String, String>,
+    /// The action looked at the live object and refused to change it (a scale whose target
+    /// breaks its runbook's direction or bounds against the live count): nothing was changed,
+    /// and the pipeline records `aborted` with this reason instead of verifying anything.
+    pub refused: Option<String>,
 }
 
 /// An action that could not be carried out.

@@ -1,12 +1,13 @@
 //! A simulated cluster: the executor of `demo`, `replay` and tests.
 //!
 //! It keeps a journal of every action it was asked to run (so tests can prove "no executor
-//! call"), tracks deployment replica counts so scale rollbacks have something to restore, and
+//! call"), tracks deployment replica counts so scale rollbacks have something to restore (and
+//! refuses a scale against them as the Kubernetes executor does against the live count), and
 //! can be told to fail: a post-check for chosen services (to exercise rollback and the circuit
 //! breaker), the action itself, the rollback, or to take a while (to exercise concurrency).
 
 use super::{ActionReport, CheckResult, ExecContext, ExecError, Executor};
-use crate::runbook::{Action, CheckName, CheckSpec, Replicas};
+use crate::runbook::{Action, CheckName, CheckSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -159,14 +160,14 @@ impl Executor for SimulatedExecutor {
             let current = *map
                 .entry(key.clone())
                 .or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
-            let target = match replicas {
-                Replicas::To(n) => *n,
-                Replicas::By(d) => (current as i64 + *d as i64).max(0) as u32,
-                Replicas::Predictive {
-                    predicted_load,
-                    current_load,
-                    max_replicas,
-                } => predictive_target(current, *predicted_load, *current_load, *max_replicas),
+            // The same live-count rule as the Kubernetes executor.
+            let target = match replicas.target(current) {
+                Ok(t) => t,
+                Err(why) => {
+                    report.refused = Some(format!("deployment {namespace}/{deployment}: {why}"));
+                    report.detail = format!("simulated: {deployment} left at {current} replicas");
+                    return Ok(report);
+                }
             };
             map.insert(key, target);
             report.captured.insert("old_replicas".into(), current.to_string());

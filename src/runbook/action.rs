@@ -9,13 +9,82 @@ use crate::outcome::ActionView;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The cap a scale action gets when its runbook names none: the `max_replicas` of its
+/// `current_replicas_below_max` pre-check if it has one, else this (the seed's scaler default).
+pub const DEFAULT_MAX_REPLICAS: u32 = 10;
+
+/// Which way a scale action may move a deployment. Declared by the runbook (never by the
+/// incident), and checked twice: at render time against the runbook's bounds, and against the
+/// live count right before the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Only above the live count, never above the runbook's `max_replicas`.
+    Up,
+    /// Only below the live count, never below the runbook's `min_replicas` (at least 1).
+    Down,
+    /// Back to the count a scale action captured from the live object before acting
+    /// (`{old_replicas}`): only in a rollback, never a value from the incident.
+    Restore,
+}
+
+impl Direction {
+    /// The name as written in runbooks and outcomes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+            Direction::Restore => "restore",
+        }
+    }
+}
+
+/// The replica range a scale action may set, from the runbook. `min >= 1`: zero replicas is
+/// reachable only through `scale_to_zero`, which only a HIGH-risk runbook may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Lowest count a scale may set (`min_replicas`, default 1).
+    pub min: u32,
+    /// Highest count a scale may set (`max_replicas`).
+    pub max: u32,
+}
+
+impl Bounds {
+    /// `min_replicas: 1`, `max_replicas` = [`DEFAULT_MAX_REPLICAS`].
+    pub const DEFAULT: Bounds = Bounds {
+        min: 1,
+        max: DEFAULT_MAX_REPLICAS,
+    };
+
+    fn check(&self, n: u32) -> Result<(), String> {
+        if n == 0 {
+            Err("0 replicas is refused: only a scale_to_zero action (HIGH risk) may scale to zero".into())
+        } else if n > self.max {
+            Err(format!("{n} replicas is above the runbook's max_replicas {}", self.max))
+        } else if n < self.min {
+            Err(format!("{n} replicas is below the runbook's min_replicas {}", self.min))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// How a scale action picks the replica count.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplicaSpec {
-    /// Scale to an absolute count (literal or template such as `{new_replicas}`).
-    To(Template),
-    /// Scale by a relative step (`--replicas=+1`).
-    By(i32),
+    /// Scale to an absolute count (literal or template such as `{new_replicas}`), only in
+    /// `direction` (`Up` or `Down`) and within `bounds`.
+    To {
+        /// The count.
+        count: Template,
+        /// Which way it may move the deployment.
+        direction: Direction,
+        /// The runbook's range.
+        bounds: Bounds,
+    },
+    /// Back to `{old_replicas}` as captured by the action (a rollback only).
+    Restore,
+    /// Scale by a relative step (`--replicas=+1`: up, `-1`: down), the result within `bounds`.
+    By(i32, Bounds),
     /// The seed's PredictiveScaler: from `predicted_load` / `current_load`, up only, capped.
     Predictive {
         /// Never scale above this.
@@ -160,13 +229,17 @@ pub enum Action {
     },
 }
 
-/// A rendered replica target.
+/// A rendered replica target, with the rule the live count must satisfy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Replicas {
-    /// Absolute.
-    To(u32),
-    /// Relative to the current count.
-    By(i32),
+    /// Raise to this count: only from below it, within the bounds.
+    Up(u32, Bounds),
+    /// Lower to this count: only from above it, within the bounds.
+    Down(u32, Bounds),
+    /// Relative to the current count; the result must lie within the bounds.
+    By(i32, Bounds),
+    /// The count captured from the live object before the action this rolls back.
+    Restore(u32),
     /// Predictive scale-up.
     Predictive {
         /// Expected load.
@@ -178,13 +251,69 @@ pub enum Replicas {
     },
 }
 
+impl Replicas {
+    /// The count to set given the live `current` one, or why the scale is refused. The
+    /// executors call this on the count they read right before the call (the call carries that
+    /// read's `resourceVersion`), so a deployment that changed since rendering is judged as it is.
+    /// `Ok(current)` means there is nothing to do.
+    pub fn target(&self, current: u32) -> Result<u32, String> {
+        match self {
+            Replicas::Up(n, bounds) => {
+                bounds.check(*n)?;
+                if *n < current {
+                    return Err(format!(
+                        "a scale-up to {n} replicas is refused: the deployment already runs {current}"
+                    ));
+                }
+                Ok(*n)
+            }
+            Replicas::Down(n, bounds) => {
+                bounds.check(*n)?;
+                if *n > current {
+                    return Err(format!(
+                        "a scale-down to {n} replicas is refused: the deployment runs only {current}"
+                    ));
+                }
+                Ok(*n)
+            }
+            Replicas::By(step, bounds) => {
+                let n = (current as i64 + *step as i64).clamp(0, u32::MAX as i64) as u32;
+                bounds.check(n).map_err(|m| format!("{current} {step:+} = {n}: {m}"))?;
+                Ok(n)
+            }
+            Replicas::Restore(n) => Ok(*n),
+            Replicas::Predictive {
+                predicted_load,
+                current_load,
+                max_replicas,
+            } => Ok(crate::executor::simulated::predictive_target(
+                current,
+                *predicted_load,
+                *current_load,
+                *max_replicas,
+            )),
+        }
+    }
+}
+
 impl ActionSpec {
-    /// Parse a seed-style kubectl string.
+    /// Parse a seed-style kubectl string, capping scales at [`DEFAULT_MAX_REPLICAS`].
     ///
     /// Supported: `kubectl delete pod P`, `kubectl scale deployment D --replicas=N|+N|-N`,
     /// `kubectl rollout restart|undo deployment D` (also `deployment/D`), each with an optional
     /// `-n NS` / `--namespace NS` / `--namespace=NS` (default `{namespace}` from the context).
     pub fn from_kubectl(cmd: &str) -> Result<Self, String> {
+        Self::from_kubectl_capped(cmd, DEFAULT_MAX_REPLICAS)
+    }
+
+    /// [`ActionSpec::from_kubectl`] with the runbook's cap. A kubectl string cannot declare a
+    /// direction, so it gets the safe one: `--replicas={old_replicas}` restores the captured count
+    /// (a rollback), `-N` goes down (never below 1), and anything else goes up, within `1..=max`.
+    pub fn from_kubectl_capped(cmd: &str, max_replicas: u32) -> Result<Self, String> {
+        let bounds = Bounds {
+            min: 1,
+            max: max_replicas,
+        };
         let words: Vec<&str> = cmd.split_whitespace().collect();
         let unsupported = || {
             format!(
@@ -244,13 +373,26 @@ impl ActionSpec {
                 let r = replicas.ok_or_else(|| format!("`kubectl scale` needs --replicas= in {cmd:?}"))?;
                 let replicas = if let Some(step) = r.strip_prefix('+').or(r.strip_prefix('-').map(|_| r)) {
                     let n: i32 = step.parse().map_err(|_| format!("--replicas={r} is not a number"))?;
-                    ReplicaSpec::By(n)
+                    if n == 0 || n.abs() > 1000 {
+                        return Err(format!("--replicas={r} must be a non-zero step of at most 1000"));
+                    }
+                    ReplicaSpec::By(n, bounds)
                 } else {
                     let t = Template::parse(r)?;
-                    if t.single_var().is_none() && r.parse::<u32>().is_err() {
+                    if let Ok(n) = r.parse::<u32>() {
+                        bounds.check(n).map_err(|m| format!("--replicas={r}: {m}"))?;
+                    } else if t.single_var().is_none() {
                         return Err(format!("--replicas={r} must be a number or a single {{variable}}"));
                     }
-                    ReplicaSpec::To(t)
+                    if t.single_var() == Some("old_replicas") {
+                        ReplicaSpec::Restore
+                    } else {
+                        ReplicaSpec::To {
+                            count: t,
+                            direction: Direction::Up,
+                            bounds,
+                        }
+                    }
                 };
                 ActionSpec::ScaleDeployment {
                     namespace: ns,
@@ -281,8 +423,8 @@ impl ActionSpec {
                 replicas,
             } => {
                 let mut v = vec![namespace, deployment];
-                if let ReplicaSpec::To(t) = replicas {
-                    v.push(t);
+                if let ReplicaSpec::To { count, .. } = replicas {
+                    v.push(count);
                 }
                 v
             }
@@ -348,15 +490,30 @@ impl ActionSpec {
                 namespace: ns(namespace)?,
                 deployment: name(deployment, "deployment")?,
                 replicas: match replicas {
-                    ReplicaSpec::To(t) => {
-                        let var = t.single_var().unwrap_or("replicas");
-                        let v = t.render(vars)?;
-                        Replicas::To(v.parse().map_err(|_| RenderError {
+                    ReplicaSpec::To {
+                        count,
+                        direction,
+                        bounds,
+                    } => {
+                        let var = count.single_var().unwrap_or("replicas");
+                        let v = count.render(vars)?;
+                        let n: u32 = v.parse().map_err(|_| RenderError {
                             var: var.into(),
                             message: format!("must be an integer, got {v:?}"),
-                        })?)
+                        })?;
+                        // The runbook's bounds, before anything is reserved or called; the live
+                        // count is judged again by the executor right before the call.
+                        bounds.check(n).map_err(|message| RenderError {
+                            var: var.into(),
+                            message,
+                        })?;
+                        match direction {
+                            Direction::Down => Replicas::Down(n, *bounds),
+                            _ => Replicas::Up(n, *bounds),
+                        }
                     }
-                    ReplicaSpec::By(n) => Replicas::By(*n),
+                    ReplicaSpec::Restore => Replicas::Restore(vars.captured_count("old_replicas")?),
+                    ReplicaSpec::By(n, bounds) => Replicas::By(*n, *bounds),
                     ReplicaSpec::Predictive { max_replicas } => Replicas::Predictive {
                         predicted_load: vars.decimal("predicted_load")?,
                         current_load: vars.decimal("current_load")?,
@@ -451,14 +608,27 @@ impl Action {
                 deployment,
                 replicas,
             } => {
+                fn bounded(params: &mut BTreeMap<String, Value>, direction: &str, bounds: &Bounds) {
+                    params.insert("direction".into(), Value::from(direction));
+                    params.insert("min_replicas".into(), Value::from(bounds.min));
+                    params.insert("max_replicas".into(), Value::from(bounds.max));
+                }
                 let flag = match replicas {
-                    Replicas::To(n) => {
+                    Replicas::Up(n, bounds) | Replicas::Down(n, bounds) => {
+                        let up = matches!(replicas, Replicas::Up(..));
+                        bounded(&mut params, if up { "up" } else { "down" }, bounds);
                         params.insert("replicas".into(), Value::from(*n));
                         n.to_string()
                     }
-                    Replicas::By(n) => {
+                    Replicas::By(n, bounds) => {
+                        bounded(&mut params, if *n > 0 { "up" } else { "down" }, bounds);
                         params.insert("replicas_delta".into(), Value::from(*n));
                         format!("{n:+}")
+                    }
+                    Replicas::Restore(n) => {
+                        params.insert("direction".into(), Value::from("restore"));
+                        params.insert("replicas".into(), Value::from(*n));
+                        n.to_string()
                     }
                     Replicas::Predictive {
                         predicted_load,
@@ -539,7 +709,11 @@ mod tests {
         assert!(matches!(
             a,
             ActionSpec::ScaleDeployment {
-                replicas: ReplicaSpec::To(_),
+                replicas: ReplicaSpec::To {
+                    direction: Direction::Up,
+                    bounds: Bounds::DEFAULT,
+                    ..
+                },
                 ..
             }
         ));
@@ -549,7 +723,7 @@ mod tests {
         assert!(matches!(
             a,
             ActionSpec::ScaleDeployment {
-                replicas: ReplicaSpec::By(1),
+                replicas: ReplicaSpec::By(1, Bounds::DEFAULT),
                 ..
             }
         ));
@@ -569,6 +743,91 @@ mod tests {
         ] {
             assert!(ActionSpec::from_kubectl(bad).is_err(), "{bad}");
         }
+    }
+
+    fn scale_up(vars: &[(&str, &str)]) -> Result<Action, RenderError> {
+        let a = ActionSpec::from_kubectl_capped(
+            "kubectl scale deployment {deployment} --replicas={new_replicas} -n {namespace}",
+            10,
+        )
+        .unwrap();
+        let mut v = Vars::default();
+        v.set("deployment", "web");
+        v.set("namespace", "prod");
+        for (k, x) in vars {
+            v.set(k, *x);
+        }
+        a.render(&v, &[])
+    }
+
+    #[test]
+    fn a_scale_renders_only_within_its_runbooks_bounds() {
+        let b = Bounds { min: 1, max: 10 };
+        assert_eq!(
+            scale_up(&[("new_replicas", "10")]).unwrap(),
+            Action::ScaleDeployment {
+                namespace: "prod".into(),
+                deployment: "web".into(),
+                replicas: Replicas::Up(10, b)
+            },
+            "the cap itself is allowed"
+        );
+        let e = scale_up(&[("new_replicas", "11")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "context.new_replicas: 11 replicas is above the runbook's max_replicas 10"
+        );
+        let e = scale_up(&[("new_replicas", "10000")]).unwrap_err();
+        assert!(e.message.contains("above the runbook's max_replicas 10"), "{e}");
+        let e = scale_up(&[("new_replicas", "0")]).unwrap_err();
+        assert!(e.message.contains("only a scale_to_zero action (HIGH risk)"), "{e}");
+        assert!(scale_up(&[("new_replicas", "1")]).is_ok());
+        // An incident cannot raise the cap: there is no such variable to give.
+        assert!(scale_up(&[("new_replicas", "50"), ("max_replicas", "100")]).is_err());
+    }
+
+    #[test]
+    fn a_restore_takes_only_a_captured_count() {
+        let a = ActionSpec::from_kubectl("kubectl scale deployment web --replicas={old_replicas} -n prod").unwrap();
+        let mut v = Vars::default();
+        v.set("old_replicas", "0");
+        let e = a.render(&v, &[]).unwrap_err();
+        assert!(e.message.contains("was not captured from the cluster"), "{e}");
+        v.capture("old_replicas", "3");
+        let r = a.render(&v, &[]).unwrap();
+        assert_eq!(r.view().display, "kubectl scale deployment web --replicas=3 -n prod");
+        assert_eq!(r.view().params["direction"], "restore");
+        v.set("old_replicas", "4");
+        assert!(
+            a.render(&v, &[]).is_err(),
+            "overwritten by the incident: not captured any more"
+        );
+    }
+
+    #[test]
+    fn the_live_count_decides_last() {
+        let b = Bounds { min: 2, max: 10 };
+        assert_eq!(Replicas::Up(5, b).target(3), Ok(5));
+        assert_eq!(Replicas::Up(5, b).target(5), Ok(5), "already there: nothing to do");
+        assert!(Replicas::Up(5, b).target(6).unwrap_err().contains("already runs 6"));
+        assert!(
+            Replicas::Up(11, b).target(3).is_err(),
+            "bounds hold even if rendered in code"
+        );
+        assert!(Replicas::Up(0, b).target(3).is_err());
+        assert_eq!(Replicas::Down(2, b).target(4), Ok(2));
+        assert!(Replicas::Down(1, b).target(4).unwrap_err().contains("min_replicas 2"));
+        assert!(Replicas::Down(4, b).target(3).unwrap_err().contains("runs only 3"));
+        assert_eq!(Replicas::By(1, b).target(9), Ok(10));
+        assert!(Replicas::By(1, b).target(10).unwrap_err().contains("max_replicas 10"));
+        assert!(Replicas::By(-1, b).target(2).unwrap_err().contains("min_replicas 2"));
+        let one = Bounds { min: 1, max: 10 };
+        assert!(Replicas::By(-3, one).target(3).unwrap_err().contains("scale_to_zero"));
+        assert_eq!(
+            Replicas::Restore(0).target(5),
+            Ok(0),
+            "a restore puts back what was there"
+        );
     }
 
     #[test]

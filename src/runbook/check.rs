@@ -90,7 +90,8 @@ pub struct CheckSpec {
     pub timeout: Option<Duration>,
     /// Restart ceiling for `recent_restarts_less_than_three` (default 3).
     pub max_restarts: Option<u32>,
-    /// Replica ceiling for `current_replicas_below_max` (default 10, as the seed's scaler).
+    /// Replica ceiling for `current_replicas_below_max` (default 10, as the seed's scaler); also
+    /// the cap of the runbook's scale actions that name none.
     pub max_replicas: Option<u32>,
     /// PromQL for query-based checks; may use template variables such as `{service}`.
     pub query: Option<Template>,

@@ -4,7 +4,7 @@
 //! each with the file, the runbook id and the key: unknown keys, unknown checks, unknown
 //! template variables, unsupported actions, out-of-range numbers, duplicate triggers.
 
-use super::action::{ActionSpec, ReplicaSpec, PATCHABLE};
+use super::action::{ActionSpec, Bounds, Direction, ReplicaSpec, DEFAULT_MAX_REPLICAS, PATCHABLE};
 use super::check::{CheckName, CheckSpec, CHECK_NAMES};
 use super::template::Template;
 use super::{Catalogue, Risk, Runbook, RunbookScope, TrustPolicy};
@@ -85,6 +85,7 @@ const RUNBOOK_KEYS: &[&str] = &[
     "rollback_checks",
     "dry_run",
     "trust",
+    "allow_irreversible_auto",
 ];
 
 pub(super) fn parse_catalogue(text: &str, file: &str) -> Result<Catalogue, LoadErrors> {
@@ -357,17 +358,24 @@ impl Parser<'_> {
         };
         let pre_checks = self.checks(get("pre_checks"), "pre_checks");
         let post_checks = self.checks(get("post_checks"), "post_checks");
+        // A scale that names no cap gets the one its pre-check enforces, so the seed's
+        // `current_replicas_below_max` (10 by default) also bounds `--replicas={new_replicas}`.
+        let default_max = pre_checks
+            .iter()
+            .find(|c| c.name == CheckName::CurrentReplicasBelowMax)
+            .map_or(DEFAULT_MAX_REPLICAS, |c| c.max_replicas.unwrap_or(DEFAULT_MAX_REPLICAS));
         let action = match get("action") {
             None | Some(Value::Null) => {
                 self.err("action", "is required");
                 None
             }
-            Some(v) => self.action(v, "action"),
+            Some(v) => self.action(v, "action", default_max),
         };
         let rollback = match get("rollback") {
             None | Some(Value::Null) => None,
-            Some(v) => self.action(v, "rollback"),
+            Some(v) => self.action(v, "rollback", default_max),
         };
+        self.scale_rules(risk, action.as_ref(), rollback.as_ref());
         let explicit_rollback_checks = get("rollback_checks").is_some();
         let mut rollback_checks = self.checks(get("rollback_checks"), "rollback_checks");
         if explicit_rollback_checks && rollback.is_none() && !rollback_checks.is_empty() {
@@ -442,6 +450,27 @@ impl Parser<'_> {
                 None
             }
         };
+        let irreversible_override = match get("allow_irreversible_auto") {
+            None | Some(Value::Null) => None,
+            Some(v) => self.string(v, "allow_irreversible_auto"),
+        };
+        // "Keep approval gates for high-risk actions" and "don't automate irreversible actions":
+        // a HIGH-risk runbook that acts on its own with nothing to undo it needs a stated reason.
+        let no_rollback = matches!(get("rollback"), None | Some(Value::Null));
+        if risk == Some(Risk::High) && mode == Some(Mode::Auto) && no_rollback {
+            if get("allow_irreversible_auto").is_none() {
+                self.err(
+                    "rollback",
+                    "a HIGH-risk runbook in mode auto needs a rollback; to run it automatically anyway, \
+                     state why in `allow_irreversible_auto: <reason>` (or use mode approval)",
+                );
+            }
+        } else if get("allow_irreversible_auto").is_some() {
+            self.err(
+                "allow_irreversible_auto",
+                "only for a runbook with risk HIGH, mode auto and no rollback (nothing to override here)",
+            );
+        }
         if self.errors.len() != before {
             return None;
         }
@@ -466,7 +495,46 @@ impl Parser<'_> {
             rollback_checks,
             dry_run,
             trust,
+            irreversible_override,
         })
+    }
+
+    /// Where scaling may go: `scale_to_zero` only in a HIGH-risk runbook; a `restore` only in a
+    /// rollback of a scale, the one action that captures the count to restore.
+    fn scale_rules(&mut self, risk: Option<Risk>, action: Option<&ActionSpec>, rollback: Option<&ActionSpec>) {
+        for (key, spec) in [("action", action), ("rollback", rollback)] {
+            if matches!(spec, Some(ActionSpec::ScaleToZero { .. })) && risk.is_some_and(|r| r != Risk::High) {
+                self.err(
+                    &format!("{key}.kind"),
+                    "scale_to_zero stops every pod: only a runbook with `risk: HIGH` may use it",
+                );
+            }
+        }
+        let restores = |s: Option<&ActionSpec>| {
+            matches!(
+                s,
+                Some(ActionSpec::ScaleDeployment {
+                    replicas: ReplicaSpec::Restore,
+                    ..
+                })
+            )
+        };
+        if restores(action) {
+            self.err(
+                "action",
+                "a restore (`{old_replicas}`) is only possible in a rollback: the count is captured by the action",
+            );
+        }
+        let captures = matches!(
+            action,
+            Some(ActionSpec::ScaleDeployment { .. } | ActionSpec::ScaleToZero { .. })
+        );
+        if restores(rollback) && action.is_some() && !captures {
+            self.err(
+                "rollback",
+                "a restore (`{old_replicas}`) needs an action that captures the count: scale_deployment or scale_to_zero",
+            );
+        }
     }
 
     fn checks(&mut self, v: Option<&Value>, key: &str) -> Vec<CheckSpec> {
@@ -550,10 +618,13 @@ impl Parser<'_> {
         }
     }
 
-    fn action(&mut self, v: &Value, key: &str) -> Option<ActionSpec> {
+    /// An action or rollback; `default_max` caps a scale that names no `max_replicas`.
+    fn action(&mut self, v: &Value, key: &str, default_max: u32) -> Option<ActionSpec> {
         match v {
-            Value::String(s) => ActionSpec::from_kubectl(s).map_err(|e| self.err(key, e)).ok(),
-            Value::Mapping(m) => self.native_action(m, key),
+            Value::String(s) => ActionSpec::from_kubectl_capped(s, default_max)
+                .map_err(|e| self.err(key, e))
+                .ok(),
+            Value::Mapping(m) => self.native_action(m, key, default_max),
             other => {
                 self.err(
                     key,
@@ -567,7 +638,7 @@ impl Parser<'_> {
         }
     }
 
-    fn native_action(&mut self, m: &Mapping, key: &str) -> Option<ActionSpec> {
+    fn native_action(&mut self, m: &Mapping, key: &str, default_max: u32) -> Option<ActionSpec> {
         let kind = match m.get("kind").and_then(Value::as_str) {
             Some(k) => k.to_string(),
             None => {
@@ -611,7 +682,17 @@ impl Parser<'_> {
             "scale_deployment" => {
                 self.unknown_keys(
                     m,
-                    &["kind", "namespace", "deployment", "replicas", "by", "predictive"],
+                    &[
+                        "kind",
+                        "namespace",
+                        "deployment",
+                        "replicas",
+                        "by",
+                        "predictive",
+                        "direction",
+                        "max_replicas",
+                        "min_replicas",
+                    ],
                     key,
                 );
                 let namespace = tmpl(self, "namespace", Some("{namespace}"));
@@ -627,54 +708,7 @@ impl Parser<'_> {
                     );
                     return None;
                 }
-                let replicas = match given[0] {
-                    "replicas" => {
-                        let rk = format!("{key}.replicas");
-                        match m.get("replicas") {
-                            Some(Value::Number(n)) => {
-                                self.integer(&Value::Number(n.clone()), &rk, 0, 10_000)?;
-                                ReplicaSpec::To(Template::parse(&n.to_string()).ok()?)
-                            }
-                            Some(v) => {
-                                let t = self.string(v, &rk).and_then(|s| self.template(&s, &rk))?;
-                                if t.single_var().is_none() {
-                                    self.err(&rk, "must be a number or a single {variable}");
-                                    return None;
-                                }
-                                ReplicaSpec::To(t)
-                            }
-                            None => return None,
-                        }
-                    }
-                    "by" => {
-                        let v = m.get("by")?;
-                        match v.as_i64() {
-                            Some(n) if n != 0 && n.abs() <= 1000 => ReplicaSpec::By(n as i32),
-                            _ => {
-                                self.err(
-                                    &format!("{key}.by"),
-                                    format!("must be a non-zero integer step, got {}", show(v)),
-                                );
-                                return None;
-                            }
-                        }
-                    }
-                    _ => {
-                        let pk = format!("{key}.predictive");
-                        let Some(Value::Mapping(p)) = m.get("predictive") else {
-                            self.err(&pk, "must be a mapping with `max_replicas`");
-                            return None;
-                        };
-                        self.unknown_keys(p, &["max_replicas"], &pk);
-                        let max = match p.get("max_replicas") {
-                            Some(v) => self.integer(v, &format!("{pk}.max_replicas"), 1, 10_000)?,
-                            None => 10,
-                        };
-                        ReplicaSpec::Predictive {
-                            max_replicas: max as u32,
-                        }
-                    }
-                };
+                let replicas = self.replica_spec(m, key, given[0], default_max)?;
                 ActionSpec::ScaleDeployment {
                     namespace: namespace?,
                     deployment: deployment?,
@@ -756,6 +790,145 @@ impl Parser<'_> {
             }
         };
         (self.errors.len() == before).then_some(spec)
+    }
+
+    /// A scale's count, direction and bounds. The direction defaults to `restore` for
+    /// `replicas: "{old_replicas}"`, `down` for a negative `by`, else `up`; the cap
+    /// (`max_replicas`) to `default_max`, the floor (`min_replicas`) to 1. Never 0: that is
+    /// `scale_to_zero`'s job.
+    fn replica_spec(&mut self, m: &Mapping, key: &str, given: &str, default_max: u32) -> Option<ReplicaSpec> {
+        let dk = format!("{key}.direction");
+        let direction = match m.get("direction") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_str() {
+                Some("up") => Some(Direction::Up),
+                Some("down") => Some(Direction::Down),
+                Some("restore") => Some(Direction::Restore),
+                _ => {
+                    self.err(&dk, format!("must be up, down or restore, got {}", show(v)));
+                    return None;
+                }
+            },
+        };
+        let max = match m.get("max_replicas") {
+            Some(v) => self.integer(v, &format!("{key}.max_replicas"), 1, 10_000)? as u32,
+            None => default_max,
+        };
+        let min = match m.get("min_replicas") {
+            Some(v) => self.integer(v, &format!("{key}.min_replicas"), 1, 10_000)? as u32,
+            None => 1,
+        };
+        if min > max {
+            self.err(
+                &format!("{key}.min_replicas"),
+                format!("must not exceed max_replicas ({max}), got {min}"),
+            );
+            return None;
+        }
+        let bounds = Bounds { min, max };
+        match given {
+            "replicas" => {
+                let rk = format!("{key}.replicas");
+                let count = match m.get("replicas") {
+                    Some(Value::Number(n)) => {
+                        let literal = self.integer(&Value::Number(n.clone()), &rk, 0, 10_000)? as u32;
+                        if literal < min || literal > max || literal == 0 {
+                            let why = if literal == 0 {
+                                "0 replicas is refused: use `kind: scale_to_zero` (HIGH risk only)".to_string()
+                            } else {
+                                format!("must lie within min_replicas..max_replicas ({min}..{max}), got {literal}")
+                            };
+                            self.err(&rk, why);
+                            return None;
+                        }
+                        Template::parse(&n.to_string()).ok()?
+                    }
+                    Some(v) => {
+                        let t = self.string(v, &rk).and_then(|s| self.template(&s, &rk))?;
+                        if t.single_var().is_none() {
+                            self.err(&rk, "must be a number or a single {variable}");
+                            return None;
+                        }
+                        t
+                    }
+                    None => return None,
+                };
+                let restores = count.single_var() == Some("old_replicas");
+                match direction {
+                    None if restores => Some(ReplicaSpec::Restore),
+                    Some(Direction::Restore) if restores => Some(ReplicaSpec::Restore),
+                    Some(Direction::Restore) => {
+                        self.err(
+                            &dk,
+                            "restore takes the count the action captured: it needs `replicas: \"{old_replicas}\"`",
+                        );
+                        None
+                    }
+                    Some(_) if restores => {
+                        self.err(
+                            &rk,
+                            "{old_replicas} is the count captured before the action: use it with `direction: restore`",
+                        );
+                        None
+                    }
+                    d => Some(ReplicaSpec::To {
+                        count,
+                        direction: d.unwrap_or(Direction::Up),
+                        bounds,
+                    }),
+                }
+            }
+            "by" => {
+                let v = m.get("by")?;
+                let step = match v.as_i64() {
+                    Some(n) if n != 0 && n.abs() <= 1000 => n as i32,
+                    _ => {
+                        self.err(
+                            &format!("{key}.by"),
+                            format!("must be a non-zero integer step, got {}", show(v)),
+                        );
+                        return None;
+                    }
+                };
+                let implied = if step > 0 { Direction::Up } else { Direction::Down };
+                if direction.is_some_and(|d| d != implied) {
+                    self.err(
+                        &dk,
+                        format!(
+                            "a step of {step:+} goes {}, not {}",
+                            implied.as_str(),
+                            direction.map_or("", Direction::as_str)
+                        ),
+                    );
+                    return None;
+                }
+                Some(ReplicaSpec::By(step, bounds))
+            }
+            _ => {
+                let pk = format!("{key}.predictive");
+                for k in ["direction", "max_replicas", "min_replicas"] {
+                    if m.contains_key(k) {
+                        self.err(
+                            &format!("{key}.{k}"),
+                            "not with `predictive` (it only scales up, capped by predictive.max_replicas)",
+                        );
+                        return None;
+                    }
+                }
+                let Some(Value::Mapping(p)) = m.get("predictive") else {
+                    self.err(&pk, "must be a mapping with `max_replicas`");
+                    return None;
+                };
+                self.unknown_keys(p, &["max_replicas"], &pk);
+                let max = match p.get("max_replicas") {
+                    Some(v) => self.integer(v, &format!("{pk}.max_replicas"), 1, 10_000)?,
+                    None => 10,
+                };
+                Some(ReplicaSpec::Predictive {
+                    max_replicas: max as u32,
+                })
+            }
+        }
     }
 
     /// Convert YAML to JSON, checking that string leaves are valid templates.
@@ -913,6 +1086,218 @@ runbooks:
         .unwrap();
         assert_eq!(c.get("web").unwrap().mode, crate::outcome::Mode::Suggest);
         assert_eq!(c.get("web").unwrap().post_checks[0].timeout.unwrap().as_secs(), 30);
+    }
+
+    const SCALE: &str = r#"
+runbooks:
+  up:
+    risk: LOW
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    pre_checks: [{name: current_replicas_below_max, max_replicas: 6}]
+    action: kubectl scale deployment {deployment} --replicas={new_replicas} -n {namespace}
+    rollback: kubectl scale deployment {deployment} --replicas={old_replicas} -n {namespace}
+  native:
+    risk: LOW
+    triggers: [queue_backlog]
+    min_confidence: 0.7
+    action: {kind: scale_deployment, replicas: "{new_replicas}", max_replicas: 20, min_replicas: 2}
+    rollback: {kind: scale_deployment, replicas: "{old_replicas}"}
+  down:
+    risk: MEDIUM
+    triggers: [idle]
+    min_confidence: 0.7
+    action: {kind: scale_deployment, by: -1, min_replicas: 2}
+"#;
+
+    #[test]
+    fn scales_get_a_direction_and_the_runbooks_cap() {
+        use crate::runbook::{Bounds, Direction, ReplicaSpec};
+        let c = Catalogue::from_yaml(SCALE, "f").unwrap();
+        let replicas = |id: &str, rollback: bool| {
+            let rb = c.get(id).unwrap();
+            match if rollback {
+                rb.rollback.clone().unwrap()
+            } else {
+                rb.action.clone()
+            } {
+                crate::runbook::ActionSpec::ScaleDeployment { replicas, .. } => replicas,
+                other => panic!("{other:?}"),
+            }
+        };
+        // The seed's kubectl form: up, capped by its current_replicas_below_max pre-check.
+        assert!(matches!(
+            replicas("up", false),
+            ReplicaSpec::To {
+                direction: Direction::Up,
+                bounds: Bounds { min: 1, max: 6 },
+                ..
+            }
+        ));
+        assert_eq!(replicas("up", true), ReplicaSpec::Restore);
+        assert!(matches!(
+            replicas("native", false),
+            ReplicaSpec::To {
+                direction: Direction::Up,
+                bounds: Bounds { min: 2, max: 20 },
+                ..
+            }
+        ));
+        assert_eq!(replicas("native", true), ReplicaSpec::Restore);
+        assert_eq!(replicas("down", false), ReplicaSpec::By(-1, Bounds { min: 2, max: 10 }));
+        // The seed file: scale-up is capped at 10 (its bare pre-check's default).
+        let seed = Catalogue::from_yaml(SEED, "seed").unwrap();
+        assert!(matches!(
+            &seed.get("scale-up").unwrap().action,
+            crate::runbook::ActionSpec::ScaleDeployment {
+                replicas: ReplicaSpec::To {
+                    direction: Direction::Up,
+                    bounds: Bounds { min: 1, max: 10 },
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
+        let rb = |risk: &str, action: &str, rollback: &str| {
+            format!(
+                "runbooks:\n  s:\n    risk: {risk}\n    triggers: [x]\n    min_confidence: 0.5\n    action: {action}\n    rollback: {rollback}\n"
+            )
+        };
+        for (yaml, want) in [
+            (
+                rb("LOW", "{kind: scale_to_zero}", "null"),
+                r#"f.yaml: runbook "s": action.kind: scale_to_zero stops every pod: only a runbook with `risk: HIGH`"#,
+            ),
+            (
+                rb("MEDIUM", "{kind: scale_deployment, replicas: 0}", "null"),
+                r#"f.yaml: runbook "s": action.replicas: 0 replicas is refused: use `kind: scale_to_zero`"#,
+            ),
+            (
+                rb("LOW", "kubectl scale deployment d --replicas=0", "null"),
+                r#"f.yaml: runbook "s": action: --replicas=0: 0 replicas is refused"#,
+            ),
+            (
+                rb("LOW", "{kind: scale_deployment, replicas: 11}", "null"),
+                r#"f.yaml: runbook "s": action.replicas: must lie within min_replicas..max_replicas (1..10), got 11"#,
+            ),
+            (
+                rb("LOW", "{kind: scale_deployment, replicas: \"{old_replicas}\"}", "null"),
+                r#"f.yaml: runbook "s": action: a restore (`{old_replicas}`) is only possible in a rollback"#,
+            ),
+            (
+                rb(
+                    "LOW",
+                    "{kind: rollout_restart}",
+                    "{kind: scale_deployment, replicas: \"{old_replicas}\"}",
+                ),
+                r#"f.yaml: runbook "s": rollback: a restore (`{old_replicas}`) needs an action that captures the count"#,
+            ),
+            (
+                rb("LOW", "{kind: scale_deployment, by: 2, direction: down}", "null"),
+                r#"f.yaml: runbook "s": action.direction: a step of +2 goes up, not down"#,
+            ),
+            (
+                rb(
+                    "LOW",
+                    "{kind: scale_deployment, replicas: \"{new_replicas}\", direction: restore}",
+                    "null",
+                ),
+                r#"f.yaml: runbook "s": action.direction: restore takes the count the action captured"#,
+            ),
+            (
+                rb(
+                    "LOW",
+                    "{kind: scale_deployment, replicas: \"{new_replicas}\", min_replicas: 5, max_replicas: 4}",
+                    "null",
+                ),
+                r#"f.yaml: runbook "s": action.min_replicas: must not exceed max_replicas (4), got 5"#,
+            ),
+            (
+                rb("LOW", "{kind: scale_deployment, replicas: \"{max_replicas}\"}", "null"),
+                r#"f.yaml: runbook "s": action.replicas: unknown template variable {max_replicas}"#,
+            ),
+        ] {
+            let errs = errors(&yaml);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        // HIGH risk may stop every pod (approval by default), and restore the count it captured.
+        Catalogue::from_yaml(
+            &rb(
+                "HIGH",
+                "{kind: scale_to_zero}",
+                "{kind: scale_deployment, replicas: \"{old_replicas}\"}",
+            ),
+            "f",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn high_risk_auto_without_rollback_needs_a_stated_override() {
+        let rb = |extra: &str| {
+            format!(
+                "runbooks:\n  h:\n    risk: HIGH\n    triggers: [x]\n    min_confidence: 0.5\n    action: {{kind: rollout_undo}}\n{extra}"
+            )
+        };
+        let errs = errors(&rb("    mode: auto\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(r#"f.yaml: runbook "h": rollback: a HIGH-risk runbook in mode auto needs a rollback"#),
+            "{errs:?}"
+        );
+        let errs = errors(&rb(
+            "    mode: auto\n    rollback: null\n    allow_irreversible_auto: \"\"\n",
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(r#"f.yaml: runbook "h": allow_irreversible_auto: must not be empty"#)),
+            "{errs:?}"
+        );
+        let c = Catalogue::from_yaml(
+            &rb("    mode: auto\n    allow_irreversible_auto: the deploy pipeline re-deploys on failure\n"),
+            "f",
+        )
+        .unwrap();
+        let h = c.get("h").unwrap();
+        assert_eq!(
+            h.irreversible_override.as_deref(),
+            Some("the deploy pipeline re-deploys on failure")
+        );
+        assert_eq!(h.warnings().len(), 1, "still warned about");
+        // Not needed (approval by default, or a rollback): an override there is an error.
+        let errs = errors(&rb("    allow_irreversible_auto: why\n"));
+        assert!(
+            errs[0].starts_with(r#"f.yaml: runbook "h": allow_irreversible_auto: only for a runbook with risk HIGH"#),
+            "{errs:?}"
+        );
+        Catalogue::from_yaml(&rb("    mode: auto\n    rollback: {kind: rollout_undo}\n"), "f").unwrap();
+        Catalogue::from_yaml(&rb(""), "f").unwrap();
+    }
+
+    #[test]
+    fn automatic_actions_neither_reversible_nor_self_healing_are_warned_about() {
+        let c = Catalogue::from_yaml(include_str!("../../config/runbooks.yaml"), "c").unwrap();
+        let warned: Vec<&str> = c
+            .runbooks()
+            .iter()
+            .filter(|rb| !rb.warnings().is_empty())
+            .map(|rb| rb.id.as_str())
+            .collect();
+        // restart-pod and restart-service are self-healing, scale-up has a rollback, the
+        // others wait for a human.
+        assert_eq!(warned, ["clear-disk-cache"]);
+        assert!(Catalogue::from_yaml(SEED, "seed")
+            .unwrap()
+            .runbooks()
+            .iter()
+            .all(|rb| rb.warnings().is_empty()));
     }
 
     #[test]

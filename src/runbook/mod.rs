@@ -10,7 +10,7 @@ pub mod check;
 mod load;
 pub mod template;
 
-pub use action::{Action, ActionSpec, ReplicaSpec, Replicas};
+pub use action::{Action, ActionSpec, Bounds, Direction, ReplicaSpec, Replicas, DEFAULT_MAX_REPLICAS};
 pub use check::{CheckName, CheckSpec};
 pub use load::{LoadError, LoadErrors};
 
@@ -96,6 +96,45 @@ pub struct Runbook {
     pub dry_run: bool,
     /// Automatic demotion policy (`None`: the runbook is never demoted automatically).
     pub trust: Option<TrustPolicy>,
+    /// `allow_irreversible_auto`: why a HIGH-risk runbook may act automatically without a
+    /// rollback. Without it such a runbook does not load; with it, every execution's outcome and
+    /// `remediator runbooks` say so.
+    pub irreversible_override: Option<String>,
+}
+
+impl Runbook {
+    /// Does it act without a human (its mode as written, before any demotion)?
+    pub fn automatic(&self) -> bool {
+        self.mode == Mode::Auto
+    }
+
+    /// Can a failed action be undone: it has a rollback, or it is self-healing (a controller
+    /// recreates what `delete_pod` and `rollout_restart` replace).
+    pub fn reversible(&self) -> bool {
+        self.rollback.is_some()
+            || matches!(
+                self.action,
+                ActionSpec::DeletePod { .. } | ActionSpec::RolloutRestart { .. }
+            )
+    }
+
+    /// Problems that do not stop the catalogue from loading but that an operator should see
+    /// (`remediator validate` prints them): `(key, message)`.
+    pub fn warnings(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.automatic() && !self.reversible() {
+            let mut m = format!(
+                "{} runs automatically but is neither reversible (no rollback) nor self-healing \
+                 (delete_pod, rollout_restart): a failed verification leaves its change in place",
+                self.action.kind()
+            );
+            if let Some(why) = &self.irreversible_override {
+                m.push_str(&format!(" (allow_irreversible_auto: {why})"));
+            }
+            out.push(("rollback", m));
+        }
+        out
+    }
 }
 
 /// How an incident matched a runbook.

@@ -24,7 +24,8 @@ pub enum VarKind {
     Token,
 }
 
-/// Every variable a template may use: name, kind, and where its value comes from.
+/// Every variable a template may use: name, kind, and where its value comes from. There is no
+/// `max_replicas`: a scale's cap comes from the runbook, never from the incident.
 pub const VARIABLES: &[(&str, VarKind)] = &[
     ("pod_name", VarKind::Subdomain),
     ("namespace", VarKind::Label),
@@ -35,7 +36,6 @@ pub const VARIABLES: &[(&str, VarKind)] = &[
     ("new_replicas", VarKind::Count),
     ("old_replicas", VarKind::Count),
     ("replicas", VarKind::Count),
-    ("max_replicas", VarKind::Count),
     ("predicted_load", VarKind::Decimal),
     ("current_load", VarKind::Decimal),
     ("incident_id", VarKind::Token),
@@ -162,6 +162,8 @@ impl fmt::Display for Template {
 #[derive(Debug, Clone, Default)]
 pub struct Vars {
     values: BTreeMap<String, String>,
+    /// Names whose value an action captured from the cluster (not the incident's).
+    captured: std::collections::BTreeSet<String>,
 }
 
 impl Vars {
@@ -175,12 +177,35 @@ impl Vars {
         values.insert("service".into(), incident.service().to_string());
         values.insert("incident_id".into(), incident.id.clone());
         values.insert("root_cause".into(), incident.root_cause.clone());
-        Self { values }
+        Self {
+            values,
+            captured: Default::default(),
+        }
     }
 
     /// Set (or override) one value.
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         self.values.insert(name.to_string(), value.into());
+        self.captured.remove(name);
+    }
+
+    /// Set a value an action captured from the live object (`old_replicas`): it overrides the
+    /// incident's, and only such a value can feed a `restore` scale.
+    pub fn capture(&mut self, name: &str, value: impl Into<String>) {
+        self.set(name, value);
+        self.captured.insert(name.to_string());
+    }
+
+    /// A validated integer that an action captured (never one from the incident).
+    pub fn captured_count(&self, name: &str) -> Result<u32, RenderError> {
+        if !self.captured.contains(name) {
+            return Err(RenderError {
+                var: name.into(),
+                message: "was not captured from the cluster by the action; a restore never uses the incident's value"
+                    .into(),
+            });
+        }
+        self.count(name)
     }
 
     /// Is a value present (validity aside)?

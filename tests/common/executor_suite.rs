@@ -5,6 +5,9 @@
 //!   verifies it;
 //! * `scale_deployment` to N captures `old_replicas` (the rollback renders it), by ±d is relative
 //!   to the count the previous action left;
+//! * a scale whose target breaks its direction or bounds against the live count (up to fewer
+//!   replicas than run, a step past the cap or to zero) is refused with the reason and changes
+//!   nothing (the next scale still sees the same count);
 //! * every named check answers with a non-empty detail, promptly, without panicking;
 //! * the checks whose answer is fixed by the fixture (3 replicas, healthy pod) agree.
 //!
@@ -16,7 +19,7 @@ use remediator::executor::{ExecContext, Executor};
 use remediator::incident::{self, Incident};
 use remediator::runbook::check::CHECK_NAMES;
 use remediator::runbook::template::{Template, Vars};
-use remediator::runbook::{Action, CheckName, CheckSpec, Replicas};
+use remediator::runbook::{Action, Bounds, CheckName, CheckSpec, Replicas};
 use std::time::Duration;
 
 /// The world the suite acts on.
@@ -82,6 +85,7 @@ pub fn spec(name: CheckName) -> CheckSpec {
 pub async fn run(exec: &dyn Executor, fx: &Fixture) {
     delete_pod_is_verified(exec, fx).await;
     scale_captures_old_replicas_and_by_is_relative(exec, fx).await;
+    scale_refuses_what_breaks_its_direction_or_bounds(exec, fx).await;
     every_check_answers(exec, fx).await;
     if fx.observes {
         missing_targets_fail(exec, fx).await;
@@ -115,10 +119,11 @@ async fn delete_pod_is_verified(exec: &dyn Executor, fx: &Fixture) {
 async fn scale_captures_old_replicas_and_by_is_relative(exec: &dyn Executor, fx: &Fixture) {
     let inc = incident(fx, "suite-scale");
     let vars = Vars::from_incident(&inc);
+    let b = Bounds { min: 1, max: 100 };
     let steps = [
-        (Replicas::To(fx.replicas + 2), fx.replicas),
-        (Replicas::By(-1), fx.replicas + 2),
-        (Replicas::To(fx.replicas), fx.replicas + 1),
+        (Replicas::Up(fx.replicas + 2, b), fx.replicas),
+        (Replicas::By(-1, b), fx.replicas + 2),
+        (Replicas::Down(fx.replicas, b), fx.replicas + 1),
     ];
     for (i, (replicas, old)) in steps.into_iter().enumerate() {
         let action = Action::ScaleDeployment {
@@ -139,6 +144,67 @@ async fn scale_captures_old_replicas_and_by_is_relative(exec: &dyn Executor, fx:
             report.detail
         );
     }
+}
+
+async fn scale_refuses_what_breaks_its_direction_or_bounds(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-refuse");
+    let vars = Vars::from_incident(&inc);
+    // The previous steps left the deployment at fx.replicas.
+    let tight = Bounds {
+        min: 1,
+        max: fx.replicas,
+    };
+    let refused = [
+        (Replicas::Up(fx.replicas - 1, Bounds::DEFAULT), "already runs"),
+        (
+            Replicas::Down(fx.replicas + 1, Bounds { min: 1, max: 100 }),
+            "runs only",
+        ),
+        (Replicas::By(1, tight), "above the runbook's max_replicas"),
+        (
+            Replicas::By(-(fx.replicas as i32), tight),
+            "only a scale_to_zero action",
+        ),
+    ];
+    for (i, (replicas, why)) in refused.into_iter().enumerate() {
+        let action = Action::ScaleDeployment {
+            namespace: fx.namespace.clone(),
+            deployment: fx.deployment.clone(),
+            replicas,
+        };
+        let id = format!("suite-refuse-{i}");
+        let report = exec
+            .execute(&action, &ctx(&inc, &action, &vars, &id))
+            .await
+            .unwrap_or_else(|e| panic!("{}: refused scale {i}: {e}", exec.name()));
+        let reason = report
+            .refused
+            .unwrap_or_else(|| panic!("{}: scale {i} was not refused: {}", exec.name(), report.detail));
+        assert!(reason.contains(why), "{}: step {i}: {reason}", exec.name());
+        assert!(
+            report.captured.is_empty(),
+            "{}: a refused scale captures nothing",
+            exec.name()
+        );
+    }
+    // Nothing changed: the same count is still there to scale from.
+    let action = Action::ScaleDeployment {
+        namespace: fx.namespace.clone(),
+        deployment: fx.deployment.clone(),
+        replicas: Replicas::Up(fx.replicas, Bounds::DEFAULT),
+    };
+    let report = exec
+        .execute(&action, &ctx(&inc, &action, &vars, "suite-refuse-after"))
+        .await
+        .unwrap_or_else(|e| panic!("{}: scale after the refusals: {e}", exec.name()));
+    assert_eq!(report.refused, None, "{}: {}", exec.name(), report.detail);
+    assert_eq!(
+        report.captured.get("old_replicas").map(String::as_str),
+        Some(fx.replicas.to_string().as_str()),
+        "{}: refusals left the count alone ({})",
+        exec.name(),
+        report.detail
+    );
 }
 
 async fn every_check_answers(exec: &dyn Executor, fx: &Fixture) {
@@ -193,7 +259,7 @@ async fn missing_targets_fail(exec: &dyn Executor, fx: &Fixture) {
     let ghost = Action::ScaleDeployment {
         namespace: fx.namespace.clone(),
         deployment: "suite-no-such-deployment".into(),
-        replicas: Replicas::To(2),
+        replicas: Replicas::Up(2, Bounds::DEFAULT),
     };
     let c = ctx(&inc, &ghost, &vars, "suite-missing-1");
     let e = exec
