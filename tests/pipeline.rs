@@ -517,6 +517,8 @@ async fn a_retry_in_another_mode_is_decided_afresh() {
     .expect("handled, not wedged");
     assert_eq!(again.outcomes[0].decision, Decision::Expired, "{:?}", again.outcomes);
     assert!(r.executor.journal().is_empty());
+}
+
 fn scale_to(id: &str, service: &str, new_replicas: &str, old_replicas: u32) -> String {
     format!(
         r#"{{"id":"{id}","root_cause":"high_cpu","confidence":0.9,"service":"{service}","context":{{"deployment":"{service}","namespace":"production","new_replicas":{new_replicas},"old_replicas":{old_replicas},"max_replicas":10000}}}}"#
