@@ -916,6 +916,23 @@ impl Engine {
         o
     }
 
+    /// An audit outcome for an answer on the approvals topic whose signature (or action hash) is
+    /// missing or wrong: refused before the store, counted as `unauthenticated`. The approver it
+    /// claims is only quoted in the reason: nobody proved it.
+    pub fn unauthenticated_answer(&self, approval_id: &str, claimed_approver: &str, reason: &str) -> Outcome {
+        let mut o = self.base(None, None, self.clock.now());
+        o.decision = Decision::Rejected;
+        o.mode = Some(Mode::Approval);
+        let valid = |v: &str| !v.is_empty() && v.chars().count() <= 128 && !v.chars().any(char::is_control);
+        o.approval_id = Some(approval_id.to_string()).filter(|a| valid(a));
+        o.reason = format!(
+            "approval answer refused: {reason}; claimed approver {:?}; not executed",
+            crate::incident::shorten(claimed_approver)
+        );
+        self.metrics.approvals.with_label_values(&["unauthenticated"]).inc();
+        o
+    }
+
     /// Run an approved action: re-check freshness, the action's binding and the guardrails.
     async fn execute_approved(
         &self,
