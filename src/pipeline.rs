@@ -776,6 +776,7 @@ impl Engine {
             o.reason = why.clone();
             return refuse(o, why);
         }
+        let mut retried = false;
         let result = self.store.answer_approval(approval_id, answer).await.map_err(|e| {
             self.metrics.store_errors.inc();
             EngineError::StoreUnavailable(e.to_string())
@@ -828,12 +829,25 @@ impl Engine {
                 return refuse(o, why);
             }
             AnswerResult::Accepted(a) => a,
+            // A retry of this approver's accepted answer (its first handling failed after the
+            // store took it: a store error before the claim, an unpublished outcome): finish it.
+            // The execution claim under the approval's id still allows one run; a finished one
+            // answers with its recorded outcomes, which are published again.
+            AnswerResult::Repeated(a) => {
+                info!(approval = approval_id, approver = %answer.approver, "approval answer retried; finishing it");
+                retried = true;
+                a
+            }
         };
         describe(&a, &mut o);
         o.action = None;
-        self.metrics.approval_answered();
+        if !retried {
+            self.metrics.approval_answered();
+        }
         if a.state == ApprovalState::Denied {
-            self.metrics.approvals.with_label_values(&["denied"]).inc();
+            if !retried {
+                self.metrics.approvals.with_label_values(&["denied"]).inc();
+            }
             o.decision = Decision::Manual;
             o.reason = format!("approval {} denied by {}; not executed", a.id, answer.approver);
             let outcomes = self.finalize_answer(&a, vec![o]).await;
@@ -843,7 +857,9 @@ impl Engine {
                 outcomes,
             });
         }
-        self.metrics.approvals.with_label_values(&["approved"]).inc();
+        if !retried {
+            self.metrics.approvals.with_label_values(&["approved"]).inc();
+        }
         let outcomes = self.execute_approved(&a, &answer.approver, o).await?;
         Ok(Answered {
             accepted: true,
@@ -1046,11 +1062,10 @@ impl Engine {
     }
 
     /// Record the outcome of an answer that did not reach the guardrails (denied, aborted,
-    /// expired) under the approval's claim id, so its audit trail is complete.
+    /// expired) under the approval's claim id, so its audit trail is complete. When an earlier
+    /// try of the same answer recorded one already, that one is returned (and published again)
+    /// instead: a retry repeats the audit, it does not add a different one.
     async fn finalize_answer(&self, a: &Approval, outcomes: Vec<Outcome>) -> Vec<Outcome> {
-        for o in &outcomes {
-            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
-        }
         let attempt = uuid::Uuid::new_v4().to_string();
         let req = DecideRequest {
             incident_id: approval_claim(a),
@@ -1064,8 +1079,19 @@ impl Engine {
             },
         };
         // Best effort: the answer itself is already final in the store.
-        if let Err(e) = self.store.decide(&req).await {
-            warn!(error = %e, approval = %a.id, "could not record the answer's outcome");
+        match self.store.decide(&req).await {
+            Ok(DecideAnswer::Duplicate { outcomes: recorded, .. }) => {
+                if let Ok(recorded) = serde_json::from_str::<Vec<Outcome>>(&recorded) {
+                    if !recorded.is_empty() {
+                        return recorded;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, approval = %a.id, "could not record the answer's outcome"),
+        }
+        for o in &outcomes {
+            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
         }
         outcomes
     }

@@ -139,6 +139,71 @@ async fn approved_once(r: Rig) {
     assert_eq!(r.executor.journal().len(), 1, "a replayed approval never runs again");
 }
 
+/// Answering is retry-safe: a failure after the store took the answer (before the execution was
+/// claimed, or after it ran but before its outcome was published) leaves the same approver's
+/// retry to finish the job: it executes once, or returns the recorded outcomes to publish again,
+/// never "already answered" to its own retry. Another approver is still refused.
+#[tokio::test]
+async fn a_retried_answer_executes_once_and_republishes() {
+    retried_answer(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn a_retried_answer_executes_once_and_republishes_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        retried_answer(r).await;
+    }
+}
+
+async fn retried_answer(r: Rig) {
+    let id = send(&r, &undo("R1", "checkout")).await.approval_id.unwrap();
+    let hash = r.store.pending_approvals().await.unwrap()[0].action_hash.clone();
+    // The first try marked the answer and then failed (store error before the claim, or the
+    // worker died): the store holds the answer, nothing ran.
+    let first = Answer {
+        approve: true,
+        approver: "alice".into(),
+        action_hash: Some(hash.clone()),
+    };
+    assert!(matches!(
+        r.store.answer_approval(&id, &first).await.unwrap(),
+        remediator::guardrails::AnswerResult::Accepted(_)
+    ));
+    assert!(r.executor.journal().is_empty());
+    // Its retry executes, once.
+    let (ok, out) = answer(&r, &id, true, "alice", Some(&hash)).await;
+    assert!(ok, "{out:?}");
+    assert_eq!((out[0].decision, out[0].success), (Decision::Executed, Some(true)));
+    assert_eq!(out[0].approver.as_deref(), Some("alice"));
+    assert_eq!(r.executor.journal().len(), 1);
+    // The outcome was not published (broker down): the next retry gets the recorded outcome
+    // again, and nothing runs twice.
+    let (ok, again) = answer(&r, &id, true, "alice", Some(&hash)).await;
+    assert!(ok, "{again:?}");
+    let json = |v: &[Outcome]| v.iter().map(Outcome::to_json).collect::<Vec<_>>();
+    assert_eq!(
+        json(&again),
+        json(&out),
+        "the recorded outcomes, as they were published"
+    );
+    assert_eq!(r.executor.journal().len(), 1, "never executed twice");
+    // Anyone else, or another decision, is still refused.
+    let (ok, out) = answer(&r, &id, true, "mallory", None).await;
+    assert!(!ok);
+    assert!(out[0].reason.contains("already approved by alice"), "{}", out[0].reason);
+    let (ok, _) = answer(&r, &id, false, "alice", None).await;
+    assert!(!ok);
+
+    // A denial retried returns the recorded denial.
+    let id = send(&r, &undo("R2", "cart")).await.approval_id.unwrap();
+    let (ok, denied) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    let (ok, again) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    assert_eq!(json(&again), json(&denied));
+    assert_eq!(r.executor.journal().len(), 1);
+}
+
 #[tokio::test]
 async fn denied_expired_tampered_and_unknown_answers() {
     let r = rig(SEED, Faults::default());

@@ -207,7 +207,11 @@ async fn approvals_over_http_and_kafka_with_refusals_and_manual_runs() {
     let ok = env.run(&["approve", &a0, "--approver", "alice", "--url", &url]);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("EXECUTED, verified"), "{}", text(&ok));
-    let replay = env.run(&["approve", &a0, "--approver", "alice", "--url", &url]);
+    // Alice's retry (say her client timed out) gets the recorded outcome again, runs nothing.
+    let retry = env.run(&["approve", &a0, "--approver", "alice", "--url", &url]);
+    assert!(retry.status.success(), "{}", text(&retry));
+    assert!(text(&retry).contains("EXECUTED, verified"), "{}", text(&retry));
+    let replay = env.run(&["approve", &a0, "--approver", "mallory", "--url", &url]);
     assert!(!replay.status.success());
     assert!(text(&replay).contains("already approved by alice"), "{}", text(&replay));
 
@@ -261,9 +265,9 @@ async fn approvals_over_http_and_kafka_with_refusals_and_manual_runs() {
     let msgs: Vec<Msg> = answers.iter().map(|a| Msg::incident("answer", a)).collect();
     produce(&brokers, &approvals_topic, &msgs).await;
 
-    // Outcomes: 3 approvals + executed (alice) + refused replay + 4 forged + denied + tampered +
-    // malformed + executed (carol).
-    let all: Vec<serde_json::Value> = read(&brokers, &topics.outcomes, 13, Duration::from_secs(60))
+    // Outcomes: 3 approvals + executed (alice) + the same again (her retry) + refused replay +
+    // 4 forged + denied + tampered + malformed + executed (carol).
+    let all: Vec<serde_json::Value> = read(&brokers, &topics.outcomes, 14, Duration::from_secs(60))
         .await
         .iter()
         .map(|r| r.json())
@@ -272,6 +276,15 @@ async fn approvals_over_http_and_kafka_with_refusals_and_manual_runs() {
     let executed = find(&|o| o["approval_id"] == a0.as_str() && o["decision"] == "executed").expect("executed");
     assert_eq!(executed["approver"], "alice");
     assert_eq!(executed["incident_id"], ids[0].as_str());
+    let a0_runs: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|o| o["approval_id"] == a0.as_str() && o["decision"] == "executed")
+        .collect();
+    assert_eq!(a0_runs.len(), 2, "published twice");
+    assert_eq!(
+        a0_runs[0]["event_id"], a0_runs[1]["event_id"],
+        "one execution, the same event"
+    );
     let denied = find(&|o| o["approval_id"] == a1.as_str() && o["approver"] == "bob").expect("denied outcome");
     assert_eq!(denied["decision"], "manual");
     assert!(denied["reason"].as_str().unwrap().contains("denied by bob"));

@@ -628,6 +628,17 @@ impl LedgerStore for MemoryStore {
         };
         // Same order as approve.lua: single use first, then expiry, then the binding.
         if a.state != ApprovalState::Pending {
+            let decision = if answer.approve {
+                ApprovalState::Approved
+            } else {
+                ApprovalState::Denied
+            };
+            if a.state == decision
+                && a.approver.as_deref() == Some(answer.approver.as_str())
+                && answer.action_hash.as_ref().is_none_or(|h| *h == a.action_hash)
+            {
+                return Ok(AnswerResult::Repeated(a.clone()));
+            }
             return Ok(AnswerResult::AlreadyAnswered(a.clone()));
         }
         if now > a.expires_at_ms {

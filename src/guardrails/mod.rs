@@ -419,6 +419,11 @@ pub enum AnswerResult {
     Expired(Approval),
     /// Answered before (single use): the earlier answer stands.
     AlreadyAnswered(Approval),
+    /// The same approver gave this same answer before (same decision, no other action hash): a
+    /// retry of an accepted answer whose handling failed after the store took it. The approval
+    /// (as answered) is returned so the caller finishes or re-publishes what the first try
+    /// started; the execution's own claim still allows one run at most.
+    Repeated(Approval),
     /// The answer names a different action hash than the approval was bound to.
     Tampered(Approval),
 }
@@ -451,7 +456,9 @@ pub trait LedgerStore: Send + Sync {
     /// clock (`ttl_ms` from now) and returned.
     async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError>;
 
-    /// Answer an approval atomically: at most one answer is ever accepted.
+    /// Answer an approval atomically: at most one answer is ever accepted; the same answer
+    /// again from the same approver is [`AnswerResult::Repeated`], anything else after it
+    /// [`AnswerResult::AlreadyAnswered`].
     async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError>;
 
     /// Approvals still waiting, oldest first.

@@ -420,6 +420,7 @@ impl LedgerStore for RedisStore {
         let a = approval_from(op, json, state, approver, created, expires)?;
         Ok(match verdict.as_str() {
             "ok" => AnswerResult::Accepted(a),
+            "again" => AnswerResult::Repeated(a),
             "answered" => AnswerResult::AlreadyAnswered(a),
             "expired" => AnswerResult::Expired(a),
             "tampered" => AnswerResult::Tampered(a),

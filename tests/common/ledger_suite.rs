@@ -20,6 +20,7 @@ macro_rules! ledger_suite_tests {
             approval_bound_to_action_hash,
             unknown_approval_is_not_found,
             concurrent_answers_accept_exactly_one,
+            the_same_answer_again_is_a_retry_not_a_second_answer,
             trust_keeps_a_rolling_window,
             demotion_is_sticky_until_promoted,
         );
@@ -159,6 +160,44 @@ pub async fn concurrent_answers_accept_exactly_one(s: Ledger) {
         }
     }
     assert_eq!(accepted, 1);
+}
+
+/// A retry of an accepted answer (same approver, same decision, no other hash) is `Repeated`,
+/// so its caller can finish what failed after the store took it; anything else stays refused.
+pub async fn the_same_answer_again_is_a_retry_not_a_second_answer(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 60_000).await.unwrap();
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "alice", Some("h1")))
+            .await
+            .unwrap(),
+        AnswerResult::Accepted(_)
+    ));
+    for retry in [answer(true, "alice", Some("h1")), answer(true, "alice", None)] {
+        match s.answer_approval(&id, &retry).await.unwrap() {
+            AnswerResult::Repeated(a) => {
+                assert_eq!(
+                    (a.state, a.approver.as_deref()),
+                    (ApprovalState::Approved, Some("alice"))
+                )
+            }
+            other => panic!("a retry by the same approver is Repeated, got {other:?}"),
+        }
+    }
+    for other in [
+        answer(true, "bob", Some("h1")),
+        answer(false, "alice", None),
+        answer(true, "alice", Some("h2")),
+    ] {
+        assert!(
+            matches!(
+                s.answer_approval(&id, &other).await.unwrap(),
+                AnswerResult::AlreadyAnswered(_)
+            ),
+            "{other:?}"
+        );
+    }
+    assert!(!s.pending_approvals().await.unwrap().iter().any(|p| p.id == id));
 }
 
 pub async fn trust_keeps_a_rolling_window(s: Ledger) {
