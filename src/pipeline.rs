@@ -314,14 +314,13 @@ impl Engine {
     }
 
     /// Set `remediator_approvals_pending` and `remediator_approval_oldest_pending_seconds` from
-    /// the shared store (one `pending_approvals` call; the worker does it periodically, never per
-    /// decision). Returns how many approvals are pending.
+    /// the shared store (one count-plus-oldest read, no approval read; the worker does it
+    /// periodically, never per decision). Returns how many approvals are pending.
     pub async fn refresh_approval_gauges(&self) -> Result<usize, StoreError> {
-        let pending = self.store.pending_approvals().await?;
-        let oldest = pending.iter().map(|a| a.created_at_ms).min();
+        let s = self.store.pending_summary().await?;
         self.metrics
-            .set_pending_approvals(pending.len(), oldest, millis(self.clock.now()));
-        Ok(pending.len())
+            .set_pending_approvals(s.count, s.oldest_created_ms, millis(self.clock.now()));
+        Ok(s.count)
     }
 
     /// Set the trust-ladder gauges (`remediator_runbook_success_rate`, `_executions`, `_demoted`)
@@ -522,11 +521,17 @@ impl Engine {
         match intent {
             Intent::Suggest => {}
             Intent::Approval => {
-                let approval = self.request_approval(incident, rb, action).await;
+                let (approval, joined) = self.request_approval(incident, rb, action).await;
                 o.approval_id = Some(approval.id.clone());
                 o.reason.push_str(&format!(
-                    "; approval {} pending until {}",
+                    "; {} {}{} pending until {}",
+                    if joined { "joins approval" } else { "approval" },
                     approval.id,
+                    if joined {
+                        " (same runbook and target, asked for by an earlier incident),"
+                    } else {
+                        ""
+                    },
                     DateTime::<Utc>::from_timestamp_millis(approval.expires_at_ms)
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                         .unwrap_or_default()
@@ -703,8 +708,11 @@ impl Engine {
     }
 
     /// Create the pending approval an `approval_required` decision asks for, bound to the hash
-    /// of the rendered action (retried until the store answers: the decision is already taken).
-    async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> Approval {
+    /// of the rendered action (retried until the store answers: the decision is already taken),
+    /// or join the one already pending for the same runbook and target (`true`): an alert storm
+    /// asks a human once, not once per incident.
+    async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> (Approval, bool) {
+        let view = action.view();
         let pending = Approval {
             id: self.ids.next(),
             incident_id: incident.id.clone(),
@@ -716,6 +724,8 @@ impl Engine {
             expires_at_ms: 0,
             state: ApprovalState::Pending,
             approver: None,
+            // Newline-separated: no runbook id, namespace or target contains one.
+            group: [rb.id.as_str(), view.namespace.as_deref().unwrap_or(""), &view.target].join("\n"),
         };
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -724,9 +734,13 @@ impl Engine {
                 .create_approval(&pending, ms(self.settings.approval_ttl))
                 .await
             {
+                Ok(a) if a.id != pending.id => {
+                    info!(approval = %a.id, incident = %incident.id, "incident joins the pending approval of its target");
+                    return (a, true);
+                }
                 Ok(a) => {
                     self.metrics.approval_created();
-                    return a;
+                    return (a, false);
                 }
                 Err(e) => {
                     self.metrics.store_errors.inc();

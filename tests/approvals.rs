@@ -204,6 +204,43 @@ async fn retried_answer(r: Rig) {
     assert_eq!(r.executor.journal().len(), 1);
 }
 
+/// An alert storm asks once: while an approval for a runbook and target is pending, later
+/// incidents for the same target join it (their outcome names it) instead of piling up
+/// approvals; another target asks on its own, and after an answer the next incident asks again.
+#[tokio::test]
+async fn incidents_for_a_pending_target_join_its_approval() {
+    storm(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn incidents_for_a_pending_target_join_its_approval_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        storm(r).await;
+    }
+}
+
+async fn storm(r: Rig) {
+    let first = send(&r, &undo("S0", "checkout")).await;
+    let id = first.approval_id.clone().expect("approval");
+    for i in 1..20 {
+        let o = send(&r, &undo(&format!("S{i}"), "checkout")).await;
+        assert_eq!(o.decision, Decision::ApprovalRequired);
+        assert_eq!(o.approval_id.as_deref(), Some(id.as_str()), "joins {id}");
+        assert!(o.reason.contains(&format!("joins approval {id}")), "{}", o.reason);
+    }
+    let other = send(&r, &undo("S-cart", "cart")).await.approval_id.unwrap();
+    assert_ne!(other, id);
+    assert_eq!(r.store.pending_approvals().await.unwrap().len(), 2, "one per target");
+    assert_eq!(r.engine.refresh_approval_gauges().await.unwrap(), 2);
+    assert_eq!(r.engine.metrics().approvals_pending.get(), 2);
+    let (ok, out) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    assert_eq!(out[0].incident_id.as_deref(), Some("S0"));
+    assert!(r.executor.journal().is_empty());
+    let next = send(&r, &undo("S20", "checkout")).await.approval_id.unwrap();
+    assert_ne!(next, id, "answered: the next incident asks again");
+}
+
 #[tokio::test]
 async fn denied_expired_tampered_and_unknown_answers() {
     let r = rig(SEED, Faults::default());
@@ -243,10 +280,13 @@ async fn approval_after_the_guardrails_changed_is_blocked_on_redis() {
     }
 }
 
-/// rollback-deployment: 1 per hour. Two approvals for the same service; the first uses the slot.
+/// rollback-deployment: 1 per hour per service. Two approvals for the same service (two of its
+/// deployments, so two targets and two approvals); the first uses the slot.
 async fn guardrails_changed(r: Rig) {
     let first = send(&r, &undo("C1", "checkout")).await.approval_id.unwrap();
-    let second = send(&r, &undo("C2", "checkout")).await.approval_id.unwrap();
+    let canary = r#"{"id":"C2","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"checkout","context":{"deployment":"checkout-canary","namespace":"production"}}"#;
+    let second = send(&r, canary).await.approval_id.unwrap();
+    assert_ne!(first, second);
     assert_eq!(
         answer(&r, &first, true, "alice", None).await.1[0].decision,
         Decision::Executed

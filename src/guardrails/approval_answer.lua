@@ -4,6 +4,7 @@ approval_answer.lua: accept at most one answer to an approval, atomically.
 KEYS
   1  appr:<id>    hash (see approval_create.lua)
   2  approvals    zset index of pending approvals
+  3  approvals_created  zset  the same ids by creation time (see approval_create.lua)
 ARGV
   1  id   2  decision approved|denied   3  approver   4  action hash the answer names ('' = none)
 Returns { verdict, json, state, approver, created_at, expires_at } with verdict one of
@@ -32,6 +33,7 @@ if state ~= 'pending' then
 end
 if now > tonumber(expires) then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   return out('expired')
 end
 if ARGV[4] ~= '' and ARGV[4] ~= hash then
@@ -41,4 +43,5 @@ state = ARGV[2]
 approver = ARGV[3]
 redis.call('HSET', KEYS[1], 'state', state, 'approver', approver, 'answered_at', string.format('%d', now))
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return out('ok')
