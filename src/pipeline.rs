@@ -220,9 +220,11 @@ pub struct Answered {
     pub outcomes: Vec<Outcome>,
 }
 
-/// The idempotency key of the execution an approval unlocks.
+/// The idempotency key of the execution an approval unlocks. It starts with a control
+/// character (U+001F), which no incident id may contain (incident.rs refuses them), so no
+/// incident, however it is named, can claim or pre-record an approval's execution.
 fn approval_claim(a: &Approval) -> String {
-    format!("{}#approval-{}", a.incident_id, a.id)
+    format!("\u{1f}approval:{}", a.id)
 }
 
 /// SHA-256 of the rendered action (its outcome view, whose maps are ordered): what an approval

@@ -241,6 +241,34 @@ async fn storm(r: Rig) {
     assert_ne!(next, id, "answered: the next incident asks again");
 }
 
+/// An approval's execution is claimed in a key space no incident id reaches: incidents named
+/// like the old claim id (`{incident}#approval-{id}`) or anything else cannot pre-empt it.
+#[tokio::test]
+async fn no_incident_id_can_preempt_an_approvals_execution() {
+    preempt(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn no_incident_id_can_preempt_an_approvals_execution_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        preempt(r).await;
+    }
+}
+
+async fn preempt(r: Rig) {
+    let id = send(&r, &undo("P1", "checkout")).await.approval_id.unwrap();
+    // Someone who read the approval id off the audit topic sends incidents named like a claim.
+    for name in [format!("P1#approval-{id}"), format!("approval:{id}")] {
+        let squat = format!(r#"{{"id":"{name}","root_cause":"unknown_thing","confidence":0.95,"service":"checkout"}}"#);
+        send(&r, &squat).await;
+    }
+    let (ok, out) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok);
+    assert_eq!(out[0].decision, Decision::Executed, "{}", out[0].reason);
+    assert_eq!(out[0].incident_id.as_deref(), Some("P1"));
+    assert_eq!(r.executor.journal().len(), 1);
+}
+
 #[tokio::test]
 async fn denied_expired_tampered_and_unknown_answers() {
     let r = rig(SEED, Faults::default());
