@@ -2,9 +2,15 @@
 //!
 //! Two doors lead to [`Engine::answer`]: the HTTP API (`GET /v1/approvals`,
 //! `POST /v1/approvals/{id}/approve|deny`, bearer token) used by `remediator approve|deny`, and
-//! the `remediation-approvals` Kafka topic (access controlled by Kafka's ACLs). Both publish
-//! every resulting outcome — refusals included — to the outcomes topic before they answer or
-//! commit, so the audit trail never misses an answer.
+//! the `remediation-approvals` Kafka topic, consumed only when `approvals.topic_enabled` is set.
+//! Whoever can produce to a topic can write anything into it, so the worker never trusts the
+//! broker's access control for an answer: every message on the topic carries an HMAC-SHA256
+//! (`signature`) over its approval id, decision, approver and action hash, made with a key the
+//! worker holds ([`HMAC_KEY_ENV`] or `approvals.hmac_key_file`); `remediator sign-answer` makes
+//! one. A message without a valid signature, or without the action hash it must be bound to, is
+//! refused and audited, never answered. Both doors publish every resulting outcome — refusals
+//! included — to the outcomes topic before they answer or commit, so the audit trail never
+//! misses an answer.
 //!
 //! An answer that unlocks an execution runs in its own task: a client that disconnects (or an
 //! HTTP timeout) never cancels an action half-way.
@@ -19,16 +25,144 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hmac::{Hmac, Mac};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
 /// Environment variable holding the approval API's bearer token (never put it in YAML).
 pub const TOKEN_ENV: &str = "REMEDIATOR_APPROVAL_TOKEN";
+
+/// Environment variable holding the key that signs answers on the approvals topic (never put it
+/// in YAML); `approvals.hmac_key_file` is the other way to give it.
+pub const HMAC_KEY_ENV: &str = "REMEDIATOR_APPROVAL_HMAC_KEY";
+
+/// The shortest signing key accepted: 32 bytes, the size of the HMAC-SHA256 output, so the key
+/// is never the weak part.
+pub const MIN_HMAC_KEY_BYTES: usize = 32;
+
+/// Tag at the start of every signed text: a signature made for anything else (another
+/// protocol, a later version of this one) never verifies here.
+const SIGNING_DOMAIN: &str = "remediator-approval-answer-v1";
+
+/// The key that authenticates answers on the approvals topic.
+#[derive(Clone)]
+pub struct AnswerKey(Vec<u8>);
+
+impl std::fmt::Debug for AnswerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswerKey(..)")
+    }
+}
+
+impl AnswerKey {
+    /// A key from its secret text (at least [`MIN_HMAC_KEY_BYTES`] bytes); the error names
+    /// `source`, the variable or file it came from, never the key.
+    pub fn new(secret: &str, source: &str) -> Result<Self, String> {
+        if secret.len() < MIN_HMAC_KEY_BYTES {
+            return Err(format!(
+                "{source}: the approval signing key must be at least {MIN_HMAC_KEY_BYTES} bytes, got {}",
+                secret.len()
+            ));
+        }
+        Ok(Self(secret.as_bytes().to_vec()))
+    }
+
+    /// The key from [`HMAC_KEY_ENV`], else from `file` (`approvals.hmac_key_file`); an error
+    /// when neither gives one.
+    pub fn load(file: &str) -> Result<Self, String> {
+        let source = if std::env::var(HMAC_KEY_ENV).is_ok_and(|v| !v.trim().is_empty()) || file.is_empty() {
+            HMAC_KEY_ENV.to_string()
+        } else {
+            format!("approvals.hmac_key_file {file}")
+        };
+        match crate::config::secret(HMAC_KEY_ENV, file).map_err(|e| e.to_string())? {
+            Some(k) => Self::new(&k, &source),
+            None => Err(format!("{HMAC_KEY_ENV} (or approvals.hmac_key_file) is not set")),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length: this never fails.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+    }
+
+    /// The signature of an answer: lower-case hex HMAC-SHA256 of [`signed_text`].
+    pub fn sign(&self, approval_id: &str, decision: &str, approver: &str, action_hash: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(&signed_text(approval_id, decision, approver, action_hash));
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Check `signature` (hex) against the answer's fields, in constant time.
+    pub fn verify(
+        &self,
+        approval_id: &str,
+        decision: &str,
+        approver: &str,
+        action_hash: &str,
+        signature: &str,
+    ) -> bool {
+        let Some(given) = unhex(signature) else {
+            return false;
+        };
+        let mut mac = self.mac();
+        mac.update(&signed_text(approval_id, decision, approver, action_hash));
+        mac.verify_slice(&given).is_ok()
+    }
+
+    /// A complete, signed message for the approvals topic (what `remediator sign-answer` prints).
+    pub fn signed_message(&self, approval_id: &str, approve: bool, approver: &str, action_hash: &str) -> AnswerMessage {
+        let decision = if approve { "approve" } else { "deny" };
+        AnswerMessage {
+            approval_id: approval_id.to_string(),
+            decision: decision.to_string(),
+            approver: approver.to_string(),
+            action_hash: Some(action_hash.to_string()),
+            signature: Some(self.sign(approval_id, decision, approver, action_hash)),
+        }
+    }
+}
+
+/// The bytes an answer's signature covers: the domain tag, then each field as its byte length,
+/// `:`, the bytes and `\n`. Length prefixes make the encoding unambiguous whatever the fields
+/// contain (no separator inside a field can shift a boundary).
+pub fn signed_text(approval_id: &str, decision: &str, approver: &str, action_hash: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    for field in [SIGNING_DOMAIN, approval_id, decision, approver, action_hash] {
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Equality of two secrets in time independent of where they differ (and of their lengths:
+/// their SHA-256 digests are compared, always 32 bytes).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a.as_bytes()).ct_eq(&Sha256::digest(b.as_bytes())).into()
+}
 
 /// Publishes outcome events to the outcomes topic and waits for the broker's acknowledgement.
 #[derive(Clone)]
@@ -157,8 +291,8 @@ impl Api {
         else {
             return false;
         };
-        // Compare every byte so the time taken does not reveal a matching prefix.
-        given.len() == self.token.len() && given.bytes().zip(self.token.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        // Constant time: the time taken reveals neither a matching prefix nor the length.
+        same_secret(given, &self.token)
     }
 }
 
@@ -239,18 +373,43 @@ pub struct AnswerMessage {
     pub decision: String,
     /// Who answers.
     pub approver: String,
-    /// The action hash reviewed (optional).
+    /// The action hash reviewed: required (a message without it is refused), and it must be
+    /// the approval's. Optional here only so that its absence is audited, not a parse error.
     #[serde(default)]
     pub action_hash: Option<String>,
+    /// Lower-case hex HMAC-SHA256 of [`signed_text`] with the worker's key ([`AnswerKey`]).
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
-/// Consume the approvals topic until shutdown: answer, publish, then commit, one message at a
-/// time (answers are rare; order and exactly-one audit matter more than throughput).
+impl AnswerMessage {
+    /// Authenticate the message with `key`: the action hash must be given and the signature
+    /// must verify. The error says what was wrong (never what the right signature is).
+    pub fn authenticate(&self, key: &AnswerKey) -> Result<(), String> {
+        let hash = self.action_hash.as_deref().unwrap_or("");
+        if hash.is_empty() {
+            return Err("action_hash is required on the approvals topic".into());
+        }
+        let Some(signature) = self.signature.as_deref().filter(|s| !s.is_empty()) else {
+            return Err("signature is missing (unauthenticated answer)".into());
+        };
+        if key.verify(&self.approval_id, &self.decision, &self.approver, hash, signature) {
+            Ok(())
+        } else {
+            Err("signature does not verify (unauthenticated answer)".into())
+        }
+    }
+}
+
+/// Consume the approvals topic until shutdown: authenticate, answer, publish, then commit, one
+/// message at a time (answers are rare; order and exactly-one audit matter more than
+/// throughput). Only an answer whose signature verifies with `key` reaches [`Engine::answer`].
 pub async fn consume(
     settings: &KafkaSettings,
     topic: &str,
     engine: Arc<Engine>,
     publisher: Publisher,
+    key: AnswerKey,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let mut config = consumer_config(settings);
@@ -284,7 +443,12 @@ pub async fn consume(
             .and_then(|m| match m.decision.as_str() {
                 "approve" | "deny" => Ok(m),
                 other => Err(format!("decision must be approve or deny, got {other:?}")),
-            });
+            })
+            .map_err(Refusal::Malformed);
+        let parsed = parsed.and_then(|m| match m.authenticate(&key) {
+            Ok(()) => Ok(m),
+            Err(why) => Err(Refusal::Unauthenticated(Box::new(m), why)),
+        });
         match parsed {
             Ok(m) => {
                 let answer = Answer {
@@ -311,9 +475,19 @@ pub async fn consume(
                     }
                 }
             }
-            Err(why) => {
-                warn!(reason = %why, partition = msg.partition(), offset = msg.offset(), "malformed approval answer");
-                let o = engine.refused_answer(None, None, &why);
+            Err(refusal) => {
+                let o = match refusal {
+                    Refusal::Malformed(why) => {
+                        warn!(reason = %why, partition = msg.partition(), offset = msg.offset(), "malformed approval answer");
+                        engine.refused_answer(None, None, &why)
+                    }
+                    Refusal::Unauthenticated(m, why) => {
+                        warn!(reason = %why, approval = %m.approval_id, partition = msg.partition(), offset = msg.offset(),
+                            "unauthenticated approval answer refused");
+                        // The claimed approver is not audited as the approver: nobody proved it.
+                        engine.unauthenticated_answer(&m.approval_id, &m.approver, &why)
+                    }
+                };
                 while let Err(e) = publisher
                     .publish(std::slice::from_ref(&o), Duration::from_secs(30))
                     .await
@@ -326,6 +500,14 @@ pub async fn consume(
             warn!(error = %e, "could not commit the approval answer");
         }
     }
+}
+
+/// Why a message on the approvals topic is not answered.
+enum Refusal {
+    /// Not an answer at all.
+    Malformed(String),
+    /// An answer whose signature or action hash is missing or wrong.
+    Unauthenticated(Box<AnswerMessage>, String),
 }
 
 /// `remediator approve|deny`: answer through a worker's HTTP API. Returns the reply (refusals
@@ -382,4 +564,76 @@ pub async fn client_pending(url: &str, token: &str) -> Result<Vec<Approval>, Str
         ));
     }
     serde_json::from_str(&text).map_err(|e| format!("{endpoint}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn key() -> AnswerKey {
+        AnswerKey::new(KEY, "test").unwrap()
+    }
+
+    #[test]
+    fn a_signed_message_authenticates_and_any_change_breaks_it() {
+        let m = key().signed_message("a1", true, "alice", "h1");
+        assert_eq!(m.authenticate(&key()), Ok(()));
+        let other = AnswerKey::new("another key, also thirty-two bytes!", "test").unwrap();
+        assert!(m.authenticate(&other).unwrap_err().contains("does not verify"));
+        for tamper in [
+            |m: &mut AnswerMessage| m.approval_id = "a2".into(),
+            |m: &mut AnswerMessage| m.decision = "deny".into(),
+            |m: &mut AnswerMessage| m.approver = "mallory".into(),
+            |m: &mut AnswerMessage| m.action_hash = Some("h2".into()),
+            |m: &mut AnswerMessage| m.signature = Some("zz".into()),
+        ] {
+            let mut t = m.clone();
+            tamper(&mut t);
+            assert!(t.authenticate(&key()).is_err(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn missing_signature_or_hash_is_refused_and_named() {
+        let mut m = key().signed_message("a1", true, "alice", "h1");
+        m.signature = None;
+        assert!(m.authenticate(&key()).unwrap_err().contains("signature is missing"));
+        // A signature over an empty hash does not make the hash optional.
+        let m = AnswerMessage {
+            action_hash: None,
+            ..key().signed_message("a1", true, "alice", "")
+        };
+        assert!(m.authenticate(&key()).unwrap_err().contains("action_hash is required"));
+    }
+
+    #[test]
+    fn the_signed_text_is_unambiguous() {
+        // Moving a boundary between fields changes the text, so it changes the signature.
+        assert_ne!(signed_text("a", "b:c", "d", "e"), signed_text("a:b", "c", "d", "e"));
+        assert_ne!(signed_text("a\n1:b", "c", "d", "e"), signed_text("a", "b", "c", "d"));
+        assert_eq!(
+            String::from_utf8(signed_text("id", "approve", "alice", "h")).unwrap(),
+            "29:remediator-approval-answer-v1\n2:id\n7:approve\n5:alice\n1:h\n"
+        );
+    }
+
+    #[test]
+    fn short_keys_are_refused_without_showing_them() {
+        let e = AnswerKey::new("short", "REMEDIATOR_APPROVAL_HMAC_KEY").unwrap_err();
+        assert!(
+            e.contains("REMEDIATOR_APPROVAL_HMAC_KEY") && e.contains("at least 32 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains("short\""), "{e}");
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret("s3cret", "s3cret"));
+        assert!(!same_secret("s3cret", "s3creT"));
+        assert!(!same_secret("s3cret", "s3cret-longer"));
+        assert!(!same_secret("", "x"));
+    }
 }

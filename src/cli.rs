@@ -56,6 +56,24 @@ pub enum Command {
         #[command(flatten)]
         answer: AnswerArgs,
     },
+    /// Print a signed answer for the approvals topic (one JSON line, to produce to
+    /// `kafka.approvals_topic`); the key comes from REMEDIATOR_APPROVAL_HMAC_KEY or --key-file.
+    SignAnswer {
+        /// The approval id (from the `approval_required` outcome).
+        id: String,
+        /// `approve` or `deny`.
+        #[arg(long, value_parser = ["approve", "deny"])]
+        decision: String,
+        /// Who answers (audited; default: $USER).
+        #[arg(long)]
+        approver: Option<String>,
+        /// The action hash you reviewed (`remediator approvals` shows it); required.
+        #[arg(long)]
+        action_hash: String,
+        /// File with the signing key (the worker's `approvals.hmac_key_file`).
+        #[arg(long, default_value = "")]
+        key_file: String,
+    },
     /// List the approvals still waiting, through a worker's HTTP API.
     Approvals {
         /// Base URL of a worker.

@@ -192,6 +192,12 @@ pub struct ApprovalsConfig {
     /// File holding the approval API's bearer token (the variable `REMEDIATOR_APPROVAL_TOKEN`
     /// wins); "" and no variable: the HTTP approval API is off.
     pub token_file: String,
+    /// Consume answers from `kafka.approvals_topic`. Off by default: the topic is a second door
+    /// to HIGH-risk actions, open only when the operator gives the signing key too.
+    pub topic_enabled: bool,
+    /// File holding the key that signs answers on the approvals topic (the variable
+    /// `REMEDIATOR_APPROVAL_HMAC_KEY` wins); required when `topic_enabled`.
+    pub hmac_key_file: String,
 }
 
 impl Default for ApprovalsConfig {
@@ -199,6 +205,8 @@ impl Default for ApprovalsConfig {
         Self {
             ttl: "1h".into(),
             token_file: String::new(),
+            topic_enabled: false,
+            hmac_key_file: String::new(),
         }
     }
 }

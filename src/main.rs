@@ -81,6 +81,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Approve { id, answer } => answer_cli(&id, true, answer).await,
         Command::Deny { id, answer } => answer_cli(&id, false, answer).await,
+        Command::SignAnswer {
+            id,
+            decision,
+            approver,
+            action_hash,
+            key_file,
+        } => {
+            let key = remediator::approval::AnswerKey::load(&key_file).map_err(anyhow::Error::msg)?;
+            let approver = approver
+                .or_else(|| std::env::var("USER").ok())
+                .filter(|a| !a.trim().is_empty())
+                .context("--approver is required when $USER is not set")?;
+            if action_hash.trim().is_empty() {
+                bail!("--action-hash must not be empty");
+            }
+            let m = key.signed_message(&id, decision == "approve", &approver, &action_hash);
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
         Command::Approvals { url } => {
             let token = approval_token()?;
             let pending = remediator::approval::client_pending(&url, &token)

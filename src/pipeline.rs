@@ -220,9 +220,11 @@ pub struct Answered {
     pub outcomes: Vec<Outcome>,
 }
 
-/// The idempotency key of the execution an approval unlocks.
+/// The idempotency key of the execution an approval unlocks. It starts with a control
+/// character (U+001F), which no incident id may contain (incident.rs refuses them), so no
+/// incident, however it is named, can claim or pre-record an approval's execution.
 fn approval_claim(a: &Approval) -> String {
-    format!("{}#approval-{}", a.incident_id, a.id)
+    format!("\u{1f}approval:{}", a.id)
 }
 
 /// SHA-256 of the rendered action (its outcome view, whose maps are ordered): what an approval
@@ -314,14 +316,13 @@ impl Engine {
     }
 
     /// Set `remediator_approvals_pending` and `remediator_approval_oldest_pending_seconds` from
-    /// the shared store (one `pending_approvals` call; the worker does it periodically, never per
-    /// decision). Returns how many approvals are pending.
+    /// the shared store (one count-plus-oldest read, no approval read; the worker does it
+    /// periodically, never per decision). Returns how many approvals are pending.
     pub async fn refresh_approval_gauges(&self) -> Result<usize, StoreError> {
-        let pending = self.store.pending_approvals().await?;
-        let oldest = pending.iter().map(|a| a.created_at_ms).min();
+        let s = self.store.pending_summary().await?;
         self.metrics
-            .set_pending_approvals(pending.len(), oldest, millis(self.clock.now()));
-        Ok(pending.len())
+            .set_pending_approvals(s.count, s.oldest_created_ms, millis(self.clock.now()));
+        Ok(s.count)
     }
 
     /// Set the trust-ladder gauges (`remediator_runbook_success_rate`, `_executions`, `_demoted`)
@@ -529,11 +530,17 @@ impl Engine {
         match intent {
             Intent::Suggest => {}
             Intent::Approval => {
-                let approval = self.request_approval(incident, rb, action).await;
+                let (approval, joined) = self.request_approval(incident, rb, action).await;
                 o.approval_id = Some(approval.id.clone());
                 o.reason.push_str(&format!(
-                    "; approval {} pending until {}",
+                    "; {} {}{} pending until {}",
+                    if joined { "joins approval" } else { "approval" },
                     approval.id,
+                    if joined {
+                        " (same runbook and target, asked for by an earlier incident),"
+                    } else {
+                        ""
+                    },
                     DateTime::<Utc>::from_timestamp_millis(approval.expires_at_ms)
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                         .unwrap_or_default()
@@ -711,8 +718,11 @@ impl Engine {
     }
 
     /// Create the pending approval an `approval_required` decision asks for, bound to the hash
-    /// of the rendered action (retried until the store answers: the decision is already taken).
-    async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> Approval {
+    /// of the rendered action (retried until the store answers: the decision is already taken),
+    /// or join the one already pending for the same runbook and target (`true`): an alert storm
+    /// asks a human once, not once per incident.
+    async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> (Approval, bool) {
+        let view = action.view();
         let pending = Approval {
             id: self.ids.next(),
             incident_id: incident.id.clone(),
@@ -724,6 +734,8 @@ impl Engine {
             expires_at_ms: 0,
             state: ApprovalState::Pending,
             approver: None,
+            // Newline-separated: no runbook id, namespace or target contains one.
+            group: [rb.id.as_str(), view.namespace.as_deref().unwrap_or(""), &view.target].join("\n"),
         };
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -732,9 +744,13 @@ impl Engine {
                 .create_approval(&pending, ms(self.settings.approval_ttl))
                 .await
             {
+                Ok(a) if a.id != pending.id => {
+                    info!(approval = %a.id, incident = %incident.id, "incident joins the pending approval of its target");
+                    return (a, true);
+                }
                 Ok(a) => {
                     self.metrics.approval_created();
-                    return a;
+                    return (a, false);
                 }
                 Err(e) => {
                     self.metrics.store_errors.inc();
@@ -784,6 +800,7 @@ impl Engine {
             o.reason = why.clone();
             return refuse(o, why);
         }
+        let mut retried = false;
         let result = self.store.answer_approval(approval_id, answer).await.map_err(|e| {
             self.metrics.store_errors.inc();
             EngineError::StoreUnavailable(e.to_string())
@@ -836,12 +853,25 @@ impl Engine {
                 return refuse(o, why);
             }
             AnswerResult::Accepted(a) => a,
+            // A retry of this approver's accepted answer (its first handling failed after the
+            // store took it: a store error before the claim, an unpublished outcome): finish it.
+            // The execution claim under the approval's id still allows one run; a finished one
+            // answers with its recorded outcomes, which are published again.
+            AnswerResult::Repeated(a) => {
+                info!(approval = approval_id, approver = %answer.approver, "approval answer retried; finishing it");
+                retried = true;
+                a
+            }
         };
         describe(&a, &mut o);
         o.action = None;
-        self.metrics.approval_answered();
+        if !retried {
+            self.metrics.approval_answered();
+        }
         if a.state == ApprovalState::Denied {
-            self.metrics.approvals.with_label_values(&["denied"]).inc();
+            if !retried {
+                self.metrics.approvals.with_label_values(&["denied"]).inc();
+            }
             o.decision = Decision::Manual;
             o.reason = format!("approval {} denied by {}; not executed", a.id, answer.approver);
             let outcomes = self.finalize_answer(&a, vec![o]).await;
@@ -851,7 +881,9 @@ impl Engine {
                 outcomes,
             });
         }
-        self.metrics.approvals.with_label_values(&["approved"]).inc();
+        if !retried {
+            self.metrics.approvals.with_label_values(&["approved"]).inc();
+        }
         let outcomes = self.execute_approved(&a, &answer.approver, o).await?;
         Ok(Answered {
             accepted: true,
@@ -921,6 +953,23 @@ impl Engine {
         o.approver = approver.filter(|a| !a.is_empty()).map(str::to_string);
         o.reason = format!("approval answer refused: {reason}");
         self.metrics.approvals.with_label_values(&["refused"]).inc();
+        o
+    }
+
+    /// An audit outcome for an answer on the approvals topic whose signature (or action hash) is
+    /// missing or wrong: refused before the store, counted as `unauthenticated`. The approver it
+    /// claims is only quoted in the reason: nobody proved it.
+    pub fn unauthenticated_answer(&self, approval_id: &str, claimed_approver: &str, reason: &str) -> Outcome {
+        let mut o = self.base(None, None, self.clock.now());
+        o.decision = Decision::Rejected;
+        o.mode = Some(Mode::Approval);
+        let valid = |v: &str| !v.is_empty() && v.chars().count() <= 128 && !v.chars().any(char::is_control);
+        o.approval_id = Some(approval_id.to_string()).filter(|a| valid(a));
+        o.reason = format!(
+            "approval answer refused: {reason}; claimed approver {:?}; not executed",
+            crate::incident::shorten(claimed_approver)
+        );
+        self.metrics.approvals.with_label_values(&["unauthenticated"]).inc();
         o
     }
 
@@ -1037,11 +1086,10 @@ impl Engine {
     }
 
     /// Record the outcome of an answer that did not reach the guardrails (denied, aborted,
-    /// expired) under the approval's claim id, so its audit trail is complete.
+    /// expired) under the approval's claim id, so its audit trail is complete. When an earlier
+    /// try of the same answer recorded one already, that one is returned (and published again)
+    /// instead: a retry repeats the audit, it does not add a different one.
     async fn finalize_answer(&self, a: &Approval, outcomes: Vec<Outcome>) -> Vec<Outcome> {
-        for o in &outcomes {
-            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
-        }
         let attempt = uuid::Uuid::new_v4().to_string();
         let req = DecideRequest {
             incident_id: approval_claim(a),
@@ -1055,8 +1103,19 @@ impl Engine {
             },
         };
         // Best effort: the answer itself is already final in the store.
-        if let Err(e) = self.store.decide(&req).await {
-            warn!(error = %e, approval = %a.id, "could not record the answer's outcome");
+        match self.store.decide(&req).await {
+            Ok(DecideAnswer::Duplicate { outcomes: recorded, .. }) => {
+                if let Ok(recorded) = serde_json::from_str::<Vec<Outcome>>(&recorded) {
+                    if !recorded.is_empty() {
+                        return recorded;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, approval = %a.id, "could not record the answer's outcome"),
+        }
+        for o in &outcomes {
+            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
         }
         outcomes
     }

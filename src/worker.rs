@@ -227,7 +227,16 @@ pub async fn run(config: Config) -> Result<()> {
     let engine = Arc::new(engine);
     spawn_shared_gauges(Arc::clone(&engine), shutdown.clone());
 
-    // Approvals: the HTTP API needs a token; the approvals topic is always consumed.
+    // Approvals: the HTTP API needs a token; the approvals topic is consumed only when enabled,
+    // and then only with the key that authenticates its answers (refuse to start without it).
+    let answer_key = if config.approvals.topic_enabled {
+        Some(
+            crate::approval::AnswerKey::load(&config.approvals.hmac_key_file)
+                .map_err(|e| anyhow!("approvals.topic_enabled is true but {e}"))?,
+        )
+    } else {
+        None
+    };
     let publisher = crate::approval::Publisher::new(&kafka_settings(&config)).map_err(|e| anyhow!(e))?;
     let approvals = match crate::config::secret(crate::approval::TOKEN_ENV, &config.approvals.token_file)? {
         Some(token) => Some(Arc::new(crate::approval::Api::new(
@@ -243,14 +252,16 @@ pub async fn run(config: Config) -> Result<()> {
             None
         }
     };
-    {
+    if let Some(key) = answer_key {
         let (settings, topic) = (kafka_settings(&config), config.kafka.approvals_topic.clone());
         let (engine, publisher, shutdown) = (Arc::clone(&engine), publisher.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::approval::consume(&settings, &topic, engine, publisher, shutdown).await {
+            if let Err(e) = crate::approval::consume(&settings, &topic, engine, publisher, key, shutdown).await {
                 tracing::error!(error = %e, "approvals consumer stopped");
             }
         });
+    } else {
+        info!("approvals topic not consumed (approvals.topic_enabled is false)");
     }
     let (addr, http_task) = crate::http::serve(
         &config.http.listen,

@@ -139,6 +139,136 @@ async fn approved_once(r: Rig) {
     assert_eq!(r.executor.journal().len(), 1, "a replayed approval never runs again");
 }
 
+/// Answering is retry-safe: a failure after the store took the answer (before the execution was
+/// claimed, or after it ran but before its outcome was published) leaves the same approver's
+/// retry to finish the job: it executes once, or returns the recorded outcomes to publish again,
+/// never "already answered" to its own retry. Another approver is still refused.
+#[tokio::test]
+async fn a_retried_answer_executes_once_and_republishes() {
+    retried_answer(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn a_retried_answer_executes_once_and_republishes_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        retried_answer(r).await;
+    }
+}
+
+async fn retried_answer(r: Rig) {
+    let id = send(&r, &undo("R1", "checkout")).await.approval_id.unwrap();
+    let hash = r.store.pending_approvals().await.unwrap()[0].action_hash.clone();
+    // The first try marked the answer and then failed (store error before the claim, or the
+    // worker died): the store holds the answer, nothing ran.
+    let first = Answer {
+        approve: true,
+        approver: "alice".into(),
+        action_hash: Some(hash.clone()),
+    };
+    assert!(matches!(
+        r.store.answer_approval(&id, &first).await.unwrap(),
+        remediator::guardrails::AnswerResult::Accepted(_)
+    ));
+    assert!(r.executor.journal().is_empty());
+    // Its retry executes, once.
+    let (ok, out) = answer(&r, &id, true, "alice", Some(&hash)).await;
+    assert!(ok, "{out:?}");
+    assert_eq!((out[0].decision, out[0].success), (Decision::Executed, Some(true)));
+    assert_eq!(out[0].approver.as_deref(), Some("alice"));
+    assert_eq!(r.executor.journal().len(), 1);
+    // The outcome was not published (broker down): the next retry gets the recorded outcome
+    // again, and nothing runs twice.
+    let (ok, again) = answer(&r, &id, true, "alice", Some(&hash)).await;
+    assert!(ok, "{again:?}");
+    let json = |v: &[Outcome]| v.iter().map(Outcome::to_json).collect::<Vec<_>>();
+    assert_eq!(
+        json(&again),
+        json(&out),
+        "the recorded outcomes, as they were published"
+    );
+    assert_eq!(r.executor.journal().len(), 1, "never executed twice");
+    // Anyone else, or another decision, is still refused.
+    let (ok, out) = answer(&r, &id, true, "mallory", None).await;
+    assert!(!ok);
+    assert!(out[0].reason.contains("already approved by alice"), "{}", out[0].reason);
+    let (ok, _) = answer(&r, &id, false, "alice", None).await;
+    assert!(!ok);
+
+    // A denial retried returns the recorded denial.
+    let id = send(&r, &undo("R2", "cart")).await.approval_id.unwrap();
+    let (ok, denied) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    let (ok, again) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    assert_eq!(json(&again), json(&denied));
+    assert_eq!(r.executor.journal().len(), 1);
+}
+
+/// An alert storm asks once: while an approval for a runbook and target is pending, later
+/// incidents for the same target join it (their outcome names it) instead of piling up
+/// approvals; another target asks on its own, and after an answer the next incident asks again.
+#[tokio::test]
+async fn incidents_for_a_pending_target_join_its_approval() {
+    storm(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn incidents_for_a_pending_target_join_its_approval_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        storm(r).await;
+    }
+}
+
+async fn storm(r: Rig) {
+    let first = send(&r, &undo("S0", "checkout")).await;
+    let id = first.approval_id.clone().expect("approval");
+    for i in 1..20 {
+        let o = send(&r, &undo(&format!("S{i}"), "checkout")).await;
+        assert_eq!(o.decision, Decision::ApprovalRequired);
+        assert_eq!(o.approval_id.as_deref(), Some(id.as_str()), "joins {id}");
+        assert!(o.reason.contains(&format!("joins approval {id}")), "{}", o.reason);
+    }
+    let other = send(&r, &undo("S-cart", "cart")).await.approval_id.unwrap();
+    assert_ne!(other, id);
+    assert_eq!(r.store.pending_approvals().await.unwrap().len(), 2, "one per target");
+    assert_eq!(r.engine.refresh_approval_gauges().await.unwrap(), 2);
+    assert_eq!(r.engine.metrics().approvals_pending.get(), 2);
+    let (ok, out) = answer(&r, &id, false, "bob", None).await;
+    assert!(ok);
+    assert_eq!(out[0].incident_id.as_deref(), Some("S0"));
+    assert!(r.executor.journal().is_empty());
+    let next = send(&r, &undo("S20", "checkout")).await.approval_id.unwrap();
+    assert_ne!(next, id, "answered: the next incident asks again");
+}
+
+/// An approval's execution is claimed in a key space no incident id reaches: incidents named
+/// like the old claim id (`{incident}#approval-{id}`) or anything else cannot pre-empt it.
+#[tokio::test]
+async fn no_incident_id_can_preempt_an_approvals_execution() {
+    preempt(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn no_incident_id_can_preempt_an_approvals_execution_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        preempt(r).await;
+    }
+}
+
+async fn preempt(r: Rig) {
+    let id = send(&r, &undo("P1", "checkout")).await.approval_id.unwrap();
+    // Someone who read the approval id off the audit topic sends incidents named like a claim.
+    for name in [format!("P1#approval-{id}"), format!("approval:{id}")] {
+        let squat = format!(r#"{{"id":"{name}","root_cause":"unknown_thing","confidence":0.95,"service":"checkout"}}"#);
+        send(&r, &squat).await;
+    }
+    let (ok, out) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok);
+    assert_eq!(out[0].decision, Decision::Executed, "{}", out[0].reason);
+    assert_eq!(out[0].incident_id.as_deref(), Some("P1"));
+    assert_eq!(r.executor.journal().len(), 1);
+}
+
 #[tokio::test]
 async fn denied_expired_tampered_and_unknown_answers() {
     let r = rig(SEED, Faults::default());
@@ -178,10 +308,13 @@ async fn approval_after_the_guardrails_changed_is_blocked_on_redis() {
     }
 }
 
-/// rollback-deployment: 1 per hour. Two approvals for the same service; the first uses the slot.
+/// rollback-deployment: 1 per hour per service. Two approvals for the same service (two of its
+/// deployments, so two targets and two approvals); the first uses the slot.
 async fn guardrails_changed(r: Rig) {
     let first = send(&r, &undo("C1", "checkout")).await.approval_id.unwrap();
-    let second = send(&r, &undo("C2", "checkout")).await.approval_id.unwrap();
+    let canary = r#"{"id":"C2","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"checkout","context":{"deployment":"checkout-canary","namespace":"production"}}"#;
+    let second = send(&r, canary).await.approval_id.unwrap();
+    assert_ne!(first, second);
     assert_eq!(
         answer(&r, &first, true, "alice", None).await.1[0].decision,
         Decision::Executed

@@ -356,7 +356,8 @@ fn values_shape_the_objects() {
             "--set-json",
             r#"rbac.targetNamespaces=["production","staging"]"#,
             "--set",
-            "replicaCount=2,redisUrlSecret.name=redis-url,alertmanagerTokenSecret.name=am-token",
+            "replicaCount=2,redisUrlSecret.name=redis-url,alertmanagerTokenSecret.name=am-token,\
+             approvalTokenSecret.name=ap-token,approvalHmacKeySecret.name=ap-key",
             "--set",
             "config.alertmanager.enabled=true,config.kafka.brokers=kafka:9092",
             "--set-file",
@@ -414,6 +415,8 @@ fn values_shape_the_objects() {
         secret_of(remediator::alertmanager::TOKEN_ENV).as_deref(),
         Some("am-token")
     );
+    assert_eq!(secret_of(remediator::approval::TOKEN_ENV).as_deref(), Some("ap-token"));
+    assert_eq!(secret_of(remediator::approval::HMAC_KEY_ENV).as_deref(), Some("ap-key"));
     assert_eq!(
         cm["data"]["runbooks.yaml"].as_str(),
         Some(
@@ -445,7 +448,8 @@ fn values_shape_the_objects() {
     );
 }
 
-/// Every REMEDIATOR_* variable the chart can set is a real config key (or the intake's token).
+/// Every REMEDIATOR_* variable the chart can set is a real config key (or a secret: the intake's
+/// token, the approval API's token, the approvals topic's signing key).
 #[test]
 fn every_remediator_variable_is_a_config_key() {
     let Some(helm) = helm() else { return };
@@ -454,7 +458,11 @@ fn every_remediator_variable_is_a_config_key() {
         &helm,
         "remediator",
         "remediator",
-        &["--set", "redisUrlSecret.name=r,alertmanagerTokenSecret.name=t"],
+        &[
+            "--set",
+            "redisUrlSecret.name=r,alertmanagerTokenSecret.name=t,approvalTokenSecret.name=a,\
+             approvalHmacKeySecret.name=k",
+        ],
     );
     let mut seen = 0;
     for e in container(one(&objs, "Deployment"))["env"]
@@ -466,12 +474,18 @@ fn every_remediator_variable_is_a_config_key() {
         if var.starts_with("REMEDIATOR_") {
             seen += 1;
             assert!(
-                keys.contains(var) || var == remediator::alertmanager::TOKEN_ENV,
+                keys.contains(var)
+                    || [
+                        remediator::alertmanager::TOKEN_ENV,
+                        remediator::approval::TOKEN_ENV,
+                        remediator::approval::HMAC_KEY_ENV
+                    ]
+                    .contains(&var),
                 "{var} is not a config key"
             );
         }
     }
-    assert_eq!(seen, 3);
+    assert_eq!(seen, 5);
 }
 
 /// Server-side apply through the dynamic API (strict field validation: a misspelt field fails).

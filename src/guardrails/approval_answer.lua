@@ -4,12 +4,15 @@ approval_answer.lua: accept at most one answer to an approval, atomically.
 KEYS
   1  appr:<id>    hash (see approval_create.lua)
   2  approvals    zset index of pending approvals
+  3  approvals_created  zset  the same ids by creation time (see approval_create.lua)
 ARGV
   1  id   2  decision approved|denied   3  approver   4  action hash the answer names ('' = none)
 Returns { verdict, json, state, approver, created_at, expires_at } with verdict one of
-  ok | not_found | answered | expired | tampered
+  ok | again | not_found | answered | expired | tampered
 Order of refusals: single use first (a replay is a replay even after expiry), then expiry, then
-the binding to the action hash.
+the binding to the action hash. `again`: the answer was given before by the same approver with
+the same decision (and no other hash): a retry of the accepted answer, which the caller finishes
+(its execution claim keeps it to one run), never a second answer.
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -23,10 +26,14 @@ local function out(verdict)
   return { verdict, json, state, approver, created, expires }
 end
 if state ~= 'pending' then
+  if state == ARGV[2] and approver == ARGV[3] and (ARGV[4] == '' or ARGV[4] == hash) then
+    return out('again')
+  end
   return out('answered')
 end
 if now > tonumber(expires) then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   return out('expired')
 end
 if ARGV[4] ~= '' and ARGV[4] ~= hash then
@@ -36,4 +43,5 @@ state = ARGV[2]
 approver = ARGV[3]
 redis.call('HSET', KEYS[1], 'state', state, 'approver', approver, 'answered_at', string.format('%d', now))
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return out('ok')

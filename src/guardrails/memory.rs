@@ -13,8 +13,8 @@
 
 use super::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
-    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, Limits, Scope,
-    StoreError, TrustStats,
+    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, Limits,
+    PendingSummary, Scope, StoreError, TrustStats,
 };
 use crate::clock::{millis, Clock};
 use std::collections::{HashMap, VecDeque};
@@ -146,6 +146,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Ledger {
     approvals: HashMap<String, Approval>,
+    /// group -> id of its latest approval (approval_create.lua's `apprg:<group>`).
+    groups: HashMap<String, String>,
     trust: HashMap<String, VecDeque<bool>>,
     demoted: HashMap<String, String>,
 }
@@ -659,12 +661,33 @@ impl GuardrailStore for MemoryStore {
 impl LedgerStore for MemoryStore {
     async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError> {
         let now = self.now();
+        let mut ledger = self.ledger();
+        // Same as approval_create.lua: join the group's approval while it is pending.
+        if !approval.group.is_empty() {
+            if let Some(existing) = ledger
+                .groups
+                .get(&approval.group)
+                .and_then(|id| ledger.approvals.get(id))
+                .filter(|e| e.state == ApprovalState::Pending && e.expires_at_ms >= now)
+            {
+                let mut joined = approval.clone();
+                joined.id = existing.id.clone();
+                joined.created_at_ms = existing.created_at_ms;
+                joined.expires_at_ms = existing.expires_at_ms;
+                joined.state = ApprovalState::Pending;
+                joined.approver = None;
+                return Ok(joined);
+            }
+        }
         let mut a = approval.clone();
         a.created_at_ms = now;
         a.expires_at_ms = now.saturating_add(ms(ttl_ms));
         a.state = ApprovalState::Pending;
         a.approver = None;
-        self.ledger().approvals.insert(a.id.clone(), a.clone());
+        if !a.group.is_empty() {
+            ledger.groups.insert(a.group.clone(), a.id.clone());
+        }
+        ledger.approvals.insert(a.id.clone(), a.clone());
         Ok(a)
     }
 
@@ -676,6 +699,17 @@ impl LedgerStore for MemoryStore {
         };
         // Same order as approve.lua: single use first, then expiry, then the binding.
         if a.state != ApprovalState::Pending {
+            let decision = if answer.approve {
+                ApprovalState::Approved
+            } else {
+                ApprovalState::Denied
+            };
+            if a.state == decision
+                && a.approver.as_deref() == Some(answer.approver.as_str())
+                && answer.action_hash.as_ref().is_none_or(|h| *h == a.action_hash)
+            {
+                return Ok(AnswerResult::Repeated(a.clone()));
+            }
             return Ok(AnswerResult::AlreadyAnswered(a.clone()));
         }
         if now > a.expires_at_ms {
@@ -704,6 +738,19 @@ impl LedgerStore for MemoryStore {
             .collect();
         v.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         Ok(v)
+    }
+
+    async fn pending_summary(&self) -> Result<PendingSummary, StoreError> {
+        let now = self.now();
+        let ledger = self.ledger();
+        let pending = ledger
+            .approvals
+            .values()
+            .filter(|a| a.state == ApprovalState::Pending && a.expires_at_ms >= now);
+        Ok(PendingSummary {
+            count: pending.clone().count(),
+            oldest_created_ms: pending.map(|a| a.created_at_ms).min(),
+        })
     }
 
     async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {

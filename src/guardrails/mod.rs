@@ -435,6 +435,20 @@ pub struct Approval {
     pub state: ApprovalState,
     /// Who answered.
     pub approver: Option<String>,
+    /// What it acts on (runbook and target of the action, `""` = not grouped): while an
+    /// approval of a group is pending, later requests of the same group join it instead of
+    /// asking again (one pending approval per runbook and target; an alert storm asks once).
+    #[serde(default)]
+    pub group: String,
+}
+
+/// How many approvals wait and since when: what the gauges need, without reading every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingSummary {
+    /// Approvals pending and not expired.
+    pub count: usize,
+    /// When the oldest of them was created (store clock, ms); `None` when none waits.
+    pub oldest_created_ms: Option<i64>,
 }
 
 /// A human's answer to an approval.
@@ -459,6 +473,11 @@ pub enum AnswerResult {
     Expired(Approval),
     /// Answered before (single use): the earlier answer stands.
     AlreadyAnswered(Approval),
+    /// The same approver gave this same answer before (same decision, no other action hash): a
+    /// retry of an accepted answer whose handling failed after the store took it. The approval
+    /// (as answered) is returned so the caller finishes or re-publishes what the first try
+    /// started; the execution's own claim still allows one run at most.
+    Repeated(Approval),
     /// The answer names a different action hash than the approval was bound to.
     Tampered(Approval),
 }
@@ -488,14 +507,23 @@ impl TrustStats {
 #[async_trait::async_trait]
 pub trait LedgerStore: Send + Sync {
     /// Store a new pending approval; its `created_at_ms`/`expires_at_ms` are set from the store's
-    /// clock (`ttl_ms` from now) and returned.
+    /// clock (`ttl_ms` from now) and returned. When an approval of the same non-empty `group` is
+    /// still pending, nothing is created: the request joins it, and the returned approval carries
+    /// the pending one's `id`, `created_at_ms` and `expires_at_ms` (an id other than the one
+    /// asked for means "joined").
     async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError>;
 
-    /// Answer an approval atomically: at most one answer is ever accepted.
+    /// Answer an approval atomically: at most one answer is ever accepted; the same answer
+    /// again from the same approver is [`AnswerResult::Repeated`], anything else after it
+    /// [`AnswerResult::AlreadyAnswered`].
     async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError>;
 
     /// Approvals still waiting, oldest first.
     async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError>;
+
+    /// How many approvals wait and the creation time of the oldest, without reading them all
+    /// (the gauges every replica refreshes periodically).
+    async fn pending_summary(&self) -> Result<PendingSummary, StoreError>;
 
     /// Add one verified result to a runbook's record (keeping the last `window`) and return it.
     async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError>;

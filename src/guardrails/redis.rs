@@ -29,6 +29,8 @@
 //! {p}:primary                  string  replication id of the primary (detects a failover)
 //! {p}:appr:<id>                hash    one approval (json, state, approver, expiry, action hash)
 //! {p}:approvals                zset    approval id -> expiry ms (pending index)
+//! {p}:approvals_created        zset    approval id -> creation ms (the gauges' oldest)
+//! {p}:apprg:<group>            hash    latest approval of a (runbook, target): id, created, expiry
 //! {p}:trust:<runbook>          list    last verified results, newest first ('1' / '0')
 //! {p}:demoted:<runbook>        string  why the runbook was demoted from auto to approval
 //! ```
@@ -45,8 +47,8 @@ use super::memory::CLAIM_GRACE_MS;
 use super::topology::{Backend, Conn, Topology};
 use super::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
-    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, StoreError,
-    TrustStats,
+    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, PendingSummary,
+    StoreError, TrustStats,
 };
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
 use std::future::Future;
@@ -62,6 +64,7 @@ struct Scripts {
     approval_create: Script,
     approval_answer: Script,
     approval_pending: Script,
+    approval_summary: Script,
     trust_record: Script,
     init_epoch: Script,
 }
@@ -76,6 +79,7 @@ impl Scripts {
             approval_create: Script::new(include_str!("approval_create.lua")),
             approval_answer: Script::new(include_str!("approval_answer.lua")),
             approval_pending: Script::new(include_str!("approval_pending.lua")),
+            approval_summary: Script::new(include_str!("approval_summary.lua")),
             trust_record: Script::new(include_str!("trust_record.lua")),
             // SET NX then GET in one step (a MULTI/EXEC pipeline would not route in Cluster).
             init_epoch: Script::new("redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])"),
@@ -115,6 +119,11 @@ impl std::fmt::Debug for RedisStore {
 /// itself) must not appear raw.
 fn escape(id: &str) -> String {
     id.replace('%', "%25").replace(':', "%3A")
+}
+
+/// The inverse of [`escape`] (ids the scripts return as they are stored in the index).
+fn unescape(id: &str) -> String {
+    id.replace("%3A", ":").replace("%25", "%")
 }
 
 /// Classify a client error. Only an answer we cannot interpret (a reply of the wrong shape, a
@@ -391,12 +400,23 @@ impl LedgerStore for RedisStore {
         a.approver = None;
         let json = serde_json::to_string(&a).map_err(|e| StoreError::Protocol(format!("approval json: {e}")))?;
         let mut inv = self.scripts.approval_create.prepare_invoke();
-        inv.key(self.key(&["appr", &a.id])).key(self.key(&["approvals"]));
-        inv.arg(escape(&a.id)).arg(&json).arg(&a.action_hash).arg(ttl_ms);
+        inv.key(self.key(&["appr", &a.id]))
+            .key(self.key(&["approvals"]))
+            .key(self.key(&["approvals_created"]))
+            .key(self.key(&["apprg", &a.group]));
+        inv.arg(escape(&a.id))
+            .arg(&json)
+            .arg(&a.action_hash)
+            .arg(ttl_ms)
+            .arg(if a.group.is_empty() { "" } else { "1" });
         let reply = self.run("create approval", &inv).await?;
-        let [created, expires] = reply.as_slice() else {
+        let [verdict, id, created, expires] = reply.as_slice() else {
             return Err(StoreError::Protocol(format!("create approval: reply {reply:?}")));
         };
+        if verdict != "created" && verdict != "joined" {
+            return Err(StoreError::Protocol(format!("create approval: verdict {verdict:?}")));
+        }
+        a.id = unescape(id);
         a.created_at_ms = number("create approval", created)?;
         a.expires_at_ms = number("create approval", expires)?;
         Ok(a)
@@ -405,7 +425,9 @@ impl LedgerStore for RedisStore {
     async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError> {
         let op = "answer approval";
         let mut inv = self.scripts.approval_answer.prepare_invoke();
-        inv.key(self.key(&["appr", id])).key(self.key(&["approvals"]));
+        inv.key(self.key(&["appr", id]))
+            .key(self.key(&["approvals"]))
+            .key(self.key(&["approvals_created"]));
         inv.arg(escape(id))
             .arg(if answer.approve { "approved" } else { "denied" })
             .arg(&answer.approver)
@@ -420,6 +442,7 @@ impl LedgerStore for RedisStore {
         let a = approval_from(op, json, state, approver, created, expires)?;
         Ok(match verdict.as_str() {
             "ok" => AnswerResult::Accepted(a),
+            "again" => AnswerResult::Repeated(a),
             "answered" => AnswerResult::AlreadyAnswered(a),
             "expired" => AnswerResult::Expired(a),
             "tampered" => AnswerResult::Tampered(a),
@@ -429,8 +452,17 @@ impl LedgerStore for RedisStore {
 
     async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
         let op = "pending approvals";
+        // Read the index first, then let the script read exactly those hashes (declared keys;
+        // the script re-checks each against the index and the clock).
+        let ids: Vec<String> = self
+            .command(op, redis::cmd("ZRANGE").arg(self.key(&["approvals"])).arg(0).arg(-1))
+            .await?;
         let mut inv = self.scripts.approval_pending.prepare_invoke();
-        inv.key(self.key(&["approvals"])).arg(self.key(&["appr", ""]));
+        inv.key(self.key(&["approvals"]));
+        let prefix = self.key(&["appr", ""]);
+        for id in &ids {
+            inv.key(format!("{prefix}{id}")).arg(id);
+        }
         let reply = self.run(op, &inv).await?;
         if reply.len() % 3 != 0 {
             return Err(StoreError::Protocol(format!("{op}: {} fields", reply.len())));
@@ -439,6 +471,27 @@ impl LedgerStore for RedisStore {
             .chunks(3)
             .map(|c| approval_from(op, &c[0], "pending", "", &c[1], &c[2]))
             .collect()
+    }
+
+    async fn pending_summary(&self) -> Result<PendingSummary, StoreError> {
+        let op = "pending summary";
+        let mut inv = self.scripts.approval_summary.prepare_invoke();
+        inv.key(self.key(&["approvals"])).key(self.key(&["approvals_created"]));
+        let reply = self.run(op, &inv).await?;
+        let [count, oldest] = reply.as_slice() else {
+            return Err(StoreError::Protocol(format!("{op}: reply {reply:?}")));
+        };
+        let oldest_created_ms = if oldest.is_empty() {
+            None
+        } else {
+            // A zset score comes back as a float's text.
+            let ms: f64 = number(op, oldest)?;
+            Some(ms as i64)
+        };
+        Ok(PendingSummary {
+            count: number(op, count)?,
+            oldest_created_ms,
+        })
     }
 
     async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {
@@ -637,6 +690,32 @@ impl GuardrailStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every key an approval script touches is one of its declared KEYS (Redis Cluster routes
+    /// and ACLs check declared keys; a key built inside a script bypasses both).
+    #[test]
+    fn approval_scripts_touch_only_declared_keys() {
+        for (name, text) in [
+            ("approval_create.lua", include_str!("approval_create.lua")),
+            ("approval_answer.lua", include_str!("approval_answer.lua")),
+            ("approval_pending.lua", include_str!("approval_pending.lua")),
+            ("approval_summary.lua", include_str!("approval_summary.lua")),
+        ] {
+            for call in text.split("redis.call(").skip(1) {
+                let end = call.find([',', ')']).unwrap_or(call.len());
+                let command = &call[..end];
+                if command == "'TIME'" {
+                    continue;
+                }
+                let key = call[end..].trim_start_matches(',').trim_start();
+                assert!(
+                    key.starts_with("KEYS["),
+                    "{name}: redis.call({command}, {} …) uses an undeclared key",
+                    key.lines().next().unwrap_or("")
+                );
+            }
+        }
+    }
 
     #[test]
     fn escape_keeps_key_parts_unambiguous() {

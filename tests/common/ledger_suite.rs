@@ -2,7 +2,7 @@
 //!
 //! [`ledger_suite_tests!`](crate::ledger_suite_tests) turns every case into a `#[tokio::test]`.
 
-use remediator::guardrails::{Answer, AnswerResult, Approval, ApprovalState, LedgerStore};
+use remediator::guardrails::{Answer, AnswerResult, Approval, ApprovalState, LedgerStore, PendingSummary};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ macro_rules! ledger_suite_tests {
             approval_bound_to_action_hash,
             unknown_approval_is_not_found,
             concurrent_answers_accept_exactly_one,
+            the_same_answer_again_is_a_retry_not_a_second_answer,
+            one_pending_approval_per_group,
+            pending_summary_counts_and_finds_the_oldest,
             trust_keeps_a_rolling_window,
             demotion_is_sticky_until_promoted,
         );
@@ -48,6 +51,7 @@ fn approval(id: &str) -> Approval {
         expires_at_ms: 0,
         state: ApprovalState::Pending,
         approver: None,
+        group: String::new(),
     }
 }
 
@@ -159,6 +163,133 @@ pub async fn concurrent_answers_accept_exactly_one(s: Ledger) {
         }
     }
     assert_eq!(accepted, 1);
+}
+
+/// A retry of an accepted answer (same approver, same decision, no other hash) is `Repeated`,
+/// so its caller can finish what failed after the store took it; anything else stays refused.
+pub async fn the_same_answer_again_is_a_retry_not_a_second_answer(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 60_000).await.unwrap();
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "alice", Some("h1")))
+            .await
+            .unwrap(),
+        AnswerResult::Accepted(_)
+    ));
+    for retry in [answer(true, "alice", Some("h1")), answer(true, "alice", None)] {
+        match s.answer_approval(&id, &retry).await.unwrap() {
+            AnswerResult::Repeated(a) => {
+                assert_eq!(
+                    (a.state, a.approver.as_deref()),
+                    (ApprovalState::Approved, Some("alice"))
+                )
+            }
+            other => panic!("a retry by the same approver is Repeated, got {other:?}"),
+        }
+    }
+    for other in [
+        answer(true, "bob", Some("h1")),
+        answer(false, "alice", None),
+        answer(true, "alice", Some("h2")),
+    ] {
+        assert!(
+            matches!(
+                s.answer_approval(&id, &other).await.unwrap(),
+                AnswerResult::AlreadyAnswered(_)
+            ),
+            "{other:?}"
+        );
+    }
+    assert!(!s.pending_approvals().await.unwrap().iter().any(|p| p.id == id));
+}
+
+fn grouped(id: &str, group: &str) -> Approval {
+    Approval {
+        group: group.to_string(),
+        ..approval(id)
+    }
+}
+
+/// While a group's approval is pending, a request of the same group joins it (same id, same
+/// expiry, nothing new pending); once answered (or expired) the next request asks again. Other
+/// groups and ungrouped approvals are independent.
+pub async fn one_pending_approval_per_group(s: Ledger) {
+    let g = format!("rollback-deployment\nproduction\ndeployment/{}", unique());
+    let (first, second) = (unique(), unique());
+    let a = s.create_approval(&grouped(&first, &g), 60_000).await.unwrap();
+    assert_eq!(a.id, first);
+    let b = s.create_approval(&grouped(&second, &g), 60_000).await.unwrap();
+    assert_eq!(
+        (b.id.as_str(), b.created_at_ms, b.expires_at_ms),
+        (first.as_str(), a.created_at_ms, a.expires_at_ms),
+        "joined the pending approval"
+    );
+    let ids = |v: Vec<Approval>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let pending = ids(s.pending_approvals().await.unwrap());
+    assert!(pending.contains(&first) && !pending.contains(&second), "{pending:?}");
+    assert_eq!(
+        s.answer_approval(&second, &answer(true, "alice", None)).await.unwrap(),
+        AnswerResult::NotFound,
+        "the joining request created nothing"
+    );
+    // Another target, and no group: their own approvals.
+    let other = unique();
+    assert_eq!(
+        s.create_approval(&grouped(&other, &format!("{g}-other")), 60_000)
+            .await
+            .unwrap()
+            .id,
+        other
+    );
+    let loose = unique();
+    assert_eq!(s.create_approval(&approval(&loose), 60_000).await.unwrap().id, loose);
+    // Answered: the next request of the group asks again.
+    assert!(matches!(
+        s.answer_approval(&first, &answer(false, "bob", None)).await.unwrap(),
+        AnswerResult::Accepted(_)
+    ));
+    let third = unique();
+    assert_eq!(s.create_approval(&grouped(&third, &g), 60_000).await.unwrap().id, third);
+    // Expired: likewise.
+    let g2 = format!("{g}-short");
+    let short = unique();
+    s.create_approval(&grouped(&short, &g2), 200).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = unique();
+    assert_eq!(
+        s.create_approval(&grouped(&after, &g2), 60_000).await.unwrap().id,
+        after
+    );
+}
+
+/// The gauges' read: how many wait, and the oldest creation time, following answers and expiry
+/// (every case gets a store of its own, so this one sees only its approvals).
+pub async fn pending_summary_counts_and_finds_the_oldest(s: Ledger) {
+    assert_eq!(s.pending_summary().await.unwrap(), PendingSummary::default());
+    let (a, b) = (unique(), unique());
+    let first = s.create_approval(&approval(&a), 60_000).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let short = s.create_approval(&approval(&b), 300).await.unwrap();
+    assert!(short.created_at_ms > first.created_at_ms);
+    assert_eq!(
+        s.pending_summary().await.unwrap(),
+        PendingSummary {
+            count: 2,
+            oldest_created_ms: Some(first.created_at_ms)
+        }
+    );
+    // Answered: no longer counted, and no longer the oldest.
+    s.answer_approval(&a, &answer(true, "alice", None)).await.unwrap();
+    assert_eq!(
+        s.pending_summary().await.unwrap(),
+        PendingSummary {
+            count: 1,
+            oldest_created_ms: Some(short.created_at_ms)
+        }
+    );
+    // Expired: gone too.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.pending_summary().await.unwrap(), PendingSummary::default());
 }
 
 pub async fn trust_keeps_a_rolling_window(s: Ledger) {
