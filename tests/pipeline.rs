@@ -9,7 +9,7 @@ use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{
     Answer, AnswerResult, Approval, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, FinishAnswer,
-    FinishRequest, GuardrailStore, LedgerStore, StoreError, TrustStats,
+    FinishRequest, GuardrailStore, LedgerStore, PendingSummary, StoreError, TrustStats,
 };
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
@@ -106,6 +106,9 @@ impl LedgerStore for Faulty {
     }
     async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
         self.inner.pending_approvals().await
+    }
+    async fn pending_summary(&self) -> Result<PendingSummary, StoreError> {
+        self.inner.pending_summary().await
     }
     async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {
         self.inner.record_trust(runbook, success, window).await
