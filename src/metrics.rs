@@ -55,6 +55,10 @@ pub struct Metrics {
     /// `remediator_alertmanager_alerts_total{status}`: alerts the Alertmanager intake received, by
     /// what became of them (`firing`, `resolved`, `rejected`, `failed`; see `alertmanager.rs`).
     pub alertmanager_alerts: IntCounterVec,
+    /// `remediator_lease_lapses_total{result}`: executions whose blast-radius lease lapsed while
+    /// they ran (renewals failed for longer than the lease), by what the renewal then did:
+    /// `reacquired` (the limit still allowed it) or `lost` (the action ran outside the limit).
+    pub lease_lapses: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -156,6 +160,11 @@ impl Metrics {
             "Alerts received by the Alertmanager intake, by what became of them.",
             &["status"],
         );
+        let lease_lapses = counter_vec(
+            "remediator_lease_lapses_total",
+            "Executions whose lease lapsed while they ran, by result (reacquired, lost).",
+            &["result"],
+        );
         let int_gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["runbook"]).expect("valid metric definition");
             registry.register(Box::new(g.clone())).expect("unique metric name");
@@ -224,6 +233,7 @@ impl Metrics {
             outcomes_published,
             outcomes_republished,
             alertmanager_alerts,
+            lease_lapses,
         }
     }
 

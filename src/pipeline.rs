@@ -16,7 +16,7 @@ use crate::decision::{self, Facts, GuardrailFact, Intent, RunbookFacts, Verdict}
 use crate::executor::{ExecContext, Executor};
 use crate::guardrails::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, DecideAnswer, DecideRequest, ExecResult, FinishRequest,
-    Guardrail, Limits, Scope, Store, StoreError,
+    Guardrail, Limits, RenewRequest, Renewal, Scope, Store, StoreError,
 };
 use crate::incident::{self, Incident, Partial, Rejection};
 use crate::metrics::Metrics;
@@ -26,7 +26,7 @@ use crate::runbook::{Action, Catalogue, CheckSpec, Risk, Runbook};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn, Instrument};
@@ -250,6 +250,15 @@ struct Reserved<'a> {
     attempt: &'a str,
     /// This execution is the circuit's half-open probe.
     probe: bool,
+}
+
+/// What happened to an execution's lease while it ran, as its renewal task saw it.
+#[derive(Debug, Default)]
+struct LeaseLoss {
+    /// The blast-radius lease lapsed and could not be taken back (or the claim was taken over).
+    slot_lost: AtomicBool,
+    /// It held the half-open probe and lost it.
+    probe_lost: AtomicBool,
 }
 
 /// What an execution ended as, before it is written into an outcome.
@@ -1189,7 +1198,7 @@ impl Engine {
         } = r;
         let started = Instant::now();
         self.metrics.in_flight.inc();
-        let renewal = self.spawn_renewal(claim_id, attempt);
+        let (renewal, lease) = self.spawn_renewal(claim_id, attempt, &rb.id, probe);
         let mut vars = vars.clone();
         let mut checks = Vec::new();
         let action_id = format!("{}-{}", rb.id, attempt);
@@ -1210,7 +1219,7 @@ impl Engine {
                 rollback,
             }
         }
-        let exec = 'run: {
+        let mut exec = 'run: {
             let pre_ctx = ctx(incident, rb, action, &vars, &action_id, false);
             if let Some(failure) = self
                 .run_checks(&rb.pre_checks, Phase::Pre, &pre_ctx, true, &mut checks)
@@ -1340,12 +1349,21 @@ impl Engine {
             }
         };
         // A runbook that acts automatically with nothing to undo it says so on every execution.
-        let mut exec = exec;
         if let Some(why) = &rb.irreversible_override {
             exec.reason
                 .push_str(&format!(" [runbook override allow_irreversible_auto: {why}]"));
         }
         renewal.abort();
+        if lease.slot_lost.load(Ordering::SeqCst) {
+            exec.reason.push_str(
+                "; its blast-radius slot lapsed during the action (lease renewals failed for longer than \
+                 guardrails.lease) and could not be taken back: max_concurrent_actions did not hold for it",
+            );
+        }
+        if lease.probe_lost.load(Ordering::SeqCst) {
+            exec.reason
+                .push_str("; its half-open probe lapsed during the action and another execution may have probed");
+        }
         self.metrics.in_flight.dec();
         self.metrics
             .action_seconds
@@ -1390,19 +1408,75 @@ impl Engine {
         failed
     }
 
-    /// Keep the claim and the blast-radius lease alive while an action runs.
-    fn spawn_renewal(&self, incident_id: &str, attempt: &str) -> tokio::task::JoinHandle<()> {
+    /// Keep the claim, the blast-radius lease and any probe alive while an action runs.
+    ///
+    /// Renewed every third of the lease; after a store error, again promptly (backoff from
+    /// 100 ms, at most a third of the lease), so a short outage does not cost the lease. If the
+    /// lease lapsed anyway, the store takes it back when `max_concurrent_actions` still allows;
+    /// otherwise the loss is counted (`remediator_lease_lapses_total{result="lost"}`) and written
+    /// into the outcome through the returned [`LeaseLoss`].
+    fn spawn_renewal(
+        &self,
+        incident_id: &str,
+        attempt: &str,
+        runbook: &str,
+        probe: bool,
+    ) -> (tokio::task::JoinHandle<()>, Arc<LeaseLoss>) {
         let store = Arc::clone(&self.store);
-        let (id, attempt) = (incident_id.to_string(), attempt.to_string());
+        let metrics = self.metrics.clone();
         let lease = self.settings.lease;
-        tokio::spawn(async move {
+        let req = RenewRequest {
+            incident_id: incident_id.to_string(),
+            attempt: attempt.to_string(),
+            runbook: runbook.to_string(),
+            lease_ms: ms(lease),
+            max_concurrent_actions: self.settings.guardrails.max_concurrent_actions,
+        };
+        let loss = Arc::new(LeaseLoss::default());
+        let seen = Arc::clone(&loss);
+        let every = lease / 3;
+        let task = tokio::spawn(async move {
+            let first_retry = Duration::from_millis(100).min(every);
+            let (mut wait, mut backoff, mut holds_probe) = (every, first_retry, probe);
             loop {
-                tokio::time::sleep(lease / 3).await;
-                if let Err(e) = store.renew(&id, &attempt, ms(lease)).await {
-                    warn!(error = %e, "could not renew the execution lease");
+                tokio::time::sleep(wait).await;
+                wait = every;
+                match store.renew(&req).await {
+                    Ok(Renewal::Renewed) => backoff = first_retry,
+                    Ok(Renewal::Reacquired { probe }) => {
+                        backoff = first_retry;
+                        warn!(incident_id = %req.incident_id, "execution lease lapsed and was re-acquired");
+                        metrics.lease_lapses.with_label_values(&["reacquired"]).inc();
+                        if holds_probe && !probe {
+                            holds_probe = false;
+                            seen.probe_lost.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(answer @ (Renewal::Lapsed | Renewal::Stale)) => {
+                        backoff = first_retry;
+                        if !seen.slot_lost.swap(true, Ordering::SeqCst) {
+                            warn!(incident_id = %req.incident_id, ?answer, "execution lease lapsed and could not be re-acquired");
+                            metrics.lease_lapses.with_label_values(&["lost"]).inc();
+                        }
+                        if holds_probe {
+                            holds_probe = false;
+                            seen.probe_lost.store(true, Ordering::SeqCst);
+                        }
+                        if answer == Renewal::Stale {
+                            // Another attempt owns the incident now: nothing of ours to renew.
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        metrics.store_errors.inc();
+                        warn!(error = %e, "could not renew the execution lease; retrying");
+                        wait = backoff;
+                        backoff = (backoff * 2).min(every);
+                    }
                 }
             }
-        })
+        });
+        (task, loss)
     }
 
     /// Record the final outcomes (retrying: this incident has been decided) and return them.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::guardrail_suite::{open_limits, reserve, scope, Store, LONG_LEASE};
+use common::guardrail_suite::{open_limits, renewal, reserve, scope, Store, LONG_LEASE};
 use remediator::clock::{ManualClock, SystemClock};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{DecideAnswer, Guardrail, GuardrailStore, Limits};
@@ -93,7 +93,7 @@ async fn started_action_record_lives_the_idempotency_ttl() {
             .expect("d"),
         allowed
     );
-    store.renew("i1", "a1", 60_000).await.expect("renew");
+    store.renew(&renewal("i1", "a1", "rb", 60_000, 1)).await.expect("renew");
     clock.advance(chrono::Duration::hours(2));
     assert_eq!(
         store

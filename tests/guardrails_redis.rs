@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::guardrail_suite::{check, finish, open_limits, reserve, scope, Store, LONG_LEASE};
+use common::guardrail_suite::{check, finish, open_limits, renewal, reserve, scope, Store, LONG_LEASE};
 use remediator::guardrails::redis::RedisStore;
 use remediator::guardrails::{CircuitState, DecideAnswer, ExecResult, Guardrail, GuardrailStore, Limits, StoreError};
 use std::sync::Arc;
@@ -86,7 +86,7 @@ async fn unreachable_store_fails_closed_within_timeout() {
         started.elapsed()
     );
     assert_unavailable("ping", store.ping().await);
-    assert_unavailable("renew", store.renew("i", "a", 1_000).await);
+    assert_unavailable("renew", store.renew(&renewal("i", "a", "rb", 1_000, 1)).await);
     assert_unavailable(
         "finish",
         store
@@ -161,7 +161,10 @@ async fn script_flush_is_survived() {
         ALLOWED
     );
     raw_cmd::<()>(&mut conn, &mut flush()).await;
-    store.renew("i2", "a2", LONG_LEASE).await.expect("renew");
+    store
+        .renew(&renewal("i2", "a2", "rb", LONG_LEASE, 1))
+        .await
+        .expect("renew");
     raw_cmd::<()>(&mut conn, &mut flush()).await;
     let answer = store
         .finish(&finish("i2", "a2", &s, &limits, ExecResult::Success))
@@ -297,7 +300,7 @@ async fn started_action_record_lives_the_idempotency_ttl() {
     );
     let pttl: i64 = raw_cmd(&mut conn, redis::cmd("PTTL").arg(&key)).await;
     assert!(pttl > day - 60_000, "executing record PTTL {pttl}");
-    store.renew("i1", "a1", 300).await.expect("renew");
+    store.renew(&renewal("i1", "a1", "rb", 300, 1)).await.expect("renew");
     let pttl: i64 = raw_cmd(&mut conn, redis::cmd("PTTL").arg(&key)).await;
     assert!(pttl > day - 60_000, "renewed executing record PTTL {pttl}");
     tokio::time::sleep(Duration::from_millis(500)).await;

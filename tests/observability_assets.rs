@@ -48,6 +48,7 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     m.trust_demoted.with_label_values(&["restart-pod"]).set(0);
     m.approvals.with_label_values(&["approved"]).inc_by(0);
     m.notifications.with_label_values(&["sent"]).inc_by(0);
+    m.lease_lapses.with_label_values(&["lost"]).inc_by(0);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in m.render().lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (name, rest) = match line.find(['{', ' ']) {

@@ -9,7 +9,7 @@ use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{
     Answer, AnswerResult, Approval, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, FinishAnswer,
-    FinishRequest, GuardrailStore, LedgerStore, PendingSummary, StoreError, TrustStats,
+    FinishRequest, GuardrailStore, LedgerStore, PendingSummary, RenewRequest, Renewal, Store, StoreError, TrustStats,
 };
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
@@ -32,9 +32,10 @@ fn rig(runbooks: &str, faults: Faults, settings: Settings) -> Rig {
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let executor = Arc::new(SimulatedExecutor::with_faults(faults));
     let store = Arc::new(Faulty {
-        inner: MemoryStore::new(Arc::clone(&shared)),
+        inner: Box::new(MemoryStore::new(Arc::clone(&shared))),
         lose_decide_answer: AtomicBool::new(false),
         fail_records: AtomicBool::new(false),
+        fail_renewals: AtomicBool::new(false),
     });
     let engine = Engine::new(
         Arc::new(Catalogue::from_yaml(runbooks, "test").expect("runbooks load")),
@@ -54,13 +55,14 @@ fn rig(runbooks: &str, faults: Faults, settings: Settings) -> Rig {
     }
 }
 
-/// The memory store with faults a test switches on: a decide answer lost on its way back (the
-/// script ran, the worker saw a timeout), a store that refuses to record (the worker then
-/// retries for ever, as a replica that dies before recording would never record).
+/// A store with faults a test switches on: a decide answer lost on its way back (the script
+/// ran, the worker saw a timeout), a store that refuses to record (the worker then retries for
+/// ever, as a replica that dies before recording would never record), renewals that fail.
 struct Faulty {
-    inner: MemoryStore,
+    inner: Box<dyn Store>,
     lose_decide_answer: AtomicBool,
     fail_records: AtomicBool,
+    fail_renewals: AtomicBool,
 }
 
 fn unavailable() -> StoreError {
@@ -76,8 +78,11 @@ impl GuardrailStore for Faulty {
         }
         answer
     }
-    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError> {
-        self.inner.renew(incident_id, attempt, lease_ms).await
+    async fn renew(&self, req: &RenewRequest) -> Result<Renewal, StoreError> {
+        if self.fail_renewals.load(Ordering::SeqCst) {
+            return Err(unavailable());
+        }
+        self.inner.renew(req).await
     }
     async fn finish(&self, req: &FinishRequest) -> Result<FinishAnswer, StoreError> {
         self.inner.finish(req).await
@@ -622,5 +627,76 @@ runbooks:
         ),
         "{}",
         o.reason
+    );
+}
+
+/// Against a real Redis: an action's lease renewals fail for longer than its lease, another
+/// incident takes the freed slot (max_concurrent_actions 1), and when the renewals come back the
+/// store answers `lapsed` (not `renewed`): the first execution's outcome says its slot lapsed and
+/// `remediator_lease_lapses_total{result="lost"}` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lapsed_lease_is_reported_not_renewed() {
+    let Some(url) = common::redis_url() else { return };
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let redis = remediator::guardrails::redis::RedisStore::connect(&url, &prefix, Duration::from_secs(2))
+        .await
+        .expect("connect");
+    let store = Arc::new(Faulty {
+        inner: Box::new(redis),
+        lose_decide_answer: AtomicBool::new(false),
+        fail_records: AtomicBool::new(false),
+        fail_renewals: AtomicBool::new(true),
+    });
+    let executor = Arc::new(SimulatedExecutor::with_faults(Faults {
+        action_delay: Duration::from_millis(2_500),
+        ..Faults::default()
+    }));
+    let mut settings = Settings {
+        lease: Duration::from_millis(600),
+        ..Settings::default()
+    };
+    settings.guardrails.max_concurrent_actions = 1;
+    let engine = Engine::new(
+        Arc::new(Catalogue::from_yaml(SEED, "test").expect("runbooks load")),
+        store.clone(),
+        executor.clone(),
+        Arc::new(remediator::clock::SystemClock),
+        settings,
+        Metrics::new(),
+        EventIds::Random,
+    );
+    let started = |n: usize| {
+        let executor = executor.clone();
+        async move {
+            while executor.journal().len() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let (a, b) = (crash("L1", "la"), crash("L2", "lb"));
+    let first = engine.handle(a.as_bytes(), None, "la-1");
+    let second = async {
+        started(1).await;
+        // A's renewals fail past its 600 ms lease: its slot lapses and B takes it.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        engine.handle(b.as_bytes(), None, "lb-1").await
+    };
+    let recover = async {
+        started(2).await;
+        store.fail_renewals.store(false, Ordering::SeqCst);
+    };
+    let (first, second, ()) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(first, second, recover) })
+            .await
+            .expect("bounded");
+    let (first, second) = (first.expect("A handled"), second.expect("B handled"));
+    assert_eq!(second.outcomes[0].decision, Decision::Executed, "{:?}", second.outcomes);
+    let o = &first.outcomes[0];
+    assert_eq!(o.decision, Decision::Executed, "{o:?}");
+    assert!(o.reason.contains("blast-radius slot lapsed"), "{}", o.reason);
+    assert_eq!(
+        engine.metrics().lease_lapses.with_label_values(&["lost"]).get(),
+        1,
+        "the loss is counted"
     );
 }

@@ -14,7 +14,7 @@
 use super::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
     DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, Limits,
-    PendingSummary, Scope, StoreError, TrustStats,
+    PendingSummary, RenewRequest, Renewal, Scope, StoreError, TrustStats,
 };
 use crate::clock::{millis, Clock};
 use std::collections::{HashMap, VecDeque};
@@ -550,27 +550,45 @@ impl MemoryStore {
     }
 
     /// `renew.lua`.
-    fn renew_at(st: &mut State, now: i64, incident_id: &str, attempt: &str, lease_ms: u64) {
-        let lease_ms = ms(lease_ms);
-        match st.live_incident(incident_id, now) {
-            Some(rec) if rec.attempt == attempt && rec.state != ClaimState::Done => {
+    fn renew_at(st: &mut State, now: i64, req: &RenewRequest) -> Renewal {
+        let lease_ms = ms(req.lease_ms);
+        let executing = match st.live_incident(&req.incident_id, now) {
+            Some(rec) if rec.attempt == req.attempt && rec.state != ClaimState::Done => {
                 rec.lease_until = now.saturating_add(lease_ms);
                 // Extend, never shorten (an executing record lives at least the idempotency TTL).
                 rec.expires_at = rec
                     .expires_at
                     .max(now.saturating_add(lease_ms).saturating_add(ms(CLAIM_GRACE_MS)));
+                rec.state == ClaimState::Executing
             }
             _ => {
-                tracing::debug!(incident_id, attempt, "guardrail renew of a stale attempt ignored");
-                return;
+                tracing::debug!(incident_id = %req.incident_id, attempt = %req.attempt, "guardrail renew of a stale attempt ignored");
+                return Renewal::Stale;
             }
+        };
+        // Only an executing attempt holds a lease.
+        if !executing {
+            return Renewal::Renewed;
         }
-        // Only a live lease is extended: an expired one may already have been counted as free.
-        if let Some(until) = st.leases.get_mut(attempt) {
+        if let Some(until) = st.leases.get_mut(&req.attempt) {
             if *until > now {
                 *until = now.saturating_add(lease_ms);
+                return Renewal::Renewed;
             }
         }
+        // The lease lapsed: another decision may have counted it as free. Take it back only if
+        // the limit still allows; never report it renewed.
+        st.leases.retain(|_, until| *until > now);
+        if st.leases.len() >= req.max_concurrent_actions as usize {
+            return Renewal::Lapsed;
+        }
+        st.leases.insert(req.attempt.clone(), now.saturating_add(lease_ms));
+        // The probe is live while its attempt's lease is: still named, nobody took it.
+        let probe = st
+            .circuits
+            .get(&req.runbook)
+            .is_some_and(|c| c.probe.as_deref() == Some(req.attempt.as_str()));
+        Renewal::Reacquired { probe }
     }
 
     /// `record.lua`.
@@ -621,10 +639,9 @@ impl GuardrailStore for MemoryStore {
         Ok(Self::decide_at(&mut self.lock(), now, req))
     }
 
-    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError> {
+    async fn renew(&self, req: &RenewRequest) -> Result<Renewal, StoreError> {
         let now = self.now();
-        Self::renew_at(&mut self.lock(), now, incident_id, attempt, lease_ms);
-        Ok(())
+        Ok(Self::renew_at(&mut self.lock(), now, req))
     }
 
     async fn finish(&self, req: &FinishRequest) -> Result<FinishAnswer, StoreError> {

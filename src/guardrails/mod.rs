@@ -283,6 +283,41 @@ pub enum DecideAnswer {
     },
 }
 
+/// One call of [`GuardrailStore::renew`]: keep a running attempt's claim, lease and probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewRequest {
+    /// The incident id (or approval claim id) the attempt holds.
+    pub incident_id: String,
+    /// The attempt that reserved.
+    pub attempt: String,
+    /// The runbook, whose circuit may name this attempt as its probe.
+    pub runbook: String,
+    /// New lease from now.
+    pub lease_ms: u64,
+    /// The blast-radius limit a lapsed lease is re-acquired under.
+    pub max_concurrent_actions: u32,
+}
+
+/// The store's answer to [`GuardrailStore::renew`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Claim and lease extended (and with the lease any probe the attempt holds).
+    Renewed,
+    /// The lease had lapsed (renewals failed longer than the lease) and other decisions may have
+    /// counted it as free; fewer than `max_concurrent_actions` are in flight now, so it was taken
+    /// back. `probe`: the attempt holds the circuit's probe again (it had it and nobody took it).
+    Reacquired {
+        /// The attempt holds the half-open probe.
+        probe: bool,
+    },
+    /// The lease had lapsed and could not be taken back (the limit is full): this action now
+    /// runs outside `max_concurrent_actions` (and without any probe it held). The claim is kept.
+    Lapsed,
+    /// The attempt no longer owns the incident (another attempt took over its expired claim), or
+    /// the incident is done: nothing changed.
+    Stale,
+}
+
 /// How an execution ended, for the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecResult {
@@ -352,10 +387,11 @@ pub trait GuardrailStore: Send + Sync {
     /// Extend the claim, the blast-radius lease and any probe of an attempt that is still
     /// running, so long actions keep their slot while a crashed replica's slot expires.
     ///
-    /// A no-op (still `Ok`) when the attempt no longer owns the incident (another attempt took
-    /// over its expired claim) or the incident is done. Only a still-live blast-radius lease is
-    /// extended: one that already lapsed may have been counted as free by another decision.
-    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError>;
+    /// [`Renewal::Stale`] (nothing changed) when the attempt no longer owns the incident or the
+    /// incident is done. A lease that already lapsed may have been counted as free by another
+    /// decision: it is re-acquired only if `max_concurrent_actions` still allows
+    /// ([`Renewal::Reacquired`]), else the answer is [`Renewal::Lapsed`], never `Renewed`.
+    async fn renew(&self, req: &RenewRequest) -> Result<Renewal, StoreError>;
 
     /// Release the reservation of an attempt and feed its result to the circuit breaker.
     ///

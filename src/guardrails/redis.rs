@@ -48,7 +48,7 @@ use super::topology::{Backend, Conn, Topology};
 use super::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
     DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, PendingSummary,
-    StoreError, TrustStats,
+    RenewRequest, Renewal, StoreError, TrustStats,
 };
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
 use std::future::Future;
@@ -607,18 +607,30 @@ impl GuardrailStore for RedisStore {
         Ok(answer)
     }
 
-    async fn renew(&self, incident_id: &str, attempt: &str, lease_ms: u64) -> Result<(), StoreError> {
+    async fn renew(&self, req: &RenewRequest) -> Result<Renewal, StoreError> {
+        const OP: &str = "renew";
         let mut inv = self.scripts.renew.prepare_invoke();
-        inv.key(self.inc_key(incident_id))
+        inv.key(self.inc_key(&req.incident_id))
             .key(self.key(&["leases"]))
-            .arg(attempt)
-            .arg(lease_ms)
-            .arg(CLAIM_GRACE_MS);
-        let reply = self.run("renew", &inv).await?;
-        if !parse_status("renew", "renewed", &reply)? {
-            tracing::debug!(incident_id, attempt, "guardrail renew of a stale attempt ignored");
+            .key(self.cb_key(&req.runbook))
+            .arg(&req.attempt)
+            .arg(req.lease_ms)
+            .arg(CLAIM_GRACE_MS)
+            .arg(req.max_concurrent_actions);
+        let reply = self.run(OP, &inv).await?;
+        let renewal = match reply.as_slice() {
+            [s] if s == "renewed" => Renewal::Renewed,
+            [s, probe] if s == "reacquired" => Renewal::Reacquired {
+                probe: flag(OP, probe)?,
+            },
+            [s] if s == "lapsed" => Renewal::Lapsed,
+            [s] if s == "stale" => Renewal::Stale,
+            _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
+        };
+        if renewal == Renewal::Stale {
+            tracing::debug!(incident_id = %req.incident_id, attempt = %req.attempt, "guardrail renew of a stale attempt ignored");
         }
-        Ok(())
+        Ok(renewal)
     }
 
     async fn finish(&self, req: &FinishRequest) -> Result<FinishAnswer, StoreError> {

@@ -9,7 +9,7 @@
 
 use remediator::guardrails::{
     Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
-    Guardrail, GuardrailStore, Limits, Scope,
+    Guardrail, GuardrailStore, Limits, RenewRequest, Renewal, Scope,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ macro_rules! guardrail_suite_tests {
             concurrent_reserves_respect_max_concurrent,
             concurrent_reserves_respect_runbook_blast_radius,
             renew_keeps_lease_alive,
+            lapsed_lease_is_reported_and_reacquired_only_within_the_limit,
+            lapsed_probe_is_reacquired_only_if_nobody_took_it,
             circuit_snapshot_and_ping,
         );
     };
@@ -1326,9 +1328,18 @@ pub async fn renew_keeps_lease_alive(store: Store) {
     assert_eq!(decide(&store, &reserve("long", "la", &s, &limits, 400)).await, ALLOWED);
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        store.renew("long", "la", 400).await.expect("renew");
+        assert_eq!(
+            store.renew(&renewal("long", "la", "rb", 400, 1)).await.expect("renew"),
+            Renewal::Renewed
+        );
         // Renewing someone else's attempt is a harmless no-op.
-        store.renew("long", "other", 60_000).await.expect("stale renew");
+        assert_eq!(
+            store
+                .renew(&renewal("long", "other", "rb", 60_000, 1))
+                .await
+                .expect("stale renew"),
+            Renewal::Stale
+        );
     }
     // 800 ms in, twice the original lease.
     blocked_by(
@@ -1349,6 +1360,119 @@ pub async fn renew_keeps_lease_alive(store: Store) {
         decide(&store, &other).await,
         DecideAnswer::Interrupted { worker: "w1".into() }
     );
+}
+
+/// A renew request.
+pub fn renewal(incident: &str, attempt: &str, runbook: &str, lease_ms: u64, max_concurrent: u32) -> RenewRequest {
+    RenewRequest {
+        incident_id: incident.to_owned(),
+        attempt: attempt.to_owned(),
+        runbook: runbook.to_owned(),
+        lease_ms,
+        max_concurrent_actions: max_concurrent,
+    }
+}
+
+/// Renewals that fail for longer than the lease let the slot lapse; another decision counts it
+/// as free and takes it. The next renewal says `Lapsed` (never `Renewed`) while the limit is
+/// full, and takes the slot back (`Reacquired`) once it allows again; the claim is kept either way.
+pub async fn lapsed_lease_is_reported_and_reacquired_only_within_the_limit(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    assert_eq!(decide(&store, &reserve("a", "aa", &s, &limits, 200)).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A's renewals failed: its slot lapsed and B takes it.
+    assert_eq!(
+        decide(&store, &reserve("b", "ba", &scope("rb", "s2"), &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        store
+            .renew(&renewal("a", "aa", "rb", LONG_LEASE, 1))
+            .await
+            .expect("renew"),
+        Renewal::Lapsed
+    );
+    let mut other = reserve("a", "ab", &s, &limits, LONG_LEASE);
+    other.worker = "w2".into();
+    assert!(
+        matches!(decide(&store, &other).await, DecideAnswer::InProgress { .. }),
+        "the claim is kept"
+    );
+    fin(
+        &store,
+        &finish("b", "ba", &scope("rb", "s2"), &limits, ExecResult::Success),
+    )
+    .await;
+    assert_eq!(
+        store
+            .renew(&renewal("a", "aa", "rb", LONG_LEASE, 1))
+            .await
+            .expect("renew"),
+        Renewal::Reacquired { probe: false }
+    );
+    blocked_by(
+        &decide(&store, &reserve("c", "ca", &scope("rb", "s3"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+    );
+    assert_eq!(
+        store
+            .renew(&renewal("a", "aa", "rb", LONG_LEASE, 1))
+            .await
+            .expect("renew"),
+        Renewal::Renewed
+    );
+}
+
+/// A probe whose lease lapsed is taken back with its lease if nobody took the probe meanwhile;
+/// if another execution took it, the lapsed one gets its slot back but not the probe.
+pub async fn lapsed_probe_is_reacquired_only_if_nobody_took_it(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(decide(&store, &reserve("p1", "p1a", &s, &limits, 200)).await, PROBE);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store
+            .renew(&renewal("p1", "p1a", "rb", LONG_LEASE, 100))
+            .await
+            .expect("renew"),
+        Renewal::Reacquired { probe: true }
+    );
+    assert_blocked(
+        &decide(&store, &reserve("x", "xa", &s, &limits, LONG_LEASE)).await,
+        Guardrail::CircuitOpen,
+        "circuit half-open, probe in flight",
+    );
+    // Now it lapses again and another execution takes the probe.
+    assert_eq!(
+        store.renew(&renewal("p1", "p1a", "rb", 200, 100)).await.expect("renew"),
+        Renewal::Renewed
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &reserve("p2", "p2a", &s, &limits, LONG_LEASE)).await,
+        PROBE
+    );
+    assert_eq!(
+        store
+            .renew(&renewal("p1", "p1a", "rb", LONG_LEASE, 100))
+            .await
+            .expect("renew"),
+        Renewal::Reacquired { probe: false }
+    );
+    fin(&store, &finish("p1", "p1a", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(
+        circuit(&store, "rb").await.state,
+        CircuitState::HalfOpen,
+        "the lapsed probe no longer speaks for the circuit"
+    );
+    fin(&store, &finish("p2", "p2a", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(circuit(&store, "rb").await.state, CircuitState::Closed);
 }
 
 /// A runbook never seen reads CLOSED with no failures; ping answers.
