@@ -144,13 +144,26 @@ pub struct Limits {
     pub record_ttl_ms: u64,
 }
 
-/// What a guarded decision is about: the runbook and the (primary) service it would touch.
+/// What a guarded decision is about: the runbook, the (primary) service and the object it would
+/// touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     /// Runbook id.
     pub runbook: String,
-    /// Primary service of the incident.
+    /// Primary service of the incident, normalised (see [`Scope::normalise_service`]).
     pub service: String,
+    /// What the action touches, `<namespace>/<kind>/<name>` (empty: no such object, e.g. a
+    /// webhook). The rate limit and cooldown hold per (runbook, service) *and* per (runbook,
+    /// target), so a free-text `service` varied for the same object does not walk past them.
+    pub target: String,
+}
+
+impl Scope {
+    /// The service as the guardrails count it: trimmed and lower-cased, so `API` and `api` are
+    /// one service.
+    pub fn normalise_service(service: &str) -> String {
+        service.trim().to_lowercase()
+    }
 }
 
 /// What the caller wants from [`GuardrailStore::decide`] besides claiming the incident id.
