@@ -1276,6 +1276,8 @@ impl Engine {
             );
         }
         if lease.probe_lost.load(Ordering::SeqCst) {
+            // Its result no longer speaks for the circuit (finish.lua), so it closed nothing.
+            exec.reason = exec.reason.replace(" (half-open probe succeeded: circuit closed)", "");
             exec.reason
                 .push_str("; its half-open probe lapsed during the action and another execution may have probed");
         }
