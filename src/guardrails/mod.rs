@@ -22,9 +22,11 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guardrail {
-    /// More than `max_per_hour` executions of (runbook, service) in the sliding window.
+    /// More than `max_per_hour` executions of (runbook, service) or (runbook, target) in the
+    /// sliding window.
     RateLimit,
-    /// The previous execution of (runbook, service) was less than `cooldown_minutes` ago.
+    /// The previous execution of (runbook, service) or (runbook, target) was less than
+    /// `cooldown_minutes` ago.
     Cooldown,
     /// The runbook's circuit breaker is OPEN, or HALF_OPEN with its one probe in flight.
     CircuitOpen,
@@ -116,11 +118,13 @@ impl CircuitState {
 /// production uses `rate_window_ms = 3_600_000` (the contract's sliding hour).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// At most this many executions of (runbook, service) in any `rate_window_ms` window.
+    /// At most this many executions of (runbook, service), and of (runbook, target), in any
+    /// `rate_window_ms` window.
     pub max_per_hour: u32,
     /// Length of the sliding rate-limit window.
     pub rate_window_ms: u64,
-    /// No execution of (runbook, service) within this long after the previous one.
+    /// No execution of (runbook, service), nor of (runbook, target), within this long after the
+    /// previous one.
     pub cooldown_ms: u64,
     /// Consecutive failed executions of the runbook that open its circuit.
     pub failure_threshold: u32,
