@@ -383,6 +383,7 @@ fn admission_request(i: usize) -> DecideRequest {
     let scope = Scope {
         runbook: runbook.into(),
         service: service.into(),
+        target: String::new(),
     };
     DecideRequest {
         incident_id: format!("adm-{i}"),
@@ -409,7 +410,7 @@ fn admission_request(i: usize) -> DecideRequest {
 fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String> {
     let (runbook, service) = if check { CHECK_SCOPE } else { STORM_SCOPE };
     let l = limits();
-    let mut a: Vec<String> = vec!["EVALSHA".into(), sha.into(), "9".into()];
+    let mut a: Vec<String> = vec!["EVALSHA".into(), sha.into(), "10".into()];
     for k in [
         "inc:adm-rb-__rand_int__".to_string(),
         format!("rate:{runbook}:{service}"),
@@ -420,6 +421,7 @@ fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String>
         "epoch".into(),
         "conservative_until".into(),
         "primary".into(),
+        format!("trate:{runbook}:"),
     ] {
         a.push(format!("{tag}{k}"));
     }
@@ -446,6 +448,7 @@ fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String>
         l.conservative_ms.to_string(),
         epoch.into(),
         "bench-candidate".into(),
+        String::new(),
     ];
     a.extend(args);
     a

@@ -492,10 +492,7 @@ impl Engine {
         attempt: &str,
     ) -> Result<Handled, EngineError> {
         let now = base.decided_at;
-        let scope = Scope {
-            runbook: rb.id.clone(),
-            service: incident.service().to_string(),
-        };
+        let scope = guard_scope(rb, incident, action);
         let limits = self.limits(rb);
         // A dry run holds the slots a real run would, but never the circuit's probe (it proves
         // nothing about the action, so it must neither close nor count for the circuit).
@@ -1042,10 +1039,7 @@ impl Engine {
         // (approval_required), and an approval is single use.
         let claim_id = approval_claim(a);
         let attempt = uuid::Uuid::new_v4().to_string();
-        let scope = Scope {
-            runbook: rb.id.clone(),
-            service: incident.service().to_string(),
-        };
+        let scope = guard_scope(rb, &incident, &action);
         let limits = self.limits(rb);
         let req = DecideRequest {
             incident_id: claim_id.clone(),
@@ -1361,6 +1355,8 @@ impl Engine {
             );
         }
         if lease.probe_lost.load(Ordering::SeqCst) {
+            // Its result no longer speaks for the circuit (finish.lua), so it closed nothing.
+            exec.reason = exec.reason.replace(" (half-open probe succeeded: circuit closed)", "");
             exec.reason
                 .push_str("; its half-open probe lapsed during the action and another execution may have probed");
         }
@@ -1653,6 +1649,23 @@ fn runbook_facts(rb: &Runbook) -> RunbookFacts {
             Risk::High => "HIGH",
         },
         demoted: None,
+    }
+}
+
+/// What the guardrails hold a decision to: the runbook, the normalised service, and the object
+/// the action touches (`<namespace>/<kind>/<name>`), so the rate limit and cooldown cannot be
+/// walked past by varying the incident's free-text `service` for the same object.
+fn guard_scope(rb: &Runbook, incident: &Incident, action: &Action) -> Scope {
+    let view = action.view();
+    let target = match (view.namespace.as_deref(), view.target.as_str()) {
+        (_, "") => String::new(),
+        (Some(ns), t) => format!("{ns}/{t}"),
+        (None, t) => t.to_string(),
+    };
+    Scope {
+        runbook: rb.id.clone(),
+        service: Scope::normalise_service(incident.service()),
+        target,
     }
 }
 

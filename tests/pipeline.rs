@@ -700,3 +700,35 @@ async fn a_lapsed_lease_is_reported_not_renewed() {
         "the loss is counted"
     );
 }
+
+/// The rate limit and cooldown hold for the object the action touches, whatever free-text
+/// `service` the incidents carry: `api`, `API` and `api-2` against the same Deployment act once.
+#[tokio::test]
+async fn varying_the_service_does_not_walk_past_the_limits_of_one_target() {
+    const RESTART: &str = r#"
+runbooks:
+  restart-deployment:
+    risk: LOW
+    triggers:
+      - high_latency
+    min_confidence: 0.5
+    max_per_hour: 1
+    cooldown_minutes: 30
+    action: kubectl rollout restart deployment {deployment} -n {namespace}
+    post_checks:
+      - deployment_rolled_out
+    rollback: null
+"#;
+    let r = rig(RESTART, Faults::default(), Settings::default());
+    let incident = |id: &str, service: &str| {
+        format!(
+            r#"{{"id":"{id}","root_cause":"high_latency","confidence":0.9,"service":"{service}","context":{{"deployment":"web","namespace":"production"}}}}"#
+        )
+    };
+    assert_eq!(r.send(&incident("T1", "api")).await.decision, Decision::Executed);
+    for (id, service) in [("T2", "API"), ("T3", "api-2")] {
+        let o = r.send(&incident(id, service)).await;
+        assert_eq!(o.decision, Decision::Blocked, "{service}: {}", o.reason);
+    }
+    assert_eq!(r.executor.journal().len(), 1, "one restart of production/web");
+}

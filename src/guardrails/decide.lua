@@ -18,6 +18,7 @@ KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot scr
   7  epoch                     string  generation id of the store's data
   8  conservative_until        string  ms; also marks "this generation's loss was noticed"
   9  primary                   string  replication id of the primary that served the last decision
+  10 trate:<runbook>:<target>  zset    like rate:, per the action's target (namespace/kind/name)
 
 ARGV
   1  incident id          2  attempt              3  worker
@@ -34,6 +35,7 @@ ARGV
   19 runbook_max_services (the runbook's blast_radius_limit; 0 = no per-runbook limit)
   20 conservative_ms      21 remembered epoch ('' = none yet)
   22 candidate epoch (a fresh uuid, used if this call creates the epoch)
+  23 target: what the action touches, `<namespace>/<kind>/<name>` ('' = none: KEYS[10] unused)
 
 Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless this call read it:
   { epoch, 'recorded' }
@@ -55,8 +57,8 @@ local function ceil_s(ms)
   return fmt(math.ceil(ms / 1000))
 end
 
-local K_INC, K_RATE, K_CB, K_LEASES, K_SERVICES, K_RBSVC, K_EPOCH, K_CONS, K_PRIMARY =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_INC, K_RATE, K_CB, K_LEASES, K_SERVICES, K_RBSVC, K_EPOCH, K_CONS, K_PRIMARY, K_TRATE =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local incident, attempt, worker = ARGV[1], ARGV[2], ARGV[3]
 local source, has_source = ARGV[4], ARGV[5] == '1'
 local lease_ms, grace = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -243,34 +245,50 @@ elseif c_state == 'HALF_OPEN' or conservative then
   take_probe = real
 end
 
--- 4c. Rate limit: exact sliding window. An entry counts while now - score < window. Entries are
--- kept max(window, cooldown) because the cooldown reads the newest one.
+-- 4c/4d. Rate limit and cooldown, per (runbook, service) and per (runbook, target): both must
+-- allow, so varying the free-text service for the same object, or the object under one
+-- service, does not walk past either.
+-- Rate limit: exact sliding window. An entry counts while now - score < window. Entries are kept
+-- max(window, cooldown) because the cooldown reads the newest one.
 local keep = math.max(window, cooldown, 1)
-redis.call('ZREMRANGEBYSCORE', K_RATE, '-inf', fmt(now - keep))
-local count = redis.call('ZCOUNT', K_RATE, '(' .. fmt(now - window), '+inf')
-if count >= max_per_hour then
-  if max_per_hour <= 0 then
-    return blocked('rate_limit', 'rate limit 0/hour reached (no executions allowed)')
-  end
-  -- The next slot frees when the entry that would bring the count below the limit leaves.
-  local e = redis.call('ZRANGEBYSCORE', K_RATE, '(' .. fmt(now - window), '+inf', 'WITHSCORES',
-    'LIMIT', count - max_per_hour, 1)
-  local next_ms = window
-  if e[2] then
-    next_ms = tonumber(e[2]) + window - now
-  end
-  return blocked('rate_limit', 'rate limit ' .. fmt(max_per_hour) .. '/hour reached (next slot in '
-    .. ceil_s(next_ms) .. 's)')
-end
-
--- 4d. Cooldown since the newest execution of (runbook, service).
-if cooldown > 0 then
-  local newest = redis.call('ZRANGE', K_RATE, -1, -1, 'WITHSCORES')
-  if newest[2] then
-    local remaining = tonumber(newest[2]) + cooldown - now
-    if remaining > 0 then
-      return blocked('cooldown', 'cooldown active (' .. ceil_s(remaining) .. 's remaining)')
+local target = ARGV[23] or ''
+local function limit(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - keep))
+  local count = redis.call('ZCOUNT', key, '(' .. fmt(now - window), '+inf')
+  if count >= max_per_hour then
+    if max_per_hour <= 0 then
+      return blocked('rate_limit', 'rate limit 0/hour reached (no executions allowed)')
     end
+    -- The next slot frees when the entry that would bring the count below the limit leaves.
+    local e = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - window), '+inf', 'WITHSCORES',
+      'LIMIT', count - max_per_hour, 1)
+    local next_ms = window
+    if e[2] then
+      next_ms = tonumber(e[2]) + window - now
+    end
+    return blocked('rate_limit', 'rate limit ' .. fmt(max_per_hour) .. '/hour reached (next slot in '
+      .. ceil_s(next_ms) .. 's)')
+  end
+  -- Cooldown since the newest execution.
+  if cooldown > 0 then
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    if newest[2] then
+      local remaining = tonumber(newest[2]) + cooldown - now
+      if remaining > 0 then
+        return blocked('cooldown', 'cooldown active (' .. ceil_s(remaining) .. 's remaining)')
+      end
+    end
+  end
+  return nil
+end
+local verdict = limit(K_RATE)
+if verdict then
+  return verdict
+end
+if target ~= '' then
+  verdict = limit(K_TRATE)
+  if verdict then
+    return verdict
   end
 end
 
@@ -303,6 +321,10 @@ if reserve then
   -- entry instead of adding one, since it is still at most one execution.
   redis.call('ZADD', K_RATE, now, incident)
   redis.call('PEXPIRE', K_RATE, keep)
+  if target ~= '' then
+    redis.call('ZADD', K_TRATE, now, incident)
+    redis.call('PEXPIRE', K_TRATE, keep)
+  end
   redis.call('ZADD', K_LEASES, now + lease_ms, attempt)
   redis.call('ZADD', K_SERVICES, now, service)
   redis.call('ZADD', K_RBSVC, now, service)

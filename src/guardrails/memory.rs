@@ -95,6 +95,8 @@ struct State {
     incidents: HashMap<String, Incident>,
     /// `rate:<runbook>:<service>`: incident id → reservation ms.
     rates: HashMap<(String, String), HashMap<String, i64>>,
+    /// `trate:<runbook>:<target>`: incident id → reservation ms.
+    target_rates: HashMap<(String, String), HashMap<String, i64>>,
     /// `cb:<runbook>`.
     circuits: HashMap<String, Circuit>,
     /// `leases`: attempt → lease expiry ms (actions in flight).
@@ -288,6 +290,66 @@ impl MemoryStore {
         st.reply(id, mode, answer)
     }
 
+    /// `limit` of `decide.lua`: the exact sliding-window rate limit (an entry counts while
+    /// now - at < window), then the cooldown since the newest entry, of one rate key.
+    fn limit(
+        rates: &mut HashMap<(String, String), HashMap<String, i64>>,
+        key: &(String, String),
+        now: i64,
+        keep: i64,
+        limits: &Limits,
+    ) -> Option<DecideAnswer> {
+        let window = ms(limits.rate_window_ms);
+        let cooldown = ms(limits.cooldown_ms);
+        let entries = rates.entry(key.clone()).or_default();
+        entries.retain(|_, at| *at > now.saturating_sub(keep));
+        let mut in_window: Vec<i64> = entries
+            .values()
+            .copied()
+            .filter(|at| *at > now.saturating_sub(window))
+            .collect();
+        in_window.sort_unstable();
+        let newest = entries.values().copied().max();
+        if entries.is_empty() {
+            rates.remove(key);
+        }
+        let max_per_hour = limits.max_per_hour as usize;
+        if in_window.len() >= max_per_hour {
+            if max_per_hour == 0 {
+                return Some(blocked(
+                    Guardrail::RateLimit,
+                    "rate limit 0/hour reached (no executions allowed)".to_owned(),
+                ));
+            }
+            // The next slot frees when the entry that would bring the count below the limit
+            // leaves the window.
+            let next_ms = in_window
+                .get(in_window.len() - max_per_hour)
+                .map_or(window, |at| at.saturating_add(window) - now);
+            return Some(blocked(
+                Guardrail::RateLimit,
+                format!(
+                    "rate limit {}/hour reached (next slot in {}s)",
+                    limits.max_per_hour,
+                    ceil_s(next_ms)
+                ),
+            ));
+        }
+        // Cooldown since the newest execution.
+        if cooldown > 0 {
+            if let Some(newest) = newest {
+                let remaining = newest.saturating_add(cooldown) - now;
+                if remaining > 0 {
+                    return Some(blocked(
+                        Guardrail::Cooldown,
+                        format!("cooldown active ({}s remaining)", ceil_s(remaining)),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Steps 4a–4f of `decide.lua`: first failing guardrail wins, nothing is reserved on a block.
     fn check_and_reserve(
         st: &mut State,
@@ -337,57 +399,19 @@ impl MemoryStore {
             take_probe = real;
         }
 
-        // 4c. Rate limit, exact sliding window: an entry counts while now - at < window. Entries
-        // are kept max(window, cooldown) because the cooldown reads the newest one.
+        // 4c/4d. Rate limit and cooldown, per (runbook, service) and per (runbook, target): both
+        // must allow. Entries are kept max(window, cooldown) because the cooldown reads the newest.
         let window = ms(limits.rate_window_ms);
         let cooldown = ms(limits.cooldown_ms);
         let keep = window.max(cooldown).max(1);
         let rate_key = (scope.runbook.clone(), scope.service.clone());
-        let entries = st.rates.entry(rate_key.clone()).or_default();
-        entries.retain(|_, at| *at > now.saturating_sub(keep));
-        let mut in_window: Vec<i64> = entries
-            .values()
-            .copied()
-            .filter(|at| *at > now.saturating_sub(window))
-            .collect();
-        in_window.sort_unstable();
-        let newest = entries.values().copied().max();
-        if entries.is_empty() {
-            st.rates.remove(&rate_key);
+        if let Some(b) = Self::limit(&mut st.rates, &rate_key, now, keep, limits) {
+            return b;
         }
-        let max_per_hour = limits.max_per_hour as usize;
-        if in_window.len() >= max_per_hour {
-            if max_per_hour == 0 {
-                return blocked(
-                    Guardrail::RateLimit,
-                    "rate limit 0/hour reached (no executions allowed)".to_owned(),
-                );
-            }
-            // The next slot frees when the entry that would bring the count below the limit
-            // leaves the window.
-            let next_ms = in_window
-                .get(in_window.len() - max_per_hour)
-                .map_or(window, |at| at.saturating_add(window) - now);
-            return blocked(
-                Guardrail::RateLimit,
-                format!(
-                    "rate limit {}/hour reached (next slot in {}s)",
-                    limits.max_per_hour,
-                    ceil_s(next_ms)
-                ),
-            );
-        }
-
-        // 4d. Cooldown since the newest execution of (runbook, service).
-        if cooldown > 0 {
-            if let Some(newest) = newest {
-                let remaining = newest.saturating_add(cooldown) - now;
-                if remaining > 0 {
-                    return blocked(
-                        Guardrail::Cooldown,
-                        format!("cooldown active ({}s remaining)", ceil_s(remaining)),
-                    );
-                }
+        let target_key = (scope.runbook.clone(), scope.target.clone());
+        if !scope.target.is_empty() {
+            if let Some(b) = Self::limit(&mut st.target_rates, &target_key, now, keep, limits) {
+                return b;
             }
         }
 
@@ -439,6 +463,12 @@ impl MemoryStore {
                 .entry(rate_key)
                 .or_default()
                 .insert(req.incident_id.clone(), now);
+            if !scope.target.is_empty() {
+                st.target_rates
+                    .entry(target_key)
+                    .or_default()
+                    .insert(req.incident_id.clone(), now);
+            }
             st.leases
                 .insert(req.attempt.clone(), now.saturating_add(ms(req.lease_ms)));
             st.services.insert(scope.service.clone(), now);

@@ -22,9 +22,11 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guardrail {
-    /// More than `max_per_hour` executions of (runbook, service) in the sliding window.
+    /// More than `max_per_hour` executions of (runbook, service) or (runbook, target) in the
+    /// sliding window.
     RateLimit,
-    /// The previous execution of (runbook, service) was less than `cooldown_minutes` ago.
+    /// The previous execution of (runbook, service) or (runbook, target) was less than
+    /// `cooldown_minutes` ago.
     Cooldown,
     /// The runbook's circuit breaker is OPEN, or HALF_OPEN with its one probe in flight.
     CircuitOpen,
@@ -116,11 +118,13 @@ impl CircuitState {
 /// production uses `rate_window_ms = 3_600_000` (the contract's sliding hour).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// At most this many executions of (runbook, service) in any `rate_window_ms` window.
+    /// At most this many executions of (runbook, service), and of (runbook, target), in any
+    /// `rate_window_ms` window.
     pub max_per_hour: u32,
     /// Length of the sliding rate-limit window.
     pub rate_window_ms: u64,
-    /// No execution of (runbook, service) within this long after the previous one.
+    /// No execution of (runbook, service), nor of (runbook, target), within this long after the
+    /// previous one.
     pub cooldown_ms: u64,
     /// Consecutive failed executions of the runbook that open its circuit.
     pub failure_threshold: u32,
@@ -144,13 +148,26 @@ pub struct Limits {
     pub record_ttl_ms: u64,
 }
 
-/// What a guarded decision is about: the runbook and the (primary) service it would touch.
+/// What a guarded decision is about: the runbook, the (primary) service and the object it would
+/// touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     /// Runbook id.
     pub runbook: String,
-    /// Primary service of the incident.
+    /// Primary service of the incident, normalised (see [`Scope::normalise_service`]).
     pub service: String,
+    /// What the action touches, `<namespace>/<kind>/<name>` (empty: no such object, e.g. a
+    /// webhook). The rate limit and cooldown hold per (runbook, service) *and* per (runbook,
+    /// target), so a free-text `service` varied for the same object does not walk past them.
+    pub target: String,
+}
+
+impl Scope {
+    /// The service as the guardrails count it: trimmed and lower-cased, so `API` and `api` are
+    /// one service.
+    pub fn normalise_service(service: &str) -> String {
+        service.trim().to_lowercase()
+    }
 }
 
 /// What the caller wants from [`GuardrailStore::decide`] besides claiming the incident id.

@@ -20,6 +20,7 @@
 //! ```text
 //! {p}:inc:<incident>           hash    claim / outcome of one incident id
 //! {p}:rate:<runbook>:<service> zset    incident id -> reservation ms (rate limit, cooldown)
+//! {p}:trate:<runbook>:<target> zset    the same per the action's target (namespace/kind/name)
 //! {p}:cb:<runbook>             hash    circuit breaker
 //! {p}:leases                   zset    attempt -> lease expiry ms (actions in flight)
 //! {p}:services                 zset    service -> last touched ms
@@ -560,7 +561,9 @@ impl GuardrailStore for RedisStore {
         };
         // Record needs no scope; its rate, circuit and rbsvc keys are placeholders the script
         // never touches (still under the tag, so the script stays single-slot).
-        let (runbook, service) = scope.map_or(("", ""), |s| (s.runbook.as_str(), s.service.as_str()));
+        let (runbook, service, target) = scope.map_or(("", "", ""), |s| {
+            (s.runbook.as_str(), s.service.as_str(), s.target.as_str())
+        });
         inv.key(self.inc_key(&req.incident_id))
             .key(self.key(&["rate", runbook, service]))
             .key(self.cb_key(runbook))
@@ -569,7 +572,8 @@ impl GuardrailStore for RedisStore {
             .key(self.key(&["rbsvc", runbook]))
             .key(self.key(&["epoch"]))
             .key(self.key(&["conservative_until"]))
-            .key(self.key(&["primary"]));
+            .key(self.key(&["primary"]))
+            .key(self.key(&["trate", runbook, target]));
         let remembered = self
             .epoch
             .lock()
@@ -599,7 +603,9 @@ impl GuardrailStore for RedisStore {
                 .arg(l.conservative_ms),
             None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
         };
-        inv.arg(remembered.as_deref().unwrap_or("")).arg(&self.candidate_epoch);
+        inv.arg(remembered.as_deref().unwrap_or(""))
+            .arg(&self.candidate_epoch)
+            .arg(target);
 
         let reply = self.run("decide", &inv).await?;
         let (epoch, answer) = parse_decide(&reply)?;

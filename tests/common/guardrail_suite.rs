@@ -37,6 +37,7 @@ macro_rules! guardrail_suite_tests {
             stale_record_is_ignored,
             rate_limit_is_an_exact_sliding_window,
             cooldown_reports_remaining_seconds,
+            rate_limit_and_cooldown_hold_per_target_whatever_the_service,
             circuit_opens_single_probe_success_closes,
             circuit_probe_failure_reopens,
             success_resets_consecutive_failures,
@@ -96,6 +97,15 @@ pub fn scope(runbook: &str, service: &str) -> Scope {
     Scope {
         runbook: runbook.to_owned(),
         service: service.to_owned(),
+        target: String::new(),
+    }
+}
+
+/// A (runbook, service) scope whose action touches `target` (`namespace/kind/name`).
+pub fn scope_on(runbook: &str, service: &str, target: &str) -> Scope {
+    Scope {
+        target: target.to_owned(),
+        ..scope(runbook, service)
     }
 }
 
@@ -746,6 +756,72 @@ pub async fn cooldown_reports_remaining_seconds(store: Store) {
     assert_eq!(
         decide(&store, &reserve("inc-6", "a6", &s, &limits, LONG_LEASE)).await,
         ALLOWED
+    );
+}
+
+/// The rate limit and cooldown hold per (runbook, target) as well as per (runbook, service):
+/// varying the service for the same object does not walk past them, another object is counted
+/// on its own.
+pub async fn rate_limit_and_cooldown_hold_per_target_whatever_the_service(store: Store) {
+    let limits = Limits {
+        max_per_hour: 2,
+        ..open_limits()
+    };
+    let web = "production/deployment/web";
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("i1", "a1", &scope_on("rb", "api", web), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("i2", "a2", &scope_on("rb", "api-2", web), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+    blocked_by(
+        &decide(
+            &store,
+            &reserve("i3", "a3", &scope_on("rb", "api-3", web), &limits, LONG_LEASE),
+        )
+        .await,
+        Guardrail::RateLimit,
+    );
+    let other = "production/deployment/other";
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("i4", "a4", &scope_on("rb", "api-3", other), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED,
+        "another object, another count"
+    );
+
+    let cooling = Limits {
+        cooldown_ms: 60_000,
+        ..open_limits()
+    };
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("c1", "c1a", &scope_on("rb2", "api", web), &cooling, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+    blocked_by(
+        &decide(
+            &store,
+            &reserve("c2", "c2a", &scope_on("rb2", "web-x", web), &cooling, LONG_LEASE),
+        )
+        .await,
+        Guardrail::Cooldown,
     );
 }
 
