@@ -280,12 +280,18 @@ impl Default for LabelMapping {
 }
 
 /// The Alertmanager webhook intake (`POST /v1/alertmanager` on `http.listen`). Its bearer token
-/// comes only from the environment (`REMEDIATOR_ALERTMANAGER_TOKEN`), never from this file.
+/// comes from the environment (`REMEDIATOR_ALERTMANAGER_TOKEN`) or from `token_file`, never from
+/// this file: an enabled intake without one refuses to start unless `allow_unauthenticated`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertmanagerConfig {
     /// Serve the endpoint.
     pub enabled: bool,
+    /// File holding the bearer token (the variable `REMEDIATOR_ALERTMANAGER_TOKEN` wins).
+    pub token_file: String,
+    /// Serve the endpoint without a token (anyone who reaches it can create incidents): an
+    /// explicit opt-in, logged as a warning at start. Off: no token refuses to start.
+    pub allow_unauthenticated: bool,
     /// Label names per incident field.
     pub label_mapping: LabelMapping,
     /// Annotation holding the confidence (0..1); "" = always use `default_confidence`.
@@ -301,6 +307,8 @@ impl Default for AlertmanagerConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            token_file: String::new(),
+            allow_unauthenticated: false,
             label_mapping: LabelMapping::default(),
             confidence_annotation: "confidence".into(),
             default_confidence: 0.9,

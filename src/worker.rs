@@ -190,15 +190,25 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(shutdown::on_signal(trigger));
 
     // The Alertmanager intake only produces incidents; the consumer below handles them.
+    // Without a token it refuses to exist (the worker does not start) unless explicitly allowed.
     let intake = if config.alertmanager.enabled {
-        let token = crate::alertmanager::token_from_env();
-        info!(
-            authenticated = token.is_some(),
-            "alertmanager intake on POST {}",
-            crate::alertmanager::PATH
-        );
+        let token = crate::alertmanager::token(&config.alertmanager)?;
+        let authenticated = token.is_some();
         let intake =
             crate::alertmanager::Intake::new(&config.alertmanager, &kafka_settings(&config), token, metrics.clone())?;
+        if authenticated {
+            info!(
+                "alertmanager intake on POST {} (bearer token required)",
+                crate::alertmanager::PATH
+            );
+        } else {
+            warn!(
+                "alertmanager intake on POST {} WITHOUT authentication (alertmanager.allow_unauthenticated): \
+                 anyone who reaches {} can create incidents",
+                crate::alertmanager::PATH,
+                config.http.listen
+            );
+        }
         Some(Arc::new(intake))
     } else {
         None

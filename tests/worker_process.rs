@@ -203,6 +203,82 @@ fn bad_configuration_fails_fast_with_the_key_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.yaml"));
 }
 
+/// `remediator run` with the Alertmanager intake enabled and nothing else reachable (the intake
+/// is built before the store is contacted), its stderr read line by line in a thread.
+fn start_with_intake(extra: &[(&str, &str)]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remediator"));
+    cmd.arg("run")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("REMEDIATOR_ALERTMANAGER_TOKEN")
+        .env("REMEDIATOR_ALERTMANAGER_ENABLED", "true")
+        .env("REMEDIATOR_RUNBOOKS", "tests/data/seed-runbooks.yaml")
+        .env("REMEDIATOR_REDIS_URL", "redis://127.0.0.1:1")
+        .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("REMEDIATOR_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start remediator run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Child(child), rx)
+}
+
+/// Issue 13 item 9: an enabled intake without a token refuses to start, naming the variable and
+/// the switch; `alertmanager.allow_unauthenticated: true` starts it with a warning.
+#[test]
+fn an_alertmanager_intake_without_a_token_refuses_to_start_unless_allowed() {
+    let (mut child, lines) = start_with_intake(&[]);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still running 20 s after start without a token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) {
+        err.push_str(&l);
+        err.push('\n');
+    }
+    assert!(
+        err.contains("REMEDIATOR_ALERTMANAGER_TOKEN") && err.contains("alertmanager.allow_unauthenticated"),
+        "{err}"
+    );
+
+    let (mut child, lines) = start_with_intake(&[("REMEDIATOR_ALERTMANAGER_ALLOW_UNAUTHENTICATED", "true")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains("WITHOUT authentication") => break,
+            Ok(l) => {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            Err(_) => panic!("no warning about the open intake within 20 s:\n{seen}"),
+        }
+    }
+    assert!(child.0.try_wait().expect("wait").is_none(), "it keeps running:\n{seen}");
+}
+
 /// The Kubernetes executor wired by configuration alone: a crash-looping pod of a 3-replica
 /// Deployment is deleted by `remediator run` and replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
