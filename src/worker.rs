@@ -247,6 +247,8 @@ pub async fn run(config: Config) -> Result<()> {
     // and the process exits only once all of them finished or the grace ran out.
     let (trigger, shutdown) = shutdown::with_grace(config.grace());
     let signal_shutdown = trigger.subscribe();
+    // The one task outside the tracker: it only fires the trigger, and waiting for it would
+    // hold the exit after a fatal error until a signal came.
     tokio::spawn(shutdown::on_signal(trigger.clone()));
 
     // The Alertmanager intake only produces incidents; the consumer below handles them.
