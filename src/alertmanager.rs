@@ -21,9 +21,13 @@
 //!   before it is produced. An alert that cannot become a valid incident (no root-cause or service
 //!   label, a bad confidence annotation) is `rejected`: counted, logged and named in the reply,
 //!   while the rest of the request still succeeds (retrying cannot fix an alert's labels).
-//! * **Bounded and authenticated.** Bodies over [`MAX_BODY_BYTES`] get 413. When
-//!   `REMEDIATOR_ALERTMANAGER_TOKEN` is set, requests need `Authorization: Bearer <token>` (401
-//!   otherwise); the token is never part of the YAML config.
+//! * **Bounded and authenticated.** Bodies over [`MAX_BODY_BYTES`] get 413. Requests need
+//!   `Authorization: Bearer <token>` (401 otherwise), the token coming from
+//!   `REMEDIATOR_ALERTMANAGER_TOKEN` or `alertmanager.token_file`, never from the YAML config.
+//!   Without a token the intake is not created at all ([`IntakeError::Unauthenticated`], so the
+//!   worker refuses to start), unless the operator opted in with
+//!   `alertmanager.allow_unauthenticated: true` (a warning at start): an open intake lets anyone
+//!   who reaches the port create incidents that runbooks act on.
 
 use crate::config::{parse_duration, AlertmanagerConfig};
 use crate::kafka::KafkaSettings;
@@ -203,6 +207,26 @@ pub enum IntakeError {
     /// `alertmanager.delivery_timeout` is not a duration.
     #[error("alertmanager.delivery_timeout: {0}")]
     Timeout(String),
+    /// The intake is enabled without a bearer token and without the explicit opt-in.
+    #[error(
+        "alertmanager.enabled is true but no bearer token is set: set {TOKEN_ENV} (or \
+         alertmanager.token_file), or set alertmanager.allow_unauthenticated: true to accept \
+         unauthenticated requests"
+    )]
+    Unauthenticated,
+    /// `alertmanager.token_file` could not be read.
+    #[error("alertmanager.token_file: {0}")]
+    TokenFile(String),
+}
+
+/// Refuse an intake without a token unless `config.allow_unauthenticated` says so. Called by
+/// [`Intake::new`]; public so configuration checks (compose, Helm) can ask the same question.
+pub fn require_token(config: &AlertmanagerConfig, token: Option<&str>) -> Result<(), IntakeError> {
+    match token.map(str::trim) {
+        Some(t) if !t.is_empty() => Ok(()),
+        _ if config.allow_unauthenticated => Ok(()),
+        _ => Err(IntakeError::Unauthenticated),
+    }
 }
 
 /// The intake: mapping, producer and metrics. One per process; share it as `Arc<Intake>`.
@@ -235,14 +259,17 @@ struct Reply {
 }
 
 impl Intake {
-    /// Create the intake producing to `kafka.incidents_topic`. `token` (from [`TOKEN_ENV`]) turns
-    /// on bearer authentication; `None` or empty leaves the endpoint open (protect it by network).
+    /// Create the intake producing to `kafka.incidents_topic`. `token` (see [`token`]) is the
+    /// bearer token every request must carry; `None` or empty is refused
+    /// ([`IntakeError::Unauthenticated`]) unless `config.allow_unauthenticated`, which leaves
+    /// the endpoint open (protect it by network).
     pub fn new(
         config: &AlertmanagerConfig,
         kafka: &KafkaSettings,
         token: Option<String>,
         metrics: Metrics,
     ) -> Result<Self, IntakeError> {
+        require_token(config, token.as_deref())?;
         let timeout = parse_duration(&config.delivery_timeout).map_err(IntakeError::Timeout)?;
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &kafka.brokers)
@@ -397,9 +424,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Convenience for the worker: the token from the environment, if set.
-pub fn token_from_env() -> Option<String> {
-    std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty())
+/// The intake's bearer token: [`TOKEN_ENV`], else the contents of `alertmanager.token_file`
+/// (trimmed; blank is none).
+pub fn token(config: &AlertmanagerConfig) -> Result<Option<String>, IntakeError> {
+    crate::config::secret(TOKEN_ENV, &config.token_file).map_err(|e| IntakeError::TokenFile(e.to_string()))
 }
 
 #[cfg(test)]
@@ -534,5 +562,57 @@ mod tests {
         assert!(!constant_time_eq(b"secreT", b"secret"));
         assert!(!constant_time_eq(b"secret-longer", b"secret"));
         assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    /// No token, no intake, unless the operator opted in explicitly; the error names the
+    /// variable, the file key and the switch.
+    #[test]
+    fn an_intake_without_a_token_needs_the_explicit_switch() {
+        let closed = AlertmanagerConfig::default();
+        for none in [None, Some(""), Some("  \n")] {
+            let e = require_token(&closed, none).expect_err("refused").to_string();
+            for name in [
+                TOKEN_ENV,
+                "alertmanager.token_file",
+                "alertmanager.allow_unauthenticated",
+            ] {
+                assert!(e.contains(name), "{e}");
+            }
+        }
+        assert!(require_token(&closed, Some("s3cret")).is_ok());
+        let open = AlertmanagerConfig {
+            allow_unauthenticated: true,
+            ..AlertmanagerConfig::default()
+        };
+        assert!(require_token(&open, None).is_ok());
+        let kafka = KafkaSettings::default();
+        let e = Intake::new(&closed, &kafka, None, Metrics::new())
+            .err()
+            .expect("refused");
+        assert!(matches!(e, IntakeError::Unauthenticated), "{e}");
+        assert!(Intake::new(&closed, &kafka, Some("s3cret".into()), Metrics::new()).is_ok());
+        assert!(Intake::new(&open, &kafka, None, Metrics::new()).is_ok());
+    }
+
+    #[test]
+    fn the_token_comes_from_the_token_file() {
+        if std::env::var(TOKEN_ENV).is_ok() {
+            return; // the variable wins; nothing to learn about the file here
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let config = AlertmanagerConfig {
+            token_file: path.display().to_string(),
+            ..AlertmanagerConfig::default()
+        };
+        assert_eq!(token(&config).expect("read").as_deref(), Some("s3cret"));
+        let missing = AlertmanagerConfig {
+            token_file: dir.path().join("nope").display().to_string(),
+            ..AlertmanagerConfig::default()
+        };
+        let e = token(&missing).expect_err("missing file").to_string();
+        assert!(e.contains("alertmanager.token_file"), "{e}");
+        assert_eq!(token(&AlertmanagerConfig::default()).expect("none"), None);
     }
 }

@@ -205,16 +205,18 @@ impl Publisher {
     }
 }
 
-/// Answer an approval in a task of its own (never cancelled with its caller) and publish the
-/// outcomes; the store errors of [`Engine::answer`] are retried while `within` allows.
+/// Answer an approval in a task of its own (never cancelled with its caller; owned by
+/// `tasks`, so shutdown waits for the execution it unlocks) and publish the outcomes; the store
+/// errors of [`Engine::answer`] are retried while `within` allows.
 async fn answer_and_publish(
+    tasks: &Shutdown,
     engine: Arc<Engine>,
     publisher: Publisher,
     id: String,
     answer: Answer,
     within: Duration,
 ) -> Result<Answered, String> {
-    let task = tokio::spawn(async move {
+    let task = tasks.spawn(async move {
         let deadline = tokio::time::Instant::now() + within;
         let answered = loop {
             match engine.answer(&id, &answer).await {
@@ -259,18 +261,22 @@ pub struct Api {
     engine: Arc<Engine>,
     publisher: Publisher,
     token: String,
+    /// Owner of the answer tasks (the worker's shutdown tracker).
+    tasks: Shutdown,
 }
 
 #[derive(Clone)]
 struct ApiState(Arc<Api>);
 
 impl Api {
-    /// An API guarded by `token` (a bearer token from [`TOKEN_ENV`]).
-    pub fn new(engine: Arc<Engine>, publisher: Publisher, token: String) -> Self {
+    /// An API guarded by `token` (a bearer token from [`TOKEN_ENV`]); the executions its
+    /// answers unlock are spawned through `tasks`, so shutdown lets them finish.
+    pub fn new(engine: Arc<Engine>, publisher: Publisher, token: String, tasks: Shutdown) -> Self {
         Self {
             engine,
             publisher,
             token,
+            tasks,
         }
     }
 
@@ -335,6 +341,7 @@ async fn respond(
         action_hash: body.action_hash,
     };
     match answer_and_publish(
+        &api.tasks,
         Arc::clone(&api.engine),
         api.publisher.clone(),
         id,
@@ -422,9 +429,12 @@ pub async fn consume(
         .map_err(|e| format!("subscribing to {topic}: {e}"))?;
     info!(topic, "consuming approval answers");
     loop {
+        // Shutdown first: once it is requested no new answer is taken, even one already
+        // waiting; the answer in hand (below) is finished, its execution included.
         let msg = tokio::select! {
-            m = consumer.recv() => m,
+            biased;
             _ = shutdown.wait() => return Ok(()),
+            m = consumer.recv() => m,
         };
         let msg = match msg {
             Ok(m) => m,
@@ -459,6 +469,7 @@ pub async fn consume(
                 // Retry until the store and broker answer: skipping an answer would lose it.
                 loop {
                     let r = answer_and_publish(
+                        &shutdown,
                         Arc::clone(&engine),
                         publisher.clone(),
                         m.approval_id.clone(),
@@ -468,6 +479,11 @@ pub async fn consume(
                     .await;
                     match r {
                         Ok(_) => break,
+                        Err(e) if shutdown.is_triggered() => {
+                            // Not committed: the next consumer of the group gets it again.
+                            warn!(error = %e, approval = %m.approval_id, "answer not processed; left for redelivery (shutting down)");
+                            return Ok(());
+                        }
                         Err(e) => {
                             warn!(error = %e, approval = %m.approval_id, "answer not processed; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -257,6 +257,22 @@ impl Default for LogConfig {
     }
 }
 
+/// Graceful shutdown (`shutdown.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long work in hand (an action with its post-checks, rollback, record,
+    /// publish; an approval answer) may take before it is given up. Every runbook's worst case
+    /// must fit in it (checked at start), and `terminationGracePeriodSeconds` must exceed it.
+    pub grace: String,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: "600s".into() }
+    }
+}
+
 /// Which alert labels (and annotation) become which incident fields, for the Alertmanager intake.
 /// Each field lists label names tried in order; the first one present on the alert wins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,12 +304,18 @@ impl Default for LabelMapping {
 }
 
 /// The Alertmanager webhook intake (`POST /v1/alertmanager` on `http.listen`). Its bearer token
-/// comes only from the environment (`REMEDIATOR_ALERTMANAGER_TOKEN`), never from this file.
+/// comes from the environment (`REMEDIATOR_ALERTMANAGER_TOKEN`) or from `token_file`, never from
+/// this file: an enabled intake without one refuses to start unless `allow_unauthenticated`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertmanagerConfig {
     /// Serve the endpoint.
     pub enabled: bool,
+    /// File holding the bearer token (the variable `REMEDIATOR_ALERTMANAGER_TOKEN` wins).
+    pub token_file: String,
+    /// Serve the endpoint without a token (anyone who reaches it can create incidents): an
+    /// explicit opt-in, logged as a warning at start. Off: no token refuses to start.
+    pub allow_unauthenticated: bool,
     /// Label names per incident field.
     pub label_mapping: LabelMapping,
     /// Annotation holding the confidence (0..1); "" = always use `default_confidence`.
@@ -309,6 +331,8 @@ impl Default for AlertmanagerConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            token_file: String::new(),
+            allow_unauthenticated: false,
             label_mapping: LabelMapping::default(),
             confidence_annotation: "confidence".into(),
             default_confidence: 0.9,
@@ -350,6 +374,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The Alertmanager webhook intake.
     pub alertmanager: AlertmanagerConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Config {
@@ -369,6 +395,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             log: LogConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -449,6 +476,7 @@ impl Config {
                     "SIMULATED",
                     "KUBERNETES",
                     "ALERTMANAGER",
+                    "SHUTDOWN",
                 ]
                 .contains(&section)
                 {
@@ -578,6 +606,12 @@ impl Config {
         {
             return Err(invalid("alertmanager.delivery_timeout", "must be greater than zero"));
         }
+        if parse_duration(&self.shutdown.grace)
+            .map_err(|m| invalid("shutdown.grace", m))?
+            .is_zero()
+        {
+            return Err(invalid("shutdown.grace", "must be greater than zero"));
+        }
         if self.worker_id.is_empty() {
             return Err(invalid("worker_id", "must not be empty"));
         }
@@ -610,6 +644,11 @@ impl Config {
             approval_ttl: d(&self.approvals.ttl),
             ..Settings::default()
         }
+    }
+
+    /// `shutdown.grace` (already validated).
+    pub fn grace(&self) -> Duration {
+        parse_duration(&self.shutdown.grace).unwrap_or(crate::shutdown::DEFAULT_GRACE)
     }
 
     /// Every config key (dotted) with its environment variable, for docs and `--help`.
@@ -855,6 +894,22 @@ mod tests {
             "guardrails.max_concurrent_actions".into(),
             "REMEDIATOR_GUARDRAILS_MAX_CONCURRENT_ACTIONS".into()
         )));
+    }
+
+    #[test]
+    fn the_shutdown_grace_is_a_positive_duration() {
+        let c = Config::load(None, &env(&[("REMEDIATOR_SHUTDOWN_GRACE", "90s")]), &[]).unwrap();
+        assert_eq!(c.grace(), Duration::from_secs(90));
+        assert_eq!(
+            Config::load(None, &env(&[]), &[]).unwrap().grace(),
+            Duration::from_secs(600)
+        );
+        for bad in ["0s", "soon"] {
+            let e = Config::load(None, &env(&[("REMEDIATOR_SHUTDOWN_GRACE", bad)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("shutdown.grace"), "{e}");
+        }
     }
 
     #[test]

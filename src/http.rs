@@ -87,7 +87,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = router(metrics, health, intake, approvals);
-    let task = tokio::spawn(async move {
+    // Owned by the shutdown tracker: in-flight requests (an approval answer) finish first.
+    let task = shutdown.clone().spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await;

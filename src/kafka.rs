@@ -38,8 +38,11 @@
 //!   fails ([`KafkaError::Stalled`]), so the process exits non-zero and is restarted; what it had
 //!   not acknowledged is redelivered and re-published from the store, never acted on again.
 //! * **Graceful shutdown.** Stop consuming, let each partition finish the message it is working on
-//!   and publish what it decided (bounded by 30 s; queued ones are left for redelivery), commit
-//!   synchronously, flush.
+//!   (an action runs to its end: post-checks, rollback, record) and publish what it decided,
+//!   within the shutdown grace counted from the signal (`shutdown.grace`, see `shutdown.rs`;
+//!   queued messages are left for redelivery), then commit synchronously and flush. Only a
+//!   message still unfinished when the grace ends is abandoned (and redelivered, which the store
+//!   makes safe).
 
 use crate::health::Health;
 use crate::incident::Rejection;
@@ -64,9 +67,6 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-/// How long shutdown waits for in-progress messages before giving up on them (they are then
-/// redelivered, which the store makes safe).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First wait after a failed store call or delivery.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between retries.
@@ -259,6 +259,7 @@ pub async fn run(
         handled: AtomicU64::new(0),
         dead_lettered: AtomicU64::new(0),
         republished: AtomicU64::new(0),
+        tasks: shutdown.clone(),
     });
 
     let mut workers: HashMap<i32, Worker> = HashMap::new();
@@ -267,9 +268,10 @@ pub async fn run(
         info!("shutdown: no new incidents; draining the ones in progress");
     }
 
-    // Drain: no new messages; each partition finishes the one it is working on.
+    // Drain: no new messages; each partition finishes the one it is working on, within the
+    // grace counted from the signal.
     let _ = stop_tx.send(true);
-    drain(workers).await;
+    drain(workers, shutdown.deadline()).await;
 
     // Commit what was stored, synchronously: the last acknowledgements must not wait for the
     // next auto-commit tick that will never come.
@@ -580,6 +582,8 @@ struct Shared {
     handled: AtomicU64,
     dead_lettered: AtomicU64,
     republished: AtomicU64,
+    /// Owner of the partition tasks (the worker's shutdown tracker).
+    tasks: Shutdown,
 }
 
 /// A message decided and waiting to be published.
@@ -1090,7 +1094,7 @@ fn set_paused(consumer: &StreamConsumer<ConsumerCtx>, pause: bool) {
 
 fn spawn_worker(shared: &Arc<Shared>, partition: i32) -> Worker {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = tokio::spawn(partition_task(shared.clone(), partition, rx));
+    let handle = shared.tasks.spawn(partition_task(shared.clone(), partition, rx));
     Worker { tx, handle }
 }
 
@@ -1107,7 +1111,7 @@ const PUBLISH_DEPTH: usize = 8;
 /// stops the partition: nothing after it is published or acknowledged.
 async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::UnboundedReceiver<Work>) {
     let (decided_tx, decided_rx) = mpsc::channel::<(Work, Decided)>(PUBLISH_DEPTH);
-    let publisher = tokio::spawn(publish_in_order(shared.clone(), decided_rx));
+    let publisher = shared.tasks.spawn(publish_in_order(shared.clone(), decided_rx));
     while let Some(work) = rx.recv().await {
         if shared.stopping() {
             // Not started: left for redelivery (after a restart or to the next owner).
@@ -1159,14 +1163,14 @@ async fn publish_in_order(shared: Arc<Shared>, mut decided: mpsc::Receiver<(Work
     }
 }
 
-/// Close every partition queue and wait (bounded) for the tasks to finish their current message.
-async fn drain(workers: HashMap<i32, Worker>) {
+/// Close every partition queue and wait, until `deadline` (the end of the shutdown grace), for
+/// the tasks to finish their current message.
+async fn drain(workers: HashMap<i32, Worker>, deadline: tokio::time::Instant) {
     let mut handles = Vec::with_capacity(workers.len());
     for (partition, w) in workers {
         drop(w.tx);
         handles.push((partition, w.handle));
     }
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     for (partition, mut handle) in handles {
         match tokio::time::timeout_at(deadline, &mut handle).await {
             Ok(_) => {}
@@ -1174,8 +1178,7 @@ async fn drain(workers: HashMap<i32, Worker>) {
                 // Its message stays unacknowledged and is redelivered; the store keeps that safe.
                 error!(
                     partition,
-                    timeout_s = DRAIN_TIMEOUT.as_secs(),
-                    "in-flight incident did not finish in time; abandoning it"
+                    "in-flight incident did not finish within the shutdown grace; abandoning it"
                 );
                 handle.abort();
             }

@@ -8,6 +8,8 @@
 
 use crate::metrics::Metrics;
 use crate::outcome::{Decision, Outcome};
+use crate::shutdown::Shutdown;
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -30,6 +32,21 @@ pub struct Notifier {
 impl Notifier {
     /// Start the sender task posting to `url` (validated: http or https, no credentials).
     pub fn spawn(url: &str, metrics: Metrics) -> Result<Self, String> {
+        let (notifier, sender) = Self::start(url, metrics)?;
+        tokio::spawn(sender);
+        Ok(notifier)
+    }
+
+    /// [`Notifier::spawn`] with the sender task owned by `shutdown`: it ends once every
+    /// [`Notifier`] is dropped and the queue is sent, and shutdown waits for that (within the
+    /// grace), so the outcomes of executions that finished while draining are still announced.
+    pub fn spawn_tracked(url: &str, metrics: Metrics, shutdown: &Shutdown) -> Result<Self, String> {
+        let (notifier, sender) = Self::start(url, metrics)?;
+        shutdown.spawn(sender);
+        Ok(notifier)
+    }
+
+    fn start(url: &str, metrics: Metrics) -> Result<(Self, impl Future<Output = ()> + Send + 'static), String> {
         let url = crate::executor::webhook::parse_url(url).map_err(|e| format!("notify webhook url: {e}"))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -38,7 +55,7 @@ impl Notifier {
             .map_err(|e| format!("notify webhook client: {e}"))?;
         let (tx, mut rx) = mpsc::channel::<Outcome>(QUEUE);
         let m = metrics.clone();
-        tokio::spawn(async move {
+        let sender = async move {
             while let Some(o) = rx.recv().await {
                 let body = serde_json::json!({ "text": text(&o) });
                 let mut sent = false;
@@ -57,8 +74,8 @@ impl Notifier {
                     .with_label_values(&[if sent { "sent" } else { "failed" }])
                     .inc();
             }
-        });
-        Ok(Self { tx, metrics })
+        };
+        Ok((Self { tx, metrics }, sender))
     }
 
     /// Queue an outcome; never waits.

@@ -11,14 +11,14 @@ use crate::health::Health;
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::pipeline::{Engine, EventIds};
-use crate::runbook::Catalogue;
+use crate::runbook::{ActionSpec, Catalogue, CheckSpec, Runbook};
 use crate::shutdown::{self, Shutdown};
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Install the global tracing subscriber: JSON lines (production) or text, to stderr.
 pub fn init_logging(format: &str, level: &str) {
@@ -79,7 +79,7 @@ pub const SHARED_GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// (`remediator_approvals_pending`, `remediator_approval_oldest_pending_seconds`). A few store
 /// calls per runbook per period, none per decision; a failed refresh keeps the last values.
 fn spawn_shared_gauges(engine: Arc<Engine>, mut shutdown: Shutdown) {
-    tokio::spawn(async move {
+    shutdown.clone().spawn(async move {
         loop {
             let (store, metrics) = (engine.store(), engine.metrics());
             for rb in engine.catalogue().runbooks() {
@@ -101,6 +101,73 @@ fn spawn_shared_gauges(engine: Arc<Engine>, mut shutdown: Shutdown) {
     });
 }
 
+/// The Kubernetes executor's options from the config (durations already validated).
+fn kube_options(config: &Config) -> KubeExecutorOptions {
+    let k = &config.kubernetes;
+    let d = |s: &str| crate::config::parse_duration(s).unwrap_or_default();
+    KubeExecutorOptions {
+        prometheus_url: (!k.prometheus_url.is_empty()).then(|| k.prometheus_url.clone()),
+        default_check_timeout: d(&k.check_timeout),
+        poll_interval: d(&k.poll_interval),
+        api_timeout: d(&k.api_timeout),
+        error_rate_query: (!k.error_rate_query.is_empty()).then(|| k.error_rate_query.clone()),
+        error_rate_below: k.error_rate_below,
+        ..KubeExecutorOptions::default()
+    }
+}
+
+/// API calls one Kubernetes action is allowed for in [`execution_bound`], each bounded by
+/// `kubernetes.api_timeout`: a read, a write, and one re-read and write after a conflict.
+pub const ACTION_API_CALLS: u32 = 4;
+
+/// The longest one execution of `rb` can take with the configured executor, from its first
+/// pre-check to its last rollback check: every check's ceiling (its wait plus two API calls,
+/// [`KubeExecutorOptions::check_ceiling`]), the action and, when it has one, the rollback (a
+/// webhook's `timeout_seconds`, else [`ACTION_API_CALLS`] API calls). The simulated executor's
+/// checks are instant and each action takes `simulated.action_delay`.
+pub fn execution_bound(rb: &Runbook, config: &Config) -> Duration {
+    if config.executor == "simulated" {
+        let delay = crate::config::parse_duration(&config.simulated.action_delay).unwrap_or_default();
+        return delay * if rb.rollback.is_some() { 2 } else { 1 };
+    }
+    let opts = kube_options(config);
+    let action = |a: &ActionSpec| match a {
+        ActionSpec::Webhook { timeout_seconds, .. } => Duration::from_secs(*timeout_seconds),
+        _ => opts.api_timeout * ACTION_API_CALLS,
+    };
+    let checks = |cs: &[CheckSpec]| cs.iter().map(|c| opts.check_ceiling(c)).sum::<Duration>();
+    let undo = rb
+        .rollback
+        .as_ref()
+        .map_or(Duration::ZERO, |r| action(r) + checks(&rb.rollback_checks));
+    checks(&rb.pre_checks) + action(&rb.action) + checks(&rb.post_checks) + undo
+}
+
+/// Refuse to run a catalogue with a runbook whose execution could outlast `shutdown.grace`:
+/// SIGTERM would then cut it off before it is verified or rolled back. The error names the
+/// runbook, its bound and the settings to change.
+pub fn check_grace(catalogue: &Catalogue, config: &Config) -> Result<(), String> {
+    let grace = config.grace();
+    let too_long: Vec<String> = catalogue
+        .runbooks()
+        .iter()
+        .filter_map(|rb| {
+            let bound = execution_bound(rb, config);
+            (bound > grace).then(|| format!("runbook {}: up to {} s", rb.id, bound.as_secs()))
+        })
+        .collect();
+    if too_long.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "shutdown.grace: {} s is shorter than what an execution may take ({}); a SIGTERM would \
+         cut it off unverified. Raise shutdown.grace (and terminationGracePeriodSeconds to at \
+         least 30 s more), or shorten the runbook's timeout_seconds",
+        grace.as_secs(),
+        too_long.join(", ")
+    ))
+}
+
 /// The configured executor. A Kubernetes executor's reachability feeds `/readyz` every 10 s.
 pub async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Shutdown) -> Result<Arc<dyn Executor>> {
     if config.executor == "simulated" {
@@ -118,24 +185,14 @@ pub async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Sh
         health.set_executor(true);
         return Ok(Arc::new(executor));
     }
-    let k = &config.kubernetes;
-    let d = |s: &str| crate::config::parse_duration(s).unwrap_or_default();
-    let opts = KubeExecutorOptions {
-        prometheus_url: (!k.prometheus_url.is_empty()).then(|| k.prometheus_url.clone()),
-        default_check_timeout: d(&k.check_timeout),
-        poll_interval: d(&k.poll_interval),
-        api_timeout: d(&k.api_timeout),
-        error_rate_query: (!k.error_rate_query.is_empty()).then(|| k.error_rate_query.clone()),
-        error_rate_below: k.error_rate_below,
-        ..KubeExecutorOptions::default()
-    };
+    let opts = kube_options(config);
     let executor = Arc::new(
         KubernetesExecutor::try_default(opts)
             .await
             .map_err(|e| anyhow!("kubernetes executor: {e}"))?,
     );
     let (probe, health, mut shutdown) = (Arc::clone(&executor), Arc::clone(health), shutdown.clone());
-    tokio::spawn(async move {
+    shutdown.clone().spawn(async move {
         loop {
             match probe.ready().await {
                 Ok(_) => health.set_executor(true),
@@ -161,7 +218,7 @@ pub const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
 /// now and every [`STORE_PROBE_EVERY`], bounded by `redis.timeout_ms`. Decisions update the same
 /// flag as they go.
 fn spawn_store_probe(store: Arc<dyn Store>, health: Arc<Health>, mut shutdown: Shutdown) {
-    tokio::spawn(async move {
+    shutdown.clone().spawn(async move {
         loop {
             match store.ping().await {
                 Ok(()) => health.set_store(true),
@@ -181,24 +238,39 @@ fn spawn_store_probe(store: Arc<dyn Store>, health: Arc<Health>, mut shutdown: S
 /// Run the worker until SIGTERM.
 pub async fn run(config: Config) -> Result<()> {
     let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
+    check_grace(&catalogue, &config).map_err(|e| anyhow!(e))?;
     let catalogue = Arc::new(catalogue);
     info!(worker = %config.worker_id, runbooks = catalogue.len(), dry_run = config.dry_run, "starting remediator");
     let metrics = Metrics::new();
     let health = Arc::new(Health::new());
-    let (trigger, shutdown) = shutdown::channel();
+    // One owner for every task below (`Shutdown::spawn`): on SIGTERM they stop taking work,
+    // and the process exits only once all of them finished or the grace ran out.
+    let (trigger, shutdown) = shutdown::with_grace(config.grace());
     let signal_shutdown = trigger.subscribe();
-    tokio::spawn(shutdown::on_signal(trigger));
+    // The one task outside the tracker: it only fires the trigger, and waiting for it would
+    // hold the exit after a fatal error until a signal came.
+    tokio::spawn(shutdown::on_signal(trigger.clone()));
 
     // The Alertmanager intake only produces incidents; the consumer below handles them.
+    // Without a token it refuses to exist (the worker does not start) unless explicitly allowed.
     let intake = if config.alertmanager.enabled {
-        let token = crate::alertmanager::token_from_env();
-        info!(
-            authenticated = token.is_some(),
-            "alertmanager intake on POST {}",
-            crate::alertmanager::PATH
-        );
+        let token = crate::alertmanager::token(&config.alertmanager)?;
+        let authenticated = token.is_some();
         let intake =
             crate::alertmanager::Intake::new(&config.alertmanager, &kafka_settings(&config), token, metrics.clone())?;
+        if authenticated {
+            info!(
+                "alertmanager intake on POST {} (bearer token required)",
+                crate::alertmanager::PATH
+            );
+        } else {
+            warn!(
+                "alertmanager intake on POST {} WITHOUT authentication (alertmanager.allow_unauthenticated): \
+                 anyone who reaches {} can create incidents",
+                crate::alertmanager::PATH,
+                config.http.listen
+            );
+        }
         Some(Arc::new(intake))
     } else {
         None
@@ -221,7 +293,9 @@ pub async fn run(config: Config) -> Result<()> {
         EventIds::Random,
     );
     if let Some(url) = crate::config::secret(crate::notify::URL_ENV, &config.notify.webhook_url_file)? {
-        engine = engine.with_notifier(crate::notify::Notifier::spawn(&url, metrics.clone()).map_err(|e| anyhow!(e))?);
+        engine = engine.with_notifier(
+            crate::notify::Notifier::spawn_tracked(&url, metrics.clone(), &shutdown).map_err(|e| anyhow!(e))?,
+        );
         info!("notifications: every outcome also goes to the configured webhook");
     }
     let engine = Arc::new(engine);
@@ -243,6 +317,7 @@ pub async fn run(config: Config) -> Result<()> {
             Arc::clone(&engine),
             publisher.clone(),
             token,
+            shutdown.clone(),
         ))),
         None => {
             warn!(
@@ -255,7 +330,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(key) = answer_key {
         let (settings, topic) = (kafka_settings(&config), config.kafka.approvals_topic.clone());
         let (engine, publisher, shutdown) = (Arc::clone(&engine), publisher.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        shutdown.clone().spawn(async move {
             if let Err(e) = crate::approval::consume(&settings, &topic, engine, publisher, key, shutdown).await {
                 tracing::error!(error = %e, "approvals consumer stopped");
             }
@@ -275,9 +350,23 @@ pub async fn run(config: Config) -> Result<()> {
     .with_context(|| format!("http.listen {}", config.http.listen))?;
     info!(%addr, "serving /metrics, /healthz, /readyz");
 
-    let stats = kafka::run(&kafka_settings(&config), engine, Arc::clone(&health), shutdown).await?;
+    let stats = kafka::run(&kafka_settings(&config), engine, Arc::clone(&health), shutdown.clone()).await;
+    // Stopped on its own (a fatal Kafka error): everything else stops too.
+    trigger.fire();
+    // The incidents are drained; now every other task: the approvals consumer finishing the
+    // answer in hand (and the execution it unlocked), approval API requests, the HTTP server,
+    // probes and gauges. All within the same grace, counted from the signal.
+    let finished = shutdown.finish().await;
+    drop(http_task);
+    if !finished {
+        error!(
+            still_running = shutdown.tasks_running(),
+            grace_s = shutdown.grace().as_secs(),
+            "shutdown grace over: abandoning the tasks still running"
+        );
+    }
+    let stats = stats?;
     info!(?stats, "stopped");
-    let _ = http_task.await;
     Ok(())
 }
 
@@ -373,4 +462,84 @@ pub async fn runbooks_report(config: &Config) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(executor: &str) -> Config {
+        Config {
+            executor: executor.into(),
+            ..Config::default()
+        }
+    }
+
+    /// The shipped catalogues fit the default grace, so a default worker starts.
+    #[test]
+    fn the_shipped_catalogues_fit_the_default_grace() {
+        for (name, yaml) in [
+            ("config/runbooks.yaml", include_str!("../config/runbooks.yaml")),
+            (
+                "tests/data/seed-runbooks.yaml",
+                include_str!("../tests/data/seed-runbooks.yaml"),
+            ),
+        ] {
+            let catalogue = Catalogue::from_yaml(yaml, name).expect("catalogue loads");
+            let c = config("kubernetes");
+            check_grace(&catalogue, &c).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Far beyond the 30 s the drain used to allow.
+            let longest = catalogue.runbooks().iter().map(|rb| execution_bound(rb, &c)).max();
+            assert!(
+                longest.unwrap_or_default() > Duration::from_secs(240),
+                "{name}: {longest:?}"
+            );
+        }
+    }
+
+    /// An execution that could outlast the grace is refused at start, naming the runbook and the
+    /// setting; the bound adds up every check's ceiling, the action and the rollback.
+    #[test]
+    fn a_runbook_longer_than_the_grace_is_refused() {
+        let yaml = r#"
+runbooks:
+  slow-restart:
+    risk: MEDIUM
+    triggers: [slow]
+    min_confidence: 0.8
+    pre_checks: [deployment_exists]
+    action: {kind: rollout_restart, namespace: "{namespace}", deployment: "{deployment}"}
+    post_checks:
+      - {name: deployment_rolled_out, timeout_seconds: 900}
+    rollback: {kind: rollout_undo, namespace: "{namespace}", deployment: "{deployment}"}
+    rollback_checks:
+      - {name: deployment_rolled_out, timeout_seconds: 100}
+"#;
+        let catalogue = Catalogue::from_yaml(yaml, "slow").expect("catalogue loads");
+        let rb = &catalogue.runbooks()[0];
+        let mut c = config("kubernetes");
+        // 3 checks with 2 x 10 s of API slack each, 900 s + 100 s of waiting, 2 actions of 4 x 10 s.
+        assert_eq!(
+            execution_bound(rb, &c),
+            Duration::from_secs(3 * 20 + 900 + 100 + 2 * 40)
+        );
+        let e = check_grace(&catalogue, &c).expect_err("1140 s > 600 s");
+        assert!(
+            e.contains("shutdown.grace") && e.contains("slow-restart") && e.contains("1140"),
+            "{e}"
+        );
+        c.shutdown.grace = "1140s".into();
+        assert!(check_grace(&catalogue, &c).is_ok(), "the edge fits");
+        c.shutdown.grace = "1139s".into();
+        assert!(check_grace(&catalogue, &c).is_err(), "one second short does not");
+
+        let mut sim = config("simulated");
+        sim.simulated.action_delay = "400s".into();
+        assert_eq!(
+            execution_bound(rb, &sim),
+            Duration::from_secs(800),
+            "action and rollback"
+        );
+        assert!(check_grace(&catalogue, &sim).is_err());
+    }
 }

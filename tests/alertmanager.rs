@@ -172,10 +172,31 @@ async fn requests_are_refused_before_anything_is_produced() {
     assert_eq!(code, 405, "POST only");
 }
 
+/// An enabled intake without a token is never created: the error names the variable, the file
+/// key and the explicit switch (the worker then refuses to start, see `tests/worker_process.rs`).
+#[test]
+fn an_intake_without_a_token_is_refused_unless_explicitly_allowed() {
+    let e = Intake::new(&AlertmanagerConfig::default(), &nowhere(), None, Metrics::new())
+        .err()
+        .expect("refused without a token")
+        .to_string();
+    assert!(
+        e.contains("REMEDIATOR_ALERTMANAGER_TOKEN") && e.contains("alertmanager.allow_unauthenticated"),
+        "{e}"
+    );
+    let open = AlertmanagerConfig {
+        allow_unauthenticated: true,
+        ..AlertmanagerConfig::default()
+    };
+    assert!(Intake::new(&open, &nowhere(), None, Metrics::new()).is_ok());
+}
+
 #[tokio::test]
 async fn an_unacknowledged_incident_fails_the_request_so_alertmanager_retries() {
+    // Also the explicit opt-in at work: no token, yet requests without one are served.
     let config = AlertmanagerConfig {
         delivery_timeout: "1s".into(),
+        allow_unauthenticated: true,
         ..AlertmanagerConfig::default()
     };
     let server = Server::start(&nowhere(), &config, None).await;
@@ -207,7 +228,7 @@ async fn firing_alerts_reach_the_broker_and_retries_are_idempotent() {
     let Some(bs) = bootstrap() else { return };
     let topics = Topics::create(&bs, 1).await;
     let settings = topics.settings(&bs, &unique("group"));
-    let server = Server::start(&settings, &AlertmanagerConfig::default(), None).await;
+    let server = Server::start(&settings, &AlertmanagerConfig::default(), Some("s3cret")).await;
     let run = unique("am");
     let starts_at = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
     let body = notification(vec![
@@ -220,7 +241,7 @@ async fn firing_alerts_reach_the_broker_and_retries_are_idempotent() {
         ),
     ]);
 
-    let (code, text) = server.post(body.clone(), None).await;
+    let (code, text) = server.post(body.clone(), Some("s3cret")).await;
     assert_eq!(code, 200, "{text}");
     // 200 came after the broker's acknowledgement: the record is readable right away.
     let records = read(&bs, &topics.incidents, 2, Duration::from_secs(3)).await;
@@ -238,7 +259,7 @@ async fn firing_alerts_reach_the_broker_and_retries_are_idempotent() {
     assert_eq!((server.count("firing"), server.count("resolved")), (1, 1));
 
     // Alertmanager retries (e.g. after a timeout on its side): same id again.
-    let (code, text) = server.post(body, None).await;
+    let (code, text) = server.post(body, Some("s3cret")).await;
     assert_eq!(code, 200, "{text}");
     let records = read(&bs, &topics.incidents, 3, Duration::from_secs(3)).await;
     assert_eq!(records.len(), 2);

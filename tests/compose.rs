@@ -277,6 +277,20 @@ fn replicas_are_configured_with_real_keys() {
         }
     }
     let configs: Vec<Config> = REPLICAS.iter().map(|r| replica_config(&s[*r])).collect();
+    for (r, c) in REPLICAS.iter().zip(&configs) {
+        // SIGTERM lets in-flight work finish within shutdown.grace; Compose must wait longer
+        // before SIGKILL (30 s for the commit and flush).
+        let stop = remediator::config::parse_duration(&text(&s[*r]["stop_grace_period"]))
+            .unwrap_or_else(|e| panic!("{r}: stop_grace_period: {e}"));
+        assert!(
+            stop >= c.grace() + std::time::Duration::from_secs(30),
+            "{r}: stop_grace_period {stop:?} must be at least shutdown.grace {:?} + 30 s",
+            c.grace()
+        );
+        let token = environment(&s[*r]).get(remediator::alertmanager::TOKEN_ENV).cloned();
+        remediator::alertmanager::require_token(&c.alertmanager, token.as_deref())
+            .unwrap_or_else(|e| panic!("{r} would refuse to start: {e}"));
+    }
     assert_ne!(
         configs[0].worker_id, configs[1].worker_id,
         "distinct replica identities"
@@ -286,6 +300,12 @@ fn replicas_are_configured_with_real_keys() {
         assert_eq!(c.redis.url, configs[0].redis.url, "one guardrail store");
         assert_eq!(c.executor, "simulated", "no Kubernetes cluster in compose");
         assert!(c.alertmanager.enabled);
+        // Issue 13 item 9: an enabled intake needs a token (or the explicit switch), else the
+        // replica would refuse to start.
+        assert!(
+            !c.alertmanager.allow_unauthenticated,
+            "compose serves the intake with a token"
+        );
         // The broker address is the one Kafka advertises on the compose network, and Redis is the
         // redis service.
         let advertised = environment(&s["kafka"])["KAFKA_ADVERTISED_LISTENERS"].clone();

@@ -560,3 +560,43 @@ async fn rendered_chart_runs_on_a_real_api_server() {
     k8s_common::delete_namespace(&admin, &home).await;
     k8s_common::delete_namespace(&admin, &target).await;
 }
+
+/// Issue 13 item 9: the worker refuses an Alertmanager intake without a bearer token, so the
+/// chart refuses to render one (instead of shipping pods that crash-loop), unless the token
+/// comes from the Secret, `extraEnv`, or the intake is explicitly left open.
+#[test]
+fn an_alertmanager_intake_needs_a_token_or_the_explicit_switch() {
+    let Some(helm) = helm() else { return };
+    let home = std::env::temp_dir().join("remediator-helm-test");
+    let out = Command::new(&helm)
+        .args(["template", "r", CHART, "--set", "config.alertmanager.enabled=true"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("run helm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rendered an open intake");
+    assert!(
+        err.contains("alertmanagerTokenSecret.name") && err.contains("config.alertmanager.allow_unauthenticated"),
+        "{err}"
+    );
+    for args in [
+        [
+            "--set",
+            "config.alertmanager.enabled=true,alertmanagerTokenSecret.name=am-token",
+        ],
+        [
+            "--set",
+            "config.alertmanager.enabled=true,config.alertmanager.allow_unauthenticated=true",
+        ],
+        [
+            "--set-json",
+            r#"config.alertmanager={"enabled":true},extraEnv=[{"name":"REMEDIATOR_ALERTMANAGER_TOKEN","value":"t"}]"#,
+        ],
+    ] {
+        let objs = render(&helm, "r", "remediator", &args);
+        assert_eq!(of_kind(&objs, "Deployment").len(), 1, "{args:?}");
+    }
+}

@@ -203,6 +203,82 @@ fn bad_configuration_fails_fast_with_the_key_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.yaml"));
 }
 
+/// `remediator run` with the Alertmanager intake enabled and nothing else reachable (the intake
+/// is built before the store is contacted), its stderr read line by line in a thread.
+fn start_with_intake(extra: &[(&str, &str)]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remediator"));
+    cmd.arg("run")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("REMEDIATOR_ALERTMANAGER_TOKEN")
+        .env("REMEDIATOR_ALERTMANAGER_ENABLED", "true")
+        .env("REMEDIATOR_RUNBOOKS", "tests/data/seed-runbooks.yaml")
+        .env("REMEDIATOR_REDIS_URL", "redis://127.0.0.1:1")
+        .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("REMEDIATOR_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start remediator run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Child(child), rx)
+}
+
+/// Issue 13 item 9: an enabled intake without a token refuses to start, naming the variable and
+/// the switch; `alertmanager.allow_unauthenticated: true` starts it with a warning.
+#[test]
+fn an_alertmanager_intake_without_a_token_refuses_to_start_unless_allowed() {
+    let (mut child, lines) = start_with_intake(&[]);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still running 20 s after start without a token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) {
+        err.push_str(&l);
+        err.push('\n');
+    }
+    assert!(
+        err.contains("REMEDIATOR_ALERTMANAGER_TOKEN") && err.contains("alertmanager.allow_unauthenticated"),
+        "{err}"
+    );
+
+    let (mut child, lines) = start_with_intake(&[("REMEDIATOR_ALERTMANAGER_ALLOW_UNAUTHENTICATED", "true")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains("WITHOUT authentication") => break,
+            Ok(l) => {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            Err(_) => panic!("no warning about the open intake within 20 s:\n{seen}"),
+        }
+    }
+    assert!(child.0.try_wait().expect("wait").is_none(), "it keeps running:\n{seen}");
+}
+
 /// The Kubernetes executor wired by configuration alone: a crash-looping pod of a 3-replica
 /// Deployment is deleted by `remediator run` and replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,4 +351,212 @@ async fn run_with_the_kubernetes_executor_restarts_a_crash_looping_pod() {
         "the old pod is gone"
     );
     k8s_common::delete_namespace(&client, &ns).await;
+}
+
+/// Issue 13 item 7: SIGTERM never cuts an execution off. A worker is in the middle of two
+/// 32 s actions when it gets SIGTERM: an automatic one from the incidents topic, and one unlocked
+/// by an approval over the HTTP API whose client has already given up waiting (so only the
+/// worker's task tracker keeps it alive). It stops taking work, yet both run to their end: both
+/// outcomes are published, the incident's offset is committed, and the process exits 0. A
+/// second worker that reads the topic again from the start (a redelivery of both messages)
+/// re-publishes the recorded outcomes and executes nothing. Before the fix the drain gave up
+/// after a fixed 30 s (the automatic action's outcome was never published) and the process did
+/// not wait for answer tasks at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_started_and_approved_executions_finish() {
+    let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
+        return;
+    };
+    let topics = Topics::create(&brokers, 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal.jsonl");
+    let (prefix, group, run) = (unique("test"), unique("group"), unique("term"));
+    let token = "approve-s3cret";
+    let start = |group: &str, worker: &str| {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_remediator"))
+            .arg("run")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("REMEDIATOR_KAFKA_BROKERS", &brokers)
+            .env("REMEDIATOR_KAFKA_GROUP_ID", group)
+            .env("REMEDIATOR_KAFKA_INCIDENTS_TOPIC", &topics.incidents)
+            .env("REMEDIATOR_KAFKA_OUTCOMES_TOPIC", &topics.outcomes)
+            .env("REMEDIATOR_KAFKA_DLQ_TOPIC", &topics.dlq)
+            .env("REMEDIATOR_REDIS_URL", &redis)
+            .env("REMEDIATOR_REDIS_KEY_PREFIX", &prefix)
+            .env("REMEDIATOR_RUNBOOKS", "tests/data/seed-runbooks.yaml")
+            .env("REMEDIATOR_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REMEDIATOR_WORKER_ID", worker)
+            .env("REMEDIATOR_EXECUTOR", "simulated")
+            .env("REMEDIATOR_SIMULATED_ACTION_DELAY", "32s")
+            .env("REMEDIATOR_SIMULATED_JOURNAL", &journal)
+            .env("REMEDIATOR_SHUTDOWN_GRACE", "90s")
+            .env("REMEDIATOR_APPROVAL_TOKEN", token)
+            .env("REMEDIATOR_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join(format!("{worker}.log"))).expect("log file"),
+            ))
+            .spawn()
+            .expect("start remediator run");
+        (Child(child), format!("http://127.0.0.1:{port}"))
+    };
+    let ready = |base: String| async move {
+        let t0 = Instant::now();
+        while get(&format!("{base}/readyz")).await.0 != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "not ready in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let journal_lines = || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    let wait_journal = |n: usize| {
+        let t0 = Instant::now();
+        while journal_lines() < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "fewer than {n} actions started in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let (mut first, base) = start(&group, "term-1");
+    ready(base.clone()).await;
+
+    // A HIGH-risk incident waits for approval.
+    let approved_id = format!("{run}-INC-A");
+    let approved = format!(
+        r#"{{"id":"{approved_id}","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"{run}-checkout","context":{{"deployment":"checkout","namespace":"production"}}}}"#
+    );
+    produce(&brokers, &topics.incidents, &[Msg::incident(&approved_id, &approved)]).await;
+    let outcomes = read(&brokers, &topics.outcomes, 1, Duration::from_secs(30)).await;
+    assert_eq!(outcomes.len(), 1, "approval_required outcome");
+    assert_eq!(
+        outcomes[0].json()["decision"],
+        "approval_required",
+        "{}",
+        outcomes[0].json()
+    );
+    let http = reqwest::Client::new();
+    let pending: serde_json::Value = http
+        .get(format!("{base}/v1/approvals"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list approvals")
+        .json()
+        .await
+        .expect("approvals JSON");
+    let approval = pending
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["incident_id"] == approved_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no pending approval for {approved_id}: {pending}"));
+
+    // An automatic incident starts executing (restart-pod, one 32 s action)...
+    let auto_id = format!("{run}-INC-B");
+    let auto = format!(
+        r#"{{"id":"{auto_id}","root_cause":"CrashLoopBackOff","confidence":0.95,"service":"{run}-api","context":{{"pod_name":"api-abc","namespace":"production"}}}}"#
+    );
+    produce(&brokers, &topics.incidents, &[Msg::incident(&auto_id, &auto)]).await;
+    wait_journal(1);
+    // ...and the approval unlocks the other (rollback-deployment, a 32 s action). Its client
+    // gives up after 2 s: the execution must not depend on the request.
+    let answer = {
+        let (http, url) = (
+            http.clone(),
+            format!(
+                "{base}/v1/approvals/{}/approve",
+                approval["id"].as_str().unwrap_or_default()
+            ),
+        );
+        let body = serde_json::json!({"approver": "alice", "action_hash": approval["action_hash"]});
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match r {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            }
+        })
+    };
+    wait_journal(2);
+
+    // SIGTERM while both actions are running.
+    let status = Command::new("kill")
+        .args(["-TERM", &first.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let t0 = Instant::now();
+    let exit = loop {
+        if let Some(s) = first.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "did not exit within 60 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let logs = std::fs::read_to_string(dir.path().join("term-1.log")).unwrap_or_default();
+    assert!(exit.success(), "exit {exit:?}; logs:\n{logs}");
+    let (code, reply) = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the approval request ended")
+        .expect("answer task");
+    assert_eq!(code, 0, "the client gave up before the action ended: {code} {reply}");
+    assert_eq!(journal_lines(), 2, "exactly actions A and B ran; logs:\n{logs}");
+    let outcomes = read(&brokers, &topics.outcomes, 3, Duration::from_secs(10)).await;
+    let of = |id: &str, decision: &str| {
+        outcomes
+            .iter()
+            .map(|r| r.json())
+            .find(|o| o["incident_id"] == id && o["decision"] == decision)
+            .unwrap_or_else(|| panic!("no {decision} outcome for {id}; logs:\n{logs}"))
+    };
+    let b = of(&auto_id, "executed");
+    assert_eq!(b["success"], true, "{b}");
+    let a = of(&approved_id, "executed");
+    assert_eq!(a["success"], true, "{a}");
+    let hw = kafka_common::high_watermarks(&brokers, &topics.incidents, 1);
+    assert_eq!(
+        kafka_common::committed(&brokers, &group, &topics.incidents, 1),
+        vec![Some(hw[0])],
+        "both incidents committed before exit; logs:\n{logs}"
+    );
+
+    // Redelivery: a worker of another group reads both messages again; nothing runs twice.
+    let (second, base) = start(&unique("group"), "term-2");
+    ready(base).await;
+    let all = read(&brokers, &topics.outcomes, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        all.len(),
+        5,
+        "both redeliveries answered: {:?}",
+        all.iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+    for o in &all[3..] {
+        let o = o.json();
+        assert!(
+            [approved_id.as_str(), auto_id.as_str()].contains(&o["incident_id"].as_str().unwrap_or_default()),
+            "{o}"
+        );
+    }
+    assert_eq!(journal_lines(), 2, "a redelivery executes nothing again");
+    drop(second);
 }

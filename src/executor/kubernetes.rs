@@ -98,6 +98,28 @@ pub struct KubeExecutorOptions {
     pub clock: Arc<dyn Clock>,
 }
 
+impl KubeExecutorOptions {
+    /// How long a check waits for its condition; `None` for checks that look once.
+    fn wait_of(&self, check: &CheckSpec) -> Option<Duration> {
+        match check.name {
+            CheckName::PodBecomesReady
+            | CheckName::DeploymentRolledOut
+            | CheckName::MetricsImproved
+            | CheckName::ErrorRateNormalized => Some(check.timeout.unwrap_or(self.default_check_timeout)),
+            // A query check is a pre-check (look once) unless the runbook gives it a timeout.
+            CheckName::PrometheusQuery => check.timeout,
+            _ => None,
+        }
+    }
+
+    /// The longest one check can take: its own wait plus two API calls of slack (the hard
+    /// ceiling [`KubernetesExecutor`] puts over every check). Used to fit executions into the
+    /// shutdown grace.
+    pub fn check_ceiling(&self, check: &CheckSpec) -> Duration {
+        self.wait_of(check).unwrap_or(Duration::ZERO) + self.api_timeout * 2
+    }
+}
+
 impl Default for KubeExecutorOptions {
     fn default() -> Self {
         Self {
@@ -981,15 +1003,7 @@ impl KubernetesExecutor {
 
     /// How long a check waits for its condition; `None` for checks that look once.
     fn wait_of(&self, check: &CheckSpec) -> Option<Duration> {
-        match check.name {
-            CheckName::PodBecomesReady
-            | CheckName::DeploymentRolledOut
-            | CheckName::MetricsImproved
-            | CheckName::ErrorRateNormalized => Some(check.timeout.unwrap_or(self.opts.default_check_timeout)),
-            // A query check is a pre-check (look once) unless the runbook gives it a timeout.
-            CheckName::PrometheusQuery => check.timeout,
-            _ => None,
-        }
+        self.opts.wait_of(check)
     }
 
     /// Observe until the probe passes or fails, or `wait` runs out (`None`: observe once).
@@ -1484,7 +1498,7 @@ impl KubernetesExecutor {
 impl Executor for KubernetesExecutor {
     async fn check(&self, check: &CheckSpec, ctx: &ExecContext<'_>) -> CheckResult {
         // A hard ceiling over the whole check: its own wait plus one more API call of slack.
-        let limit = self.wait_of(check).unwrap_or(Duration::ZERO) + self.opts.api_timeout * 2;
+        let limit = self.opts.check_ceiling(check);
         match tokio::time::timeout(limit, self.run_check(check, ctx)).await {
             Ok(r) => r,
             Err(_) => CheckResult::fail(format!("{}: no result within {}", check.name(), secs(limit))),

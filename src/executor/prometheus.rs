@@ -4,7 +4,8 @@
 //! Only the instant-query endpoint is used (`GET /api/v1/query?query=…`). The answer is reduced
 //! to one number: a `scalar`, or the first sample of a `vector`. Anything else (an error status,
 //! an empty vector, a range result, a `NaN`) is an error with a reason, never a silent pass: a
-//! verification that cannot observe its metric must fail.
+//! verification that cannot observe its metric must fail. So is an answer over
+//! [`MAX_RESPONSE_BYTES`] (1 MiB), which is not read into memory.
 //!
 //! The URL is built with [`reqwest::Url`]'s path and query builders, so the PromQL text (which
 //! comes from a runbook template filled with incident values) is always percent-encoded as one
@@ -113,7 +114,10 @@ impl Prometheus {
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| unreachable(error_chain(&e)))?;
+        // Bounded: an answer over MAX_RESPONSE_BYTES fails the check, naming the limit.
+        let body = read_capped(resp, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| failed(format!("HTTP {status}, {e}")))?;
         // Prometheus answers 400/422/503 with the same JSON envelope carrying the reason.
         let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
             failed(format!(
@@ -160,6 +164,29 @@ fn sample_value(v: &serde_json::Value) -> Option<f64> {
     }
 }
 
+/// Largest response body read from a Prometheus query or a webhook action. Both answers are small
+/// (one number; an acknowledgement); a larger one is refused rather than buffered, so a broken
+/// or hostile endpoint cannot make the worker hold unbounded memory.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Read a response body, at most `limit` bytes: a declared `Content-Length` over it is refused
+/// before reading, and a body that grows past it while streaming stops being read. The error
+/// names the limit.
+pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let over = || format!("response body larger than {limit} bytes (the limit); not read");
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(over());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(over());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The error and its sources, so "error sending request" shows "connection refused".
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -188,6 +215,33 @@ pub(crate) fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::webhook::tests::serve_body;
+
+    /// Low item of issue 13: a query answer over 1 MiB is an error naming the limit (declared or
+    /// streamed); one at the limit is read (and here refused only for not being JSON).
+    #[tokio::test]
+    async fn query_answers_are_read_up_to_the_limit() {
+        let t = Duration::from_secs(10);
+        for chunked in [false, true] {
+            let prom = Prometheus::new(
+                &serve_body(MAX_RESPONSE_BYTES + 1, chunked, b' ').await,
+                reqwest::Client::new(),
+            )
+            .expect("url");
+            let e = prom.query("up", t).await.expect_err("too long").to_string();
+            assert!(e.contains("larger than 1048576 bytes"), "{e}");
+            let prom = Prometheus::new(
+                &serve_body(MAX_RESPONSE_BYTES, chunked, b' ').await,
+                reqwest::Client::new(),
+            )
+            .expect("url");
+            let e = prom.query("up", t).await.expect_err("blank body").to_string();
+            assert!(
+                e.contains("not a Prometheus API answer") && !e.contains("the limit"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn query_is_one_encoded_parameter_under_the_base_path() {

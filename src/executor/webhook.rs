@@ -6,9 +6,10 @@
 //! belong in the environment, DESIGN.md §1.6), and the URL never reaches a shell. The call
 //! carries the execution's action id in `Idempotency-Key` so a receiver can discard a repeat.
 //! Any answer outside 2xx is an error: the engine then reports the action as failed instead of
-//! verifying something that never happened.
+//! verifying something that never happened. So is an answer whose body is over
+//! [`MAX_RESPONSE_BYTES`] (1 MiB): it is not read into memory.
 
-use super::prometheus::{error_chain, snippet};
+use super::prometheus::{error_chain, read_capped, snippet, MAX_RESPONSE_BYTES};
 use super::ExecError;
 use reqwest::{Method, Url};
 use serde_json::Value;
@@ -74,9 +75,11 @@ pub async fn call(
         ExecError(format!("webhook {m} {u} failed: {why}"))
     })?;
     let status = resp.status();
-    let text = match resp.bytes().await {
+    // Bounded: an answer over MAX_RESPONSE_BYTES is an error (the action is reported failed,
+    // never assumed to have worked).
+    let text = match read_capped(resp, MAX_RESPONSE_BYTES).await {
         Ok(b) => snippet(&b),
-        Err(e) => format!("(body unreadable: {})", error_chain(&e)),
+        Err(e) => return Err(ExecError(format!("webhook {m} {u} answered HTTP {status} with a {e}"))),
     };
     if !status.is_success() {
         return Err(ExecError(format!("webhook {m} {u} answered HTTP {status}: {text}")));
@@ -88,8 +91,65 @@ pub async fn call(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A local HTTP server answering every request with 200 and `size` bytes of body, declared
+    /// in `Content-Length` or (`chunked`) streamed without it.
+    pub(crate) async fn serve_body(size: usize, chunked: bool, body_byte: u8) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = vec![body_byte; size];
+                    let head = if chunked {
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string()
+                    } else {
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n")
+                    };
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    if chunked {
+                        for part in body.chunks(64 * 1024) {
+                            let _ = sock.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await;
+                            let _ = sock.write_all(part).await;
+                            let _ = sock.write_all(b"\r\n").await;
+                        }
+                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                    } else {
+                        let _ = sock.write_all(&body).await;
+                    }
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// Low item of issue 13: a webhook answer over 1 MiB is an error naming the limit, whether
+    /// it declares its length or streams it; one at the limit is fine.
+    #[tokio::test]
+    async fn webhook_answers_are_read_up_to_the_limit() {
+        let http = reqwest::Client::new();
+        let t = Duration::from_secs(10);
+        for chunked in [false, true] {
+            let url = serve_body(MAX_RESPONSE_BYTES + 1, chunked, b'x').await;
+            let e = call(&http, &url, "POST", None, t, "a-1").await.expect_err("too long");
+            assert!(e.0.contains("larger than 1048576 bytes"), "{e}");
+            let url = serve_body(MAX_RESPONSE_BYTES, chunked, b'x').await;
+            let ok = call(&http, &url, "POST", None, t, "a-1").await.expect("at the limit");
+            assert_eq!(ok.status, 200);
+        }
+    }
 
     #[test]
     fn only_plain_http_urls_with_a_host() {
