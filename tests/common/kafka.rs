@@ -266,9 +266,19 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
+    // Right after a broker was killed the group coordinator may be moving: a transient
+    // NotCoordinator / coordinator-load answer is retried (30 s), anything left is a failure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(got) => break got,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("committed offsets of {group}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    };
     (0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
