@@ -1289,6 +1289,73 @@ runbooks:
     ns.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_low_risk_scale_up_never_brings_back_a_stopped_deployment() {
+    let Some(client) = cluster().await else { return };
+    let ns = Ns::new(&client, "stopped").await;
+    running(&ns, "payments", 2, "registry.example/payments:1").await;
+    // Security stops a compromised deployment.
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .patch_scale(
+            "payments",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    let executor = Arc::new(KubernetesExecutor::new(client.clone(), options()).unwrap());
+    let runbooks = r#"
+runbooks:
+  scale-up:
+    risk: LOW
+    triggers: [queue_backlog]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, replicas: "{new_replicas}", max_replicas: 10}
+  scale-by:
+    risk: LOW
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, by: 2, max_replicas: 10}
+  predictive:
+    risk: LOW
+    triggers: [traffic_forecast]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, predictive: {max_replicas: 10}}
+"#;
+    let rig = rig(runbooks, executor);
+    let replicas = || async { deployments.get("payments").await.unwrap().spec.unwrap().replicas };
+    for (id, root_cause) in [
+        ("up", "queue_backlog"),
+        ("by", "high_cpu"),
+        ("predictive", "traffic_forecast"),
+    ] {
+        let o = tokio::time::timeout(
+            Duration::from_secs(60),
+            rig.send(incident(
+                id,
+                root_cause,
+                "payments",
+                json!({"namespace": ns.name, "deployment": "payments", "new_replicas": 3,
+                       "predicted_load": 900.0, "current_load": 400.0}),
+            )),
+        )
+        .await
+        .expect("bounded");
+        assert_eq!((o.decision, o.success), (Decision::Aborted, None), "{id}: {}", o.reason);
+        assert!(o.reason.contains("stopped deliberately"), "{id}: {}", o.reason);
+        assert!(o.reason.contains("nothing changed"), "{id}: {}", o.reason);
+        assert_eq!(replicas().await, Some(0), "{id}: the stopped deployment stays stopped");
+    }
+    ns.cleanup().await;
+}
+
 /// Create deploy/rbac.yaml's Role and RoleBinding in `namespace` (as an operator does for each
 /// namespace remediator may act in); returns the bound ServiceAccount's namespace and name.
 async fn grant_deploy_role(client: &Client, namespace: &str) -> (String, String) {
