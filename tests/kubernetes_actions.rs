@@ -835,7 +835,10 @@ async fn executor_suite_on_the_simulated_cluster() {
 #[tokio::test]
 async fn webhook_action_posts_json_and_a_non_2xx_answer_fails_the_action() {
     let server = FakeHttp::start(|r| {
-        if r.target.starts_with("/v1/clean/") {
+        if r.target == "/v1/clean/huge" {
+            // Applied, but the answer is over the 1 MiB cap.
+            (200, "x".repeat(1024 * 1024 + 1))
+        } else if r.target.starts_with("/v1/clean/") {
             (200, r#"{"cleaned": true}"#.into())
         } else if r.target.starts_with("/api/v1/query?") {
             (200, prom_vector(42.0))
@@ -882,6 +885,28 @@ runbooks:
     let body: Value = serde_json::from_slice(&hook.body).unwrap();
     assert_eq!(body, json!({"directories": ["tmp", "logs"], "incident": "disk-1"}));
     assert!(check(&o, "prometheus_query").detail.contains("= 42 (below 70)"));
+    // A 2xx with a body over the cap: the change was applied, so the engine goes on to the
+    // post-checks (not a failure of the action), and the outcome notes the unread body.
+    let o = tokio::time::timeout(
+        Duration::from_secs(30),
+        rig.send(incident("disk-2", "disk_usage_high", "huge", json!({}))),
+    )
+    .await
+    .expect("bounded");
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{} {:?}",
+        o.reason,
+        o.checks
+    );
+    assert!(
+        o.reason
+            .contains("answered HTTP 200 (body not read: response body larger than 1048576 bytes"),
+        "{}",
+        o.reason
+    );
+    assert!(check(&o, "prometheus_query").passed);
 
     let inc = remediator::incident::parse(incident("probe", "x", "api", json!({})).to_string().as_bytes()).unwrap();
     let vars = Vars::from_incident(&inc);
