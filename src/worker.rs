@@ -116,15 +116,28 @@ fn kube_options(config: &Config) -> KubeExecutorOptions {
     }
 }
 
-/// API calls one Kubernetes action is allowed for in [`execution_bound`], each bounded by
-/// `kubernetes.api_timeout`: a read, a write, and one re-read and write after a conflict.
+/// API calls one Kubernetes action is assumed to take in [`execution_bound`], each bounded by
+/// `kubernetes.api_timeout`: a read, a write, and one re-read and write after a conflict. An
+/// estimate of the usual worst case, not a bound: an action may retry a conflict up to 3 times
+/// (each repeating its reads and its write, plus 50-150 ms of backoff), `rollout_undo` reads
+/// three times per attempt and waits up to one `api_timeout` for the controller to observe the
+/// deployment, and `delete_pod` also reads the pod's ReplicaSet.
 pub const ACTION_API_CALLS: u32 = 4;
 
-/// The longest one execution of `rb` can take with the configured executor, from its first
-/// pre-check to its last rollback check: every check's ceiling (its wait plus two API calls,
-/// [`KubeExecutorOptions::check_ceiling`]), the action and, when it has one, the rollback (a
-/// webhook's `timeout_seconds`, else [`ACTION_API_CALLS`] API calls). The simulated executor's
-/// checks are instant and each action takes `simulated.action_delay`.
+/// An estimate of the longest one execution of `rb` can take with the configured executor, from
+/// its first pre-check to its last rollback check: every check's ceiling (its wait plus two API
+/// calls, [`KubeExecutorOptions::check_ceiling`]), the action and, when it has one, the rollback
+/// (a webhook's `timeout_seconds`, else [`ACTION_API_CALLS`] API calls). The simulated
+/// executor's checks are instant and each action takes `simulated.action_delay`.
+///
+/// Not counted: conflict retries and controller waits beyond [`ACTION_API_CALLS`], and the
+/// guardrail store and Kafka round trips around the execution (claim, reserve, record, lease
+/// renewals, publish; each bounded by its own timeout and retried). What absorbs them is the
+/// slack between this estimate and `shutdown.grace`, which [`check_grace`] does not enforce: an
+/// operator who sets the grace to exactly the estimate leaves none, and an execution that overruns
+/// is abandoned at the grace (its incident is redelivered; the store answers it without acting
+/// twice). The `terminationGracePeriodSeconds` margin of 30 s beyond the grace is for commit,
+/// flush and leaving the group, not for actions.
 pub fn execution_bound(rb: &Runbook, config: &Config) -> Duration {
     if config.executor == "simulated" {
         let delay = crate::config::parse_duration(&config.simulated.action_delay).unwrap_or_default();
@@ -143,7 +156,8 @@ pub fn execution_bound(rb: &Runbook, config: &Config) -> Duration {
     checks(&rb.pre_checks) + action(&rb.action) + checks(&rb.post_checks) + undo
 }
 
-/// Refuse to run a catalogue with a runbook whose execution could outlast `shutdown.grace`:
+/// Refuse to run a catalogue with a runbook whose estimated execution ([`execution_bound`])
+/// could outlast `shutdown.grace`:
 /// SIGTERM would then cut it off before it is verified or rolled back. The error names the
 /// runbook, its bound and the settings to change.
 pub fn check_grace(catalogue: &Catalogue, config: &Config) -> Result<(), String> {

@@ -600,3 +600,56 @@ fn an_alertmanager_intake_needs_a_token_or_the_explicit_switch() {
         assert_eq!(of_kind(&objs, "Deployment").len(), 1, "{args:?}");
     }
 }
+
+/// Review of issue 13 item 7: the worker needs `config.shutdown.grace` + 30 s after SIGTERM, so
+/// the chart refuses to render a `terminationGracePeriodSeconds` shorter than that (the grace
+/// read the worker's way: units, and `REMEDIATOR_SHUTDOWN_GRACE` in `extraEnv`).
+#[test]
+fn termination_grace_must_cover_the_shutdown_grace() {
+    let Some(helm) = helm() else { return };
+    let home = std::env::temp_dir().join("remediator-helm-test");
+    let refused = |args: &[&str]| {
+        let out = Command::new(&helm)
+            .args(["template", "r", CHART])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .expect("run helm");
+        assert!(!out.status.success(), "{args:?} rendered");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (args, needed) in [
+        (vec!["--set", "config.shutdown.grace=900s"], "at least 930"),
+        (
+            vec!["--set", "config.shutdown.grace=15m,terminationGracePeriodSeconds=929"],
+            "at least 930",
+        ),
+        (vec!["--set", "terminationGracePeriodSeconds=629"], "at least 630"),
+        (
+            vec![
+                "--set-json",
+                r#"extraEnv=[{"name":"REMEDIATOR_SHUTDOWN_GRACE","value":"20m"}]"#,
+            ],
+            "at least 1230",
+        ),
+        (vec!["--set", "config.shutdown.grace=soon"], "is not a duration"),
+    ] {
+        let err = refused(&args);
+        assert!(
+            err.contains(needed)
+                && (err.contains("terminationGracePeriodSeconds") || err.contains("config.shutdown.grace")),
+            "{args:?}: {err}"
+        );
+    }
+    for args in [
+        ["--set", "config.shutdown.grace=900s,terminationGracePeriodSeconds=930"],
+        ["--set", "config.shutdown.grace=15m,terminationGracePeriodSeconds=1000"],
+        ["--set", "config.shutdown.grace=300s,terminationGracePeriodSeconds=330"],
+    ] {
+        let objs = render(&helm, "r", "remediator", &args);
+        assert_eq!(of_kind(&objs, "Deployment").len(), 1, "{args:?}");
+    }
+}

@@ -835,7 +835,10 @@ async fn executor_suite_on_the_simulated_cluster() {
 #[tokio::test]
 async fn webhook_action_posts_json_and_a_non_2xx_answer_fails_the_action() {
     let server = FakeHttp::start(|r| {
-        if r.target.starts_with("/v1/clean/") {
+        if r.target == "/v1/clean/huge" {
+            // Applied, but the answer is over the 1 MiB cap.
+            (200, "x".repeat(1024 * 1024 + 1))
+        } else if r.target.starts_with("/v1/clean/") {
             (200, r#"{"cleaned": true}"#.into())
         } else if r.target.starts_with("/api/v1/query?") {
             (200, prom_vector(42.0))
@@ -882,6 +885,28 @@ runbooks:
     let body: Value = serde_json::from_slice(&hook.body).unwrap();
     assert_eq!(body, json!({"directories": ["tmp", "logs"], "incident": "disk-1"}));
     assert!(check(&o, "prometheus_query").detail.contains("= 42 (below 70)"));
+    // A 2xx with a body over the cap: the change was applied, so the engine goes on to the
+    // post-checks (not a failure of the action), and the outcome notes the unread body.
+    let o = tokio::time::timeout(
+        Duration::from_secs(30),
+        rig.send(incident("disk-2", "disk_usage_high", "huge", json!({}))),
+    )
+    .await
+    .expect("bounded");
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{} {:?}",
+        o.reason,
+        o.checks
+    );
+    assert!(
+        o.reason
+            .contains("answered HTTP 200 (body not read: response body larger than 1048576 bytes"),
+        "{}",
+        o.reason
+    );
+    assert!(check(&o, "prometheus_query").passed);
 
     let inc = remediator::incident::parse(incident("probe", "x", "api", json!({})).to_string().as_bytes()).unwrap();
     let vars = Vars::from_incident(&inc);
@@ -1286,6 +1311,73 @@ runbooks:
     assert_eq!(o.decision, Decision::Aborted, "{}", o.reason);
     assert!(o.reason.contains("above the runbook's max_replicas 4"), "{}", o.reason);
     assert_eq!(replicas().await, Some(3));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_low_risk_scale_up_never_brings_back_a_stopped_deployment() {
+    let Some(client) = cluster().await else { return };
+    let ns = Ns::new(&client, "stopped").await;
+    running(&ns, "payments", 2, "registry.example/payments:1").await;
+    // Security stops a compromised deployment.
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .patch_scale(
+            "payments",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    let executor = Arc::new(KubernetesExecutor::new(client.clone(), options()).unwrap());
+    let runbooks = r#"
+runbooks:
+  scale-up:
+    risk: LOW
+    triggers: [queue_backlog]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, replicas: "{new_replicas}", max_replicas: 10}
+  scale-by:
+    risk: LOW
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, by: 2, max_replicas: 10}
+  predictive:
+    risk: LOW
+    triggers: [traffic_forecast]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: {kind: scale_deployment, predictive: {max_replicas: 10}}
+"#;
+    let rig = rig(runbooks, executor);
+    let replicas = || async { deployments.get("payments").await.unwrap().spec.unwrap().replicas };
+    for (id, root_cause) in [
+        ("up", "queue_backlog"),
+        ("by", "high_cpu"),
+        ("predictive", "traffic_forecast"),
+    ] {
+        let o = tokio::time::timeout(
+            Duration::from_secs(60),
+            rig.send(incident(
+                id,
+                root_cause,
+                "payments",
+                json!({"namespace": ns.name, "deployment": "payments", "new_replicas": 3,
+                       "predicted_load": 900.0, "current_load": 400.0}),
+            )),
+        )
+        .await
+        .expect("bounded");
+        assert_eq!((o.decision, o.success), (Decision::Aborted, None), "{id}: {}", o.reason);
+        assert!(o.reason.contains("stopped deliberately"), "{id}: {}", o.reason);
+        assert!(o.reason.contains("nothing changed"), "{id}: {}", o.reason);
+        assert_eq!(replicas().await, Some(0), "{id}: the stopped deployment stays stopped");
+    }
     ns.cleanup().await;
 }
 

@@ -1555,7 +1555,10 @@ impl Executor for KubernetesExecutor {
             )
             .await
             .map(|r| ActionReport {
-                detail: format!("{method} {url} answered HTTP {}", r.status),
+                detail: match r.unread {
+                    None => format!("{method} {url} answered HTTP {}", r.status),
+                    Some(why) => format!("{method} {url} answered HTTP {} (body not read: {why})", r.status),
+                },
                 ..ActionReport::default()
             }),
         }?;

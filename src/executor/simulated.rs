@@ -7,7 +7,7 @@
 //! breaker), the action itself, the rollback, or to take a while (to exercise concurrency).
 
 use super::{ActionReport, CheckResult, ExecContext, ExecError, Executor};
-use crate::runbook::{Action, CheckName, CheckSpec};
+use crate::runbook::{Action, CheckName, CheckSpec, Replicas};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -148,12 +148,18 @@ impl Executor for SimulatedExecutor {
             detail: format!("simulated: {}", action.view().display),
             ..Default::default()
         };
-        if let Action::ScaleDeployment {
-            namespace,
-            deployment,
-            replicas,
-        } = action
-        {
+        // A scale to zero is a restore to 0, as in the Kubernetes executor.
+        let to_zero = Replicas::Restore(0);
+        let scale = match action {
+            Action::ScaleDeployment {
+                namespace,
+                deployment,
+                replicas,
+            } => Some((namespace, deployment, replicas)),
+            Action::ScaleToZero { namespace, deployment } => Some((namespace, deployment, &to_zero)),
+            _ => None,
+        };
+        if let Some((namespace, deployment, replicas)) = scale {
             let mut map = lock(&self.replicas);
             let key = (namespace.clone(), deployment.clone());
             // Unknown deployments start where the incident says they are, else at 1.

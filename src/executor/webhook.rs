@@ -6,8 +6,10 @@
 //! belong in the environment, DESIGN.md §1.6), and the URL never reaches a shell. The call
 //! carries the execution's action id in `Idempotency-Key` so a receiver can discard a repeat.
 //! Any answer outside 2xx is an error: the engine then reports the action as failed instead of
-//! verifying something that never happened. So is an answer whose body is over
-//! [`MAX_RESPONSE_BYTES`] (1 MiB): it is not read into memory.
+//! verifying something that never happened. The body is read up to [`MAX_RESPONSE_BYTES`]
+//! (1 MiB), never further into memory. A 2xx whose body is over that cap, or breaks off while
+//! streaming, still says the receiver applied the change: the call succeeds with the unread body
+//! noted ([`WebhookReply::unread`]) and the engine goes on to the post-checks, which decide.
 
 use super::prometheus::{error_chain, read_capped, snippet, MAX_RESPONSE_BYTES};
 use super::ExecError;
@@ -22,6 +24,8 @@ pub struct WebhookReply {
     pub status: u16,
     /// The first 200 characters of the response body.
     pub body: String,
+    /// Why the body of this 2xx answer was not read (over the cap, or broken off), if it was not.
+    pub unread: Option<String>,
 }
 
 /// Parse and vet a webhook URL.
@@ -75,10 +79,13 @@ pub async fn call(
         ExecError(format!("webhook {m} {u} failed: {why}"))
     })?;
     let status = resp.status();
-    // Bounded: an answer over MAX_RESPONSE_BYTES is an error (the action is reported failed,
-    // never assumed to have worked).
-    let text = match read_capped(resp, MAX_RESPONSE_BYTES).await {
-        Ok(b) => snippet(&b),
+    // Bounded: never more than MAX_RESPONSE_BYTES is read. The status decides: a non-2xx is a
+    // failure whatever its body; a 2xx means the receiver applied the change, so a body that
+    // cannot be read (too long, broken off) is noted, not turned into a failure that would skip
+    // the post-checks and misreport an applied change.
+    let (text, unread) = match read_capped(resp, MAX_RESPONSE_BYTES).await {
+        Ok(b) => (snippet(&b), None),
+        Err(e) if status.is_success() => (String::new(), Some(e)),
         Err(e) => return Err(ExecError(format!("webhook {m} {u} answered HTTP {status} with a {e}"))),
     };
     if !status.is_success() {
@@ -87,6 +94,7 @@ pub async fn call(
     Ok(WebhookReply {
         status: status.as_u16(),
         body: text,
+        unread,
     })
 }
 
@@ -98,6 +106,18 @@ pub(crate) mod tests {
     /// A local HTTP server answering every request with 200 and `size` bytes of body, declared
     /// in `Content-Length` or (`chunked`) streamed without it.
     pub(crate) async fn serve_body(size: usize, chunked: bool, body_byte: u8) -> String {
+        serve_answer("200 OK", size, chunked, body_byte, false).await
+    }
+
+    /// [`serve_body`] with another status line, and (`truncated`) a body that breaks off: half of
+    /// a declared `Content-Length`, then the connection closes.
+    pub(crate) async fn serve_answer(
+        status: &'static str,
+        size: usize,
+        chunked: bool,
+        body_byte: u8,
+        truncated: bool,
+    ) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -111,11 +131,11 @@ pub(crate) mod tests {
                             Ok(n) => req.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let body = vec![body_byte; size];
+                    let body = vec![body_byte; if truncated { size / 2 } else { size }];
                     let head = if chunked {
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string()
+                        format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
                     } else {
-                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n")
+                        format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n")
                     };
                     let _ = sock.write_all(head.as_bytes()).await;
                     if chunked {
@@ -124,7 +144,9 @@ pub(crate) mod tests {
                             let _ = sock.write_all(part).await;
                             let _ = sock.write_all(b"\r\n").await;
                         }
-                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                        if !truncated {
+                            let _ = sock.write_all(b"0\r\n\r\n").await;
+                        }
                     } else {
                         let _ = sock.write_all(&body).await;
                     }
@@ -135,19 +157,45 @@ pub(crate) mod tests {
         format!("http://{addr}")
     }
 
-    /// Low item of issue 13: a webhook answer over 1 MiB is an error naming the limit, whether
-    /// it declares its length or streams it; one at the limit is fine.
+    /// Low item of issue 13 and its review: a webhook answer is read up to 1 MiB, whether it
+    /// declares its length or streams it. A 2xx over the cap or broken off mid-body still
+    /// succeeds (the change was applied), noting the unread body naming the limit; a non-2xx
+    /// over the cap is an error.
     #[tokio::test]
     async fn webhook_answers_are_read_up_to_the_limit() {
         let http = reqwest::Client::new();
         let t = Duration::from_secs(10);
         for chunked in [false, true] {
             let url = serve_body(MAX_RESPONSE_BYTES + 1, chunked, b'x').await;
-            let e = call(&http, &url, "POST", None, t, "a-1").await.expect_err("too long");
-            assert!(e.0.contains("larger than 1048576 bytes"), "{e}");
+            let ok = call(&http, &url, "POST", None, t, "a-1")
+                .await
+                .expect("a 2xx is applied even when its body is too long");
+            assert_eq!(ok.status, 200);
+            let why = ok.unread.expect("the unread body is noted");
+            assert!(why.contains("larger than 1048576 bytes"), "{why}");
+            let url = serve_answer("200 OK", 4096, chunked, b'x', true).await;
+            let ok = call(&http, &url, "POST", None, t, "a-1")
+                .await
+                .expect("a 2xx is applied even when its body breaks off");
+            assert!(ok.unread.is_some(), "chunked={chunked}: {ok:?}");
+            let url = serve_answer(
+                "500 Internal Server Error",
+                MAX_RESPONSE_BYTES + 1,
+                chunked,
+                b'x',
+                false,
+            )
+            .await;
+            let e = call(&http, &url, "POST", None, t, "a-1")
+                .await
+                .expect_err("a 500 fails");
+            assert!(
+                e.0.contains("HTTP 500") && e.0.contains("larger than 1048576 bytes"),
+                "{e}"
+            );
             let url = serve_body(MAX_RESPONSE_BYTES, chunked, b'x').await;
             let ok = call(&http, &url, "POST", None, t, "a-1").await.expect("at the limit");
-            assert_eq!(ok.status, 200);
+            assert_eq!((ok.status, ok.unread), (200, None));
         }
     }
 

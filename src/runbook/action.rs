@@ -229,6 +229,10 @@ pub enum Action {
     },
 }
 
+/// Why a scale other than `down` or `restore` is refused on a deployment at 0 replicas.
+pub const STOPPED_DELIBERATELY: &str = "the deployment runs 0 replicas: it was stopped deliberately \
+     (scale_to_zero or a human), and only a human or the stop's own restore brings it back";
+
 /// A rendered replica target, with the rule the live count must satisfy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Replicas {
@@ -256,7 +260,15 @@ impl Replicas {
     /// executors call this on the count they read right before the call (the call carries that
     /// read's `resourceVersion`), so a deployment that changed since rendering is judged as it is.
     /// `Ok(current)` means there is nothing to do.
+    ///
+    /// A deployment at 0 replicas was stopped deliberately (`scale_to_zero`, or a human): an
+    /// `up`, `by` or predictive scale never brings it back, however low its risk, so that an
+    /// automatic LOW-risk runbook cannot undo a HIGH-risk stop. Only a `restore` (the rollback of
+    /// the stop) or a human does.
     pub fn target(&self, current: u32) -> Result<u32, String> {
+        if current == 0 && !matches!(self, Replicas::Restore(_) | Replicas::Down(..)) {
+            return Err(STOPPED_DELIBERATELY.to_string());
+        }
         match self {
             Replicas::Up(n, bounds) => {
                 bounds.check(*n)?;
@@ -801,6 +813,25 @@ mod tests {
         assert!(
             a.render(&v, &[]).is_err(),
             "overwritten by the incident: not captured any more"
+        );
+    }
+
+    #[test]
+    fn a_stopped_deployment_is_never_scaled_back_up() {
+        let b = Bounds { min: 1, max: 10 };
+        let predictive = Replicas::Predictive {
+            predicted_load: 900.0,
+            current_load: 400.0,
+            max_replicas: 8,
+        };
+        for r in [Replicas::Up(3, b), Replicas::By(2, b), Replicas::By(-1, b), predictive] {
+            assert_eq!(r.target(0), Err(STOPPED_DELIBERATELY.to_string()), "{r:?}");
+        }
+        assert!(Replicas::Down(1, b).target(0).unwrap_err().contains("runs only 0"));
+        assert_eq!(
+            Replicas::Restore(3).target(0),
+            Ok(3),
+            "the stop's rollback brings it back"
         );
     }
 

@@ -8,6 +8,8 @@
 //! * a scale whose target breaks its direction or bounds against the live count (up to fewer
 //!   replicas than run, a step past the cap or to zero) is refused with the reason and changes
 //!   nothing (the next scale still sees the same count);
+//! * a deployment that `scale_to_zero` stopped is not brought back by an `up`, `by` or
+//!   predictive scale (refused, still 0); only the stop's `restore` does;
 //! * every named check answers with a non-empty detail, promptly, without panicking;
 //! * the checks whose answer is fixed by the fixture (3 replicas, healthy pod) agree.
 //!
@@ -90,6 +92,7 @@ pub async fn run(exec: &dyn Executor, fx: &Fixture) {
     if fx.observes {
         missing_targets_fail(exec, fx).await;
     }
+    a_stopped_deployment_stays_stopped(exec, fx).await;
 }
 
 async fn delete_pod_is_verified(exec: &dyn Executor, fx: &Fixture) {
@@ -285,4 +288,74 @@ async fn missing_targets_fail(exec: &dyn Executor, fx: &Fixture) {
     assert!(e.0.contains("not found"), "{e}");
     let r = exec.check(&spec(CheckName::RecentRestartsLessThanThree), &c).await;
     assert!(!r.passed && r.detail.contains("not found"), "{}", r.detail);
+}
+
+async fn a_stopped_deployment_stays_stopped(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-stopped");
+    let vars = Vars::from_incident(&inc);
+    let run = |action: Action, id: &'static str| {
+        let inc = &inc;
+        let vars = &vars;
+        async move {
+            exec.execute(&action, &ctx(inc, &action, vars, id))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {id}: {e}", exec.name()))
+        }
+    };
+    let stop = Action::ScaleToZero {
+        namespace: fx.namespace.clone(),
+        deployment: fx.deployment.clone(),
+    };
+    let report = run(stop, "suite-stopped-stop").await;
+    assert_eq!(report.refused, None, "{}: {}", exec.name(), report.detail);
+    let scale = |replicas| Action::ScaleDeployment {
+        namespace: fx.namespace.clone(),
+        deployment: fx.deployment.clone(),
+        replicas,
+    };
+    let b = Bounds { min: 1, max: 100 };
+    let ups = [
+        (Replicas::Up(fx.replicas, b), "suite-stopped-up"),
+        (Replicas::By(2, b), "suite-stopped-by"),
+        (
+            Replicas::Predictive {
+                predicted_load: 900.0,
+                current_load: 400.0,
+                max_replicas: 8,
+            },
+            "suite-stopped-predictive",
+        ),
+    ];
+    for (replicas, id) in ups {
+        let report = run(scale(replicas), id).await;
+        let reason = report.refused.unwrap_or_else(|| {
+            panic!(
+                "{}: {id} brought a stopped deployment back: {}",
+                exec.name(),
+                report.detail
+            )
+        });
+        assert!(
+            reason.contains("stopped deliberately"),
+            "{}: {id}: {reason}",
+            exec.name()
+        );
+        assert!(report.captured.is_empty(), "{}: {id} captures nothing", exec.name());
+        assert!(
+            report.detail.contains("left at 0 replicas"),
+            "{}: {}",
+            exec.name(),
+            report.detail
+        );
+    }
+    // The stop's own rollback (a restore) brings it back.
+    let report = run(scale(Replicas::Restore(fx.replicas)), "suite-stopped-restore").await;
+    assert_eq!(report.refused, None, "{}: {}", exec.name(), report.detail);
+    assert_eq!(
+        report.captured.get("old_replicas").map(String::as_str),
+        Some("0"),
+        "{}: the up/by/predictive scales left it at 0 ({})",
+        exec.name(),
+        report.detail
+    );
 }
