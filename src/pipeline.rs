@@ -156,23 +156,47 @@ impl EventIds {
 /// The shared store enforces the exact limit; this in-process copy only matters when the store
 /// has lost acknowledged writes (failover, wipe). It bounds the damage to
 /// replicas × `max_per_hour` per window.
+///
+/// It keys like the store's rate limit ([`Scope`]): per (runbook, normalised service) and per
+/// (runbook, target), both must have room, so "api" and "API", or one Deployment under varied
+/// services, share one ceiling.
 #[derive(Debug, Default)]
 struct LocalCeiling {
     windows: Mutex<HashMap<(String, String), VecDeque<i64>>>,
 }
 
 impl LocalCeiling {
-    fn try_acquire(&self, runbook: &str, service: &str, max: u32, window_ms: i64, now_ms: i64) -> bool {
+    fn try_acquire(&self, scope: &Scope, max: u32, window_ms: i64, now_ms: i64) -> bool {
         let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let q = w.entry((runbook.to_string(), service.to_string())).or_default();
-        while q.front().is_some_and(|t| *t <= now_ms - window_ms) {
-            q.pop_front();
+        // Prefixed so a service and a target spelled alike never share a window.
+        let mut keys = vec![(scope.runbook.clone(), format!("service:{}", scope.service))];
+        if !scope.target.is_empty() {
+            keys.push((scope.runbook.clone(), format!("target:{}", scope.target)));
         }
-        if q.len() >= max as usize {
-            return false;
+        for key in &keys {
+            let q = w.entry(key.clone()).or_default();
+            while q.front().is_some_and(|t| *t <= now_ms - window_ms) {
+                q.pop_front();
+            }
+            if q.len() >= max as usize {
+                return false;
+            }
         }
-        q.push_back(now_ms);
+        for key in keys {
+            w.entry(key).or_default().push_back(now_ms);
+        }
         true
+    }
+}
+
+/// The lease-renewal task of one execution, aborted when dropped: if the execution future is
+/// dropped (a drain that aborts it at the end of the grace, a panic in the task that ran it),
+/// the task stops renewing instead of keeping the claim and the lease alive for ever.
+struct RenewalTask(tokio::task::JoinHandle<()>);
+
+impl Drop for RenewalTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -591,10 +615,7 @@ impl Engine {
         } = r;
         let window = ms(self.settings.rate_window) as i64;
         let now_ms = millis(self.clock.now());
-        if !self
-            .ceiling
-            .try_acquire(&rb.id, incident.service(), rb.max_per_hour, window, now_ms)
-        {
+        if !self.ceiling.try_acquire(&scope, rb.max_per_hour, window, now_ms) {
             self.finish_retrying(&FinishRequest {
                 incident_id: claim_id.to_string(),
                 attempt: attempt.to_string(),
@@ -1347,7 +1368,7 @@ impl Engine {
             exec.reason
                 .push_str(&format!(" [runbook override allow_irreversible_auto: {why}]"));
         }
-        renewal.abort();
+        drop(renewal);
         if lease.slot_lost.load(Ordering::SeqCst) {
             exec.reason.push_str(
                 "; its blast-radius slot lapsed during the action (lease renewals failed for longer than \
@@ -1417,7 +1438,7 @@ impl Engine {
         attempt: &str,
         runbook: &str,
         probe: bool,
-    ) -> (tokio::task::JoinHandle<()>, Arc<LeaseLoss>) {
+    ) -> (RenewalTask, Arc<LeaseLoss>) {
         let store = Arc::clone(&self.store);
         let metrics = self.metrics.clone();
         let lease = self.settings.lease;
@@ -1472,7 +1493,7 @@ impl Engine {
                 }
             }
         });
-        (task, loss)
+        (RenewalTask(task), loss)
     }
 
     /// Record the final outcomes (retrying: this incident has been decided) and return them.
@@ -1682,4 +1703,56 @@ fn render(rb: &Runbook, incident: &Incident, vars: &Vars) -> Result<Action, Rend
         });
     }
     rb.action.render(vars, &rb.scope.namespaces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(service: &str, target: &str) -> Scope {
+        Scope {
+            runbook: "rb".into(),
+            service: Scope::normalise_service(service),
+            target: target.into(),
+        }
+    }
+
+    /// After a store loss the per-replica ceiling is the only rate limit: "API" and "api" are
+    /// one service, and one Deployment under varied services is one target.
+    #[test]
+    fn local_ceiling_keys_on_the_normalised_service_and_the_target() {
+        let c = LocalCeiling::default();
+        assert!(c.try_acquire(&scope("api", "prod/deployment/api"), 1, 1_000, 0));
+        assert!(
+            !c.try_acquire(&scope(" API", "prod/deployment/other"), 1, 1_000, 1),
+            "same service"
+        );
+        assert!(
+            !c.try_acquire(&scope("web", "prod/deployment/api"), 1, 1_000, 2),
+            "same target"
+        );
+        assert!(c.try_acquire(&scope("web", "prod/deployment/web"), 1, 1_000, 3));
+        assert!(
+            c.try_acquire(&scope("API", "prod/deployment/api"), 1, 1_000, 1_000),
+            "window passed"
+        );
+    }
+
+    /// Dropping the execution (a drain abort, a panic) stops its renewal task.
+    #[tokio::test]
+    async fn renewal_task_is_aborted_when_dropped() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = RenewalTask(tokio::spawn(async move {
+            let _alive = tx;
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+        drop(task);
+        let ended = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert!(
+            matches!(ended, Ok(Err(_))),
+            "the task ended (its sender dropped): {ended:?}"
+        );
+    }
 }

@@ -732,3 +732,61 @@ runbooks:
     }
     assert_eq!(r.executor.journal().len(), 1, "one restart of production/web");
 }
+
+/// A Reserve whose answer was lost, retried by the same attempt only after its lease expired
+/// (the store unreachable longer than `guardrails.lease`) while another execution took the one
+/// slot, is decided afresh and blocked: the cached `allowed` is not replayed, so the limit holds.
+/// Against real Redis (decide.lua).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_allowed_is_not_replayed_after_its_lease_expired() {
+    let Some(url) = common::redis_url() else { return };
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let redis = remediator::guardrails::redis::RedisStore::connect(&url, &prefix, Duration::from_secs(2))
+        .await
+        .expect("connect");
+    let store = Arc::new(Faulty {
+        inner: Box::new(redis),
+        lose_decide_answer: AtomicBool::new(true),
+        fail_records: AtomicBool::new(false),
+        fail_renewals: AtomicBool::new(false),
+    });
+    let executor = Arc::new(SimulatedExecutor::with_faults(Faults {
+        action_delay: Duration::from_millis(1_500),
+        ..Faults::default()
+    }));
+    let mut settings = Settings {
+        lease: Duration::from_millis(600),
+        ..Settings::default()
+    };
+    settings.guardrails.max_concurrent_actions = 1;
+    let engine = Engine::new(
+        Arc::new(Catalogue::from_yaml(SEED, "test").expect("runbooks load")),
+        store.clone(),
+        executor.clone(),
+        Arc::new(remediator::clock::SystemClock),
+        settings,
+        Metrics::new(),
+        EventIds::Random,
+    );
+    let (a, b) = (crash("X1", "xa"), crash("X2", "xb"));
+    let lost = tokio::time::timeout(Duration::from_secs(10), engine.handle(a.as_bytes(), None, "xa-1"))
+        .await
+        .expect("bounded");
+    assert!(matches!(lost, Err(EngineError::StoreUnavailable(_))), "{lost:?}");
+    // Longer than the lease: A's slot is free for anyone.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let second = engine.handle(b.as_bytes(), None, "xb-1");
+    let retry = async {
+        while executor.journal().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        engine.handle(a.as_bytes(), None, "xa-1").await
+    };
+    let (second, retry) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(second, retry) })
+        .await
+        .expect("bounded");
+    let (second, retry) = (second.expect("B handled"), retry.expect("A handled"));
+    assert_eq!(second.outcomes[0].decision, Decision::Executed, "{:?}", second.outcomes);
+    assert_ne!(retry.outcomes[0].decision, Decision::Executed, "{:?}", retry.outcomes);
+    assert_eq!(executor.journal().len(), 1, "only B acted: {:?}", executor.journal());
+}

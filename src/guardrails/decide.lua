@@ -69,7 +69,8 @@ local epoch = ''
 
 -- Every answer of this attempt is cached in its record with the mode it answered, so a retry of
 -- the same attempt in the same mode (after a timeout whose effect is unknown) gets the same
--- answer and never reserves twice.
+-- answer and never reserves twice. A cached `allowed` of a Reserve or dry run stands for the
+-- lease it took, so it is replayed only while that lease lives (see step 1).
 local function reply(answer)
   redis.call('HSET', K_INC, 'answer', cjson.encode(answer), 'answer_mode', mode)
   local out = { epoch }
@@ -89,11 +90,22 @@ if r_state then
   local same = r_attempt == attempt and r_answer
   if same and r_mode == mode then
     local cached = cjson.decode(r_answer)
-    local out = { '' }
-    for i = 1, #cached do
-      out[#out + 1] = cached[i]
+    -- An `allowed` that reserved is replayed only while its lease entry lives: once it expired,
+    -- other decisions may have counted the slot as free and taken the probe, so replaying it
+    -- would run a second probe or one action over the limit. The attempt never received it
+    -- (else it would not ask again), so it decides afresh below like a change of mode.
+    local lapsed = false
+    if cached[1] == 'allowed' and (mode == 'reserve' or mode == 'dry_run') then
+      local s = tonumber(redis.call('ZSCORE', K_LEASES, attempt))
+      lapsed = s == nil or s <= now
     end
-    return out
+    if not lapsed then
+      local out = { '' }
+      for i = 1, #cached do
+        out[#out + 1] = cached[i]
+      end
+      return out
+    end
   end
   if r_state == 'done' then
     local same_src = has_source and r_source == source
@@ -101,13 +113,12 @@ if r_state then
   end
   if same then
     -- The same attempt asks again in another mode (its Reserve timed out, then the incident aged
-    -- out and it asks to Record; or a Check became a Reserve after a promotion). It never
-    -- received the cached answer, so it never acted on it: what that answer reserved is stale.
-    -- Its lease (and with it any probe it took) is released; the rate-limit slot and cooldown
-    -- stay counted (conservative). Then it decides afresh in the asked mode.
-    if r_state == 'executing' then
-      redis.call('ZREM', K_LEASES, attempt)
-    end
+    -- out and it asks to Record; or a Check became a Reserve after a promotion), or in the same
+    -- mode after the lease of its cached `allowed` expired. It never received the cached answer,
+    -- so it never acted on it: what that answer reserved is stale. Its lease (and with it any
+    -- probe it took) is released, whatever the state (a dry run holds one while `claimed`); the
+    -- rate-limit slot and cooldown stay counted (conservative). Then it decides afresh.
+    redis.call('ZREM', K_LEASES, attempt)
   else
     local lease_until = tonumber(r_lease) or 0
     if lease_until > now then

@@ -21,7 +21,8 @@ Returns a flat array of strings:
   unknown returns it instead of counting the same failure twice.
 
 Stale finishes: an attempt only speaks for the probe while `probe` names it. Any move to OPEN
-clears the probe, and a probe whose lease lapsed can be replaced by a newer one; so a late
+clears the probe, a probe whose lease lapsed can be replaced by a newer one, and one whose
+lease lapsed and could not be taken back gives the probe up (renew.lua, `lapsed`); so a late
 success from an old probe, or from an execution reserved before the circuit opened, never closes
 an OPEN or HALF_OPEN circuit that newer evidence opened or another probe is testing. A late
 failure is counted but only trips the breaker from CLOSED (or when it is the live probe's).

@@ -202,10 +202,15 @@ impl MemoryStore {
         // 1. Idempotency.
         let mut interrupted = None;
         let mut release_stale = false;
+        let lease_live = st.leases.get(&req.attempt).is_some_and(|&until| until > now);
         if let Some(rec) = st.live_incident(id, now) {
             let same = rec.attempt == req.attempt && rec.answer.is_some();
             if let Some((m, answer)) = &rec.answer {
-                if same && *m == mode {
+                // An `allowed` that reserved is replayed only while its lease lives: once it
+                // expired, others may have taken the slot and the probe. The attempt never
+                // received it, so it decides afresh below.
+                let reserved = matches!(answer, DecideAnswer::Allowed { .. }) && matches!(mode, "reserve" | "dry_run");
+                if same && *m == mode && (!reserved || lease_live) {
                     return answer.clone();
                 }
             }
@@ -216,10 +221,11 @@ impl MemoryStore {
                 };
             }
             if same {
-                // The same attempt asks in another mode: it never received the cached answer, so
-                // never acted on it. Its lease (and any probe with it) is released; the rate slot
-                // and cooldown stay counted. Then it decides afresh.
-                release_stale = rec.state == ClaimState::Executing;
+                // The same attempt asks in another mode (or its cached `allowed` lapsed): it never
+                // received the cached answer, so never acted on it. Its lease (and any probe with
+                // it) is released whatever the state (a dry run holds one while claimed); the
+                // rate slot and cooldown stay counted. Then it decides afresh.
+                release_stale = true;
             } else {
                 if rec.lease_until > now {
                     return DecideAnswer::InProgress {
@@ -583,7 +589,8 @@ impl MemoryStore {
     fn renew_at(st: &mut State, now: i64, req: &RenewRequest) -> Renewal {
         let lease_ms = ms(req.lease_ms);
         let executing = match st.live_incident(&req.incident_id, now) {
-            Some(rec) if rec.attempt == req.attempt && rec.state != ClaimState::Done => {
+            // A finished attempt released its lease: a late renewal never takes one back.
+            Some(rec) if rec.attempt == req.attempt && rec.state != ClaimState::Done && rec.finish.is_none() => {
                 rec.lease_until = now.saturating_add(lease_ms);
                 // Extend, never shorten (an executing record lives at least the idempotency TTL).
                 rec.expires_at = rec
@@ -610,6 +617,12 @@ impl MemoryStore {
         // the limit still allows; never report it renewed.
         st.leases.retain(|_, until| *until > now);
         if st.leases.len() >= req.max_concurrent_actions as usize {
+            // The probe lived with the lease: given up, so its result no longer moves the circuit.
+            if let Some(c) = st.circuits.get_mut(&req.runbook) {
+                if c.probe.as_deref() == Some(req.attempt.as_str()) {
+                    c.probe = None;
+                }
+            }
             return Renewal::Lapsed;
         }
         st.leases.insert(req.attempt.clone(), now.saturating_add(lease_ms));

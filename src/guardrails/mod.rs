@@ -330,8 +330,9 @@ pub enum Renewal {
     /// The lease had lapsed and could not be taken back (the limit is full): this action now
     /// runs outside `max_concurrent_actions` (and without any probe it held). The claim is kept.
     Lapsed,
-    /// The attempt no longer owns the incident (another attempt took over its expired claim), or
-    /// the incident is done: nothing changed.
+    /// The attempt no longer owns the incident (another attempt took over its expired claim), the
+    /// incident is done, or the attempt already finished (a late renewal): nothing changed, no
+    /// lease taken back.
     Stale,
 }
 

@@ -21,9 +21,11 @@ Returns a flat array of strings:
                                 probe: the circuit's probe still names this attempt, so it holds
                                 the probe again (nobody took it meanwhile)
   { 'lapsed' }                  the lease had lapsed and the limit is full: the action runs
-                                outside max_concurrent_actions; the claim is still extended
-  { 'stale' }                   the attempt no longer owns the incident, or it is done: nothing
-                                changed
+                                outside max_concurrent_actions; the claim is still extended. A
+                                probe it held is given up (`probe` is cleared if it names the
+                                attempt), so its result no longer moves the circuit
+  { 'stale' }                   the attempt no longer owns the incident, it is done, or it already
+                                finished (`finish` set): nothing changed, nothing re-acquired
 ]]
 
 local t = redis.call('TIME')
@@ -33,8 +35,10 @@ local K_INC, K_LEASES, K_CB = KEYS[1], KEYS[2], KEYS[3]
 local attempt, lease_ms, grace = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_concurrent = tonumber(ARGV[4])
 
-local rec = redis.call('HMGET', K_INC, 'attempt', 'state')
-if rec[1] ~= attempt or rec[2] == 'done' then
+-- A finished attempt (finish.lua cached its answer) released its lease: a late renewal (a
+-- renewal task that outlived its execution) must never take one back.
+local rec = redis.call('HMGET', K_INC, 'attempt', 'state', 'finish')
+if rec[1] ~= attempt or rec[2] == 'done' or rec[3] then
   return { 'stale' }
 end
 
@@ -57,6 +61,11 @@ end
 -- never report it renewed, the caller must know the limit may not have held meanwhile.
 redis.call('ZREMRANGEBYSCORE', K_LEASES, '-inf', string.format('%d', now))
 if redis.call('ZCARD', K_LEASES) >= max_concurrent then
+  -- The probe lived with the lease: it is given up, so a probe nobody took meanwhile no longer
+  -- speaks for the circuit when it finishes (its outcome says the probe lapsed).
+  if redis.call('HGET', K_CB, 'probe') == attempt then
+    redis.call('HDEL', K_CB, 'probe')
+  end
   return { 'lapsed' }
 end
 redis.call('ZADD', K_LEASES, now + lease_ms, attempt)

@@ -58,6 +58,10 @@ macro_rules! guardrail_suite_tests {
             lapsed_lease_is_reported_and_reacquired_only_within_the_limit,
             lapsed_probe_is_reacquired_only_if_nobody_took_it,
             circuit_snapshot_and_ping,
+            cached_allowed_is_not_replayed_after_its_lease_expired,
+            dry_run_lease_is_released_when_the_attempt_asks_in_another_mode,
+            lapsed_probe_nobody_took_no_longer_moves_the_circuit,
+            renew_after_finish_is_stale_and_takes_nothing_back,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1561,4 +1565,168 @@ pub async fn circuit_snapshot_and_ping(store: Store) {
         }
     );
     store.ping().await.expect("ping");
+}
+
+/// A Reserve (or dry run) whose `allowed` was lost and whose lease then expired is not replayed
+/// to the retry: meanwhile another execution took the probe and the slot, and replaying the
+/// cached answer would run a second probe, or one action over `max_concurrent_actions`.
+pub async fn cached_allowed_is_not_replayed_after_its_lease_expired(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let a = reserve("p1", "p1a", &s, &limits, 200);
+    assert_eq!(decide(&store, &a).await, PROBE);
+    assert_eq!(decide(&store, &a).await, PROBE, "replayed while its lease lives");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &reserve("p2", "p2a", &s, &limits, LONG_LEASE)).await,
+        PROBE,
+        "A's lease expired: B takes the probe"
+    );
+    assert_blocked(
+        &decide(&store, &a).await,
+        Guardrail::CircuitOpen,
+        "circuit half-open, probe in flight",
+    );
+
+    let one = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    let s2 = scope("rb2", "svc");
+    let dry = request(
+        "d1",
+        "d1a",
+        "w1",
+        200,
+        Admission::DryRun {
+            scope: s2.clone(),
+            limits: one.clone(),
+        },
+    );
+    let r = reserve("r1", "r1a", &s2, &one, 200);
+    // p1 (its retry was blocked, its lease released) and p2 still hold leases under rb; the
+    // `one` limit counts every lease, so release p2's first.
+    fin(&store, &finish("p2", "p2a", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(decide(&store, &r).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(decide(&store, &dry).await, ALLOWED, "r1's lease expired");
+    assert_eq!(decide(&store, &dry).await, ALLOWED, "replayed while its lease lives");
+    blocked_by(&decide(&store, &r).await, Guardrail::BlastRadius);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &reserve("b1", "b1a", &scope("rb2", "s2"), &one, LONG_LEASE)).await,
+        ALLOWED,
+        "the dry run's lease expired: B takes the slot"
+    );
+    blocked_by(&decide(&store, &dry).await, Guardrail::BlastRadius);
+}
+
+/// A dry run holds a lease while its record is only `claimed`; when the same attempt asks again
+/// in another mode (here Record), that lease is released like a Reserve's.
+pub async fn dry_run_lease_is_released_when_the_attempt_asks_in_another_mode(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    let dry = request(
+        "d1",
+        "d1a",
+        "w1",
+        LONG_LEASE,
+        Admission::DryRun {
+            scope: s.clone(),
+            limits: limits.clone(),
+        },
+    );
+    assert_eq!(decide(&store, &dry).await, ALLOWED);
+    blocked_by(
+        &decide(&store, &reserve("x", "xa", &scope("rb", "s2"), &limits, LONG_LEASE)).await,
+        Guardrail::BlastRadius,
+    );
+    let record = request(
+        "d1",
+        "d1a",
+        "w1",
+        LONG_LEASE,
+        Admission::Record {
+            outcomes: OUTCOMES.to_owned(),
+            ttl_ms: 60_000,
+        },
+    );
+    assert_eq!(decide(&store, &record).await, DecideAnswer::Recorded);
+    assert_eq!(
+        decide(&store, &reserve("y", "ya", &scope("rb", "s3"), &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "the dry run's lease was released"
+    );
+}
+
+/// A probe whose lease lapsed and could not be taken back gives the probe up even if nobody
+/// took it: its success no longer closes the circuit (its outcome says the probe lapsed), and
+/// the next Reserve is the probe.
+pub async fn lapsed_probe_nobody_took_no_longer_moves_the_circuit(store: Store) {
+    let limits = circuit_limits();
+    let s = scope("rb", "svc");
+    open_circuit(&store, "rb", &limits).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(decide(&store, &reserve("p1", "p1a", &s, &limits, 200)).await, PROBE);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Another runbook fills the one slot the renewal is allowed.
+    assert_eq!(
+        decide(
+            &store,
+            &reserve("o1", "o1a", &scope("other", "svc"), &limits, LONG_LEASE)
+        )
+        .await,
+        ALLOWED
+    );
+    assert_eq!(
+        store
+            .renew(&renewal("p1", "p1a", "rb", LONG_LEASE, 1))
+            .await
+            .expect("renew"),
+        Renewal::Lapsed
+    );
+    fin(&store, &finish("p1", "p1a", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(
+        circuit(&store, "rb").await.state,
+        CircuitState::HalfOpen,
+        "the lapsed probe no longer speaks for the circuit"
+    );
+    assert_eq!(
+        decide(&store, &reserve("p2", "p2a", &s, &limits, LONG_LEASE)).await,
+        PROBE
+    );
+    fin(&store, &finish("p2", "p2a", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(circuit(&store, "rb").await.state, CircuitState::Closed);
+}
+
+/// A renewal after the attempt finished (a renewal task that outlived its execution) is stale:
+/// it never takes back the lease the finish released.
+pub async fn renew_after_finish_is_stale_and_takes_nothing_back(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    assert_eq!(
+        decide(&store, &reserve("a", "aa", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    fin(&store, &finish("a", "aa", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(
+        store
+            .renew(&renewal("a", "aa", "rb", LONG_LEASE, 1))
+            .await
+            .expect("renew"),
+        Renewal::Stale
+    );
+    assert_eq!(
+        decide(&store, &reserve("b", "ba", &scope("rb", "s2"), &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "the finished attempt holds no slot"
+    );
 }
