@@ -1041,18 +1041,46 @@ impl Engine {
         let attempt = uuid::Uuid::new_v4().to_string();
         let scope = guard_scope(rb, &incident, &action);
         let limits = self.limits(rb);
+        // An approval never overrides shadow mode: on a dry-run worker or for a dry-run runbook
+        // the approved action is checked and reserved like any dry run (never the circuit's
+        // probe), recorded as `dry_run` and never handed to the executor.
+        let dry_run = rb.dry_run || self.settings.dry_run;
+        let admission = if dry_run {
+            Admission::DryRun {
+                scope: scope.clone(),
+                limits: limits.clone(),
+            }
+        } else {
+            Admission::Reserve {
+                scope: scope.clone(),
+                limits: limits.clone(),
+            }
+        };
         let req = DecideRequest {
             incident_id: claim_id.clone(),
             attempt: attempt.clone(),
             worker: self.settings.worker.clone(),
             source: None,
             lease_ms: ms(self.settings.lease),
-            admission: Admission::Reserve {
-                scope: scope.clone(),
-                limits: limits.clone(),
-            },
+            admission,
         };
         match self.claim(&req).await? {
+            DecideAnswer::Allowed { .. } if dry_run => {
+                // Nothing ran: release the slots without any word to the circuit.
+                self.finish_retrying(&FinishRequest {
+                    incident_id: claim_id.clone(),
+                    attempt: attempt.clone(),
+                    scope,
+                    limits,
+                    result: ExecResult::NotRun,
+                })
+                .await;
+                o.decision = Decision::DryRun;
+                o.reason = format!(
+                    "approved by {approver}; dry run ({}): guardrails checked and reserved, action rendered but not executed",
+                    if rb.dry_run { "runbook dry_run" } else { "worker dry_run" }
+                );
+            }
             DecideAnswer::Allowed { probe, .. } => {
                 let reserved = Reserved {
                     claim_id: &claim_id,

@@ -47,6 +47,16 @@ async fn redis_rig(runbooks: &str, faults: Faults) -> Option<Rig> {
 }
 
 fn rig_with(runbooks: &str, faults: Faults, store: Arc<dyn Store>, clock: ManualClock) -> Rig {
+    rig_with_settings(runbooks, faults, store, clock, Settings::default())
+}
+
+fn rig_with_settings(
+    runbooks: &str,
+    faults: Faults,
+    store: Arc<dyn Store>,
+    clock: ManualClock,
+    settings: Settings,
+) -> Rig {
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let executor = Arc::new(SimulatedExecutor::with_faults(faults));
     let engine = Engine::new(
@@ -54,7 +64,7 @@ fn rig_with(runbooks: &str, faults: Faults, store: Arc<dyn Store>, clock: Manual
         store.clone(),
         executor.clone(),
         shared,
-        Settings::default(),
+        settings,
         Metrics::new(),
         EventIds::Random,
     );
@@ -91,6 +101,20 @@ async fn answer(r: &Rig, id: &str, approve: bool, who: &str, hash: Option<&str>)
 }
 
 const SEED: &str = include_str!("data/seed-runbooks.yaml");
+
+fn memory_store(clock: &ManualClock) -> Arc<dyn Store> {
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    Arc::new(MemoryStore::new(shared))
+}
+
+async fn redis_store() -> Option<Arc<dyn Store>> {
+    let url = common::redis_url()?;
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let store = RedisStore::connect(&url, &prefix, std::time::Duration::from_millis(500))
+        .await
+        .expect("connect");
+    Some(Arc::new(store))
+}
 
 fn undo(id: &str, svc: &str) -> String {
     format!(
@@ -473,4 +497,54 @@ async fn pending_approval_gauges_follow_the_store_on_redis() {
     assert_eq!(m.approvals_pending.get(), 1);
     assert_eq!(other.engine.refresh_approval_gauges().await.unwrap(), 1);
     assert_eq!(other.engine.metrics().approvals_pending.get(), 1);
+}
+
+/// An approval never overrides shadow mode: approving an action on a dry-run worker, or for a
+/// dry-run runbook, records a `dry_run` outcome and never reaches the executor.
+#[tokio::test]
+async fn approving_in_dry_run_never_executes() {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
+    let worker = Settings {
+        dry_run: true,
+        ..Settings::default()
+    };
+    let r = rig_with_settings(SEED, Faults::default(), memory_store(&clock), clock.clone(), worker);
+    approved_dry_run(r, "worker dry_run").await;
+    let r = rig_with(&dry_runbook(), Faults::default(), memory_store(&clock), clock);
+    approved_dry_run(r, "runbook dry_run").await;
+}
+
+#[tokio::test]
+async fn approving_in_dry_run_never_executes_on_redis() {
+    let Some(store) = redis_store().await else { return };
+    let worker = Settings {
+        dry_run: true,
+        ..Settings::default()
+    };
+    let r = rig_with_settings(SEED, Faults::default(), store, ManualClock::new(Utc::now()), worker);
+    approved_dry_run(r, "worker dry_run").await;
+    let store = redis_store().await.expect("redis");
+    let r = rig_with(&dry_runbook(), Faults::default(), store, ManualClock::new(Utc::now()));
+    approved_dry_run(r, "runbook dry_run").await;
+}
+
+fn dry_runbook() -> String {
+    SEED.replace("    risk: HIGH\n", "    risk: HIGH\n    dry_run: true\n")
+}
+
+async fn approved_dry_run(r: Rig, why: &str) {
+    let o = send(&r, &undo("DR1", "checkout")).await;
+    assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+    let id = o.approval_id.expect("approval id");
+    let (ok, out) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0].decision, Decision::DryRun, "{}", out[0].reason);
+    assert!(out[0].reason.contains(why), "{}", out[0].reason);
+    assert!(out[0].reason.starts_with("approved by alice"), "{}", out[0].reason);
+    assert!(r.executor.journal().is_empty(), "an approval never executes in dry run");
+    // A retry of the same answer replays the recorded dry run; still nothing runs.
+    let (ok, again) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok, "{again:?}");
+    assert_eq!(again[0].decision, Decision::DryRun, "{}", again[0].reason);
+    assert!(r.executor.journal().is_empty());
 }
