@@ -543,7 +543,7 @@ impl Engine {
                     if joined { "joins approval" } else { "approval" },
                     approval.id,
                     if joined {
-                        " (same runbook and target, asked for by an earlier incident),"
+                        " (same runbook, target and action, asked for by an earlier incident),"
                     } else {
                         ""
                     },
@@ -725,8 +725,8 @@ impl Engine {
 
     /// Create the pending approval an `approval_required` decision asks for, bound to the hash
     /// of the rendered action (retried until the store answers: the decision is already taken),
-    /// or join the one already pending for the same runbook and target (`true`): an alert storm
-    /// asks a human once, not once per incident.
+    /// or join the one already pending for the same runbook, target and action (`true`): an alert
+    /// storm asks a human once, not once per incident.
     async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> (Approval, bool) {
         let view = action.view();
         let pending = Approval {
@@ -740,8 +740,16 @@ impl Engine {
             expires_at_ms: 0,
             state: ApprovalState::Pending,
             approver: None,
-            // Newline-separated: no runbook id, namespace or target contains one.
-            group: [rb.id.as_str(), view.namespace.as_deref().unwrap_or(""), &view.target].join("\n"),
+            // Newline-separated: no runbook id, namespace, target or hash contains one. The
+            // action hash is part of it: an incident joins only an approval for the very action
+            // it would run, so what the approver sees is what every joined incident asked for.
+            group: [
+                rb.id.as_str(),
+                view.namespace.as_deref().unwrap_or(""),
+                &view.target,
+                &action_hash(action),
+            ]
+            .join("\n"),
         };
         let mut backoff = Duration::from_millis(50);
         loop {

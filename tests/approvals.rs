@@ -548,3 +548,55 @@ async fn approved_dry_run(r: Rig, why: &str) {
     assert_eq!(again[0].decision, Decision::DryRun, "{}", again[0].reason);
     assert!(r.executor.journal().is_empty());
 }
+
+const SCALE: &str = r#"
+runbooks:
+  scale-up:
+    risk: LOW
+    mode: approval
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: kubectl scale deployment {deployment} --replicas={new_replicas} -n {namespace}
+"#;
+
+fn scale(id: &str, replicas: u32) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"high_cpu","confidence":0.95,"service":"web","context":{{"deployment":"web","namespace":"production","new_replicas":{replicas}}}}}"#
+    )
+}
+
+/// An incident joins a pending approval only for the very action it would run: the same
+/// target with another action (another replica count) asks on its own, so approving never runs
+/// an action other than the one each joined incident showed.
+#[tokio::test]
+async fn only_the_same_action_joins_a_pending_approval() {
+    same_action_joins(rig(SCALE, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn only_the_same_action_joins_a_pending_approval_on_redis() {
+    if let Some(r) = redis_rig(SCALE, Faults::default()).await {
+        same_action_joins(r).await;
+    }
+}
+
+async fn same_action_joins(r: Rig) {
+    let first = send(&r, &scale("J1", 5)).await;
+    assert_eq!(first.decision, Decision::ApprovalRequired, "{}", first.reason);
+    let id = first.approval_id.clone().unwrap();
+    let same = send(&r, &scale("J2", 5)).await;
+    assert_eq!(same.approval_id.as_deref(), Some(id.as_str()), "the same action joins");
+    assert_eq!(same.action, first.action);
+    let other = send(&r, &scale("J3", 8)).await;
+    assert_eq!(other.decision, Decision::ApprovalRequired);
+    let other_id = other.approval_id.clone().unwrap();
+    assert_ne!(other_id, id, "another action on the same target asks on its own");
+    assert!(!other.reason.contains("joins"), "{}", other.reason);
+    assert_eq!(r.store.pending_approvals().await.unwrap().len(), 2);
+    // Approving J3's approval runs J3's action.
+    let (ok, out) = answer(&r, &other_id, true, "alice", None).await;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0].action, other.action, "{out:?}");
+}
