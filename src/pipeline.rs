@@ -1128,7 +1128,13 @@ impl Engine {
     /// expired) under the approval's claim id, so its audit trail is complete. When an earlier
     /// try of the same answer recorded one already, that one is returned (and published again)
     /// instead: a retry repeats the audit, it does not add a different one.
-    async fn finalize_answer(&self, a: &Approval, outcomes: Vec<Outcome>) -> Vec<Outcome> {
+    ///
+    /// When another try of the same answer holds the execution claim (in progress) or was
+    /// interrupted while executing, this try's own outcome ("expired", "aborted; not executed")
+    /// would be false: the action runs or may have run. It says so instead, and records
+    /// nothing of its own (an interrupted claim gets its final `aborted` outcome, as any
+    /// interrupted incident does).
+    async fn finalize_answer(&self, a: &Approval, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
         let attempt = uuid::Uuid::new_v4().to_string();
         let req = DecideRequest {
             incident_id: approval_claim(a),
@@ -1148,6 +1154,32 @@ impl Engine {
                     if !recorded.is_empty() {
                         return recorded;
                     }
+                }
+            }
+            Ok(DecideAnswer::InProgress { worker, .. }) => {
+                for o in &mut outcomes {
+                    o.decision = Decision::Duplicate;
+                    o.guardrail = None;
+                    o.reason = format!(
+                        "approval {} is being executed by another try of this answer (worker {worker}); \
+                         its outcome is published when it finishes; this try did nothing",
+                        a.id
+                    );
+                }
+            }
+            Ok(DecideAnswer::Interrupted { worker }) => {
+                for o in &mut outcomes {
+                    o.decision = Decision::Aborted;
+                    o.guardrail = None;
+                    o.reason = format!(
+                        "approval {}: an earlier try of this answer by {worker} was interrupted while executing; \
+                         its effect is unknown and an action is never run twice, so it is not retried",
+                        a.id
+                    );
+                }
+                match self.finalize(&approval_claim(a), &attempt, outcomes.clone()).await {
+                    Ok(h) => outcomes = h.outcomes,
+                    Err(e) => warn!(error = %e, approval = %a.id, "could not record the answer's outcome"),
                 }
             }
             Ok(_) => {}

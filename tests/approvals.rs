@@ -600,3 +600,55 @@ async fn same_action_joins(r: Rig) {
     assert!(ok, "{out:?}");
     assert_eq!(out[0].action, other.action, "{out:?}");
 }
+
+/// A retry of an answer whose first try is still executing never publishes a false "expired;
+/// not executed": here the incident aged out while the first try ran, so the retry stops at the
+/// freshness check, finds the execution claim held, and says so (`duplicate`), while the first
+/// try executes once.
+#[tokio::test]
+async fn a_retry_during_the_execution_never_says_not_executed() {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
+    retry_during_execution(memory_store(&clock), clock).await;
+}
+
+/// The same on Redis: its leases keep Redis time (600 s, live throughout); only the engine's
+/// freshness check sees the moved clock.
+#[tokio::test]
+async fn a_retry_during_the_execution_never_says_not_executed_on_redis() {
+    if let Some(store) = redis_store().await {
+        retry_during_execution(store, ManualClock::new(Utc::now())).await;
+    }
+}
+
+async fn retry_during_execution(store: Arc<dyn Store>, clock: ManualClock) {
+    let settings = Settings {
+        max_incident_age: std::time::Duration::from_secs(60),
+        lease: std::time::Duration::from_secs(600),
+        ..Settings::default()
+    };
+    let faults = Faults {
+        action_delay: std::time::Duration::from_millis(1500),
+        ..Faults::default()
+    };
+    let r = rig_with_settings(SEED, faults, store, clock, settings);
+    let json = format!(
+        r#"{{"id":"P1","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"web","detected_at":"{}","context":{{"deployment":"web","namespace":"production"}}}}"#,
+        r.clock.now().to_rfc3339()
+    );
+    let id = send(&r, &json).await.approval_id.unwrap();
+    let retry = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        r.clock.advance(ChronoDuration::minutes(2));
+        answer(&r, &id, true, "alice", None).await
+    };
+    let ((ok1, first), (ok2, second)) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        tokio::join!(answer(&r, &id, true, "alice", None), retry)
+    })
+    .await
+    .expect("bounded");
+    assert!(ok1 && ok2);
+    assert_eq!(first[0].decision, Decision::Executed, "{}", first[0].reason);
+    assert_eq!(second[0].decision, Decision::Duplicate, "{}", second[0].reason);
+    assert!(second[0].reason.contains("being executed"), "{}", second[0].reason);
+    assert_eq!(r.executor.journal().len(), 1);
+}
