@@ -408,6 +408,19 @@ impl AnswerMessage {
     }
 }
 
+/// The approvals consumer's librdkafka settings: the worker's (see [`consumer_config`]) in its
+/// own group `<kafka.group_id>-approvals`, committing by hand, and starting at the end of the
+/// topic when the group is new (`auto.offset.reset=latest`, whatever `kafka.properties` says):
+/// enabling the topic for the first time must not replay every answer it ever held.
+pub fn approvals_consumer_config(settings: &KafkaSettings) -> rdkafka::ClientConfig {
+    let mut config = consumer_config(settings);
+    config
+        .set("group.id", format!("{}-approvals", settings.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest");
+    config
+}
+
 /// Consume the approvals topic until shutdown: authenticate, answer, publish, then commit, one
 /// message at a time (answers are rare; order and exactly-one audit matter more than
 /// throughput). Only an answer whose signature verifies with `key` reaches [`Engine::answer`].
@@ -419,11 +432,9 @@ pub async fn consume(
     key: AnswerKey,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
-    let mut config = consumer_config(settings);
-    config
-        .set("group.id", format!("{}-approvals", settings.group_id))
-        .set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = config.create().map_err(|e| format!("approvals consumer: {e}"))?;
+    let consumer: StreamConsumer = approvals_consumer_config(settings)
+        .create()
+        .map_err(|e| format!("approvals consumer: {e}"))?;
     consumer
         .subscribe(&[topic])
         .map_err(|e| format!("subscribing to {topic}: {e}"))?;
@@ -590,6 +601,22 @@ mod tests {
 
     fn key() -> AnswerKey {
         AnswerKey::new(KEY, "test").unwrap()
+    }
+
+    /// A new approvals group starts at the end of the topic, even when `kafka.properties` sets
+    /// another reset for the incident consumer: first enabling it replays no old answer.
+    #[test]
+    fn a_new_approvals_group_starts_at_the_end_of_the_topic() {
+        let mut s = KafkaSettings {
+            group_id: "remediator".into(),
+            ..KafkaSettings::default()
+        };
+        let c = approvals_consumer_config(&s);
+        assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(c.get("group.id"), Some("remediator-approvals"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        s.properties.insert("auto.offset.reset".into(), "earliest".into());
+        assert_eq!(approvals_consumer_config(&s).get("auto.offset.reset"), Some("latest"));
     }
 
     #[test]

@@ -538,6 +538,16 @@ impl Config {
                 "must be below guardrails.idempotency_ttl (a redelivery must never outlive its record while still fresh)",
             ));
         }
+        // A repeated approval answer re-enters the execution claim kept under the approval's
+        // claim id; that record must outlive the approval itself (answerable for approvals.ttl,
+        // kept 24 h longer for the audit), or a late repeat could find no claim and run again.
+        let approval_life = parse_duration(&self.approvals.ttl).unwrap_or_default() + Duration::from_secs(24 * 3600);
+        if parse_duration(&g.idempotency_ttl).unwrap_or_default() <= approval_life {
+            return Err(invalid(
+                "guardrails.idempotency_ttl",
+                "must be greater than approvals.ttl + 24h (an approval's execution claim must outlive the approval)",
+            ));
+        }
         if parse_duration(&g.lease).unwrap_or_default() < Duration::from_secs(3) {
             return Err(invalid(
                 "guardrails.lease",
@@ -881,7 +891,33 @@ mod tests {
             e.contains("guardrails.max_incident_age") && e.contains("guardrails.idempotency_ttl"),
             "{e}"
         );
-        assert!(load("30m", "31m").is_ok());
+        assert!(load("30m", "26h").is_ok());
+    }
+
+    /// An approval's execution claim is kept for guardrails.idempotency_ttl; it must outlive the
+    /// approval (approvals.ttl, plus the 24 h the store keeps it), or a repeated answer could
+    /// find no claim and execute again.
+    #[test]
+    fn the_idempotency_ttl_outlives_every_approval() {
+        let load = |ttl: &str, appr: &str| {
+            Config::load(
+                None,
+                &env(&[
+                    ("REMEDIATOR_GUARDRAILS_IDEMPOTENCY_TTL", ttl),
+                    ("REMEDIATOR_APPROVALS_TTL", appr),
+                ]),
+                &[],
+            )
+        };
+        assert!(load("168h", "1h").is_ok());
+        assert!(load("26h", "1h").is_ok());
+        for (ttl, appr) in [("25h", "1h"), ("24h", "1h"), ("48h", "24h"), ("2h", "1h")] {
+            let e = load(ttl, appr).unwrap_err().to_string();
+            assert!(
+                e.contains("guardrails.idempotency_ttl") && e.contains("approvals.ttl"),
+                "{ttl} {appr}: {e}"
+            );
+        }
     }
 
     #[test]

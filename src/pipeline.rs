@@ -567,7 +567,7 @@ impl Engine {
                     if joined { "joins approval" } else { "approval" },
                     approval.id,
                     if joined {
-                        " (same runbook and target, asked for by an earlier incident),"
+                        " (same runbook, target and action, asked for by an earlier incident),"
                     } else {
                         ""
                     },
@@ -746,8 +746,8 @@ impl Engine {
 
     /// Create the pending approval an `approval_required` decision asks for, bound to the hash
     /// of the rendered action (retried until the store answers: the decision is already taken),
-    /// or join the one already pending for the same runbook and target (`true`): an alert storm
-    /// asks a human once, not once per incident.
+    /// or join the one already pending for the same runbook, target and action (`true`): an alert
+    /// storm asks a human once, not once per incident.
     async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> (Approval, bool) {
         let view = action.view();
         let pending = Approval {
@@ -761,8 +761,16 @@ impl Engine {
             expires_at_ms: 0,
             state: ApprovalState::Pending,
             approver: None,
-            // Newline-separated: no runbook id, namespace or target contains one.
-            group: [rb.id.as_str(), view.namespace.as_deref().unwrap_or(""), &view.target].join("\n"),
+            // Newline-separated: no runbook id, namespace, target or hash contains one. The
+            // action hash is part of it: an incident joins only an approval for the very action
+            // it would run, so what the approver sees is what every joined incident asked for.
+            group: [
+                rb.id.as_str(),
+                view.namespace.as_deref().unwrap_or(""),
+                &view.target,
+                &action_hash(action),
+            ]
+            .join("\n"),
         };
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -1062,18 +1070,46 @@ impl Engine {
         let attempt = uuid::Uuid::new_v4().to_string();
         let scope = guard_scope(rb, &incident, &action);
         let limits = self.limits(rb);
+        // An approval never overrides shadow mode: on a dry-run worker or for a dry-run runbook
+        // the approved action is checked and reserved like any dry run (never the circuit's
+        // probe), recorded as `dry_run` and never handed to the executor.
+        let dry_run = rb.dry_run || self.settings.dry_run;
+        let admission = if dry_run {
+            Admission::DryRun {
+                scope: scope.clone(),
+                limits: limits.clone(),
+            }
+        } else {
+            Admission::Reserve {
+                scope: scope.clone(),
+                limits: limits.clone(),
+            }
+        };
         let req = DecideRequest {
             incident_id: claim_id.clone(),
             attempt: attempt.clone(),
             worker: self.settings.worker.clone(),
             source: None,
             lease_ms: ms(self.settings.lease),
-            admission: Admission::Reserve {
-                scope: scope.clone(),
-                limits: limits.clone(),
-            },
+            admission,
         };
         match self.claim(&req).await? {
+            DecideAnswer::Allowed { .. } if dry_run => {
+                // Nothing ran: release the slots without any word to the circuit.
+                self.finish_retrying(&FinishRequest {
+                    incident_id: claim_id.clone(),
+                    attempt: attempt.clone(),
+                    scope,
+                    limits,
+                    result: ExecResult::NotRun,
+                })
+                .await;
+                o.decision = Decision::DryRun;
+                o.reason = format!(
+                    "approved by {approver}; dry run ({}): guardrails checked and reserved, action rendered but not executed",
+                    if rb.dry_run { "runbook dry_run" } else { "worker dry_run" }
+                );
+            }
             DecideAnswer::Allowed { probe, .. } => {
                 let reserved = Reserved {
                     claim_id: &claim_id,
@@ -1113,7 +1149,13 @@ impl Engine {
     /// expired) under the approval's claim id, so its audit trail is complete. When an earlier
     /// try of the same answer recorded one already, that one is returned (and published again)
     /// instead: a retry repeats the audit, it does not add a different one.
-    async fn finalize_answer(&self, a: &Approval, outcomes: Vec<Outcome>) -> Vec<Outcome> {
+    ///
+    /// When another try of the same answer holds the execution claim (in progress) or was
+    /// interrupted while executing, this try's own outcome ("expired", "aborted; not executed")
+    /// would be false: the action runs or may have run. It says so instead, and records
+    /// nothing of its own (an interrupted claim gets its final `aborted` outcome, as any
+    /// interrupted incident does).
+    async fn finalize_answer(&self, a: &Approval, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
         let attempt = uuid::Uuid::new_v4().to_string();
         let req = DecideRequest {
             incident_id: approval_claim(a),
@@ -1133,6 +1175,32 @@ impl Engine {
                     if !recorded.is_empty() {
                         return recorded;
                     }
+                }
+            }
+            Ok(DecideAnswer::InProgress { worker, .. }) => {
+                for o in &mut outcomes {
+                    o.decision = Decision::Duplicate;
+                    o.guardrail = None;
+                    o.reason = format!(
+                        "approval {} is being executed by another try of this answer (worker {worker}); \
+                         its outcome is published when it finishes; this try did nothing",
+                        a.id
+                    );
+                }
+            }
+            Ok(DecideAnswer::Interrupted { worker }) => {
+                for o in &mut outcomes {
+                    o.decision = Decision::Aborted;
+                    o.guardrail = None;
+                    o.reason = format!(
+                        "approval {}: an earlier try of this answer by {worker} was interrupted while executing; \
+                         its effect is unknown and an action is never run twice, so it is not retried",
+                        a.id
+                    );
+                }
+                match self.finalize(&approval_claim(a), &attempt, outcomes.clone()).await {
+                    Ok(h) => outcomes = h.outcomes,
+                    Err(e) => warn!(error = %e, approval = %a.id, "could not record the answer's outcome"),
                 }
             }
             Ok(_) => {}

@@ -47,6 +47,16 @@ async fn redis_rig(runbooks: &str, faults: Faults) -> Option<Rig> {
 }
 
 fn rig_with(runbooks: &str, faults: Faults, store: Arc<dyn Store>, clock: ManualClock) -> Rig {
+    rig_with_settings(runbooks, faults, store, clock, Settings::default())
+}
+
+fn rig_with_settings(
+    runbooks: &str,
+    faults: Faults,
+    store: Arc<dyn Store>,
+    clock: ManualClock,
+    settings: Settings,
+) -> Rig {
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let executor = Arc::new(SimulatedExecutor::with_faults(faults));
     let engine = Engine::new(
@@ -54,7 +64,7 @@ fn rig_with(runbooks: &str, faults: Faults, store: Arc<dyn Store>, clock: Manual
         store.clone(),
         executor.clone(),
         shared,
-        Settings::default(),
+        settings,
         Metrics::new(),
         EventIds::Random,
     );
@@ -91,6 +101,20 @@ async fn answer(r: &Rig, id: &str, approve: bool, who: &str, hash: Option<&str>)
 }
 
 const SEED: &str = include_str!("data/seed-runbooks.yaml");
+
+fn memory_store(clock: &ManualClock) -> Arc<dyn Store> {
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    Arc::new(MemoryStore::new(shared))
+}
+
+async fn redis_store() -> Option<Arc<dyn Store>> {
+    let url = common::redis_url()?;
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let store = RedisStore::connect(&url, &prefix, std::time::Duration::from_millis(500))
+        .await
+        .expect("connect");
+    Some(Arc::new(store))
+}
 
 fn undo(id: &str, svc: &str) -> String {
     format!(
@@ -473,4 +497,158 @@ async fn pending_approval_gauges_follow_the_store_on_redis() {
     assert_eq!(m.approvals_pending.get(), 1);
     assert_eq!(other.engine.refresh_approval_gauges().await.unwrap(), 1);
     assert_eq!(other.engine.metrics().approvals_pending.get(), 1);
+}
+
+/// An approval never overrides shadow mode: approving an action on a dry-run worker, or for a
+/// dry-run runbook, records a `dry_run` outcome and never reaches the executor.
+#[tokio::test]
+async fn approving_in_dry_run_never_executes() {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
+    let worker = Settings {
+        dry_run: true,
+        ..Settings::default()
+    };
+    let r = rig_with_settings(SEED, Faults::default(), memory_store(&clock), clock.clone(), worker);
+    approved_dry_run(r, "worker dry_run").await;
+    let r = rig_with(&dry_runbook(), Faults::default(), memory_store(&clock), clock);
+    approved_dry_run(r, "runbook dry_run").await;
+}
+
+#[tokio::test]
+async fn approving_in_dry_run_never_executes_on_redis() {
+    let Some(store) = redis_store().await else { return };
+    let worker = Settings {
+        dry_run: true,
+        ..Settings::default()
+    };
+    let r = rig_with_settings(SEED, Faults::default(), store, ManualClock::new(Utc::now()), worker);
+    approved_dry_run(r, "worker dry_run").await;
+    let store = redis_store().await.expect("redis");
+    let r = rig_with(&dry_runbook(), Faults::default(), store, ManualClock::new(Utc::now()));
+    approved_dry_run(r, "runbook dry_run").await;
+}
+
+fn dry_runbook() -> String {
+    SEED.replace("    risk: HIGH\n", "    risk: HIGH\n    dry_run: true\n")
+}
+
+async fn approved_dry_run(r: Rig, why: &str) {
+    let o = send(&r, &undo("DR1", "checkout")).await;
+    assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+    let id = o.approval_id.expect("approval id");
+    let (ok, out) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0].decision, Decision::DryRun, "{}", out[0].reason);
+    assert!(out[0].reason.contains(why), "{}", out[0].reason);
+    assert!(out[0].reason.starts_with("approved by alice"), "{}", out[0].reason);
+    assert!(r.executor.journal().is_empty(), "an approval never executes in dry run");
+    // A retry of the same answer replays the recorded dry run; still nothing runs.
+    let (ok, again) = answer(&r, &id, true, "alice", None).await;
+    assert!(ok, "{again:?}");
+    assert_eq!(again[0].decision, Decision::DryRun, "{}", again[0].reason);
+    assert!(r.executor.journal().is_empty());
+}
+
+const SCALE: &str = r#"
+runbooks:
+  scale-up:
+    risk: LOW
+    mode: approval
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: kubectl scale deployment {deployment} --replicas={new_replicas} -n {namespace}
+"#;
+
+fn scale(id: &str, replicas: u32) -> String {
+    format!(
+        r#"{{"id":"{id}","root_cause":"high_cpu","confidence":0.95,"service":"web","context":{{"deployment":"web","namespace":"production","new_replicas":{replicas}}}}}"#
+    )
+}
+
+/// An incident joins a pending approval only for the very action it would run: the same
+/// target with another action (another replica count) asks on its own, so approving never runs
+/// an action other than the one each joined incident showed.
+#[tokio::test]
+async fn only_the_same_action_joins_a_pending_approval() {
+    same_action_joins(rig(SCALE, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn only_the_same_action_joins_a_pending_approval_on_redis() {
+    if let Some(r) = redis_rig(SCALE, Faults::default()).await {
+        same_action_joins(r).await;
+    }
+}
+
+async fn same_action_joins(r: Rig) {
+    let first = send(&r, &scale("J1", 5)).await;
+    assert_eq!(first.decision, Decision::ApprovalRequired, "{}", first.reason);
+    let id = first.approval_id.clone().unwrap();
+    let same = send(&r, &scale("J2", 5)).await;
+    assert_eq!(same.approval_id.as_deref(), Some(id.as_str()), "the same action joins");
+    assert_eq!(same.action, first.action);
+    let other = send(&r, &scale("J3", 8)).await;
+    assert_eq!(other.decision, Decision::ApprovalRequired);
+    let other_id = other.approval_id.clone().unwrap();
+    assert_ne!(other_id, id, "another action on the same target asks on its own");
+    assert!(!other.reason.contains("joins"), "{}", other.reason);
+    assert_eq!(r.store.pending_approvals().await.unwrap().len(), 2);
+    // Approving J3's approval runs J3's action.
+    let (ok, out) = answer(&r, &other_id, true, "alice", None).await;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0].action, other.action, "{out:?}");
+}
+
+/// A retry of an answer whose first try is still executing never publishes a false "expired;
+/// not executed": here the incident aged out while the first try ran, so the retry stops at the
+/// freshness check, finds the execution claim held, and says so (`duplicate`), while the first
+/// try executes once.
+#[tokio::test]
+async fn a_retry_during_the_execution_never_says_not_executed() {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap());
+    retry_during_execution(memory_store(&clock), clock).await;
+}
+
+/// The same on Redis: its leases keep Redis time (600 s, live throughout); only the engine's
+/// freshness check sees the moved clock.
+#[tokio::test]
+async fn a_retry_during_the_execution_never_says_not_executed_on_redis() {
+    if let Some(store) = redis_store().await {
+        retry_during_execution(store, ManualClock::new(Utc::now())).await;
+    }
+}
+
+async fn retry_during_execution(store: Arc<dyn Store>, clock: ManualClock) {
+    let settings = Settings {
+        max_incident_age: std::time::Duration::from_secs(60),
+        lease: std::time::Duration::from_secs(600),
+        ..Settings::default()
+    };
+    let faults = Faults {
+        action_delay: std::time::Duration::from_millis(1500),
+        ..Faults::default()
+    };
+    let r = rig_with_settings(SEED, faults, store, clock, settings);
+    let json = format!(
+        r#"{{"id":"P1","root_cause":"error_rate_spike_after_deploy","confidence":0.95,"service":"web","detected_at":"{}","context":{{"deployment":"web","namespace":"production"}}}}"#,
+        r.clock.now().to_rfc3339()
+    );
+    let id = send(&r, &json).await.approval_id.unwrap();
+    let retry = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        r.clock.advance(ChronoDuration::minutes(2));
+        answer(&r, &id, true, "alice", None).await
+    };
+    let ((ok1, first), (ok2, second)) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        tokio::join!(answer(&r, &id, true, "alice", None), retry)
+    })
+    .await
+    .expect("bounded");
+    assert!(ok1 && ok2);
+    assert_eq!(first[0].decision, Decision::Executed, "{}", first[0].reason);
+    assert_eq!(second[0].decision, Decision::Duplicate, "{}", second[0].reason);
+    assert!(second[0].reason.contains("being executed"), "{}", second[0].reason);
+    assert_eq!(r.executor.journal().len(), 1);
 }

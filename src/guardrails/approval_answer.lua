@@ -11,8 +11,9 @@ Returns { verdict, json, state, approver, created_at, expires_at } with verdict 
   ok | again | not_found | answered | expired | tampered
 Order of refusals: single use first (a replay is a replay even after expiry), then expiry, then
 the binding to the action hash. `again`: the answer was given before by the same approver with
-the same decision (and no other hash): a retry of the accepted answer, which the caller finishes
-(its execution claim keeps it to one run), never a second answer.
+the same decision (and no other hash), and the approval has not expired yet: a retry of the
+accepted answer, which the caller finishes (its execution claim keeps it to one run), never a
+second answer. Past the expiry the same repeat is `answered`.
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -26,7 +27,10 @@ local function out(verdict)
   return { verdict, json, state, approver, created, expires }
 end
 if state ~= 'pending' then
-  if state == ARGV[2] and approver == ARGV[3] and (ARGV[4] == '' or ARGV[4] == hash) then
+  -- A retry is only one while the approval is still answerable: past its expiry the answer is
+  -- settled, and a late repeat must not re-open it (its execution claim may be gone).
+  if state == ARGV[2] and approver == ARGV[3] and (ARGV[4] == '' or ARGV[4] == hash)
+      and now <= tonumber(expires) then
     return out('again')
   end
   return out('answered')

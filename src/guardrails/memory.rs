@@ -764,9 +764,11 @@ impl LedgerStore for MemoryStore {
             } else {
                 ApprovalState::Denied
             };
+            // Same as approval_answer.lua: a repeat is a retry only until the expiry.
             if a.state == decision
                 && a.approver.as_deref() == Some(answer.approver.as_str())
                 && answer.action_hash.as_ref().is_none_or(|h| *h == a.action_hash)
+                && now <= a.expires_at_ms
             {
                 return Ok(AnswerResult::Repeated(a.clone()));
             }

@@ -21,6 +21,7 @@ macro_rules! ledger_suite_tests {
             unknown_approval_is_not_found,
             concurrent_answers_accept_exactly_one,
             the_same_answer_again_is_a_retry_not_a_second_answer,
+            a_repeat_after_expiry_is_not_a_retry,
             one_pending_approval_per_group,
             pending_summary_counts_and_finds_the_oldest,
             trust_keeps_a_rolling_window,
@@ -201,6 +202,22 @@ pub async fn the_same_answer_again_is_a_retry_not_a_second_answer(s: Ledger) {
         );
     }
     assert!(!s.pending_approvals().await.unwrap().iter().any(|p| p.id == id));
+}
+
+/// A repeat of an accepted answer is a retry (`Repeated`) only while the approval has not
+/// expired: past its expiry it is refused like any other second answer.
+pub async fn a_repeat_after_expiry_is_not_a_retry(s: Ledger) {
+    let id = unique();
+    s.create_approval(&approval(&id), 300).await.unwrap();
+    assert!(matches!(
+        s.answer_approval(&id, &answer(true, "alice", None)).await.unwrap(),
+        AnswerResult::Accepted(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    match s.answer_approval(&id, &answer(true, "alice", None)).await.unwrap() {
+        AnswerResult::AlreadyAnswered(a) => assert_eq!(a.approver.as_deref(), Some("alice")),
+        other => panic!("a repeat past the expiry is no retry, got {other:?}"),
+    }
 }
 
 fn grouped(id: &str, group: &str) -> Approval {
