@@ -560,7 +560,21 @@ impl Engine {
         match intent {
             Intent::Suggest => {}
             Intent::Approval => {
-                let (approval, joined) = self.request_approval(incident, rb, action).await;
+                // What a human approves is the action as the cluster makes it now (an undo's
+                // revisions): pinned before it is shown and hashed.
+                let action = match self.executor.pin(action).await {
+                    Ok(pinned) => pinned,
+                    Err(e) => {
+                        o.decision = Decision::Aborted;
+                        o.reason = format!(
+                            "could not read the live state the approval must be bound to: {e}; no approval asked, \
+                             nothing changed"
+                        );
+                        return self.finalize(&incident.id, attempt, vec![o]).await;
+                    }
+                };
+                o.action = Some(action.view());
+                let (approval, joined) = self.request_approval(incident, rb, &action).await;
                 o.approval_id = Some(approval.id.clone());
                 o.reason.push_str(&format!(
                     "; {} {}{} pending until {}",
@@ -745,7 +759,8 @@ impl Engine {
     }
 
     /// Create the pending approval an `approval_required` decision asks for, bound to the hash
-    /// of the rendered action (retried until the store answers: the decision is already taken),
+    /// of the rendered action as the executor pinned it (an undo's live revisions included:
+    /// [`Executor::pin`]; retried until the store answers: the decision is already taken),
     /// or join the one already pending for the same runbook, target and action (`true`): an alert
     /// storm asks a human once, not once per incident.
     async fn request_approval(&self, incident: &Incident, rb: &Runbook, action: &Action) -> (Approval, bool) {
@@ -1032,19 +1047,34 @@ impl Engine {
         };
         let vars = Vars::from_incident(&incident);
         let action = match render(rb, &incident, &vars) {
-            Ok(action) if action_hash(&action) == a.action_hash => action,
-            Ok(_) => {
+            Ok(action) => action,
+            Err(e) => {
+                o.decision = Decision::Aborted;
+                o.reason = format!("approved by {approver}, but the action no longer renders: {e}");
+                return Ok(self.finalize_answer(a, vec![o]).await);
+            }
+        };
+        // Pinned again as when the approval was asked for: an undo whose deployment was deployed
+        // (or undone) since then restores something else now, and hashes differently.
+        let action = match self.executor.pin(&action).await {
+            Ok(pinned) if action_hash(&pinned) == a.action_hash => pinned,
+            Ok(pinned) => {
                 o.decision = Decision::Aborted;
                 o.reason = format!(
-                    "approved by {approver}, but runbook {} now renders a different action than the one approved; \
-                     not executed (ask again)",
-                    rb.id
+                    "approved by {approver}, but runbook {} now renders a different action than the one approved \
+                     (approved: {}; now: {}); not executed (ask again)",
+                    rb.id,
+                    a.action,
+                    pinned.view().display
                 );
                 return Ok(self.finalize_answer(a, vec![o]).await);
             }
             Err(e) => {
                 o.decision = Decision::Aborted;
-                o.reason = format!("approved by {approver}, but the action no longer renders: {e}");
+                o.reason = format!(
+                    "approved by {approver}, but the live state the approval is bound to could not be read: {e}; \
+                     not executed (ask again)"
+                );
                 return Ok(self.finalize_answer(a, vec![o]).await);
             }
         };

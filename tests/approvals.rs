@@ -354,6 +354,89 @@ async fn guardrails_changed(r: Rig) {
     assert_eq!(r.executor.journal().len(), 1);
 }
 
+/// Issue 13 (Low): an approval of `rollout undo` is bound to the revisions it undoes and
+/// restores (pinned into the action, so into its hash and its display). A deploy between the
+/// request and the answer changes what the undo would restore: the approved answer is refused,
+/// nothing runs; asked again with nothing in between, it runs at the new revisions.
+#[tokio::test]
+async fn an_approved_undo_is_bound_to_its_revisions() {
+    undo_pinned(rig(SEED, Faults::default())).await;
+}
+
+#[tokio::test]
+async fn an_approved_undo_is_bound_to_its_revisions_on_redis() {
+    if let Some(r) = redis_rig(SEED, Faults::default()).await {
+        undo_pinned(r).await;
+    }
+}
+
+async fn undo_pinned(r: Rig) {
+    let bounded = async {
+        // The simulated deployment starts at revision 2: an undo restores revision 1.
+        assert_eq!(r.executor.revision("production", "checkout"), 2);
+        let asked = send(&r, &undo("U1", "checkout")).await;
+        assert_eq!(asked.decision, Decision::ApprovalRequired, "{}", asked.reason);
+        let pending = r.store.pending_approvals().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        let (id, hash) = (pending[0].id.clone(), pending[0].action_hash.clone());
+
+        // A deploy before the answer: revision 3, an undo would now restore revision 2.
+        r.executor.set_revision("production", "checkout", 3);
+        let (ok, out) = answer(&r, &id, true, "alice", Some(&hash)).await;
+        assert!(ok, "the answer itself is accepted");
+        assert_eq!(out[0].decision, Decision::Aborted, "{}", out[0].reason);
+        assert!(
+            out[0]
+                .reason
+                .contains("now renders a different action than the one approved")
+                && out[0].reason.contains("--to-revision=1")
+                && out[0].reason.contains("--to-revision=2")
+                && out[0].reason.contains("not executed (ask again)"),
+            "{}",
+            out[0].reason
+        );
+        assert!(r.executor.journal().is_empty(), "nothing executed");
+        assert_eq!(r.executor.revision("production", "checkout"), 3);
+        // What was asked for showed (and hashed) the revisions.
+        let view = asked.action.clone().expect("the approval shows its action");
+        assert_eq!(
+            view.display,
+            "kubectl rollout undo deployment checkout --to-revision=1 -n production"
+        );
+        assert_eq!(view.params["undone_from_revision"], 2);
+        assert_eq!(view.params["restored_revision"], 1);
+        assert_eq!(pending[0].action, view.display, "the human sees the revision");
+
+        // Asked again, approved with nothing in between: it runs, restoring revision 2.
+        let o = send(&r, &undo("U2", "checkout")).await;
+        let again = o.approval_id.expect("a new approval");
+        assert_ne!(again, id);
+        let (ok, out) = answer(&r, &again, true, "alice", None).await;
+        assert!(ok);
+        assert_eq!(
+            (out[0].decision, out[0].success),
+            (Decision::Executed, Some(true)),
+            "{}",
+            out[0].reason
+        );
+        assert_eq!(out[0].action.as_ref().unwrap().params["restored_revision"], 2);
+        let journal = r.executor.journal();
+        assert_eq!(journal.len(), 1);
+        assert_eq!(
+            journal[0].display,
+            "kubectl rollout undo deployment checkout --to-revision=2 -n production"
+        );
+        assert_eq!(
+            r.executor.revision("production", "checkout"),
+            4,
+            "the undo made a revision"
+        );
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), bounded)
+        .await
+        .expect("finished within 30 s");
+}
+
 #[tokio::test]
 async fn stale_incidents_are_not_executed_even_when_approved() {
     let r = rig(SEED, Faults::default());

@@ -26,6 +26,7 @@ use remediator::executor::kubernetes::{KubeExecutorOptions, KubernetesExecutor};
 use remediator::executor::simulated::SimulatedExecutor;
 use remediator::executor::{ExecContext, Executor};
 use remediator::guardrails::memory::MemoryStore;
+use remediator::guardrails::Answer;
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
 use remediator::pipeline::{Engine, EventIds, Settings};
@@ -612,6 +613,7 @@ async fn rollout_undo_restores_the_previous_template() {
     let undo = Action::RolloutUndo {
         namespace: ns.name.clone(),
         deployment: "api".into(),
+        pin: None,
     };
     let c = executor_suite::ctx(&inc, &undo, &vars, "probe");
     let r = executor
@@ -666,6 +668,131 @@ runbooks:
     let rss = ns.api::<ReplicaSet>().list(&ListParams::default()).await.unwrap().items;
     assert_eq!(rss.len(), 2, "the old ReplicaSet was reused");
     ns.cleanup().await;
+}
+
+/// Deploy `image` as the new template of `name` and wait for the rollout.
+async fn deploy(ns: &Ns, name: &str, image: &str) -> Deployment {
+    ns.api::<Deployment>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "main", "image": image}]}}}})),
+        )
+        .await
+        .expect("deploy");
+    let d = rolled_out(ns, name).await;
+    assert_eq!(image_of(&d), image);
+    d
+}
+
+fn revision(d: &Deployment) -> Option<String> {
+    d.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+        .cloned()
+}
+
+/// Issue 13 (Low): an approval of `rollout undo` is bound to the revisions it would undo and
+/// restore. Asked for at revision 2 (restoring 1), then a deploy makes revision 3: the approved
+/// undo would now restore revision 2, so it is refused ("ask again") and the deployment is left
+/// as deployed. Asked again and approved with nothing in between, it runs and restores.
+#[tokio::test]
+async fn an_approved_undo_is_refused_after_a_deploy_and_runs_without_one() {
+    let Some(client) = cluster().await else { return };
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let ns = Ns::new(&client, "undo-pin").await;
+        running(&ns, "api", 2, "registry.example/api:1").await;
+        deploy(&ns, "api", "registry.example/api:2").await;
+        let executor = Arc::new(KubernetesExecutor::new(client.clone(), options()).unwrap());
+        let runbooks = r#"
+runbooks:
+  rollback-deployment:
+    risk: HIGH
+    mode: approval
+    triggers: [error_rate_spike_after_deploy]
+    min_confidence: 0.9
+    pre_checks:
+      - deployment_exists
+      - previous_revision_available
+    action: kubectl rollout undo deployment {deployment} -n {namespace}
+    post_checks:
+      - {name: deployment_rolled_out, timeout_seconds: 30}
+"#;
+        let rig = rig(runbooks, executor);
+        let ask = |id: &str| {
+            incident(
+                id,
+                "error_rate_spike_after_deploy",
+                "api",
+                json!({"namespace": ns.name, "deployment": "api"}),
+            )
+        };
+        let approve = |id: String| {
+            let engine = &rig.engine;
+            async move {
+                let pending = engine.store().pending_approvals().await.expect("pending approvals");
+                let hash = pending
+                    .iter()
+                    .find(|a| a.id == id)
+                    .map(|a| a.action_hash.clone())
+                    .expect("the approval is pending");
+                let answer = Answer {
+                    approve: true,
+                    approver: "alice".into(),
+                    action_hash: Some(hash),
+                };
+                let res = engine.answer(&id, &answer).await.expect("answered");
+                assert!(res.accepted, "{}", res.reason);
+                assert_eq!(res.outcomes.len(), 1);
+                res.outcomes.into_iter().next().unwrap()
+            }
+        };
+
+        let o = rig.send(ask("pin-1")).await;
+        assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+        let view = o.action.clone().expect("the approval shows its action");
+        let first = o.approval_id.clone().expect("approval id");
+
+        // A deploy before the answer: revision 3, an undo would now restore revision 2.
+        let deployed = deploy(&ns, "api", "registry.example/api:3").await;
+        assert_eq!(revision(&deployed).as_deref(), Some("3"));
+        let o = approve(first).await;
+        assert_eq!(o.decision, Decision::Aborted, "{}", o.reason);
+        assert!(o.reason.contains("now renders a different action"), "{}", o.reason);
+        assert!(o.reason.contains("--to-revision=2"), "{}", o.reason);
+        assert!(o.reason.contains("not executed (ask again)"), "{}", o.reason);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let d = rolled_out(&ns, "api").await;
+        assert_eq!(image_of(&d), "registry.example/api:3", "the deployment is as deployed");
+        assert_eq!(revision(&d).as_deref(), Some("3"));
+        // What was asked for showed (and hashed) the revisions it would undo and restore.
+        assert_eq!(
+            view.display,
+            format!("kubectl rollout undo deployment api --to-revision=1 -n {}", ns.name)
+        );
+        assert_eq!(view.params["undone_from_revision"], 2);
+
+        // Asked again and approved with nothing in between: it runs, restoring revision 2.
+        let o = rig.send(ask("pin-2")).await;
+        assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+        let second = o.approval_id.clone().expect("approval id");
+        let o = approve(second).await;
+        assert_eq!(o.decision, Decision::Executed, "{}", o.reason);
+        assert_eq!(o.success, Some(true), "{} {:?}", o.reason, o.checks);
+        assert!(
+            o.reason.contains("from revision 3 to the template of revision 2"),
+            "{}",
+            o.reason
+        );
+        assert_eq!(o.action.as_ref().unwrap().params["restored_revision"], 2);
+        let d = rolled_out(&ns, "api").await;
+        assert_eq!(image_of(&d), "registry.example/api:2");
+        ns.cleanup().await;
+    })
+    .await
+    .expect("the test finished within 240 s");
 }
 
 #[tokio::test]

@@ -83,8 +83,8 @@ fn replay_of_the_seed_incidents_gives_the_prescribed_decisions() {
         "kubectl delete pod api-server-abc123 -n production"
     );
     assert_eq!(
-        outcomes[2]["action"]["display"],
-        "kubectl rollout undo deployment checkout -n production"
+        outcomes[2]["action"]["display"], "kubectl rollout undo deployment checkout --to-revision=1 -n production",
+        "an approval shows the revision its undo restores"
     );
     for o in &outcomes {
         common::schema::assert_valid_outcome(o);

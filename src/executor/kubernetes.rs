@@ -14,6 +14,8 @@
 //! * `rollout_restart` stamps `remediator.io/restarted-by: <action id>` on the pod template:
 //!   declarative, so running the same action twice changes nothing.
 //! * `rollout_undo` does what `kubectl rollout undo` does, with the observed `resourceVersion`.
+//!   An undo pinned for an approval ([`Executor::pin`]) is refused, nothing patched, unless that
+//!   same read still shows the pinned revision and the pinned one to restore.
 //! * `patch` is a JSON merge-patch of one of [`PATCHABLE`]'s resources, also fenced by
 //!   `resourceVersion`; `webhook` is one HTTP call ([`super::webhook`]).
 //!
@@ -44,7 +46,7 @@ use super::{webhook, ActionReport, CheckResult, ExecContext, ExecError, Executor
 use crate::clock::{Clock, SystemClock};
 use crate::runbook::action::PATCHABLE;
 use crate::runbook::template::{validate, Template, VarKind};
-use crate::runbook::{Action, CheckName, CheckSpec, Replicas};
+use crate::runbook::{Action, CheckName, CheckSpec, Replicas, RevisionPin};
 use chrono::Timelike;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -700,24 +702,59 @@ impl KubernetesExecutor {
         }
     }
 
-    async fn rollout_undo(&self, ns: &str, name: &str) -> Result<ActionReport, ExecError> {
+    /// The revision `d` is at and the revision (with its ReplicaSet) an undo restores: the
+    /// highest one below it, as `kubectl rollout undo` picks it.
+    fn undo_target<'r>(
+        ns: &str,
+        name: &str,
+        d: &Deployment,
+        revisions: &'r [(i64, ReplicaSet)],
+    ) -> Result<(i64, &'r (i64, ReplicaSet)), ExecError> {
+        let current = revision_of(&d.metadata).or_else(|| revisions.first().map(|(r, _)| *r));
+        let Some(current) = current else {
+            return Err(ExecError(format!("deployment {ns}/{name} has no revision history")));
+        };
+        let Some(previous) = revisions.iter().find(|(r, _)| *r < current) else {
+            let known: Vec<String> = revisions.iter().map(|(r, _)| r.to_string()).collect();
+            return Err(ExecError(format!(
+                "deployment {ns}/{name} has no previous revision to roll back to (current revision {current}, \
+                 revisions [{}])",
+                known.join(", ")
+            )));
+        };
+        Ok((current, previous))
+    }
+
+    /// The live revisions an undo of `ns/name` would go from and to, read as the undo reads them.
+    async fn undo_pin(&self, ns: &str, name: &str) -> Result<RevisionPin, ExecError> {
+        let d = self.observed(ns, name).await?;
+        let revisions = self.revisions(ns, &d).await?;
+        let (from, (to, _)) = Self::undo_target(ns, name, &d, &revisions)?;
+        Ok(RevisionPin { from, to: *to })
+    }
+
+    async fn rollout_undo(&self, ns: &str, name: &str, pin: Option<RevisionPin>) -> Result<ActionReport, ExecError> {
         let deployments: Api<Deployment> = self.api(ns);
         let mut attempt = 0;
         loop {
             let d = self.observed(ns, name).await?;
             let revisions = self.revisions(ns, &d).await?;
-            let current = revision_of(&d.metadata).or_else(|| revisions.first().map(|(r, _)| *r));
-            let Some(current) = current else {
-                return Err(ExecError(format!("deployment {ns}/{name} has no revision history")));
-            };
-            let Some((previous, rs)) = revisions.iter().find(|(r, _)| *r < current) else {
-                let known: Vec<String> = revisions.iter().map(|(r, _)| r.to_string()).collect();
-                return Err(ExecError(format!(
-                    "deployment {ns}/{name} has no previous revision to roll back to (current revision {current}, \
-                     revisions [{}])",
-                    known.join(", ")
-                )));
-            };
+            let (current, (previous, rs)) = Self::undo_target(ns, name, &d, &revisions)?;
+            // Approved at other revisions: a deploy (or another undo) since the approval was asked
+            // for changed what this undo would restore. The patch below carries this read's
+            // resourceVersion, so a change after this comparison conflicts and is compared again.
+            if let Some(p) = pin.filter(|p| (p.from, p.to) != (current, *previous)) {
+                return Ok(ActionReport {
+                    detail: format!("deployment {ns}/{name} left at revision {current}"),
+                    refused: Some(format!(
+                        "deployment {ns}/{name} is at revision {current} (an undo would restore revision {previous}), \
+                         but this undo was approved at revision {} to restore revision {}: the deployment changed \
+                         since the approval was asked for (ask again)",
+                        p.from, p.to
+                    )),
+                    ..ActionReport::default()
+                });
+            }
             let Some(old) = rs.spec.as_ref().and_then(|s| s.template.as_ref()) else {
                 return Err(ExecError(format!(
                     "replicaset of revision {previous} of deployment {ns}/{name} has no pod template"
@@ -967,7 +1004,9 @@ impl KubernetesExecutor {
                 namespace, deployment, ..
             }
             | Action::RolloutRestart { namespace, deployment }
-            | Action::RolloutUndo { namespace, deployment }
+            | Action::RolloutUndo {
+                namespace, deployment, ..
+            }
             | Action::ScaleToZero { namespace, deployment } => Target::Deployment {
                 ns: namespace.clone(),
                 name: deployment.clone(),
@@ -1512,7 +1551,9 @@ impl Executor for KubernetesExecutor {
                 namespace, deployment, ..
             }
             | Action::RolloutRestart { namespace, deployment }
-            | Action::RolloutUndo { namespace, deployment }
+            | Action::RolloutUndo {
+                namespace, deployment, ..
+            }
             | Action::ScaleToZero { namespace, deployment } => Some((namespace, deployment)),
             Action::Patch { namespace, name, .. } => Some((namespace, name)),
             Action::Webhook { .. } => None,
@@ -1533,7 +1574,11 @@ impl Executor for KubernetesExecutor {
                 self.scale(namespace, deployment, &Replicas::Restore(0), ctx).await
             }
             Action::RolloutRestart { namespace, deployment } => self.rollout_restart(namespace, deployment, ctx).await,
-            Action::RolloutUndo { namespace, deployment } => self.rollout_undo(namespace, deployment).await,
+            Action::RolloutUndo {
+                namespace,
+                deployment,
+                pin,
+            } => self.rollout_undo(namespace, deployment, *pin).await,
             Action::Patch {
                 resource,
                 namespace,
@@ -1564,6 +1609,22 @@ impl Executor for KubernetesExecutor {
         }?;
         info!(kind = action.kind(), detail = %report.detail, rollback = ctx.rollback, "kubernetes action done");
         Ok(report)
+    }
+
+    async fn pin(&self, action: &Action) -> Result<Action, ExecError> {
+        match action {
+            Action::RolloutUndo {
+                namespace, deployment, ..
+            } => {
+                check_names(namespace, deployment).map_err(|m| ExecError(format!("refusing to call the API: {m}")))?;
+                Ok(Action::RolloutUndo {
+                    namespace: namespace.clone(),
+                    deployment: deployment.clone(),
+                    pin: Some(self.undo_pin(namespace, deployment).await?),
+                })
+            }
+            other => Ok(other.clone()),
+        }
     }
 
     fn name(&self) -> &'static str {

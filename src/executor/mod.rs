@@ -68,7 +68,8 @@ pub struct ActionReport {
     /// Values observed while acting that a rollback may need (`old_replicas`).
     pub captured: BTreeMap<String, String>,
     /// The action looked at the live object and refused to change it (a scale whose target
-    /// breaks its runbook's direction or bounds against the live count): nothing was changed,
+    /// breaks its runbook's direction or bounds against the live count, a pinned undo whose
+    /// deployment is no longer at the pinned revisions): nothing was changed,
     /// and the pipeline records `aborted` with this reason instead of verifying anything.
     pub refused: Option<String>,
 }
@@ -87,6 +88,18 @@ pub trait Executor: Send + Sync {
 
     /// Carry out an action (also used for rollbacks).
     async fn execute(&self, action: &Action, ctx: &ExecContext<'_>) -> Result<ActionReport, ExecError>;
+
+    /// Bind an action to the live facts that decide what it will do, before a human is asked to
+    /// approve it: the pipeline pins when it creates an approval (the hash and the displayed
+    /// action then include those facts) and again right before the approved action runs, and
+    /// refuses it when the two differ. A `rollout_undo` gets the deployment's current revision
+    /// and the one it would restore ([`crate::runbook::RevisionPin`]), and [`Executor::execute`]
+    /// refuses a pinned undo whose revisions no longer hold. Actions whose effect their rendered
+    /// fields already state come back unchanged (the default). An error means those facts could
+    /// not be read: nothing may be asked for or run on a guess.
+    async fn pin(&self, action: &Action) -> Result<Action, ExecError> {
+        Ok(action.clone())
+    }
 
     /// Short name for logs and `/readyz`.
     fn name(&self) -> &'static str;

@@ -2,12 +2,15 @@
 //!
 //! It keeps a journal of every action it was asked to run (so tests can prove "no executor
 //! call"), tracks deployment replica counts so scale rollbacks have something to restore (and
-//! refuses a scale against them as the Kubernetes executor does against the live count), and
+//! refuses a scale against them as the Kubernetes executor does against the live count), tracks
+//! deployment revisions as the deployment controller numbers them (a restart or an undo makes a
+//! new one; tests move them with [`SimulatedExecutor::set_revision`] to stand for a deploy), so
+//! undos are pinned and refused as the Kubernetes executor pins and refuses them, and
 //! can be told to fail: a post-check for chosen services (to exercise rollback and the circuit
 //! breaker), the action itself, the rollback, or to take a while (to exercise concurrency).
 
 use super::{ActionReport, CheckResult, ExecContext, ExecError, Executor};
-use crate::runbook::{Action, CheckName, CheckSpec, Replicas};
+use crate::runbook::{Action, CheckName, CheckSpec, Replicas, RevisionPin};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -47,7 +50,11 @@ pub struct SimulatedExecutor {
     journal: Mutex<Vec<JournalEntry>>,
     journal_file: Option<std::path::PathBuf>,
     replicas: Mutex<BTreeMap<(String, String), u32>>,
+    revisions: Mutex<BTreeMap<(String, String), i64>>,
 }
+
+/// The revision an unknown deployment starts at: one earlier revision to roll back to.
+pub const START_REVISION: i64 = 2;
 
 impl SimulatedExecutor {
     /// A simulated cluster where everything succeeds.
@@ -82,6 +89,30 @@ impl SimulatedExecutor {
 
     fn faults(&self) -> Faults {
         lock(&self.faults).clone()
+    }
+
+    /// The revision of a deployment (`deployment.kubernetes.io/revision` on a real one);
+    /// [`START_REVISION`] for one never seen.
+    pub fn revision(&self, namespace: &str, deployment: &str) -> i64 {
+        let key = (namespace.to_string(), deployment.to_string());
+        lock(&self.revisions).get(&key).copied().unwrap_or(START_REVISION)
+    }
+
+    /// Set a deployment's revision: a deploy outside remediator (tests).
+    pub fn set_revision(&self, namespace: &str, deployment: &str, revision: i64) {
+        lock(&self.revisions).insert((namespace.to_string(), deployment.to_string()), revision);
+    }
+
+    /// What an undo of the deployment would go from and to: the simulated history is linear,
+    /// so the revision below the current one.
+    fn undo_pin(&self, namespace: &str, deployment: &str) -> Result<RevisionPin, ExecError> {
+        let from = self.revision(namespace, deployment);
+        if from <= 1 {
+            return Err(ExecError(format!(
+                "deployment {namespace}/{deployment} has no previous revision to roll back to (current revision {from})"
+            )));
+        }
+        Ok(RevisionPin { from, to: from - 1 })
     }
 }
 
@@ -179,7 +210,50 @@ impl Executor for SimulatedExecutor {
             report.captured.insert("old_replicas".into(), current.to_string());
             report.detail = format!("simulated: scaled {deployment} from {current} to {target} replicas");
         }
+        if let Action::RolloutRestart { namespace, deployment } = action {
+            // A new pod template: the controller makes a new revision.
+            let next = self.revision(namespace, deployment) + 1;
+            self.set_revision(namespace, deployment, next);
+        }
+        if let Action::RolloutUndo {
+            namespace,
+            deployment,
+            pin,
+        } = action
+        {
+            // The same rule as the Kubernetes executor: a pinned undo only at its revisions.
+            let live = self.undo_pin(namespace, deployment)?;
+            if let Some(p) = pin.filter(|p| *p != live) {
+                report.refused = Some(format!(
+                    "deployment {namespace}/{deployment} is at revision {} (an undo would restore revision {}), \
+                     but this undo was approved at revision {} to restore revision {}: the deployment changed \
+                     since the approval was asked for (ask again)",
+                    live.from, live.to, p.from, p.to
+                ));
+                report.detail = format!("simulated: {deployment} left at revision {}", live.from);
+                return Ok(report);
+            }
+            // The restored template becomes the newest revision, as the controller renumbers it.
+            self.set_revision(namespace, deployment, live.from + 1);
+            report
+                .captured
+                .insert("undone_from_revision".into(), live.from.to_string());
+            report.captured.insert("restored_revision".into(), live.to.to_string());
+        }
         Ok(report)
+    }
+
+    async fn pin(&self, action: &Action) -> Result<Action, ExecError> {
+        match action {
+            Action::RolloutUndo {
+                namespace, deployment, ..
+            } => Ok(Action::RolloutUndo {
+                namespace: namespace.clone(),
+                deployment: deployment.clone(),
+                pin: Some(self.undo_pin(namespace, deployment)?),
+            }),
+            other => Ok(other.clone()),
+        }
     }
 
     fn name(&self) -> &'static str {

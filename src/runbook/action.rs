@@ -197,6 +197,9 @@ pub enum Action {
         namespace: String,
         /// Deployment.
         deployment: String,
+        /// The revisions read from the cluster when a human was asked to approve this undo
+        /// (`None` when rendered from a runbook): part of the view, so of the approval's hash.
+        pin: Option<RevisionPin>,
     },
     /// Scale to zero.
     ScaleToZero {
@@ -232,6 +235,19 @@ pub enum Action {
 /// Why a scale other than `down` or `restore` is refused on a deployment at 0 replicas.
 pub const STOPPED_DELIBERATELY: &str = "the deployment runs 0 replicas: it was stopped deliberately \
      (scale_to_zero or a human), and only a human or the stop's own restore brings it back";
+
+/// What a `rollout_undo` does depends on the deployment's history, not on its rendered fields: a
+/// deploy between the request for an approval and the answer would change what the approved undo
+/// restores. So before an undo is shown to a human (and hashed), the executor pins the live
+/// revisions into it ([`crate::executor::Executor::pin`]); the approved run pins again and must
+/// hash the same, and the executor refuses a pinned undo when the live revisions differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevisionPin {
+    /// The deployment's revision (`deployment.kubernetes.io/revision`): the one the undo replaces.
+    pub from: i64,
+    /// The revision whose template the undo restores (the highest one below `from`).
+    pub to: i64,
+}
 
 /// A rendered replica target, with the rule the live count must satisfy.
 #[derive(Debug, Clone, PartialEq)]
@@ -540,6 +556,7 @@ impl ActionSpec {
             ActionSpec::RolloutUndo { namespace, deployment } => Action::RolloutUndo {
                 namespace: ns(namespace)?,
                 deployment: name(deployment, "deployment")?,
+                pin: None,
             },
             ActionSpec::ScaleToZero { namespace, deployment } => Action::ScaleToZero {
                 namespace: ns(namespace)?,
@@ -664,11 +681,25 @@ impl Action {
                 Some(namespace),
                 format!("kubectl rollout restart deployment {deployment} -n {namespace}"),
             ),
-            Action::RolloutUndo { namespace, deployment } => (
-                format!("deployment/{deployment}"),
-                Some(namespace),
-                format!("kubectl rollout undo deployment {deployment} -n {namespace}"),
-            ),
+            Action::RolloutUndo {
+                namespace,
+                deployment,
+                pin,
+            } => {
+                let to = match pin {
+                    Some(p) => {
+                        params.insert("undone_from_revision".into(), Value::from(p.from));
+                        params.insert("restored_revision".into(), Value::from(p.to));
+                        format!(" --to-revision={}", p.to)
+                    }
+                    None => String::new(),
+                };
+                (
+                    format!("deployment/{deployment}"),
+                    Some(namespace),
+                    format!("kubectl rollout undo deployment {deployment}{to} -n {namespace}"),
+                )
+            }
             Action::ScaleToZero { namespace, deployment } => {
                 params.insert("replicas".into(), Value::from(0));
                 (
@@ -859,6 +890,31 @@ mod tests {
             Ok(0),
             "a restore puts back what was there"
         );
+    }
+
+    #[test]
+    fn a_pinned_undo_shows_its_revisions() {
+        let a = ActionSpec::from_kubectl("kubectl rollout undo deployment web -n prod").unwrap();
+        let unpinned = a.render(&Vars::default(), &[]).unwrap();
+        assert_eq!(unpinned.view().display, "kubectl rollout undo deployment web -n prod");
+        assert!(unpinned.view().params.is_empty());
+        let Action::RolloutUndo {
+            namespace, deployment, ..
+        } = unpinned
+        else {
+            panic!("not an undo")
+        };
+        let pinned = |from, to| Action::RolloutUndo {
+            namespace: namespace.clone(),
+            deployment: deployment.clone(),
+            pin: Some(RevisionPin { from, to }),
+        };
+        let v = pinned(3, 2).view();
+        assert_eq!(v.display, "kubectl rollout undo deployment web --to-revision=2 -n prod");
+        assert_eq!(v.params["undone_from_revision"], 3);
+        assert_eq!(v.params["restored_revision"], 2);
+        assert_ne!(pinned(4, 3).view(), v, "another revision is another view");
+        assert_ne!(pinned(4, 2).view(), v, "the undone revision counts too");
     }
 
     #[test]

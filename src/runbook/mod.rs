@@ -10,7 +10,7 @@ pub mod check;
 mod load;
 pub mod template;
 
-pub use action::{Action, ActionSpec, Bounds, Direction, ReplicaSpec, Replicas, DEFAULT_MAX_REPLICAS};
+pub use action::{Action, ActionSpec, Bounds, Direction, ReplicaSpec, Replicas, RevisionPin, DEFAULT_MAX_REPLICAS};
 pub use check::{CheckName, CheckSpec};
 pub use load::{LoadError, LoadErrors};
 

@@ -10,6 +10,10 @@
 //!   nothing (the next scale still sees the same count);
 //! * a deployment that `scale_to_zero` stopped is not brought back by an `up`, `by` or
 //!   predictive scale (refused, still 0); only the stop's `restore` does;
+//! * an undo pinned for an approval ([`Executor::pin`]) carries the live revisions, runs only
+//!   while they hold: after a new revision (a rollout restart standing for a deploy) it is
+//!   refused with the reason, captures and changes nothing; pinned again, it runs; other actions
+//!   pin to themselves;
 //! * every named check answers with a non-empty detail, promptly, without panicking;
 //! * the checks whose answer is fixed by the fixture (3 replicas, healthy pod) agree.
 //!
@@ -21,7 +25,7 @@ use remediator::executor::{ExecContext, Executor};
 use remediator::incident::{self, Incident};
 use remediator::runbook::check::CHECK_NAMES;
 use remediator::runbook::template::{Template, Vars};
-use remediator::runbook::{Action, Bounds, CheckName, CheckSpec, Replicas};
+use remediator::runbook::{Action, Bounds, CheckName, CheckSpec, Replicas, RevisionPin};
 use std::time::Duration;
 
 /// The world the suite acts on.
@@ -93,6 +97,103 @@ pub async fn run(exec: &dyn Executor, fx: &Fixture) {
         missing_targets_fail(exec, fx).await;
     }
     a_stopped_deployment_stays_stopped(exec, fx).await;
+    // Last: its restarts roll the deployment's pods, which the checks above must not see.
+    a_pinned_undo_runs_only_at_its_revisions(exec, fx).await;
+}
+
+async fn pin_of(exec: &dyn Executor, undo: &Action) -> (Action, RevisionPin) {
+    let pinned = exec
+        .pin(undo)
+        .await
+        .unwrap_or_else(|e| panic!("{}: pin an undo: {e}", exec.name()));
+    match &pinned {
+        Action::RolloutUndo { pin: Some(p), .. } => {
+            let p = *p;
+            (pinned, p)
+        }
+        other => panic!("{}: an undo pins its revisions, got {other:?}", exec.name()),
+    }
+}
+
+async fn a_pinned_undo_runs_only_at_its_revisions(exec: &dyn Executor, fx: &Fixture) {
+    let inc = incident(fx, "suite-undo");
+    let vars = Vars::from_incident(&inc);
+    let restart = Action::RolloutRestart {
+        namespace: fx.namespace.clone(),
+        deployment: fx.deployment.clone(),
+    };
+    let restarted = |id: &'static str| {
+        let (inc, restart, vars) = (&inc, &restart, &vars);
+        async move {
+            exec.execute(restart, &ctx(inc, restart, vars, id))
+                .await
+                .unwrap_or_else(|e| panic!("{}: rollout restart {id}: {e}", exec.name()))
+        }
+    };
+    // A new template, so there is a revision to go back to.
+    restarted("suite-undo-restart-1").await;
+    assert_eq!(
+        exec.pin(&restart).await.expect("pin a restart"),
+        restart,
+        "{}: only an undo is pinned",
+        exec.name()
+    );
+    let undo = Action::RolloutUndo {
+        namespace: fx.namespace.clone(),
+        deployment: fx.deployment.clone(),
+        pin: None,
+    };
+    let (pinned, p) = pin_of(exec, &undo).await;
+    assert!(p.to < p.from, "{}: {p:?}", exec.name());
+    assert!(
+        pinned.view().display.contains(&format!("--to-revision={}", p.to)),
+        "{}: {}",
+        exec.name(),
+        pinned.view().display
+    );
+
+    // A deploy between the pin and the run: a new revision.
+    restarted("suite-undo-restart-2").await;
+    let report = exec
+        .execute(&pinned, &ctx(&inc, &pinned, &vars, "suite-undo-1"))
+        .await
+        .unwrap_or_else(|e| panic!("{}: pinned undo after a deploy: {e}", exec.name()));
+    let why = report
+        .refused
+        .unwrap_or_else(|| panic!("{}: a stale pinned undo ran: {}", exec.name(), report.detail));
+    assert!(
+        why.contains(&format!("approved at revision {} to restore revision {}", p.from, p.to)),
+        "{}: {why}",
+        exec.name()
+    );
+    assert!(
+        report.captured.is_empty(),
+        "{}: a refused undo captures nothing",
+        exec.name()
+    );
+
+    // Nothing changed: the deployment is one revision on, and an undo pinned there runs.
+    let (pinned, q) = pin_of(exec, &undo).await;
+    assert_eq!(q.from, p.from + 1, "{}: the refused undo made no revision", exec.name());
+    let report = exec
+        .execute(&pinned, &ctx(&inc, &pinned, &vars, "suite-undo-2"))
+        .await
+        .unwrap_or_else(|e| panic!("{}: pinned undo: {e}", exec.name()));
+    assert_eq!(report.refused, None, "{}: {}", exec.name(), report.detail);
+    assert_eq!(
+        report.captured.get("undone_from_revision").map(String::as_str),
+        Some(q.from.to_string().as_str()),
+        "{}: {}",
+        exec.name(),
+        report.detail
+    );
+    assert_eq!(
+        report.captured.get("restored_revision").map(String::as_str),
+        Some(q.to.to_string().as_str()),
+        "{}: {}",
+        exec.name(),
+        report.detail
+    );
 }
 
 async fn delete_pod_is_verified(exec: &dyn Executor, fx: &Fixture) {
