@@ -562,3 +562,61 @@ async fn wipe_noticed_by_an_older_replica() {
         ALLOWED
     );
 }
+
+/// An approval answered by an older version (no `retryable` mark: its execution was claimed under
+/// another key, which this version cannot find) is never a retry: the same approver repeating
+/// the same answer after an upgrade is refused as already answered, not executed again. An
+/// answer this version accepted stays retryable.
+#[tokio::test]
+async fn an_answer_given_by_an_older_version_is_never_a_retry() {
+    use remediator::guardrails::{Answer, AnswerResult, Approval, ApprovalState, LedgerStore};
+    let Some(url) = common::redis_url() else { return };
+    let prefix = fresh_prefix();
+    let store = connect(&url, &prefix).await;
+    let approval = |id: &str| Approval {
+        id: id.to_string(),
+        incident_id: format!("inc-{id}"),
+        runbook: "rollback-deployment".into(),
+        action_hash: "h1".into(),
+        action: "kubectl rollout undo deployment checkout -n production".into(),
+        incident: "{}".into(),
+        created_at_ms: 0,
+        expires_at_ms: 0,
+        state: ApprovalState::Pending,
+        approver: None,
+        group: String::new(),
+    };
+    let alice = Answer {
+        approve: true,
+        approver: "alice".into(),
+        action_hash: Some("h1".into()),
+    };
+    // Answered by this version: a repeat is a retry.
+    store.create_approval(&approval("new"), 60_000).await.unwrap();
+    assert!(matches!(
+        store.answer_approval("new", &alice).await.unwrap(),
+        AnswerResult::Accepted(_)
+    ));
+    assert!(matches!(
+        store.answer_approval("new", &alice).await.unwrap(),
+        AnswerResult::Repeated(_)
+    ));
+    // Answered by an older version: the hash as it wrote it (state, approver, answered_at).
+    store.create_approval(&approval("old"), 60_000).await.unwrap();
+    let mut conn = raw(&url).await;
+    let key = format!("{{{prefix}}}:appr:old");
+    let _: () = raw_cmd(
+        &mut conn,
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("state")
+            .arg("approved")
+            .arg("approver")
+            .arg("alice")
+            .arg("answered_at")
+            .arg("1"),
+    )
+    .await;
+    let again = store.answer_approval("old", &alice).await.unwrap();
+    assert!(matches!(again, AnswerResult::AlreadyAnswered(_)), "{again:?}");
+}

@@ -13,12 +13,16 @@ Order of refusals: single use first (a replay is a replay even after expiry), th
 the binding to the action hash. `again`: the answer was given before by the same approver with
 the same decision (and no other hash), and the approval has not expired yet: a retry of the
 accepted answer, which the caller finishes (its execution claim keeps it to one run), never a
-second answer. Past the expiry the same repeat is `answered`.
+second answer. Past the expiry the same repeat is `answered`. Only an answer this version
+accepted (field `retryable`) is ever `again`: an approval answered by an older version, whose
+execution was claimed under another key, is `answered` whatever repeats it (an upgrade must not
+turn a replayed answer into a second execution).
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local r = redis.call('HMGET', KEYS[1], 'json', 'state', 'approver', 'created_at', 'expires_at', 'action_hash')
-local json, state, approver, created, expires, hash = r[1], r[2], r[3], r[4], r[5], r[6]
+local r = redis.call('HMGET', KEYS[1], 'json', 'state', 'approver', 'created_at', 'expires_at', 'action_hash',
+  'retryable')
+local json, state, approver, created, expires, hash, retryable = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
 if not json then
   return { 'not_found', '', '', '', '', '' }
 end
@@ -29,8 +33,8 @@ end
 if state ~= 'pending' then
   -- A retry is only one while the approval is still answerable: past its expiry the answer is
   -- settled, and a late repeat must not re-open it (its execution claim may be gone).
-  if state == ARGV[2] and approver == ARGV[3] and (ARGV[4] == '' or ARGV[4] == hash)
-      and now <= tonumber(expires) then
+  if retryable == '1' and state == ARGV[2] and approver == ARGV[3]
+      and (ARGV[4] == '' or ARGV[4] == hash) and now <= tonumber(expires) then
     return out('again')
   end
   return out('answered')
@@ -45,7 +49,8 @@ if ARGV[4] ~= '' and ARGV[4] ~= hash then
 end
 state = ARGV[2]
 approver = ARGV[3]
-redis.call('HSET', KEYS[1], 'state', state, 'approver', approver, 'answered_at', string.format('%d', now))
+redis.call('HSET', KEYS[1], 'state', state, 'approver', approver, 'answered_at', string.format('%d', now),
+  'retryable', '1')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return out('ok')

@@ -764,7 +764,9 @@ impl LedgerStore for MemoryStore {
             } else {
                 ApprovalState::Denied
             };
-            // Same as approval_answer.lua: a repeat is a retry only until the expiry.
+            // Same as approval_answer.lua: a repeat is a retry only until the expiry. (Its
+            // `retryable` mark, which keeps an answer given by an older version from ever being
+            // a retry, always holds here: this store lives and dies with one process.)
             if a.state == decision
                 && a.approver.as_deref() == Some(answer.approver.as_str())
                 && answer.action_hash.as_ref().is_none_or(|h| *h == a.action_hash)
