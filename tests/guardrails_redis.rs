@@ -569,23 +569,11 @@ async fn wipe_noticed_by_an_older_replica() {
 /// answer this version accepted stays retryable.
 #[tokio::test]
 async fn an_answer_given_by_an_older_version_is_never_a_retry() {
-    use remediator::guardrails::{Answer, AnswerResult, Approval, ApprovalState, LedgerStore};
+    use common::ledger_suite::approval;
+    use remediator::guardrails::{Answer, AnswerResult, LedgerStore};
     let Some(url) = common::redis_url() else { return };
     let prefix = fresh_prefix();
     let store = connect(&url, &prefix).await;
-    let approval = |id: &str| Approval {
-        id: id.to_string(),
-        incident_id: format!("inc-{id}"),
-        runbook: "rollback-deployment".into(),
-        action_hash: "h1".into(),
-        action: "kubectl rollout undo deployment checkout -n production".into(),
-        incident: "{}".into(),
-        created_at_ms: 0,
-        expires_at_ms: 0,
-        state: ApprovalState::Pending,
-        approver: None,
-        group: String::new(),
-    };
     let alice = Answer {
         approve: true,
         approver: "alice".into(),

@@ -630,25 +630,26 @@ runbooks:
     );
 }
 
-/// Against a real Redis: an action's lease renewals fail for longer than its lease, another
-/// incident takes the freed slot (max_concurrent_actions 1), and when the renewals come back the
-/// store answers `lapsed` (not `renewed`): the first execution's outcome says its slot lapsed and
-/// `remediator_lease_lapses_total{result="lost"}` counts it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lapsed_lease_is_reported_not_renewed() {
-    let Some(url) = common::redis_url() else { return };
+/// An engine on a real Redis (behind [`Faulty`]) with a 600 ms lease and one action in flight at
+/// most, for the lease tests; `None` without `REDIS_URL`.
+async fn lease_rig(
+    lose_decide_answer: bool,
+    fail_renewals: bool,
+    action_delay: Duration,
+) -> Option<(Engine, Arc<Faulty>, Arc<SimulatedExecutor>)> {
+    let url = common::redis_url()?;
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let redis = remediator::guardrails::redis::RedisStore::connect(&url, &prefix, Duration::from_secs(2))
         .await
         .expect("connect");
     let store = Arc::new(Faulty {
         inner: Box::new(redis),
-        lose_decide_answer: AtomicBool::new(false),
+        lose_decide_answer: AtomicBool::new(lose_decide_answer),
         fail_records: AtomicBool::new(false),
-        fail_renewals: AtomicBool::new(true),
+        fail_renewals: AtomicBool::new(fail_renewals),
     });
     let executor = Arc::new(SimulatedExecutor::with_faults(Faults {
-        action_delay: Duration::from_millis(2_500),
+        action_delay,
         ..Faults::default()
     }));
     let mut settings = Settings {
@@ -665,6 +666,18 @@ async fn a_lapsed_lease_is_reported_not_renewed() {
         Metrics::new(),
         EventIds::Random,
     );
+    Some((engine, store, executor))
+}
+
+/// Against a real Redis: an action's lease renewals fail for longer than its lease, another
+/// incident takes the freed slot (max_concurrent_actions 1), and when the renewals come back the
+/// store answers `lapsed` (not `renewed`): the first execution's outcome says its slot lapsed and
+/// `remediator_lease_lapses_total{result="lost"}` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lapsed_lease_is_reported_not_renewed() {
+    let Some((engine, store, executor)) = lease_rig(false, true, Duration::from_millis(2_500)).await else {
+        return;
+    };
     let started = |n: usize| {
         let executor = executor.clone();
         async move {
@@ -739,35 +752,9 @@ runbooks:
 /// Against real Redis (decide.lua).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_allowed_is_not_replayed_after_its_lease_expired() {
-    let Some(url) = common::redis_url() else { return };
-    let prefix = format!("test-{}", uuid::Uuid::new_v4());
-    let redis = remediator::guardrails::redis::RedisStore::connect(&url, &prefix, Duration::from_secs(2))
-        .await
-        .expect("connect");
-    let store = Arc::new(Faulty {
-        inner: Box::new(redis),
-        lose_decide_answer: AtomicBool::new(true),
-        fail_records: AtomicBool::new(false),
-        fail_renewals: AtomicBool::new(false),
-    });
-    let executor = Arc::new(SimulatedExecutor::with_faults(Faults {
-        action_delay: Duration::from_millis(1_500),
-        ..Faults::default()
-    }));
-    let mut settings = Settings {
-        lease: Duration::from_millis(600),
-        ..Settings::default()
+    let Some((engine, _, executor)) = lease_rig(true, false, Duration::from_millis(1_500)).await else {
+        return;
     };
-    settings.guardrails.max_concurrent_actions = 1;
-    let engine = Engine::new(
-        Arc::new(Catalogue::from_yaml(SEED, "test").expect("runbooks load")),
-        store.clone(),
-        executor.clone(),
-        Arc::new(remediator::clock::SystemClock),
-        settings,
-        Metrics::new(),
-        EventIds::Random,
-    );
     let (a, b) = (crash("X1", "xa"), crash("X2", "xb"));
     let lost = tokio::time::timeout(Duration::from_secs(10), engine.handle(a.as_bytes(), None, "xa-1"))
         .await

@@ -40,7 +40,8 @@ macro_rules! ledger_suite_tests {
     };
 }
 
-fn approval(id: &str) -> Approval {
+/// A pending approval of a HIGH-risk rollback bound to action hash `h1`.
+pub fn approval(id: &str) -> Approval {
     Approval {
         id: id.to_string(),
         incident_id: format!("inc-{id}"),
