@@ -9,8 +9,8 @@
 mod kafka_common;
 
 use kafka_common::{
-    bootstrap, committed, engine, high_watermarks, produce, read, redis_url, seed_incidents, unique, wait_until, Msg,
-    Topics, Worker,
+    bootstrap, committed, engine, engine_with, high_watermarks, produce, read, redis_url, seed_incidents, unique,
+    wait_until, Msg, Topics, Worker,
 };
 use remediator::clock::SystemClock;
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
@@ -106,6 +106,128 @@ async fn seed_incidents_publish_four_outcomes_and_commit() {
         );
     }
     assert_eq!(ends.iter().sum::<i64>(), 4);
+}
+
+/// The guardrails' edges through the live worker (real broker, real Redis when `REDIS_URL` is set,
+/// as under `scripts/test.sh`), one partition so the order is the produce order: with
+/// `max_per_hour: 3`, exactly three act and the fourth is blocked by the rate limit; confidence
+/// exactly at `min_confidence` acts and just below it is manual; an incident id that acted once
+/// is a duplicate when it comes again in a new message; an incident older than
+/// `max_incident_age` is expired while a younger one acts. (The time-driven edges to the
+/// millisecond, cooldown and circuit, run with a manual clock in tests/safety_edges.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guardrail_edges_hold_through_the_live_worker() {
+    let Some(bs) = bootstrap() else { return };
+    let topics = Topics::create(&bs, 1).await;
+    let run = unique("edges");
+    let catalogue = r#"
+runbooks:
+  restart:
+    risk: LOW
+    triggers: [CrashLoopBackOff]
+    min_confidence: 0.8
+    max_per_hour: 3
+    cooldown_minutes: 0
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    post_checks: [pod_becomes_ready]
+    rollback: null
+"#;
+    let at = |minutes_ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let crash = |n: u32, service: &str, confidence: f64, detected_at: Option<String>| {
+        let id = format!("{run}-{n}");
+        let detected = detected_at
+            .map(|t| format!(r#","detected_at":"{t}""#))
+            .unwrap_or_default();
+        let payload = format!(
+            r#"{{"id":"{id}","root_cause":"CrashLoopBackOff","confidence":{confidence},"service":"{service}","context":{{"pod_name":"{service}-{n}","namespace":"production"}}{detected}}}"#
+        );
+        (id, payload)
+    };
+    // (incident, expected decision, expected reason prefix)
+    let mut cases = vec![
+        (
+            crash(1, "edge-a", 0.95, None),
+            "executed",
+            "simulated: kubectl delete pod ",
+        ),
+        (
+            crash(2, "edge-a", 0.95, None),
+            "executed",
+            "simulated: kubectl delete pod ",
+        ),
+        (
+            crash(3, "edge-a", 0.95, None),
+            "executed",
+            "simulated: kubectl delete pod ",
+        ),
+        (
+            crash(4, "edge-a", 0.95, None),
+            "blocked",
+            "rate limit 3/hour reached (next slot in ",
+        ),
+        (
+            crash(5, "edge-b", 0.8, None),
+            "executed",
+            "simulated: kubectl delete pod ",
+        ),
+        (
+            crash(6, "edge-c", 0.79, None),
+            "manual",
+            "confidence 0.79 < 0.8 required by runbook restart",
+        ),
+        (
+            crash(7, "edge-d", 0.95, Some(at(14))),
+            "executed",
+            "simulated: kubectl delete pod ",
+        ),
+        (crash(8, "edge-e", 0.95, Some(at(16))), "expired", "incident is 16m"),
+    ];
+    // Incident 1 again, in a new message: already handled.
+    cases.push((cases[0].0.clone(), "duplicate", "incident id already handled"));
+    let msgs: Vec<Msg> = cases.iter().map(|((id, p), _, _)| Msg::incident(id, p)).collect();
+    produce(&bs, &topics.incidents, &msgs).await;
+
+    let executor = Arc::new(SimulatedExecutor::new());
+    let worker = Worker::start(
+        &topics.settings(&bs, &unique("group")),
+        engine_with(catalogue, store().await, executor.clone()),
+    );
+    let outcomes = read(&bs, &topics.outcomes, cases.len(), WITHIN).await;
+    worker.stop().await.expect("run ok");
+
+    let got: Vec<(String, String, String)> = outcomes
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (s("incident_id"), s("decision"), s("reason"))
+        })
+        .collect();
+    for (i, (((id, _), decision, reason), (got_id, got_decision, got_reason))) in cases.iter().zip(&got).enumerate() {
+        assert_eq!(
+            (got_id, got_decision),
+            (id, &decision.to_string()),
+            "outcome {i}: {got:#?}"
+        );
+        assert!(
+            got_reason.starts_with(reason),
+            "outcome {i}: reason {got_reason:?}, want {reason:?}..."
+        );
+    }
+    assert_eq!(
+        outcomes[3].json()["guardrail"].as_str(),
+        Some("rate_limit"),
+        "the fourth is blocked by the rate limit"
+    );
+    assert_eq!(
+        executor.journal().len(),
+        5,
+        "exactly five actions ran: {:?}",
+        executor.journal()
+    );
 }
 
 /// Malformed and null messages: rejected outcome + byte-for-byte DLQ copy with the error and

@@ -289,7 +289,12 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
 
 /// An engine with the seed catalogue, `store` and `executor`.
 pub fn engine(store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> Arc<Engine> {
-    let catalogue = Catalogue::from_yaml(include_str!("../data/seed-runbooks.yaml"), "seed").expect("seed catalogue");
+    engine_with(include_str!("../data/seed-runbooks.yaml"), store, executor)
+}
+
+/// An engine like [`engine`] with the runbooks of `catalogue` (YAML).
+pub fn engine_with(catalogue: &str, store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> Arc<Engine> {
+    let catalogue = Catalogue::from_yaml(catalogue, "test").expect("test catalogue");
     let settings = Settings {
         worker: "kafka-test".into(),
         ..Settings::default()
