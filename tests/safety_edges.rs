@@ -215,6 +215,30 @@ async fn rate_limit_window_slides_at_exactly_one_hour() {
     assert_eq!(r.actions(), 3);
 }
 
+/// Only an action (or its dry run) holds guardrail capacity: a runbook in `approval` or `suggest`
+/// mode checks the guardrails (a blocked one says so) but reserves nothing, so however many
+/// incidents wait for a human, the rate limit and the blast radius are still free for the action
+/// a human approves.
+#[tokio::test]
+async fn approval_and_suggest_outcomes_hold_no_guardrail_capacity() {
+    for backend in backends() {
+        for (mode, decision) in [("approval", Decision::ApprovalRequired), ("suggest", Decision::Manual)] {
+            let yaml =
+                runbook(0.8, 1, 0).replace("    rollback: null", &format!("    rollback: null\n    mode: {mode}"));
+            let mut s = settings();
+            s.guardrails.max_concurrent_actions = 1;
+            s.guardrails.max_affected_services = 1;
+            let r = rig(backend, &yaml, Faults::default(), s).await;
+            for (i, service) in ["api", "api", "web"].iter().enumerate() {
+                let o = r.send(&crash(&format!("P{i}"), service)).await;
+                assert_eq!(o.decision, decision, "{backend:?} {mode} #{i}: {o:?}");
+                assert_eq!(o.guardrail, None, "{backend:?} {mode} #{i}: {o:?}");
+            }
+            assert_eq!(r.actions(), 0, "{backend:?} {mode}");
+        }
+    }
+}
+
 // --- cooldown -------------------------------------------------------------------------------------
 
 #[tokio::test]
