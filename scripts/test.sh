@@ -182,16 +182,9 @@ step "helm.sh install" bash scripts/helm.sh install
 # regression that hangs is a named failure within minutes. Built once from crates.io (~5 min cold on
 # 2 cores; --locked: the versions its release was tested with), then reused.
 NEXTEST_VERSION=0.9.151
-NEXTEST_ROOT="${REMEDIATOR_CACHE:-$HOME/.cache/remediator}/cargo-nextest-$NEXTEST_VERSION"
-nextest_install() {
-  if [ -x "$NEXTEST_ROOT/bin/cargo-nextest" ]; then
-    log "cargo-nextest $NEXTEST_VERSION present"
-  else
-    cargo install cargo-nextest --locked --version "$NEXTEST_VERSION" --root "$NEXTEST_ROOT" >&2
-  fi
-}
+nextest_install() { NEXTEST_BIN=$(bash scripts/cargo-tool.sh cargo-nextest "$NEXTEST_VERSION"); }
 step "cargo-nextest install" nextest_install
-export PATH="$NEXTEST_ROOT/bin:$PATH"
+export PATH="$NEXTEST_BIN:$PATH"
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
