@@ -538,6 +538,110 @@ mod tests {
         assert_eq!(parse(&big).unwrap_err().0.field, "$");
     }
 
+    /// Every size limit of the incident contract (schemas/incident.v1.json) at its edge and one
+    /// past it, with the numbers written out: a change to a limit is a change to the contract.
+    #[test]
+    fn every_limit_holds_at_its_edge_and_one_past_it() {
+        let with = |extra: &str| format!(r#"{{"id":"a","root_cause":"x","confidence":0.5,"service":"a"{extra}}}"#);
+        // The whole payload: 256 KiB accepted (padded with whitespace), one byte more rejected.
+        let base = with("");
+        let mut padded = base.clone().into_bytes();
+        padded.resize(262_144, b' ');
+        assert!(parse(&padded).is_ok(), "262144 bytes are accepted");
+        padded.push(b' ');
+        let (r, _) = parse(&padded).unwrap_err();
+        assert_eq!(r.field, "$");
+        assert_eq!(r.message, "payload of 262145 bytes exceeds the 262144-byte limit");
+        // id: 128 characters.
+        let id = |n: usize| {
+            format!(
+                r#"{{"id":"{}","root_cause":"x","confidence":0.5,"service":"a"}}"#,
+                "é".repeat(n)
+            )
+        };
+        assert!(parse(id(128).as_bytes()).is_ok());
+        assert_eq!(rejected(&id(129)).field, "id");
+        // Free text (root cause, service, context values): 1024 characters.
+        let rc = |n: usize| {
+            format!(
+                r#"{{"id":"a","root_cause":"{}","confidence":0.5,"service":"a"}}"#,
+                "é".repeat(n)
+            )
+        };
+        assert!(parse(rc(1024).as_bytes()).is_ok());
+        assert_eq!(rejected(&rc(1025)).field, "root_cause");
+        let ctx_value = |n: usize| with(&format!(r#","context":{{"k":"{}"}}"#, "é".repeat(n)));
+        assert!(parse(ctx_value(1024).as_bytes()).is_ok());
+        let r = rejected(&ctx_value(1025));
+        assert_eq!(
+            (r.field.as_str(), r.message.as_str()),
+            ("context.k", "must be at most 1024 characters, got 1025")
+        );
+        // Context keys: 128 characters.
+        let ctx_key = |n: usize| with(&format!(r#","context":{{"{}":"v"}}"#, "k".repeat(n)));
+        assert!(parse(ctx_key(128).as_bytes()).is_ok());
+        assert!(rejected(&ctx_key(129)).field.starts_with("context.kkk"));
+        // Lists and maps: 64 entries.
+        let entries = |n: usize| (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect::<Vec<_>>().join(",");
+        assert_eq!(
+            parse(with(&format!(r#","context":{{{}}}"#, entries(64))).as_bytes())
+                .unwrap()
+                .context
+                .len(),
+            64
+        );
+        let r = rejected(&with(&format!(r#","context":{{{}}}"#, entries(65))));
+        assert_eq!(
+            (r.field.as_str(), r.message.as_str()),
+            ("context", "has 65 entries, at most 64 allowed")
+        );
+        let items = |n: usize| (0..n).map(|i| format!(r#""s{i}""#)).collect::<Vec<_>>().join(",");
+        assert_eq!(
+            parse(with(&format!(r#","symptoms":[{}]"#, items(64))).as_bytes())
+                .unwrap()
+                .symptoms
+                .len(),
+            64
+        );
+        let r = rejected(&with(&format!(r#","symptoms":[{}]"#, items(65))));
+        assert_eq!(
+            (r.field.as_str(), r.message.as_str()),
+            ("symptoms", "has 65 items, at most 64 allowed")
+        );
+        let services = |n: usize| {
+            format!(
+                r#"{{"id":"a","root_cause":"x","confidence":0.5,"services":[{}]}}"#,
+                items(n)
+            )
+        };
+        assert_eq!(parse(services(64).as_bytes()).unwrap().services.len(), 64);
+        assert_eq!(rejected(&services(65)).field, "services");
+    }
+
+    /// `null` means absent, for every optional field: `services: null` falls back to `service`,
+    /// and with neither the incident is rejected naming `services`.
+    #[test]
+    fn null_means_absent() {
+        let i = parse(br#"{"id":"a","root_cause":"x","confidence":0.5,"services":null,"service":"api","symptoms":null,"context":null}"#).unwrap();
+        assert_eq!(i.services, vec!["api".to_string()]);
+        assert!(i.symptoms.is_empty() && i.context.is_empty());
+        for json in [
+            r#"{"id":"a","root_cause":"x","confidence":0.5,"services":null}"#,
+            r#"{"id":"a","root_cause":"x","confidence":0.5,"services":null,"service":null}"#,
+            r#"{"id":"a","root_cause":"x","confidence":0.5}"#,
+        ] {
+            let r = rejected(json);
+            assert_eq!(
+                (r.field.as_str(), r.message.as_str()),
+                ("services", "is required (or give a single `service`)"),
+                "{json}"
+            );
+        }
+        // An explicit list wins over a null single service.
+        let i = parse(br#"{"id":"a","root_cause":"x","confidence":0.5,"services":["web"],"service":null}"#).unwrap();
+        assert_eq!(i.services, vec!["web".to_string()]);
+    }
+
     #[test]
     fn partial_keeps_the_id_of_a_rejected_incident() {
         let (_, p) = parse(br#"{"id":"INC9","root_cause":"x","confidence":7,"services":["svc"]}"#).unwrap_err();
