@@ -662,6 +662,37 @@ mod tests {
         );
     }
 
+    /// The signature is the lower-case hex HMAC-SHA256 of the signed text (a known vector,
+    /// computed independently), so any signer that follows docs can produce it.
+    #[test]
+    fn the_signature_is_hex_hmac_sha256_of_the_signed_text() {
+        let sig = key().sign("id", "approve", "alice", "h");
+        assert_eq!(sig, "6e27eaffe21acd72d8da6292172d312e4e75fb06c8c09586985937820617c774");
+        assert!(key().verify("id", "approve", "alice", "h", &sig));
+        assert!(
+            key().verify("id", "approve", "alice", "h", &sig.to_uppercase()),
+            "hex in any case"
+        );
+        // Not hex, odd length, not ASCII (a multi-byte character is never split), truncated: refused,
+        // never a panic.
+        for bad in [
+            &sig[..63],
+            &sig[..62],
+            "",
+            "zz",
+            &"é".repeat(32),
+            &format!("{}é", &sig[..62]),
+        ] {
+            assert!(!key().verify("id", "approve", "alice", "h", bad), "{bad:?}");
+        }
+    }
+
+    /// Debug output (config dumps, logs) never shows the key.
+    #[test]
+    fn the_key_never_appears_in_debug_output() {
+        assert_eq!(format!("{:?}", key()), "AnswerKey(..)");
+    }
+
     #[test]
     fn short_keys_are_refused_without_showing_them() {
         let e = AnswerKey::new("short", "REMEDIATOR_APPROVAL_HMAC_KEY").unwrap_err();
