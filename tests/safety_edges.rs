@@ -504,3 +504,127 @@ async fn one_incident_id_acts_once_whatever_arrives_after_it() {
         assert_eq!(r.actions(), 1, "{backend:?}: executed once");
     }
 }
+
+// --- the reasons an on-call engineer reads --------------------------------------------------------
+
+/// Every decision that needs no action carries the reason text of the contract, word for word:
+/// the audit topic is read by people at 3 AM and parsed by their tools.
+#[tokio::test]
+async fn every_decision_says_why_in_the_words_of_the_contract() {
+    let yaml = r#"
+runbooks:
+  restart:
+    risk: LOW
+    triggers: [CrashLoopBackOff]
+    min_confidence: 0.8
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    post_checks: [pod_becomes_ready]
+    rollback: null
+  ask:
+    risk: LOW
+    mode: approval
+    triggers: [OOMKilled]
+    min_confidence: 0.8
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    rollback: null
+  risky:
+    risk: HIGH
+    triggers: [bad_deploy]
+    min_confidence: 0.8
+    action: {kind: rollout_undo, namespace: "{namespace}", deployment: "{deployment}"}
+    rollback: null
+  hint:
+    risk: LOW
+    mode: suggest
+    triggers: [disk_full]
+    min_confidence: 0.8
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    rollback: null
+  shadow:
+    risk: LOW
+    dry_run: true
+    triggers: [high_latency]
+    min_confidence: 0.8
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    rollback: null
+"#;
+    let r = rig(Backend::Memory, yaml, Faults::default(), settings()).await;
+    let now = r.clock.now();
+    let with = |id: &str, root_cause: &str, context: &str, extra: &str| {
+        format!(
+            r#"{{"id":"{id}","root_cause":"{root_cause}","confidence":0.95,"service":"api","context":{{{context}}}{extra}}}"#
+        )
+    };
+    let pod = r#""pod_name":"api-0","namespace":"production""#;
+    let cases = [
+        (
+            with("Q1", "OOMKilled", pod, ""),
+            Decision::ApprovalRequired,
+            "runbook ask requires human approval; approval ID pending until 2026-11-25T04:00:00Z".to_string(),
+        ),
+        (
+            with("Q2", "bad_deploy", r#""deployment":"api","namespace":"production""#, ""),
+            Decision::ApprovalRequired,
+            "runbook risky is HIGH risk: human approval required; approval ID pending until 2026-11-25T04:00:00Z"
+                .into(),
+        ),
+        (
+            with("Q3", "disk_full", pod, ""),
+            Decision::Manual,
+            "runbook hint only suggests: run the suggested action by hand".into(),
+        ),
+        (
+            with("Q4", "high_latency", pod, ""),
+            Decision::DryRun,
+            "dry run: guardrails checked and reserved, action rendered but not executed".into(),
+        ),
+        (
+            with("Q5", "solar_flare", pod, ""),
+            Decision::Manual,
+            r#"no runbook matches root cause "solar_flare" or its symptoms"#.into(),
+        ),
+        (
+            with("Q6", "CrashLoopBackOff", r#""namespace":"production""#, ""),
+            Decision::Aborted,
+            "action not rendered: context.pod_name: is missing from the incident context".into(),
+        ),
+        (
+            with(
+                "Q7",
+                "CrashLoopBackOff",
+                pod,
+                &format!(
+                    r#","detected_at":"{}""#,
+                    (now + ChronoDuration::minutes(20)).to_rfc3339_opts(SecondsFormat::Millis, true)
+                ),
+            ),
+            Decision::Expired,
+            "incident detected_at is 20m in the future, more than max_incident_age 15m ahead: its source's clock is \
+             wrong, so its freshness is unknown"
+                .into(),
+        ),
+        (
+            with(
+                "Q8",
+                "CrashLoopBackOff",
+                pod,
+                &format!(
+                    r#","detected_at":"{}""#,
+                    (now - ChronoDuration::seconds(3723)).to_rfc3339_opts(SecondsFormat::Millis, true)
+                ),
+            ),
+            Decision::Expired,
+            "incident is 1h2m3s old, older than max_incident_age 15m".into(),
+        ),
+    ];
+    for (json, decision, reason) in cases {
+        let o = r.send(&json).await;
+        // The approval id is random: named ID here.
+        let got = match o.reason.split_once("; approval ") {
+            Some((head, tail)) if tail.len() > 36 => format!("{head}; approval ID{}", &tail[36..]),
+            _ => o.reason.clone(),
+        };
+        assert_eq!((o.decision, got.as_str()), (decision, reason.as_str()), "{json}");
+    }
+    assert_eq!(r.actions(), 0);
+}
