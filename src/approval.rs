@@ -687,6 +687,38 @@ mod tests {
         }
     }
 
+    /// The key comes from the environment first, then the file; an error names the one it came
+    /// from (never the key). The only test that touches this variable.
+    #[test]
+    fn the_key_is_loaded_from_the_env_then_the_file_and_errors_name_the_source() {
+        let dir = std::env::temp_dir().join(format!("remediator-key-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "tiny\n").unwrap();
+        let long = dir.join("long");
+        std::fs::write(&long, format!("{KEY}\n")).unwrap();
+        let (short, long) = (short.to_str().unwrap(), long.to_str().unwrap());
+        std::env::remove_var(HMAC_KEY_ENV);
+        let e = AnswerKey::load("").unwrap_err();
+        assert_eq!(
+            e,
+            "REMEDIATOR_APPROVAL_HMAC_KEY (or approvals.hmac_key_file) is not set"
+        );
+        let e = AnswerKey::load(short).unwrap_err();
+        assert!(e.starts_with(&format!("approvals.hmac_key_file {short}: ")), "{e}");
+        let from_file = AnswerKey::load(long).unwrap();
+        assert!(from_file.verify("i", "approve", "a", "h", &key().sign("i", "approve", "a", "h")));
+        // The environment wins over the file, and an error then names the variable.
+        std::env::set_var(HMAC_KEY_ENV, "tiny");
+        let e = AnswerKey::load(long).unwrap_err();
+        std::env::set_var(HMAC_KEY_ENV, "  ");
+        let blank_env = AnswerKey::load(long).map(|_| ());
+        std::env::remove_var(HMAC_KEY_ENV);
+        assert!(e.starts_with("REMEDIATOR_APPROVAL_HMAC_KEY: "), "{e}");
+        assert_eq!(blank_env, Ok(()), "a blank variable counts as unset");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Debug output (config dumps, logs) never shows the key.
     #[test]
     fn the_key_never_appears_in_debug_output() {
