@@ -455,35 +455,16 @@ pub async fn consume(
                 continue;
             }
         };
-        let parsed = msg
-            .payload()
-            .ok_or_else(|| "empty message".to_string())
-            .and_then(|p| {
-                serde_json::from_slice::<AnswerMessage>(p).map_err(|e| format!("not an approval answer: {e}"))
-            })
-            .and_then(|m| match m.decision.as_str() {
-                "approve" | "deny" => Ok(m),
-                other => Err(format!("decision must be approve or deny, got {other:?}")),
-            })
-            .map_err(Refusal::Malformed);
-        let parsed = parsed.and_then(|m| match m.authenticate(&key) {
-            Ok(()) => Ok(m),
-            Err(why) => Err(Refusal::Unauthenticated(Box::new(m), why)),
-        });
+        let parsed = read_answer(msg.payload(), &key);
         match parsed {
-            Ok(m) => {
-                let answer = Answer {
-                    approve: m.decision == "approve",
-                    approver: m.approver,
-                    action_hash: m.action_hash,
-                };
+            Ok((approval_id, answer)) => {
                 // Retry until the store and broker answer: skipping an answer would lose it.
                 loop {
                     let r = answer_and_publish(
                         &shutdown,
                         Arc::clone(&engine),
                         publisher.clone(),
-                        m.approval_id.clone(),
+                        approval_id.clone(),
                         answer.clone(),
                         Duration::from_secs(30),
                     )
@@ -492,11 +473,11 @@ pub async fn consume(
                         Ok(_) => break,
                         Err(e) if shutdown.is_triggered() => {
                             // Not committed: the next consumer of the group gets it again.
-                            warn!(error = %e, approval = %m.approval_id, "answer not processed; left for redelivery (shutting down)");
+                            warn!(error = %e, approval = %approval_id, "answer not processed; left for redelivery (shutting down)");
                             return Ok(());
                         }
                         Err(e) => {
-                            warn!(error = %e, approval = %m.approval_id, "answer not processed; retrying");
+                            warn!(error = %e, approval = %approval_id, "answer not processed; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
@@ -529,7 +510,30 @@ pub async fn consume(
     }
 }
 
+/// What one message on the approvals topic asks for: the approval id and an authenticated
+/// answer, or why it is refused. Nothing in the message is trusted before its signature verifies.
+fn read_answer(payload: Option<&[u8]>, key: &AnswerKey) -> Result<(String, Answer), Refusal> {
+    let m = payload
+        .ok_or_else(|| "empty message".to_string())
+        .and_then(|p| serde_json::from_slice::<AnswerMessage>(p).map_err(|e| format!("not an approval answer: {e}")))
+        .and_then(|m| match m.decision.as_str() {
+            "approve" | "deny" => Ok(m),
+            other => Err(format!("decision must be approve or deny, got {other:?}")),
+        })
+        .map_err(Refusal::Malformed)?;
+    if let Err(why) = m.authenticate(key) {
+        return Err(Refusal::Unauthenticated(Box::new(m), why));
+    }
+    let answer = Answer {
+        approve: m.decision == "approve",
+        approver: m.approver,
+        action_hash: m.action_hash,
+    };
+    Ok((m.approval_id, answer))
+}
+
 /// Why a message on the approvals topic is not answered.
+#[derive(Debug)]
 enum Refusal {
     /// Not an answer at all.
     Malformed(String),
@@ -717,6 +721,47 @@ mod tests {
         assert!(e.starts_with("REMEDIATOR_APPROVAL_HMAC_KEY: "), "{e}");
         assert_eq!(blank_env, Ok(()), "a blank variable counts as unset");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A message on the approvals topic: approve and deny mean what they say, and only once
+    /// the signature verifies; anything else is refused with the reason.
+    #[test]
+    fn a_topic_message_is_an_answer_only_when_signed_and_well_formed() {
+        for approve in [true, false] {
+            let m = key().signed_message("a1", approve, "alice", "h1");
+            let (id, answer) = read_answer(Some(&serde_json::to_vec(&m).unwrap()), &key()).unwrap();
+            assert_eq!(id, "a1");
+            assert_eq!(answer.approve, approve);
+            assert_eq!(answer.approver, "alice");
+            assert_eq!(answer.action_hash.as_deref(), Some("h1"));
+        }
+        let mut forged = key().signed_message("a1", false, "alice", "h1");
+        forged.decision = "approve".into();
+        match read_answer(Some(&serde_json::to_vec(&forged).unwrap()), &key()) {
+            Err(Refusal::Unauthenticated(m, why)) => {
+                assert_eq!(m.approval_id, "a1");
+                assert_eq!(why, "signature does not verify (unauthenticated answer)");
+            }
+            other => panic!("a changed decision must not verify: {other:?}"),
+        }
+        let mut odd = key().signed_message("a1", true, "alice", "h1");
+        odd.decision = "maybe".into();
+        for (payload, why) in [
+            (None, "empty message".to_string()),
+            (
+                Some(b"{".to_vec()),
+                "not an approval answer: EOF while parsing an object at line 1 column 1".into(),
+            ),
+            (
+                Some(serde_json::to_vec(&odd).unwrap()),
+                r#"decision must be approve or deny, got "maybe""#.into(),
+            ),
+        ] {
+            match read_answer(payload.as_deref(), &key()) {
+                Err(Refusal::Malformed(got)) => assert_eq!(got, why),
+                other => panic!("{payload:?}: {other:?}"),
+            }
+        }
     }
 
     /// Debug output (config dumps, logs) never shows the key.
