@@ -764,6 +764,24 @@ mod tests {
         }
     }
 
+    /// `remediator approve ID`: the id becomes a URL path segment, so anything that could leave
+    /// the segment is refused before a request is made.
+    #[tokio::test]
+    async fn the_client_refuses_an_id_that_could_leave_its_path_segment() {
+        let body = AnswerBody {
+            approver: "alice".into(),
+            action_hash: None,
+        };
+        // Port 9 (discard) on loopback: nothing answers, so a request that is made fails to connect.
+        let url = "http://127.0.0.1:9";
+        for id in ["", "../../v1/x", "a/b", "a b", "a?x=1", "é"] {
+            let e = client_answer(url, "t", id, true, &body).await.unwrap_err();
+            assert_eq!(e, format!("approval id {id:?} must be letters, digits and '-'"));
+        }
+        let e = client_answer(url, "t", "Ab-09", false, &body).await.unwrap_err();
+        assert!(e.starts_with("http://127.0.0.1:9/v1/approvals/Ab-09/deny: "), "{e}");
+    }
+
     /// Debug output (config dumps, logs) never shows the key.
     #[test]
     fn the_key_never_appears_in_debug_output() {
