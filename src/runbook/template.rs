@@ -377,4 +377,134 @@ mod tests {
             "context.deployment: is missing from the incident context"
         );
     }
+
+    /// Every kind of value at its edges and one past them: what may reach an action from an
+    /// incident is exactly what these rules admit.
+    #[test]
+    fn every_value_kind_holds_at_its_edges() {
+        let label = "must be an RFC 1123 label (lowercase letters, digits, '-'; at most 63 characters)";
+        let subdomain = "must be an RFC 1123 subdomain (lowercase letters, digits, '-', '.'; at most 253 characters)";
+        let l63 = "a".repeat(63);
+        for ok in ["a", "0", "a-b", "a1-2b", l63.as_str()] {
+            assert_eq!(validate(VarKind::Label, ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", "a b", "é", &"a".repeat(64)] {
+            assert_eq!(validate(VarKind::Label, bad), Err(label.to_string()), "{bad:?}");
+        }
+        // 253 characters (three labels of 63, one of 59, one of 1, and the dots): the longest name.
+        let s253 = format!("{l63}.{l63}.{l63}.{}.a", "a".repeat(59));
+        assert_eq!(s253.len(), 253);
+        for ok in ["a", "a.b", "api-0.web", l63.as_str(), s253.as_str()] {
+            assert_eq!(validate(VarKind::Subdomain, ok), Ok(()), "{ok}");
+        }
+        let s254 = format!("a{s253}");
+        let long_label = format!("{}.a", "a".repeat(64));
+        for bad in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "a-.b",
+            "a.-b",
+            "A.b",
+            "a/b",
+            s254.as_str(),
+            long_label.as_str(),
+        ] {
+            assert_eq!(validate(VarKind::Subdomain, bad), Err(subdomain.to_string()), "{bad:?}");
+        }
+        for ok in ["0", "1", "10000"] {
+            assert_eq!(validate(VarKind::Count, ok), Ok(()), "{ok}");
+        }
+        for bad in ["10001", "+5", "-1", "1.5", " 5", "", "0x10", "4294967296"] {
+            assert_eq!(
+                validate(VarKind::Count, bad),
+                Err("must be an integer between 0 and 10000".to_string()),
+                "{bad:?}"
+            );
+        }
+        for ok in ["0", "0.5", "12", "1000000.25"] {
+            assert_eq!(validate(VarKind::Decimal, ok), Ok(()), "{ok}");
+        }
+        for bad in ["-0.5", "+1", "1e3", "inf", "NaN", "", ".", " 1"] {
+            assert_eq!(
+                validate(VarKind::Decimal, bad),
+                Err("must be a non-negative decimal number".to_string()),
+                "{bad:?}"
+            );
+        }
+        let t128 = "t".repeat(128);
+        for ok in ["a", "INC-42", "a.b_c:d-e", t128.as_str()] {
+            assert_eq!(validate(VarKind::Token, ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "a;b", "é", &"t".repeat(129)] {
+            assert_eq!(
+                validate(VarKind::Token, bad),
+                Err("must be 1..128 characters of [A-Za-z0-9._:-]".to_string()),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// What is a variable: `{` + a known lowercase identifier not starting with a digit + `}`.
+    /// Everything else is literal text, kept byte for byte.
+    #[test]
+    fn templates_split_into_literals_and_variables() {
+        let t = Template::parse("x{service}{namespace}-{pod_name}y").unwrap();
+        assert_eq!(
+            t.variables().collect::<Vec<_>>(),
+            vec!["service", "namespace", "pod_name"]
+        );
+        assert_eq!(t.raw(), "x{service}{namespace}-{pod_name}y");
+        assert_eq!(t.to_string(), t.raw());
+        assert_eq!(t.single_var(), None);
+        let v = vars(&[("service", "api"), ("namespace", "prod"), ("pod_name", "api-0")]);
+        assert_eq!(t.render(&v).unwrap(), "xapiprod-api-0y");
+        assert_eq!(
+            Template::parse("{deployment}").unwrap().single_var(),
+            Some("deployment")
+        );
+        assert_eq!(Template::parse("{deployment} ").unwrap().single_var(), None);
+        for literal in ["{}", "{0service}", "{service", "service}", "{Service}", "{{", "a{b}c{"] {
+            let t = Template::parse(literal);
+            if literal == "a{b}c{" {
+                assert!(t
+                    .unwrap_err()
+                    .starts_with("unknown template variable {b} (known: pod_name, namespace,"));
+                continue;
+            }
+            let t = t.unwrap();
+            assert_eq!(t.variables().count(), 0, "{literal}");
+            assert_eq!(t.render(&Vars::default()).unwrap(), literal);
+        }
+    }
+
+    /// Only a value an action captured from the cluster feeds a restore; setting it again from
+    /// anywhere else makes it the incident's value once more.
+    #[test]
+    fn captured_values_are_told_apart_from_the_incidents() {
+        let mut v = vars(&[("old_replicas", "3")]);
+        assert!(v.has("old_replicas") && !v.has("replicas"));
+        assert_eq!(v.count("old_replicas"), Ok(3));
+        let e = v.captured_count("old_replicas").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "context.old_replicas: was not captured from the cluster by the action; a restore never uses the incident's value"
+        );
+        v.capture("old_replicas", "5");
+        assert_eq!(v.captured_count("old_replicas"), Ok(5));
+        v.set("old_replicas", "7");
+        assert!(v.captured_count("old_replicas").is_err());
+        assert_eq!(v.count("old_replicas"), Ok(7));
+        let v = vars(&[("predicted_load", "2.5"), ("new_replicas", "x")]);
+        assert_eq!(v.decimal("predicted_load"), Ok(2.5));
+        assert_eq!(
+            v.count("new_replicas").unwrap_err().to_string(),
+            r#"context.new_replicas: must be an integer between 0 and 10000, got "x""#
+        );
+        assert_eq!(
+            v.get("replicas").unwrap_err().to_string(),
+            "context.replicas: is missing from the incident context"
+        );
+    }
 }
