@@ -930,4 +930,160 @@ mod tests {
         v.set("pod_name", "x;reboot");
         assert_eq!(a.render(&v, &[]).unwrap_err().var, "pod_name");
     }
+
+    /// The live count decides, at every edge of the runbook's bounds and the declared direction.
+    #[test]
+    fn scale_targets_hold_at_every_edge() {
+        let b = Bounds { min: 2, max: 5 };
+        let up = |n| Replicas::Up(n, b);
+        let down = |n| Replicas::Down(n, b);
+        assert_eq!(up(5).target(3), Ok(5));
+        assert_eq!(up(4).target(4), Ok(4), "already there: nothing to do");
+        assert_eq!(
+            up(3).target(4),
+            Err("a scale-up to 3 replicas is refused: the deployment already runs 4".into())
+        );
+        assert_eq!(
+            up(6).target(3),
+            Err("6 replicas is above the runbook's max_replicas 5".into())
+        );
+        assert_eq!(
+            up(1).target(1),
+            Err("1 replicas is below the runbook's min_replicas 2".into())
+        );
+        assert_eq!(
+            up(0).target(1),
+            Err("0 replicas is refused: only a scale_to_zero action (HIGH risk) may scale to zero".into())
+        );
+        assert_eq!(down(2).target(3), Ok(2));
+        assert_eq!(down(2).target(2), Ok(2), "already there: nothing to do");
+        assert_eq!(
+            down(3).target(2),
+            Err("a scale-down to 3 replicas is refused: the deployment runs only 2".into())
+        );
+        assert_eq!(
+            down(1).target(3),
+            Err("1 replicas is below the runbook's min_replicas 2".into())
+        );
+        assert_eq!(Replicas::By(2, b).target(3), Ok(5));
+        assert_eq!(
+            Replicas::By(2, b).target(4),
+            Err("4 +2 = 6: 6 replicas is above the runbook's max_replicas 5".into())
+        );
+        assert_eq!(Replicas::By(-1, b).target(3), Ok(2));
+        assert_eq!(
+            Replicas::By(-2, b).target(3),
+            Err("3 -2 = 1: 1 replicas is below the runbook's min_replicas 2".into())
+        );
+        // A deployment stopped at 0 stays stopped, whatever asks: only its restore brings it back
+        // (and a scale-down has nothing to take away).
+        let predictive = Replicas::Predictive {
+            predicted_load: 10.0,
+            current_load: 1.0,
+            max_replicas: 5,
+        };
+        for r in [up(3), Replicas::By(1, b), predictive] {
+            assert_eq!(r.target(0), Err(STOPPED_DELIBERATELY.to_string()), "{r:?}");
+        }
+        assert_eq!(
+            down(2).target(0),
+            Err("a scale-down to 2 replicas is refused: the deployment runs only 0".into())
+        );
+        assert_eq!(Replicas::Restore(3).target(0), Ok(3));
+    }
+
+    /// A kubectl string gets the safe direction and the runbook's cap; steps are bounded.
+    #[test]
+    fn kubectl_scales_get_safe_directions_and_bounded_steps() {
+        let replicas = |cmd: &str| match ActionSpec::from_kubectl_capped(cmd, 8) {
+            Ok(ActionSpec::ScaleDeployment { replicas, .. }) => Ok(replicas),
+            Ok(other) => panic!("{cmd}: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let b = Bounds { min: 1, max: 8 };
+        assert_eq!(
+            replicas("kubectl scale deployment d --replicas=+1000"),
+            Ok(ReplicaSpec::By(1000, b))
+        );
+        assert_eq!(
+            replicas("kubectl scale deploy/d --replicas=-1"),
+            Ok(ReplicaSpec::By(-1, b))
+        );
+        assert_eq!(
+            replicas("kubectl scale deployment d --replicas=+1001"),
+            Err("--replicas=+1001 must be a non-zero step of at most 1000".into())
+        );
+        assert_eq!(
+            replicas("kubectl scale deployment d --replicas=-0"),
+            Err("--replicas=-0 must be a non-zero step of at most 1000".into())
+        );
+        assert_eq!(
+            replicas("kubectl scale deployments d --replicas={old_replicas}"),
+            Ok(ReplicaSpec::Restore)
+        );
+        assert!(matches!(
+            replicas("kubectl scale deployment d --replicas=8"),
+            Ok(ReplicaSpec::To { direction: Direction::Up, bounds, .. }) if bounds == b
+        ));
+        assert_eq!(
+            replicas("kubectl scale deployment d --replicas=9"),
+            Err("--replicas=9: 9 replicas is above the runbook's max_replicas 8".into())
+        );
+        assert_eq!(
+            replicas("kubectl scale deployment d --replicas=x{new_replicas}"),
+            Err("--replicas=x{new_replicas} must be a number or a single {variable}".into())
+        );
+        assert_eq!(
+            replicas("kubectl scale deployment d"),
+            Err("`kubectl scale` needs --replicas= in \"kubectl scale deployment d\"".into())
+        );
+        // Namespace flags, kind/name, and what is not a supported form.
+        let ns = |cmd: &str| match ActionSpec::from_kubectl(cmd).unwrap() {
+            ActionSpec::DeletePod { namespace, pod } => (namespace.to_string(), pod.to_string()),
+            other => panic!("{cmd}: {other:?}"),
+        };
+        assert_eq!(ns("kubectl delete pod/p -n prod"), ("prod".into(), "p".into()));
+        assert_eq!(
+            ns("kubectl delete pods p --namespace prod"),
+            ("prod".into(), "p".into())
+        );
+        assert_eq!(ns("kubectl delete pod p --namespace=prod"), ("prod".into(), "p".into()));
+        assert_eq!(ns("kubectl delete pod p"), ("{namespace}".into(), "p".into()));
+        for bad in [
+            "kubectl delete pod p --replicas=2",
+            "kubectl rollout restart deployment d --replicas=2",
+            "kubectl rollout undo deployment d --replicas=2",
+            "kubectl rollout restart statefulset d",
+            "kubectl delete node n",
+            "helm delete x",
+            "kubectl delete service/s",
+        ] {
+            assert!(
+                ActionSpec::from_kubectl(bad)
+                    .unwrap_err()
+                    .starts_with("unsupported action"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ActionSpec::from_kubectl("kubectl delete pod p -n").unwrap_err(),
+            "-n needs a value in \"kubectl delete pod p -n\""
+        );
+        assert_eq!(
+            ActionSpec::from_kubectl("kubectl delete pod p --force").unwrap_err(),
+            "unsupported flag \"--force\" in \"kubectl delete pod p --force\""
+        );
+        assert_eq!(
+            ActionSpec::from_kubectl("kubectl rollout undo deploy/d")
+                .unwrap()
+                .kind(),
+            "rollout_undo"
+        );
+        assert_eq!(
+            ActionSpec::from_kubectl("kubectl rollout restart deployments d")
+                .unwrap()
+                .kind(),
+            "rollout_restart"
+        );
+    }
 }
