@@ -126,3 +126,40 @@ impl CheckSpec {
         self.name.as_str()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Check names are a contract (runbooks name them, outcomes report them), and each check
+    /// takes exactly its own parameters.
+    #[test]
+    fn names_round_trip_and_each_check_takes_its_own_parameters() {
+        for (name, check) in CHECK_NAMES {
+            assert_eq!(CheckName::parse(name), Some(*check));
+            assert_eq!(check.as_str(), *name);
+            assert_eq!(CheckSpec::named(*check).name(), *name);
+        }
+        assert_eq!(CheckName::parse("Pod_Becomes_Ready"), None);
+        assert_eq!(CheckName::parse("pod_becomes_ready "), None);
+        let params = |n: &str| CheckName::parse(n).unwrap().params();
+        assert_eq!(params("recent_restarts_less_than_three"), ["max_restarts"]);
+        assert_eq!(params("current_replicas_below_max"), ["max_replicas"]);
+        for q in ["metrics_improved", "error_rate_normalized", "prometheus_query"] {
+            assert_eq!(params(q), ["query", "below", "above"], "{q}");
+        }
+        assert_eq!(params("off_peak_hours"), ["start_hour", "end_hour"]);
+        for none in [
+            "replicas_greater_than_one",
+            "pod_becomes_ready",
+            "deployment_exists",
+            "previous_revision_available",
+            "deployment_rolled_out",
+        ] {
+            assert!(params(none).is_empty(), "{none}");
+        }
+        let named = CheckSpec::named(CheckName::PodBecomesReady);
+        assert_eq!(named.timeout, None);
+        assert_eq!(named.max_restarts, None);
+    }
+}
