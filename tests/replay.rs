@@ -239,7 +239,7 @@ fn the_runbooks_report_shows_an_override() {
     assert!(!line("restart").contains("OVERRIDE"), "{text}");
 }
 
-/// Item 2 of the safety review, offline: the seed's LOW-risk scale-up never renders 0 or a count
+/// Offline: the reference catalogue's LOW-risk scale-up never renders 0 or a count
 /// above its cap (10, from its `current_replicas_below_max` pre-check), whatever the incident says.
 #[test]
 fn replay_refuses_a_scale_to_zero_or_past_the_cap() {

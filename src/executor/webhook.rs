@@ -3,7 +3,7 @@
 //!
 //! The URL comes from a runbook template, so it is parsed, never spliced: only `http` and
 //! `https` URLs with a host are called, credentials embedded in the URL are refused (secrets
-//! belong in the environment, DESIGN.md §1.6), and the URL never reaches a shell. The call
+//! belong in the environment, docs/configuration.md), and the URL never reaches a shell. The call
 //! carries the execution's action id in `Idempotency-Key` so a receiver can discard a repeat.
 //! Any answer outside 2xx is an error: the engine then reports the action as failed instead of
 //! verifying something that never happened. The body is read up to [`MAX_RESPONSE_BYTES`]
