@@ -694,7 +694,7 @@ fn revision(d: &Deployment) -> Option<String> {
         .cloned()
 }
 
-/// Issue 13 (Low): an approval of `rollout undo` is bound to the revisions it would undo and
+/// An approval of `rollout undo` is bound to the revisions it would undo and
 /// restore. Asked for at revision 2 (restoring 1), then a deploy makes revision 3: the approved
 /// undo would now restore revision 2, so it is refused ("ask again") and the deployment is left
 /// as deployed. Asked again and approved with nothing in between, it runs and restores.

@@ -127,7 +127,7 @@ fn validate_accepts_the_shipped_files_and_lists_every_problem() {
     }
 }
 
-/// Item 12 of the safety review: the catalogue refuses what the principles forbid, warns about
+/// The catalogue refuses what the principles forbid, warns about
 /// what it allows only with care, and an override is shown wherever the runbook is listed.
 #[test]
 fn validate_refuses_high_risk_auto_without_rollback_and_warns_about_irreversible_automation() {

@@ -157,7 +157,7 @@ pub(crate) mod tests {
         format!("http://{addr}")
     }
 
-    /// Low item of issue 13 and its review: a webhook answer is read up to 1 MiB, whether it
+    /// A webhook answer is read up to 1 MiB, whether it
     /// declares its length or streams it. A 2xx over the cap or broken off mid-body still
     /// succeeds (the change was applied), noting the unread body naming the limit; a non-2xx
     /// over the cap is an error.
