@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# helm.sh - the `helm` binary for tests/helm.rs (helm template + helm lint of deploy/helm/remediator),
-# built once from the Go module proxy instead of downloading a prebuilt release (DESIGN.md §5).
+# helm.sh - the `helm` binary for tests/helm.rs (helm template + helm lint of
+# deploy/helm/remediator), built once from the Go module proxy instead of downloading a prebuilt
+# release (docs/test-services.md).
 #
 # Commands:
 #   install      build helm $HELM_VERSION into $CACHE/helm/<version>/bin/helm; returns at once when it is

@@ -2,7 +2,8 @@
 # k8s.sh - a REAL Kubernetes control plane on loopback for the test suite, without containers and
 # without downloading any prebuilt binary: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and kubectl are built from the Go module proxy, kwok fakes one node and makes its
-# pods Ready (or crash, see scripts/kwok-stages/). Plain processes on 127.0.0.1 (DESIGN.md §5).
+# pods Ready (or crash, see scripts/kwok-stages/). Plain processes on 127.0.0.1
+# (docs/test-services.md).
 #
 # Commands:
 #   install        build etcd, kube-*, kubectl and kwok once into $CACHE/k8s/<version>/bin; when all

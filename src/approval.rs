@@ -1,4 +1,4 @@
-//! Answers to approvals, from people and from other systems (DESIGN.md §4a).
+//! Answers to approvals, from people and from other systems (docs/design.md#approvals).
 //!
 //! Two doors lead to [`Engine::answer`]: the HTTP API (`GET /v1/approvals`,
 //! `POST /v1/approvals/{id}/approve|deny`, bearer token) used by `remediator approve|deny`, and

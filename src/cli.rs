@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §1.4).
+//! The command line (docs/design.md#command-line).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ pub enum Command {
         dry_run: bool,
     },
     /// The whole pipeline in one process with embedded defaults (mock Kafka, in-memory store,
-    /// simulated cluster), showing the seed's incidents, cooldown, circuit breaker, rejection.
+    /// simulated cluster), showing the sample incidents, cooldown, circuit breaker, rejection.
     Demo,
     /// Offline what-if: one outcome JSON per input line, in input order, dry run, deterministic.
     Replay {

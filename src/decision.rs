@@ -1,9 +1,10 @@
-//! The decision order of DESIGN.md §1.2 as one pure function.
+//! The decision order (docs/design.md#decision-order) as one pure function.
 //!
 //! [`decide`] takes every fact a decision depends on and returns the first rule that applies.
-//! The pipeline calls it twice: once with the facts it has locally (no store answer yet) to learn
-//! whether the decision is already final or which guardrail admission to ask the store for, and
-//! once more with the store's answer. No I/O, no clock: table tests cover the whole order.
+//! No I/O, no clock: table tests cover the whole order. The pipeline calls it once, before it
+//! asks the store, with `invalid: None`, `duplicate: false` and `GuardrailFact::Unknown`: rule 1
+//! (`rejected`) is decided where the event fails to parse, and rules 2 (`duplicate`) and 6
+//! (`blocked`) from the store's answer to the claim and reservation, in `src/pipeline.rs`.
 //!
 //! One refinement of the order: a runbook template that cannot be rendered safely from the
 //! incident (missing or invalid `context` values, a namespace outside the runbook's scope)
@@ -135,7 +136,7 @@ fn final_(decision: Decision, reason: String) -> Verdict {
     }
 }
 
-/// Apply DESIGN.md §1.2, first rule that applies wins.
+/// Apply the decision order (docs/design.md#decision-order), first rule that applies wins.
 pub fn decide(f: &Facts) -> Verdict {
     if let Some(why) = &f.invalid {
         return final_(Decision::Rejected, why.clone());

@@ -1,10 +1,10 @@
 //! `remediator demo`: the whole pipeline in one process, on embedded defaults.
 //!
-//! librdkafka's in-process mock cluster stands in for the broker, an in-memory store for Redis
-//! and a simulated cluster for Kubernetes; everything else (the Kafka loop, the engine, the
-//! guardrails, the outcome events) is the production code path. It feeds the seed's four sample
-//! incidents and a few more that show cooldown, the circuit breaker, rejection and idempotency,
-//! and prints each outcome as it is read back from the outcomes topic.
+//! librdkafka's in-process mock cluster stands in for the broker, an in-memory store for Redis and
+//! a simulated cluster for Kubernetes; everything else (the Kafka loop, the engine, the guardrails,
+//! the outcome events) is the production code path. It feeds the four sample incidents of
+//! `tests/data/seed-incidents.jsonl` and a few more that show cooldown, the circuit breaker,
+//! rejection and idempotency, and prints each outcome as it is read back from the outcomes topic.
 
 use crate::clock::{Clock, SystemClock};
 use crate::executor::simulated::{Faults, SimulatedExecutor};

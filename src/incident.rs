@@ -14,7 +14,7 @@ use std::fmt;
 
 /// Largest incident accepted, in bytes. Bigger payloads are rejected before parsing.
 pub const MAX_INCIDENT_BYTES: usize = 256 * 1024;
-/// Longest incident id (DESIGN.md §1.1).
+/// Longest incident id (docs/design.md#incident-event).
 pub const MAX_ID_CHARS: usize = 128;
 /// Longest root cause, symptom, service name or context string.
 pub const MAX_TEXT_CHARS: usize = 1024;

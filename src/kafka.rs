@@ -1,7 +1,7 @@
 //! The Kafka edge of the worker: consume incidents, publish outcomes, commit only what is done.
 //!
-//! [`run`] is the whole consume -> handle -> publish -> commit loop (DESIGN.md §3). Its promises,
-//! and how they are kept:
+//! [`run`] is the whole consume -> handle -> publish -> commit loop (docs/design.md#kafka). Its
+//! promises, and how they are kept:
 //!
 //! * **At-least-once, acknowledgement-driven commits.** The consumer auto-commits, but only
 //!   offsets this module *stores* (`enable.auto.offset.store=false`), and it stores offset `N+1`
@@ -86,7 +86,7 @@ const ERROR_PAUSE: Duration = Duration::from_millis(100);
 const STALL_FAILURES: u32 = 4;
 /// How long the metadata request that tells a stuck producer from a broker outage may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
-/// Header names the dead-letter copy carries (DESIGN.md §3).
+/// Header names the dead-letter copy carries (docs/design.md#dead-letters).
 const DLQ_HEADERS: [&str; 5] = [
     "error",
     "error_field",
@@ -95,7 +95,7 @@ const DLQ_HEADERS: [&str; 5] = [
     "source_offset",
 ];
 
-/// Where and how to talk to Kafka (`kafka.*` in the worker config, DESIGN.md §1.6).
+/// Where and how to talk to Kafka (`kafka.*` in the worker config, docs/configuration.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`, comma-separated `host:port`.
@@ -117,7 +117,8 @@ pub struct KafkaSettings {
 }
 
 impl Default for KafkaSettings {
-    /// The defaults of the `kafka.*` configuration keys (DESIGN.md §1.6), defined once there.
+    /// The defaults of the `kafka.*` configuration keys (docs/configuration.md), defined once
+    /// there.
     fn default() -> Self {
         Self::from(&crate::config::KafkaConfig::default())
     }
@@ -348,8 +349,8 @@ pub fn producer_config(s: &KafkaSettings) -> ClientConfig {
         .set("message.timeout.ms", "30000")
         // Send at once: a partition waits for its outcome's acknowledgement before its next
         // message, so librdkafka's default 5 ms linger was paid once per message, serially
-        // (scripts/bench: 11x the throughput without it, BENCHMARKS.md). Batching still happens
-        // whenever several outcomes are queued while a request is in flight.
+        // (scripts/bench: 11x the throughput without it, docs/benchmark-history.md). Batching still
+        // happens whenever several outcomes are queued while a request is in flight.
         .set("linger.ms", "0")
         // TCP_NODELAY: a small outcome is not held back by Nagle behind an unacknowledged one.
         .set("socket.nagle.disable", "true");
@@ -665,7 +666,6 @@ impl Shared {
         }
     }
 
-    /// Handle one message and publish everything it produced, in order, in the message's trace.
     /// Decide one message (the guardrail store is asked, the decision recorded, any action run):
     /// what [`Shared::publish`] must then get out. `None` when the worker stopped first (nothing
     /// was decided; the message is redelivered).
@@ -955,7 +955,8 @@ impl TraceParent {
     }
 }
 
-/// The dead-letter headers (DESIGN.md §3), then the original headers except ones we set.
+/// The dead-letter headers (docs/design.md#dead-letters), then the original headers except ones we
+/// set.
 fn dlq_headers(rejection: &Rejection, source: &Source, original: Option<&OwnedHeaders>) -> OwnedHeaders {
     let partition = source.partition.to_string();
     let offset = source.offset.to_string();

@@ -1,8 +1,9 @@
 //! remediator: an auto-remediation worker.
 //!
 //! Incidents from an AIOps root-cause pipeline arrive on Kafka; each is matched to a runbook,
-//! decided (AUTO / APPROVAL / MANUAL, DESIGN.md §1.2), held to guardrails shared by every replica
-//! through Redis, executed, verified, rolled back on failure, and audited as outcome events.
+//! decided (AUTO / APPROVAL / MANUAL, docs/design.md#decision-order), held to guardrails shared by
+//! every replica through Redis, executed, verified, rolled back on failure, and audited as outcome
+//! events.
 
 pub mod alertmanager;
 pub mod approval;

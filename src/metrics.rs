@@ -1,4 +1,5 @@
-//! Every metric the worker exports, defined once (names in README, DESIGN.md §1.5).
+//! Every metric the worker exports, defined once (names and meanings in
+//! docs/observability.md#metrics).
 //!
 //! A [`Metrics`] owns its own registry so tests, `demo` and `replay` never collide with each
 //! other or with a process-global registry.

@@ -1,5 +1,5 @@
-//! Notifications: every outcome can also go to a Slack-compatible webhook (DESIGN.md §4a,
-//! "always notify, even on success").
+//! Notifications: every outcome can also go to a Slack-compatible webhook
+//! (docs/design.md#notifications: always notify, even on success).
 //!
 //! Notifying must never slow or block the pipeline: outcomes go into a bounded queue
 //! ([`QUEUE`]) drained by one background task that posts `{"text": …}` with retries; when the

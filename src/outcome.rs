@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 /// The outcome schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// What the worker decided (DESIGN.md §1.2).
+/// What the worker decided (docs/design.md#decision-order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {

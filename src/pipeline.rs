@@ -67,7 +67,8 @@ pub enum EngineError {
     StoreUnavailable(String),
 }
 
-/// Worker-wide guardrail defaults (DESIGN.md §2), combined with each runbook's own numbers.
+/// Worker-wide guardrail defaults (docs/design.md#guardrails), combined with each runbook's own
+/// numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardrailDefaults {
     /// Executions in flight across all replicas.

@@ -354,7 +354,7 @@ async fn guardrails_changed(r: Rig) {
     assert_eq!(r.executor.journal().len(), 1);
 }
 
-/// Issue 13 (Low): an approval of `rollout undo` is bound to the revisions it undoes and
+/// An approval of `rollout undo` is bound to the revisions it undoes and
 /// restores (pinned into the action, so into its hash and its display). A deploy between the
 /// request and the answer changes what the undo would restore: the approved answer is refused,
 /// nothing runs; asked again with nothing in between, it runs at the new revisions.

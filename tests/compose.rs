@@ -300,7 +300,7 @@ fn replicas_are_configured_with_real_keys() {
         assert_eq!(c.redis.url, configs[0].redis.url, "one guardrail store");
         assert_eq!(c.executor, "simulated", "no Kubernetes cluster in compose");
         assert!(c.alertmanager.enabled);
-        // Issue 13 item 9: an enabled intake needs a token (or the explicit switch), else the
+        // An enabled intake needs a token (or the explicit switch), else the
         // replica would refuse to start.
         assert!(
             !c.alertmanager.allow_unauthenticated,

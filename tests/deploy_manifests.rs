@@ -473,7 +473,7 @@ fn configmap_runbooks_and_config_are_what_the_binary_loads() {
     assert_eq!(Some(&config.redis.url), env.get("REMEDIATOR_REDIS_URL"));
     assert_eq!(config.worker_id, "remediator-7d9f-abcde");
 
-    // Issue 13 item 7: SIGTERM lets in-flight work finish within shutdown.grace, which every
+    // SIGTERM lets in-flight work finish within shutdown.grace, which every
     // runbook of the mounted catalogue fits (the start-up check), and the kubelet waits longer
     // than that before SIGKILL (30 s for the commit and flush).
     remediator::worker::check_grace(&catalogue, &config).unwrap_or_else(|e| panic!("deploy/: {e}"));

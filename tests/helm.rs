@@ -561,7 +561,7 @@ async fn rendered_chart_runs_on_a_real_api_server() {
     k8s_common::delete_namespace(&admin, &target).await;
 }
 
-/// Issue 13 item 9: the worker refuses an Alertmanager intake without a bearer token, so the
+/// The worker refuses an Alertmanager intake without a bearer token, so the
 /// chart refuses to render one (instead of shipping pods that crash-loop), unless the token
 /// comes from the Secret, `extraEnv`, or the intake is explicitly left open.
 #[test]
@@ -601,7 +601,7 @@ fn an_alertmanager_intake_needs_a_token_or_the_explicit_switch() {
     }
 }
 
-/// Review of issue 13 item 7: the worker needs `config.shutdown.grace` + 30 s after SIGTERM, so
+/// The worker needs `config.shutdown.grace` + 30 s after SIGTERM, so
 /// the chart refuses to render a `terminationGracePeriodSeconds` shorter than that (the grace
 /// read the worker's way: units, and `REMEDIATOR_SHUTDOWN_GRACE` in `extraEnv`).
 #[test]

@@ -1,4 +1,4 @@
-//! Replicated Kafka (issue #9 part 3): real `remediator run` processes against a private
+//! Replicated Kafka (docs/reliability.md#replicated-kafka): real `remediator run` processes against a private
 //! 3-node KRaft cluster (`scripts/kafka-cluster.sh`: every topic replication factor 3,
 //! `min.insync.replicas=2`, no unclean leader election), with the shared Redis.
 //!

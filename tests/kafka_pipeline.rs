@@ -1,4 +1,4 @@
-//! The Kafka pipeline against a real broker (DESIGN.md §3): outcomes published and offsets
+//! The Kafka pipeline against a real broker (docs/design.md#kafka): outcomes published and offsets
 //! committed only after acknowledgement, poison to the dead-letter topic, redelivery answered
 //! from the store, graceful shutdown, fail-closed when the guardrail store is down.
 //!
@@ -36,8 +36,9 @@ async fn store() -> Arc<dyn Store> {
     }
 }
 
-/// The seed's four incidents give executed, executed, approval_required, manual — exactly four
-/// outcomes, keyed by incident id — and the group's committed offsets cover all four messages.
+/// The four sample incidents (tests/data/seed-incidents.jsonl) give executed, executed,
+/// approval_required, manual — exactly four outcomes, keyed by incident id — and the group's
+/// committed offsets cover all four messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_incidents_publish_four_outcomes_and_commit() {
     let Some(bs) = bootstrap() else { return };

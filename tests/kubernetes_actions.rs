@@ -694,7 +694,7 @@ fn revision(d: &Deployment) -> Option<String> {
         .cloned()
 }
 
-/// Issue 13 (Low): an approval of `rollout undo` is bound to the revisions it would undo and
+/// An approval of `rollout undo` is bound to the revisions it would undo and
 /// restore. Asked for at revision 2 (restoring 1), then a deploy makes revision 3: the approved
 /// undo would now restore revision 2, so it is refused ("ask again") and the deployment is left
 /// as deployed. Asked again and approved with nothing in between, it runs and restores.
@@ -1146,7 +1146,8 @@ async fn prometheus_checks_compare_thresholds_and_fail_when_they_cannot_observe(
     flip.await.unwrap();
     assert!(r.passed && r.detail.contains("after"), "{}", r.detail);
 
-    // A bare error_rate_normalized (the seed's form) runs the executor's default query.
+    // A bare error_rate_normalized (as the reference catalogue writes it) runs the executor's
+    // default query.
     let with_default = detached(KubeExecutorOptions {
         prometheus_url: Some(prom.url()),
         error_rate_query: Some(r#"sum(rate(http_errors{service="{service}"}[5m]))"#.into()),
@@ -1295,7 +1296,8 @@ async fn scale_replicas_by_and_predictive_are_computed_from_the_cluster() {
         deployment: "api".into(),
         replicas,
     };
-    // The seed's PredictiveScaler: 4 replicas at load 400, predicted 900 -> 10, capped at 8.
+    // The predictive scaler (docs/design.md#scaling): 4 replicas at load 400, predicted 900 -> 10,
+    // capped at 8.
     let a = scale(Replicas::Predictive {
         predicted_load: 900.0,
         current_load: 400.0,

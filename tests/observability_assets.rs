@@ -7,8 +7,8 @@
 //! * Every metric an expression of the dashboard or the rules selects exists in
 //!   `Metrics::new().render()` (after touching each labelled metric once), every label it
 //!   matches on or groups by is one of that metric's labels (or a target label Prometheus adds).
-//! * Every metric `src/metrics.rs` defines is exported, documented in README's metrics table and
-//!   shown on a dashboard panel; every alert rule is named in README.
+//! * Every metric `src/metrics.rs` defines is exported, documented in the metrics table of
+//!   docs/observability.md and shown on a dashboard panel; every alert rule is named there.
 //! * The dashboard is well-formed: unique panel ids, a grid position each, every query on the
 //!   datasource variable.
 
@@ -344,11 +344,11 @@ fn every_defined_metric_is_exported_documented_and_on_a_panel() {
         "found only {defined:?} in src/metrics.rs: has the definition style changed?"
     );
     let exported = exported();
-    let readme = read("README.md");
+    let readme = read("docs/observability.md");
     let table: BTreeSet<&str> = readme
         .split("\n## Metrics")
         .nth(1)
-        .expect("README has a Metrics section")
+        .expect("docs/observability.md has a Metrics section")
         .split("\n## ")
         .next()
         .unwrap_or_default()
@@ -373,7 +373,7 @@ fn every_defined_metric_is_exported_documented_and_on_a_panel() {
         );
         assert!(
             table.contains(name.as_str()),
-            "{name} is missing from README's metrics table"
+            "{name} is missing from the metrics table of docs/observability.md"
         );
         assert!(
             shown.contains(name),
@@ -383,14 +383,14 @@ fn every_defined_metric_is_exported_documented_and_on_a_panel() {
     for documented in &table {
         assert!(
             defined.contains(*documented),
-            "README documents {documented}, which src/metrics.rs does not define"
+            "docs/observability.md documents {documented}, which src/metrics.rs does not define"
         );
     }
     for (origin, _) in rule_exprs() {
         let alert = origin.trim_start_matches("rule ");
         assert!(
             readme.contains(&format!("`{alert}`")),
-            "alert {alert} is not named in README (Dashboards and alerts)"
+            "alert {alert} is not named in docs/observability.md (Dashboards and alerts)"
         );
     }
 }

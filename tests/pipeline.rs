@@ -535,7 +535,7 @@ fn scale_to(id: &str, service: &str, new_replicas: &str, old_replicas: u32) -> S
 
 #[tokio::test]
 async fn a_low_risk_scale_up_never_reaches_zero_nor_passes_its_cap_nor_goes_down() {
-    // The seed's scale-up: `--replicas={new_replicas}`, capped at 10 by its bare
+    // The reference catalogue's scale-up: `--replicas={new_replicas}`, capped at 10 by its bare
     // current_replicas_below_max pre-check. The incident's own `max_replicas` changes nothing.
     let r = rig(SEED, Faults::default(), Settings::default());
     for (id, n, why) in [

@@ -1,4 +1,4 @@
-//! Sentinel failover (issue #9, README "What is exact, and where it degrades"): a private
+//! Sentinel failover (docs/guarantees.md#what-is-exact-and-where-it-degrades): a private
 //! primary, its replica and three Sentinels started by `scripts/redis-ha.sh`, the primary killed
 //! with SIGKILL while the store (and, in the second test, four worker processes under a flood)
 //! uses it through `redis+sentinel://`.

@@ -1,4 +1,4 @@
-//! Proving the promises (README "Reliability: how the promises are tested"): real `remediator
+//! Proving the promises (docs/reliability.md): real `remediator
 //! run` processes against real Redis and Kafka, faults done to them, and the *full* history
 //! checked afterwards — every incident sent, every outcome record published (read back to the
 //! topic's end after the workers stopped), every action the executor was asked to run (the

@@ -127,7 +127,7 @@ fn validate_accepts_the_shipped_files_and_lists_every_problem() {
     }
 }
 
-/// Item 12 of the safety review: the catalogue refuses what the principles forbid, warns about
+/// The catalogue refuses what the principles forbid, warns about
 /// what it allows only with care, and an override is shown wherever the runbook is listed.
 #[test]
 fn validate_refuses_high_risk_auto_without_rollback_and_warns_about_irreversible_automation() {
@@ -239,7 +239,7 @@ fn the_runbooks_report_shows_an_override() {
     assert!(!line("restart").contains("OVERRIDE"), "{text}");
 }
 
-/// Item 2 of the safety review, offline: the seed's LOW-risk scale-up never renders 0 or a count
+/// Offline: the reference catalogue's LOW-risk scale-up never renders 0 or a count
 /// above its cap (10, from its `current_replicas_below_max` pre-check), whatever the incident says.
 #[test]
 fn replay_refuses_a_scale_to_zero_or_past_the_cap() {

@@ -235,7 +235,7 @@ fn start_with_intake(extra: &[(&str, &str)]) -> (Child, std::sync::mpsc::Receive
     (Child(child), rx)
 }
 
-/// Issue 13 item 9: an enabled intake without a token refuses to start, naming the variable and
+/// An enabled intake without a token refuses to start, naming the variable and
 /// the switch; `alertmanager.allow_unauthenticated: true` starts it with a warning.
 #[test]
 fn an_alertmanager_intake_without_a_token_refuses_to_start_unless_allowed() {
@@ -353,7 +353,7 @@ async fn run_with_the_kubernetes_executor_restarts_a_crash_looping_pod() {
     k8s_common::delete_namespace(&client, &ns).await;
 }
 
-/// Issue 13 item 7: SIGTERM never cuts an execution off. A worker is in the middle of two
+/// SIGTERM never cuts an execution off. A worker is in the middle of two
 /// 32 s actions when it gets SIGTERM: an automatic one from the incidents topic, and one unlocked
 /// by an approval over the HTTP API whose client has already given up waiting (so only the
 /// worker's task tracker keeps it alive). It stops taking work, yet both run to their end: both

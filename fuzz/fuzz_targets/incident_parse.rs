@@ -1,9 +1,10 @@
 //! `remediator::incident::parse` on arbitrary bytes (a Kafka message value is untrusted).
 //!
-//! Beyond "no panic, no hang": an accepted incident honours the contract (DESIGN.md §1.1) and
-//! every action rendered from it for the seed catalogue names only RFC 1123 Kubernetes objects,
-//! so nothing an incident says can reach an API call (or a shell) as anything but a name; a
-//! rejection always names a field.
+//! Beyond "no panic, no hang": an accepted incident honours the contract
+//! (docs/design.md#incident-event) and every action rendered from it for the reference catalogue
+//! (tests/data/seed-runbooks.yaml) names only RFC 1123 Kubernetes objects, so nothing an incident
+//! says can reach an API call (or a shell) as anything but a name; a rejection always names a
+//! field.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! The Kubernetes executor: runbook actions and checks through the API server (the `kube`
 //! crate), never a `kubectl` subprocess.
 //!
-//! Actions fence themselves through the API server (DESIGN.md §4):
+//! Actions fence themselves through the API server (docs/design.md#kubernetes):
 //!
 //! * `delete_pod` reads the pod first and deletes it with a `uid` precondition, so a pod that
 //!   was recreated under the same name in between is never hit.
@@ -33,7 +33,7 @@
 //!
 //! `metrics_improved` without a `query` falls back to the rollout: it passes when the target
 //! Deployment is rolled out with every replica of the count the action set updated and
-//! available (the seed's scale-up names the check bare and no Prometheus may exist).
+//! available (the reference catalogue's scale-up names the check bare and no Prometheus may exist).
 //! `error_rate_normalized` without a `query` runs [`KubeExecutorOptions::error_rate_query`] if
 //! configured, and otherwise fails, as does `prometheus_query`: an unverifiable fix is not a fix.
 //!
@@ -89,8 +89,8 @@ pub struct KubeExecutorOptions {
     /// Upper bound of one API server or Prometheus call (10 s), so a hung connection cannot
     /// stall an execution.
     pub api_timeout: Duration,
-    /// PromQL that `error_rate_normalized` runs when its runbook gives no `query` (the seed's
-    /// `rollback-deployment` names the check bare). A template: it may use `{service}`,
+    /// PromQL that `error_rate_normalized` runs when its runbook gives no `query` (the reference
+    /// catalogue's `rollback-deployment` names the check bare). A template: it may use `{service}`,
     /// `{namespace}`, `{deployment}`, .... `None`: such a check fails ("no Prometheus query
     /// configured"), because an unverifiable rollback must not count as a success.
     pub error_rate_query: Option<String>,

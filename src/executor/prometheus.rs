@@ -217,7 +217,7 @@ mod tests {
     use super::*;
     use crate::executor::webhook::tests::serve_body;
 
-    /// Low item of issue 13: a query answer over 1 MiB is an error naming the limit (declared or
+    /// A query answer over 1 MiB is an error naming the limit (declared or
     /// streamed); one at the limit is read (and here refused only for not being JSON).
     #[tokio::test]
     async fn query_answers_are_read_up_to_the_limit() {

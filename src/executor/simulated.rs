@@ -276,8 +276,9 @@ fn append_line(path: &std::path::Path, e: &JournalEntry, rollback: bool) -> std:
     f.write_all(format!("{line}\n").as_bytes())
 }
 
-/// The seed's PredictiveScaler: replicas needed for the predicted load at the current load per
-/// replica, plus one, capped at `max_replicas`, and never below the current count (scale up only).
+/// The predictive scaler (docs/design.md#scaling): replicas needed for the predicted load at the
+/// current load per replica, plus one, capped at `max_replicas`, and never below the current count
+/// (scale up only).
 pub fn predictive_target(current: u32, predicted_load: f64, current_load: f64, max_replicas: u32) -> u32 {
     if current == 0 || current_load <= 0.0 {
         return current;

@@ -3,7 +3,7 @@
 //!
 //! The URL comes from a runbook template, so it is parsed, never spliced: only `http` and
 //! `https` URLs with a host are called, credentials embedded in the URL are refused (secrets
-//! belong in the environment, DESIGN.md §1.6), and the URL never reaches a shell. The call
+//! belong in the environment, docs/configuration.md), and the URL never reaches a shell. The call
 //! carries the execution's action id in `Idempotency-Key` so a receiver can discard a repeat.
 //! Any answer outside 2xx is an error: the engine then reports the action as failed instead of
 //! verifying something that never happened. The body is read up to [`MAX_RESPONSE_BYTES`]
@@ -157,7 +157,7 @@ pub(crate) mod tests {
         format!("http://{addr}")
     }
 
-    /// Low item of issue 13 and its review: a webhook answer is read up to 1 MiB, whether it
+    /// A webhook answer is read up to 1 MiB, whether it
     /// declares its length or streams it. A 2xx over the cap or broken off mid-body still
     /// succeeds (the change was applied), noting the unread body naming the limit; a non-2xx
     /// over the cap is an error.

@@ -1,11 +1,11 @@
 //! Shared guardrails: the one truth every replica consults before it acts.
 //!
-//! A decision asks the store one question ([`GuardrailStore::decide`]) that claims the incident
-//! id (idempotency) and, when the decision would act, checks and reserves every guardrail of
-//! DESIGN.md §2 atomically: circuit breaker, sliding-hour rate limit, cooldown and blast radius.
-//! After an execution, [`GuardrailStore::finish`] releases the reservation and feeds the circuit
-//! breaker; [`GuardrailStore::record`] stores the final outcome so a redelivered incident
-//! re-publishes it instead of acting again.
+//! A decision asks the store one question ([`GuardrailStore::decide`]) that claims the incident id
+//! (idempotency) and, when the decision would act, checks and reserves every guardrail of
+//! docs/design.md#guardrails atomically: circuit breaker, sliding-hour rate limit, cooldown and
+//! blast radius. After an execution, [`GuardrailStore::finish`] releases the reservation and feeds
+//! the circuit breaker; [`GuardrailStore::record`] stores the final outcome so a redelivered
+//! incident re-publishes it instead of acting again.
 //!
 //! Two implementations pass one behaviour suite (`tests/common/guardrail_suite.rs`):
 //! [`memory::MemoryStore`] (demo, replay, unit tests) and [`redis::RedisStore`] (production; one
@@ -465,8 +465,8 @@ impl ApprovalState {
     }
 }
 
-/// An approval a decision asked for (DESIGN.md §4a): bound to the hash of the rendered action,
-/// with an expiry, answerable once.
+/// An approval a decision asked for (docs/design.md#approvals): bound to the hash of the rendered
+/// action, with an expiry, answerable once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     /// Approval id (a UUID).

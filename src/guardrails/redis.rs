@@ -248,7 +248,7 @@ impl RedisStore {
     /// ready and pauses consumption instead of crash-looping. If Redis answers now, the epoch is
     /// initialised (`SET epoch <uuid> NX`, then `GET`); otherwise the first decision does it.
     /// `timeout` bounds the connection, every response and every whole call (≈200 ms in
-    /// production, DESIGN.md §2).
+    /// production, `redis.timeout_ms`).
     ///
     /// Errors: an unparsable URL or a `key_prefix` that is empty or contains `{`/`}` (it is the
     /// hash tag), both reported as `Unavailable` since the store cannot be used.

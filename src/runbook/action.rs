@@ -1,5 +1,5 @@
-//! Typed actions: what a runbook does, parsed from the seed's kubectl-style strings or from the
-//! native `{kind: ...}` form, and rendered against an incident into concrete values.
+//! Typed actions: what a runbook does, parsed from kubectl-style strings (docs/design.md#runbooks)
+//! or from the native `{kind: ...}` form, and rendered against an incident into concrete values.
 //!
 //! kubectl strings are *parsed* into these types, never executed: the executor speaks to the
 //! Kubernetes API. A string that is not one of the supported shapes is a load error.
@@ -10,7 +10,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The cap a scale action gets when its runbook names none: the `max_replicas` of its
-/// `current_replicas_below_max` pre-check if it has one, else this (the seed's scaler default).
+/// `current_replicas_below_max` pre-check if it has one, else this (the reference catalogue's
+/// scale-up relies on it).
 pub const DEFAULT_MAX_REPLICAS: u32 = 10;
 
 /// Which way a scale action may move a deployment. Declared by the runbook (never by the
@@ -85,7 +86,8 @@ pub enum ReplicaSpec {
     Restore,
     /// Scale by a relative step (`--replicas=+1`: up, `-1`: down), the result within `bounds`.
     By(i32, Bounds),
-    /// The seed's PredictiveScaler: from `predicted_load` / `current_load`, up only, capped.
+    /// The predictive scaler (docs/design.md#scaling): from `predicted_load` / `current_load`, up
+    /// only, capped.
     Predictive {
         /// Never scale above this.
         max_replicas: u32,

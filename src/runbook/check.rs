@@ -1,8 +1,8 @@
 //! Named checks: pre-checks that gate an action and post-checks that verify it.
 //!
-//! The vocabulary is closed (an unknown name is a load error) so every check a runbook names is
-//! one the executors implement. Checks may be written as a bare name (the seed form) or as a map
-//! with parameters (`{name: pod_becomes_ready, timeout_seconds: 60}`).
+//! The vocabulary is closed (an unknown name is a load error) so every check a runbook names is one
+//! the executors implement. Checks may be written as a bare name (the kubectl-style form) or as a
+//! map with parameters (`{name: pod_becomes_ready, timeout_seconds: 60}`).
 
 use super::template::Template;
 use std::time::Duration;
@@ -90,7 +90,7 @@ pub struct CheckSpec {
     pub timeout: Option<Duration>,
     /// Restart ceiling for `recent_restarts_less_than_three` (default 3).
     pub max_restarts: Option<u32>,
-    /// Replica ceiling for `current_replicas_below_max` (default 10, as the seed's scaler); also
+    /// Replica ceiling for `current_replicas_below_max` (default 10, docs/design.md#scaling); also
     /// the cap of the runbook's scale actions that name none.
     pub max_replicas: Option<u32>,
     /// PromQL for query-based checks; may use template variables such as `{service}`.

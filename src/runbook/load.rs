@@ -1,4 +1,5 @@
-//! Strict loading of `runbooks.yaml`, in the seed's form and the richer native form.
+//! Strict loading of `runbooks.yaml`, in the kubectl-style form and the richer native form
+//! (docs/design.md#runbooks).
 //!
 //! Hand-written over `serde_yaml::Value` so that *every* problem in a file is reported at once,
 //! each with the file, the runbook id and the key: unknown keys, unknown checks, unknown
@@ -326,7 +327,8 @@ impl Parser<'_> {
             }
             Some(v) => self.number(v, "min_confidence", 0.0, 1.0),
         };
-        // Defaults as in the seed's engine: 3 per hour, 10 minutes cooldown.
+        // Defaults when a runbook names none: 3 per hour, 10 minutes cooldown
+        // (docs/design.md#runbooks).
         let max_per_hour = match get("max_per_hour") {
             None => Some(3),
             Some(v) => self.integer(v, "max_per_hour", 1, 10_000).map(|x| x as u32),
@@ -358,7 +360,7 @@ impl Parser<'_> {
         };
         let pre_checks = self.checks(get("pre_checks"), "pre_checks");
         let post_checks = self.checks(get("post_checks"), "post_checks");
-        // A scale that names no cap gets the one its pre-check enforces, so the seed's
+        // A scale that names no cap gets the one its pre-check enforces, so a bare
         // `current_replicas_below_max` (10 by default) also bounds `--replicas={new_replicas}`.
         let default_max = pre_checks
             .iter()
@@ -1125,7 +1127,7 @@ runbooks:
                 other => panic!("{other:?}"),
             }
         };
-        // The seed's kubectl form: up, capped by its current_replicas_below_max pre-check.
+        // The kubectl form: up, capped by its current_replicas_below_max pre-check.
         assert!(matches!(
             replicas("up", false),
             ReplicaSpec::To {
@@ -1145,7 +1147,8 @@ runbooks:
         ));
         assert_eq!(replicas("native", true), ReplicaSpec::Restore);
         assert_eq!(replicas("down", false), ReplicaSpec::By(-1, Bounds { min: 2, max: 10 }));
-        // The seed file: scale-up is capped at 10 (its bare pre-check's default).
+        // The reference catalogue (tests/data/seed-runbooks.yaml): scale-up is capped at 10 (its
+        // bare pre-check's default).
         let seed = Catalogue::from_yaml(SEED, "seed").unwrap();
         assert!(matches!(
             &seed.get("scale-up").unwrap().action,

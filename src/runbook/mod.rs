@@ -1,4 +1,5 @@
-//! The runbook catalogue: load (seed and native forms), validate, and match incidents.
+//! The runbook catalogue: load (kubectl-style and native forms, docs/design.md#runbooks), validate,
+//! and match incidents.
 //!
 //! Matching goes through two hash indexes built at load time, root cause first, then symptoms,
 //! so its cost does not grow with the number of runbooks. Triggers and symptoms are compared
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-/// Risk level of a runbook (the seed's LOW / MEDIUM / HIGH).
+/// Risk level of a runbook: LOW / MEDIUM / HIGH (docs/design.md#runbooks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Risk {

@@ -1,5 +1,5 @@
 //! One behaviour suite for every [`Executor`]: the simulated cluster and the Kubernetes executor
-//! must agree on the basics the engine relies on (DESIGN.md STYLE 2).
+//! must agree on the basics the engine relies on (docs/design.md#kubernetes).
 //!
 //! * `delete_pod` succeeds on a pod of a multi-replica deployment and `pod_becomes_ready` then
 //!   verifies it;

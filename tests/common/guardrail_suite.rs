@@ -1,4 +1,5 @@
-//! The one behaviour suite every [`GuardrailStore`] must pass (DESIGN.md §2, STYLE.md rule 2).
+//! The one behaviour suite every [`GuardrailStore`] must pass (docs/design.md#guardrails): the
+//! in-memory and the Redis store must behave alike.
 //!
 //! Each case is a plain `async fn` taking a fresh store (for Redis: a fresh uuid key prefix, so
 //! cases never see each other's keys). Windows are hundreds of milliseconds and time passes with

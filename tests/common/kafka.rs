@@ -287,7 +287,7 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
         .collect()
 }
 
-/// An engine with the seed catalogue, `store` and `executor`.
+/// An engine with the reference catalogue (tests/data/seed-runbooks.yaml), `store` and `executor`.
 pub fn engine(store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> Arc<Engine> {
     engine_with(include_str!("../data/seed-runbooks.yaml"), store, executor)
 }
@@ -310,9 +310,9 @@ pub fn engine_with(catalogue: &str, store: Arc<dyn Store>, executor: Arc<dyn Exe
     ))
 }
 
-/// The seed's four sample incidents (DESIGN.md §2: executed, executed, approval_required,
-/// manual), with ids prefixed by `run` so the store never saw them; `detected_at` omitted, so
-/// they are fresh.
+/// The four sample incidents of tests/data/seed-incidents.jsonl (executed, executed,
+/// approval_required, manual with the default guardrails, docs/design.md#guardrails), with ids
+/// prefixed by `run` so the store never saw them; `detected_at` omitted, so they are fresh.
 pub fn seed_incidents(run: &str) -> Vec<(String, String)> {
     [
         ("INC001", r#""root_cause":"CrashLoopBackOff","confidence":0.95,"service":"api-server","context":{"pod_name":"api-server-abc123","namespace":"production"}"#),
