@@ -434,6 +434,54 @@ mod tests {
         assert_eq!(reason, "incident is 1h2m3s old, older than max_incident_age 15m");
     }
 
+    /// Durations in reasons: hours, minutes and seconds, each only when non-zero, `0s` for zero.
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (secs, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (60, "1m"),
+            (900, "15m"),
+            (3600, "1h"),
+            (3605, "1h5s"),
+            (3723, "1h2m3s"),
+            (90_000, "25h"),
+        ] {
+            assert_eq!(human(Duration::from_secs(secs)), text, "{secs}");
+        }
+        assert_eq!(human(Duration::from_millis(1_999)), "1s", "whole seconds, rounded down");
+    }
+
+    /// What each intent reserves, decides and reports: only an action (or its dry run) holds
+    /// guardrail capacity.
+    #[test]
+    fn each_intent_reserves_decides_and_reports_its_own() {
+        for (intent, reserves, decision, mode) in [
+            (Intent::Approval, false, Decision::ApprovalRequired, Mode::Approval),
+            (Intent::Suggest, false, Decision::Manual, Mode::Suggest),
+            (Intent::DryRun, true, Decision::DryRun, Mode::DryRun),
+            (Intent::Execute, true, Decision::Executed, Mode::Auto),
+        ] {
+            assert_eq!(
+                (intent.reserves(), intent.decision(), intent.mode()),
+                (reserves, decision, mode),
+                "{intent:?}"
+            );
+        }
+        let demoted = RunbookFacts {
+            demoted: Some("40% < 80% verified".into()),
+            ..rb(Mode::Auto, false)
+        };
+        assert_eq!(
+            intent_reason(Intent::Approval, &demoted),
+            "runbook restart-pod was demoted from auto to approval (40% < 80% verified): human approval required"
+        );
+        assert_eq!(
+            intent_reason(Intent::Execute, &rb(Mode::Auto, false)),
+            "runbook restart-pod executed"
+        );
+    }
+
     #[test]
     fn unknown_guardrails_still_tell_the_intent() {
         let mut f = base();
