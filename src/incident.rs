@@ -618,6 +618,110 @@ mod tests {
         assert_eq!(rejected(&services(65)).field, "services");
     }
 
+    /// Each rejection names the field and says what is wrong, word for word.
+    #[test]
+    fn rejections_say_what_is_wrong_word_for_word() {
+        let cases = [
+            (
+                r#"{"id":"","root_cause":"x","confidence":0.5,"service":"a"}"#,
+                "id",
+                "must not be empty",
+            ),
+            (
+                r#"{"id":"a\u0001","root_cause":"x","confidence":0.5,"service":"a"}"#,
+                "id",
+                "must not contain control characters",
+            ),
+            (
+                r#"{"id":7,"root_cause":"x","confidence":0.5,"service":"a"}"#,
+                "id",
+                "must be a string, got number",
+            ),
+            (
+                r#"{"root_cause":"x","confidence":0.5,"service":"a"}"#,
+                "id",
+                "is required",
+            ),
+            (
+                r#"{"id":"a","root_cause":null,"confidence":0.5,"service":"a"}"#,
+                "root_cause",
+                "is required",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"services":"a"}"#,
+                "services",
+                "must be an array of strings, got string",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"services":[]}"#,
+                "services",
+                "must list at least one service",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"services":["a"],"service":"b"}"#,
+                "service",
+                r#""b" disagrees with services[0] "a""#,
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"services":["a",true]}"#,
+                "services[1]",
+                "must be a string, got boolean",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":{"k":{}}}"#,
+                "context.k",
+                "must be a string, number or boolean, got object",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":{"k":[1]}}"#,
+                "context.k",
+                "must be a string, number or boolean, got array",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":{"k":null}}"#,
+                "context.k",
+                "must be a string, number or boolean, got null",
+            ),
+            (
+                r#"{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":[]}"#,
+                "context",
+                "must be an object, got array",
+            ),
+        ];
+        for (json, field, message) in cases {
+            let r = rejected(json);
+            assert_eq!((r.field.as_str(), r.message.as_str()), (field, message), "{json}");
+        }
+        // A services list, or a single service, agreeing with its first entry.
+        let i = parse(br#"{"id":"a","root_cause":"x","confidence":0.5,"services":["a","b"],"service":"a"}"#).unwrap();
+        assert_eq!((i.service(), i.services.len()), ("a", 2));
+        // Context values keep their JSON text.
+        let i = parse(br#"{"id":"a","root_cause":"x","confidence":0.5,"service":"a","context":{"n":3,"f":0.25,"b":false,"s":"v"}}"#).unwrap();
+        let shown: Vec<String> = i.context.values().map(ToString::to_string).collect();
+        assert_eq!(shown, ["false", "0.25", "3", "v"]);
+    }
+
+    /// What a rejected incident still tells (for the outcome and the dead-letter headers): its id
+    /// and service when they are themselves valid, never an invalid one.
+    #[test]
+    fn a_rejection_keeps_only_valid_identity() {
+        let partial = |json: &str| parse(json.as_bytes()).unwrap_err().1;
+        let p = partial(r#"{"id":"INC1","root_cause":"OOM","confidence":2,"services":["api","web"],"service":"x"}"#);
+        assert_eq!(
+            (p.id.as_deref(), p.service.as_deref(), p.root_cause.as_deref()),
+            (Some("INC1"), Some("api"), Some("OOM"))
+        );
+        let p = partial(r#"{"id":"INC1","root_cause":"OOM","confidence":2,"service":"web"}"#);
+        assert_eq!(p.service.as_deref(), Some("web"));
+        let long = "x".repeat(129);
+        let p = partial(&format!(
+            r#"{{"id":"{long}","root_cause":"","confidence":2,"services":[""],"service":"a\u0002"}}"#
+        ));
+        assert_eq!((p.id, p.service, p.root_cause), (None, None, None));
+        assert_eq!(shorten(&"s".repeat(64)), "s".repeat(64));
+        assert_eq!(shorten(&"s".repeat(65)), format!("{}…", "s".repeat(64)));
+    }
+
     /// `null` means absent, for every optional field: `services: null` falls back to `service`,
     /// and with neither the incident is rejected naming `services`.
     #[test]
