@@ -336,4 +336,110 @@ mod tests {
         assert_ne!(key("crash"), key("crash "));
         assert_ne!(key("a"), key("a\0"), "the zero padding never makes two keys equal");
     }
+
+    fn catalogue(yaml: &str) -> Result<Catalogue, Vec<(Option<String>, Option<String>, String)>> {
+        Catalogue::from_yaml(yaml, "t.yaml")
+            .map_err(|e| e.0.into_iter().map(|e| (e.runbook, e.key, e.message)).collect())
+    }
+
+    fn incident(root_cause: &str, symptoms: &[&str]) -> Incident {
+        let symptoms: Vec<String> = symptoms.iter().map(|s| format!("{s:?}")).collect();
+        crate::incident::parse(
+            format!(
+                r#"{{"id":"i","root_cause":"{root_cause}","confidence":0.9,"service":"api","symptoms":[{}]}}"#,
+                symptoms.join(",")
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    const TWO: &str = r#"
+runbooks:
+  restart:
+    risk: LOW
+    min_confidence: 0.8
+    triggers: [CrashLoopBackOff]
+    symptoms: [pod_restarts]
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    rollback: null
+  scale:
+    risk: MEDIUM
+    min_confidence: 0.8
+    mode: approval
+    triggers: [high_cpu]
+    symptoms: [slow_responses]
+    action: {kind: scale_deployment, namespace: "{namespace}", deployment: "{deployment}", replicas: "{new_replicas}", max_replicas: 8}
+    rollback: null
+"#;
+
+    /// Root cause first (any case), else the first symptom that selects a runbook.
+    #[test]
+    fn incidents_match_by_root_cause_then_by_their_first_selecting_symptom() {
+        let c = catalogue(TWO).unwrap();
+        assert_eq!((c.len(), c.is_empty()), (2, false));
+        assert_eq!(
+            c.runbooks().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["restart", "scale"]
+        );
+        assert_eq!(c.get("scale").map(|r| r.id.as_str()), Some("scale"));
+        assert!(c.get("Scale").is_none());
+        let m = |root: &str, symptoms: &[&str]| {
+            let i = incident(root, symptoms);
+            c.match_incident(&i).map(|(r, by)| (r.id.clone(), by))
+        };
+        assert_eq!(
+            m("crashloopbackoff", &["slow_responses"]),
+            Some(("restart".into(), MatchedBy::RootCause))
+        );
+        assert_eq!(
+            m("unknown", &["nothing", "SLOW_RESPONSES", "pod_restarts"]),
+            Some(("scale".into(), MatchedBy::Symptom("SLOW_RESPONSES".into())))
+        );
+        assert_eq!(
+            m("unknown", &["high_cpu"]),
+            Some(("scale".into(), MatchedBy::Symptom("high_cpu".into()))),
+            "a trigger is also a symptom"
+        );
+        assert_eq!(m("unknown", &["nothing"]), None);
+        assert!(Catalogue::default().is_empty());
+    }
+
+    /// A symptom may select one runbook only: the second claim is an error naming both.
+    #[test]
+    fn a_symptom_selects_one_runbook_only() {
+        let yaml = TWO.replace("symptoms: [slow_responses]", "symptoms: [slow_responses, Pod_Restarts]");
+        assert_eq!(
+            catalogue(&yaml).unwrap_err(),
+            vec![(
+                Some("scale".to_string()),
+                Some("symptoms".to_string()),
+                r#"symptom "Pod_Restarts" already selects runbook "restart""#.to_string()
+            )]
+        );
+    }
+
+    /// Automatic or not, reversible or not, and the warning an irreversible automatic runbook
+    /// gets (with the override's reason when it has one).
+    #[test]
+    fn irreversible_automatic_runbooks_are_warned_about() {
+        let c = catalogue(TWO).unwrap();
+        let (restart, scale) = (c.get("restart").unwrap(), c.get("scale").unwrap());
+        assert!(restart.automatic() && restart.reversible(), "delete_pod heals itself");
+        assert!(!scale.automatic() && !scale.reversible());
+        assert!(
+            restart.warnings().is_empty() && scale.warnings().is_empty(),
+            "approval runbooks are not warned about"
+        );
+        let mut auto_scale = scale.clone();
+        auto_scale.mode = Mode::Auto;
+        let msg = "scale_deployment runs automatically but is neither reversible (no rollback) nor self-healing \
+                   (delete_pod, rollout_restart): a failed verification leaves its change in place";
+        assert_eq!(auto_scale.warnings(), vec![("rollback", msg.to_string())]);
+        auto_scale.irreversible_override = Some("capacity only".into());
+        assert_eq!(
+            auto_scale.warnings(),
+            vec![("rollback", format!("{msg} (allow_irreversible_auto: capacity only)"))]
+        );
+    }
 }
