@@ -164,6 +164,7 @@ impl Catalogue {
                 runbook: None,
                 key: None,
                 message: e.to_string(),
+                at: None,
             }])
         })?;
         Self::from_yaml(&text, &path.display().to_string())
