@@ -375,7 +375,7 @@ fn limits() -> Limits {
 }
 
 fn admission_request(i: usize) -> DecideRequest {
-    let (check, (runbook, service)) = if i % 2 == 0 {
+    let (check, (runbook, service)) = if i.is_multiple_of(2) {
         (true, CHECK_SCOPE)
     } else {
         (false, STORM_SCOPE)
@@ -689,7 +689,7 @@ fn incident_json(run: &str, i: usize) -> String {
     let svc = format!("svc-{:02}", i % 50);
     let now = chrono::Utc::now().to_rfc3339();
     let v = match i % 20 {
-        0..=9 => json!({"id": id, "root_cause": if i % 2 == 0 {"CrashLoopBackOff"} else {"OOMKilled"},
+        0..=9 => json!({"id": id, "root_cause": if i.is_multiple_of(2) {"CrashLoopBackOff"} else {"OOMKilled"},
             "confidence": 0.95, "services": [svc], "symptoms": ["pod_crash_loop"],
             "context": {"pod_name": format!("{svc}-7d9f8-x{i}"), "namespace": "production"}, "detected_at": now}),
         10..=12 => json!({"id": id, "root_cause": "high_cpu", "confidence": 0.9, "services": [svc],

@@ -17,9 +17,11 @@
 #      (helm built once from the Go module proxy, cached in ~/.cache/remediator/helm): for
 #      tests/observability_assets.rs and tests/helm.rs
 #   5. cargo-nextest (built once from crates.io into ~/.cache/remediator/cargo-nextest-<version>)
-#   6. cargo fmt --all -- --check
-#   7. cargo clippy --all-targets -- -D warnings
-#   8. cargo nextest run --profile ci (every test in its own process, bounded by the slow-timeouts
+#   6. cargo-deny (built once from crates.io by scripts/cargo-tool.sh into ~/.cache/remediator/cargo-deny-<version>)
+#   7. cargo fmt --all -- --check
+#   8. cargo deny check licenses bans sources   (deny.toml; the advisories check needs network: README)
+#   9. cargo clippy --all-targets -- -D warnings
+#  10. cargo nextest run --profile ci (every test in its own process, bounded by the slow-timeouts
 #      of .config/nextest.toml: a hung test is terminated and named, never waited for)
 # Tests see REDIS_URL, REDIS_CLUSTER_URL, KAFKA_BOOTSTRAP and REMEDIATOR_TEST_REQUIRE_SERVICES=1 (a missing service is a
 # test failure, not a skip). Service knobs (ports, cache, run dir) are documented in scripts/services.sh.
@@ -186,7 +188,19 @@ nextest_install() { NEXTEST_BIN=$(bash scripts/cargo-tool.sh cargo-nextest "$NEX
 step "cargo-nextest install" nextest_install
 export PATH="$NEXTEST_BIN:$PATH"
 
+# --- hook: cargo-deny -------------------------------------------------------------------------
+# The dependency policy of deny.toml: licences, bans (wildcards, duplicate majors), sources. 0.20.2
+# builds with rustc >= 1.88 (its rust-version); a cold build takes many minutes on 2 cores (42 min
+# at one job under a busy machine), later runs are instant.
+DENY_VERSION=0.20.2
+deny_install() { DENY_BIN=$(bash scripts/cargo-tool.sh cargo-deny "$DENY_VERSION"); }
+step "cargo-deny install" deny_install
+export PATH="$DENY_BIN:$PATH"
+
 step "cargo fmt --check" cargo fmt --all -- --check
+# Offline checks only: `advisories` fetches the RustSec database (README "Testing").
+step "cargo deny check licenses bans sources" \
+  cargo deny --locked check --hide-inclusion-graph licenses bans sources
 step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
 # Benches are built (and linted) by clippy above; `cargo bench` runs them (scripts/bench).
 step "cargo nextest run --profile ci${*:+ $*}" cargo nextest run --profile ci --workspace --lib --bins --tests "$@"

@@ -6,8 +6,9 @@
 //! Durations are written as `300s`, `15m`, `1h` or a plain number of seconds.
 
 use crate::pipeline::{GuardrailDefaults, Settings};
+use crate::yaml::{self, Pos};
 use serde::{Deserialize, Serialize};
-use serde_yaml::{Mapping, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -441,20 +442,26 @@ impl Config {
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
         let origin = path.display().to_string();
-        let mut doc = serde_yaml::to_value(Config::default()).map_err(|e| invalid("defaults", e.to_string()))?;
+        // The layers meet in one JSON tree (defaults, then the file, then environment, then
+        // flags) that serde's derive turns into `Config`. The derive gives types and unknown-key
+        // refusal; the hand-written merge gives what it cannot: the layering, the refusal of a
+        // file key the defaults lack with its position, and the position of every file value, so
+        // a problem found later (a type, a rule in `validate`) still names `file:line:column`.
+        let mut doc = defaults_tree()?;
+        let mut at: BTreeMap<String, Pos> = BTreeMap::new();
         let file_doc = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(serde_yaml::from_str::<Value>(&text).map_err(|e| invalid(&origin, e.to_string()))?),
+            Ok(text) => Some(yaml::parse(&text).map_err(|e| invalid(located(&origin, e.pos), e.message))?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
             Err(e) => return Err(ConfigError::Read { path, source: e }),
         };
         if let Some(file_doc) = file_doc {
             match file_doc {
-                Value::Null => {}
-                Value::Mapping(m) => merge(&mut doc, &m, "", &origin)?,
+                yaml::Value::Null => {}
+                yaml::Value::Mapping(m) => merge(&mut doc, &m, "", &origin, &mut at)?,
                 _ => return Err(invalid(&origin, "must be a mapping of config keys")),
             }
         }
-        let keys = leaf_keys(&serde_yaml::to_value(Config::default()).map_err(|e| invalid("defaults", e.to_string()))?);
+        let keys = leaf_keys(&defaults_tree()?);
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("REMEDIATOR_") else {
                 continue;
@@ -487,15 +494,33 @@ impl Config {
                 continue;
             };
             set_path(&mut doc, path, value, name)?;
+            at.retain(|k, _| !within(k, path));
         }
         for (key, value) in overrides {
             set_path(&mut doc, key, value, &format!("--{}", key.replace(['.', '_'], "-")))?;
+            at.retain(|k, _| !within(k, key));
         }
+        // Where in the file the value at `key` (or the section holding it) was written, if it was.
+        let file_pos = |key: &str| {
+            let mut k = key;
+            loop {
+                if let Some(p) = at.get(k) {
+                    return Some(*p);
+                }
+                k = &k[..k.rfind('.')?];
+            }
+        };
         let config: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
-            let at = e.path().to_string();
-            invalid(&origin, format!("{at}: {}", e.inner()))
+            let key = e.path().to_string();
+            invalid(located(&origin, file_pos(&key)), format!("{key}: {}", e.inner()))
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { origin: key, message } => match file_pos(&key) {
+                Some(p) => invalid(format!("{origin}:{p}: {key}"), message),
+                None => invalid(key, message),
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -665,12 +690,30 @@ impl Config {
 
     /// Every config key (dotted) with its environment variable, for docs and `--help`.
     pub fn keys() -> Vec<(String, String)> {
-        let doc = serde_yaml::to_value(Config::default()).unwrap_or(Value::Null);
+        let doc = defaults_tree().unwrap_or(Value::Null);
         leaf_keys(&doc)
             .into_iter()
             .map(|k| (k.clone(), format!("REMEDIATOR_{}", env_name(&k))))
             .collect()
     }
+}
+
+/// The defaults as a tree: the base layer of `Config::load`, and the list of keys.
+fn defaults_tree() -> Result<Value, ConfigError> {
+    serde_json::to_value(Config::default()).map_err(|e| invalid("defaults", e.to_string()))
+}
+
+/// `file` or `file:line:column`.
+fn located(file: &str, pos: Option<Pos>) -> String {
+    match pos {
+        Some(p) => format!("{file}:{p}"),
+        None => file.to_string(),
+    }
+}
+
+/// Is dotted `key` the key `path` or inside it?
+fn within(key: &str, path: &str) -> bool {
+    key == path || key.strip_prefix(path).is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// `kafka.brokers` -> `KAFKA_BROKERS`.
@@ -681,9 +724,8 @@ fn env_name(key: &str) -> String {
 fn leaf_keys(v: &Value) -> Vec<String> {
     fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
         match v {
-            Value::Mapping(m) if !m.is_empty() || prefix.is_empty() => {
+            Value::Object(m) if !m.is_empty() || prefix.is_empty() => {
                 for (k, x) in m {
-                    let k = k.as_str().unwrap_or_default();
                     let p = if prefix.is_empty() {
                         k.to_string()
                     } else {
@@ -700,36 +742,60 @@ fn leaf_keys(v: &Value) -> Vec<String> {
     out
 }
 
-/// Merge a file's mapping into the defaults, rejecting keys the defaults do not have.
-fn merge(base: &mut Value, file: &Mapping, prefix: &str, origin: &str) -> Result<(), ConfigError> {
-    let Value::Mapping(b) = base else {
+/// Merge a file's mapping into the defaults, rejecting keys the defaults do not have; records in
+/// `at` where each value taken from the file was written.
+fn merge(
+    base: &mut Value,
+    file: &yaml::Mapping,
+    prefix: &str,
+    origin: &str,
+    at: &mut BTreeMap<String, Pos>,
+) -> Result<(), ConfigError> {
+    let Value::Object(b) = base else {
         return Err(invalid(origin, format!("{prefix}: is not a section")));
     };
-    for (k, v) in file {
-        let key = k
+    for e in file.entries() {
+        let key = e
+            .key
             .as_str()
-            .ok_or_else(|| invalid(origin, format!("{prefix}: keys must be strings")))?;
+            .ok_or_else(|| invalid(located(origin, e.key_at), format!("{prefix}: keys must be strings")))?;
         let path = if prefix.is_empty() {
             key.to_string()
         } else {
             format!("{prefix}.{key}")
         };
         let Some(slot) = b.get_mut(key) else {
-            return Err(invalid(origin, format!("{path}: unknown key")));
+            return Err(invalid(located(origin, e.key_at), format!("{path}: unknown key")));
         };
-        match (slot, v) {
+        // Values only (a section's keys record their own), so a value set by the environment
+        // or a flag never inherits its section's place in the file.
+        if let (Some(p), false) = (
+            e.value_at,
+            matches!(e.value, yaml::Value::Mapping(_)) && path != "kafka.properties",
+        ) {
+            at.insert(path.clone(), p);
+        }
+        match (slot, &e.value) {
             // `kafka.properties` is an open map: take it as given.
-            (slot @ Value::Mapping(_), Value::Mapping(m)) if path == "kafka.properties" => {
-                *slot = Value::Mapping(m.clone())
+            (slot @ Value::Object(_), yaml::Value::Mapping(_)) if path == "kafka.properties" => {
+                *slot = to_json(&e.value, origin, e.value_at)?
             }
-            (slot @ Value::Mapping(_), Value::Mapping(m)) => merge(slot, m, &path, origin)?,
-            (Value::Mapping(_), other) if !other.is_null() => {
-                return Err(invalid(origin, format!("{path}: must be a mapping")));
+            (slot @ Value::Object(_), yaml::Value::Mapping(m)) => merge(slot, m, &path, origin, at)?,
+            (Value::Object(_), other) if !other.is_null() => {
+                return Err(invalid(
+                    located(origin, e.value_at),
+                    format!("{path}: must be a mapping"),
+                ));
             }
-            (slot, v) => *slot = v.clone(),
+            (slot, v) => *slot = to_json(v, origin, e.value_at)?,
         }
     }
     Ok(())
+}
+
+/// A file value as JSON (the tree `Config` is deserialized from).
+fn to_json(v: &yaml::Value, origin: &str, pos: Option<Pos>) -> Result<Value, ConfigError> {
+    serde_json::to_value(v).map_err(|e| invalid(located(origin, pos), e.to_string()))
 }
 
 /// Set a dotted key from a string (environment or flag), parsed as a YAML scalar so numbers and
@@ -738,7 +804,7 @@ fn set_path(doc: &mut Value, key: &str, raw: &str, origin: &str) -> Result<(), C
     let mut cur = doc;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, p) in parts.iter().enumerate() {
-        let Value::Mapping(m) = cur else {
+        let Value::Object(m) = cur else {
             return Err(invalid(origin, format!("{key}: not a section")));
         };
         let slot = m
@@ -747,18 +813,21 @@ fn set_path(doc: &mut Value, key: &str, raw: &str, origin: &str) -> Result<(), C
         if i + 1 == parts.len() {
             *slot = match slot {
                 Value::String(_) => Value::String(raw.to_string()),
-                Value::Mapping(_) => {
+                Value::Object(_) => {
                     // key=value,key=value for `kafka.properties`.
-                    let mut m = Mapping::new();
+                    let mut m = serde_json::Map::new();
                     for pair in raw.split(',').filter(|s| !s.trim().is_empty()) {
                         let (k, v) = pair
                             .split_once('=')
                             .ok_or_else(|| invalid(origin, format!("expected key=value pairs, got {pair:?}")))?;
-                        m.insert(Value::String(k.trim().into()), Value::String(v.trim().into()));
+                        m.insert(k.trim().into(), Value::String(v.trim().into()));
                     }
-                    Value::Mapping(m)
+                    Value::Object(m)
                 }
-                _ => serde_yaml::from_str(raw).map_err(|e| invalid(origin, e.to_string()))?,
+                _ => {
+                    let v = yaml::parse(raw).map_err(|e| invalid(origin, e.message))?;
+                    to_json(&v, origin, None)?
+                }
             };
             return Ok(());
         }
@@ -866,6 +935,31 @@ mod tests {
             &[],
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    /// A problem with a value written in the file names where (`file:line:column`); once the
+    /// environment or a flag overrides that value, the file's place no longer applies.
+    #[test]
+    fn file_values_carry_their_position_until_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "kafka:\n  brokers: b:1\nguardrails:\n  lease: 1s\n").unwrap();
+        let e = Config::load(Some(&p), &env(&[]), &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:4:10: guardrails.lease: must be at least 3s (it is renewed every third)",
+                p.display()
+            )
+        );
+        let e = Config::load(Some(&p), &env(&[("REMEDIATOR_GUARDRAILS_LEASE", "2s")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "guardrails.lease: must be at least 3s (it is renewed every third)");
+        let e = Config::load(Some(&p), &env(&[]), &[("guardrails.lease", "2s".into())])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "guardrails.lease: must be at least 3s (it is renewed every third)");
     }
 
     /// A redelivery may act while the incident is younger than max_incident_age, so the records

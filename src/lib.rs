@@ -26,3 +26,4 @@ pub mod replay;
 pub mod runbook;
 pub mod shutdown;
 pub mod worker;
+pub mod yaml;

@@ -6,7 +6,7 @@
 //! binary and runs it as the non-root user of the Kubernetes manifests.
 
 use remediator::config::Config;
-use serde_yaml::Value;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -22,19 +22,16 @@ fn read(rel: &str) -> String {
 
 /// The compose file with YAML merge keys (`<<: *anchor`) applied, as Compose reads it.
 fn compose() -> Value {
-    let mut v: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
-    v.apply_merge().expect("merge keys");
-    // Merge keys nested in mappings that came from aliases need a second pass.
-    v.apply_merge().expect("merge keys");
-    v
+    // serde-saphyr applies merge keys as it parses (also inside aliased mappings).
+    serde_saphyr::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML")
 }
 
 fn services(c: &Value) -> BTreeMap<String, Value> {
     c["services"]
-        .as_mapping()
+        .as_object()
         .expect("services")
         .iter()
-        .map(|(k, v)| (k.as_str().expect("service name").to_string(), v.clone()))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
@@ -50,8 +47,8 @@ fn text(v: &Value) -> String {
 /// `environment:` as a map (both the mapping and the `- K=V` list forms).
 fn environment(service: &Value) -> BTreeMap<String, String> {
     match &service["environment"] {
-        Value::Mapping(m) => m.iter().map(|(k, v)| (text(k), text(v))).collect(),
-        Value::Sequence(list) => list
+        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), text(v))).collect(),
+        Value::Array(list) => list
             .iter()
             .map(|e| {
                 let e = text(e);
@@ -66,16 +63,16 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
 /// (service, condition) pairs of `depends_on`.
 fn depends_on(service: &Value) -> BTreeMap<String, String> {
     match &service["depends_on"] {
-        Value::Mapping(m) => m
+        Value::Object(m) => m
             .iter()
             .map(|(k, v)| {
                 (
-                    text(k),
+                    k.clone(),
                     v["condition"].as_str().unwrap_or("service_started").to_string(),
                 )
             })
             .collect(),
-        Value::Sequence(list) => list.iter().map(|s| (text(s), "service_started".into())).collect(),
+        Value::Array(list) => list.iter().map(|s| (text(s), "service_started".into())).collect(),
         _ => BTreeMap::new(),
     }
 }
@@ -83,7 +80,7 @@ fn depends_on(service: &Value) -> BTreeMap<String, String> {
 /// Published ports as (host, container).
 fn ports(service: &Value) -> Vec<(u16, u16)> {
     service["ports"]
-        .as_sequence()
+        .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
@@ -102,7 +99,7 @@ fn ports(service: &Value) -> Vec<(u16, u16)> {
 /// Bind mounts as (host path relative to the repo, container path).
 fn binds(service: &Value) -> Vec<(String, String)> {
     service["volumes"]
-        .as_sequence()
+        .as_array()
         .into_iter()
         .flatten()
         .filter_map(|v| {
@@ -167,7 +164,7 @@ fn services_health_checks_and_start_order() {
         } else {
             let check = &svc["healthcheck"];
             assert!(
-                check["test"].as_sequence().is_some_and(|t| t.len() >= 2),
+                check["test"].as_array().is_some_and(|t| t.len() >= 2),
                 "{name}: every long-running service has a health check"
             );
             for key in ["interval", "timeout", "retries"] {
@@ -209,7 +206,7 @@ fn services_health_checks_and_start_order() {
         let config = replica_config(&s[r]);
         let port = config.http.listen.rsplit(':').next().expect("port");
         let test: Vec<String> = s[r]["healthcheck"]["test"]
-            .as_sequence()
+            .as_array()
             .expect("test")
             .iter()
             .map(text)
@@ -334,7 +331,7 @@ fn replicas_are_configured_with_real_keys() {
         Some("false")
     );
     let script = s["kafka-init"]["command"]
-        .as_sequence()
+        .as_array()
         .map(|c| c.iter().map(text).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| text(&s["kafka-init"]["command"]));
     assert!(
@@ -360,15 +357,15 @@ fn prometheus_scrapes_both_replicas_and_grafana_gets_its_files() {
         .iter()
         .find(|(_, dst)| dst == "/etc/prometheus")
         .expect("prometheus mounts a config directory at /etc/prometheus");
-    let config: Value = serde_yaml::from_str(&read(&format!("{dir}/prometheus.yml"))).expect("prometheus.yml");
+    let config: Value = serde_saphyr::from_str(&read(&format!("{dir}/prometheus.yml"))).expect("prometheus.yml");
     assert_eq!(target, "/etc/prometheus");
     let targets: BTreeSet<String> = config["scrape_configs"]
-        .as_sequence()
+        .as_array()
         .expect("scrape_configs")
         .iter()
         .filter(|j| j["job_name"] == "remediator")
-        .flat_map(|j| j["static_configs"].as_sequence().into_iter().flatten())
-        .flat_map(|sc| sc["targets"].as_sequence().into_iter().flatten())
+        .flat_map(|j| j["static_configs"].as_array().into_iter().flatten())
+        .flat_map(|sc| sc["targets"].as_array().into_iter().flatten())
         .map(text)
         .collect();
     for r in REPLICAS {
@@ -384,7 +381,7 @@ fn prometheus_scrapes_both_replicas_and_grafana_gets_its_files() {
             "job remediator does not scrape {r}:{port} ({targets:?})"
         );
     }
-    for rules in config["rule_files"].as_sequence().expect("rule_files") {
+    for rules in config["rule_files"].as_array().expect("rule_files") {
         let f = format!("{dir}/{}", text(rules));
         assert!(repo(&f).is_file(), "rule file {f} is not in the mounted directory");
     }
@@ -395,7 +392,8 @@ fn prometheus_scrapes_both_replicas_and_grafana_gets_its_files() {
             assert!(repo(&src).exists(), "{name} mounts ./{src}, which does not exist");
         }
     }
-    let ds: Value = serde_yaml::from_str(&read("deploy/grafana/provisioning/datasources/prometheus.yml")).expect("ds");
+    let ds: Value =
+        serde_saphyr::from_str(&read("deploy/grafana/provisioning/datasources/prometheus.yml")).expect("ds");
     let port = ports(&s["prometheus"])[0].1;
     assert_eq!(text(&ds["datasources"][0]["url"]), format!("http://prometheus:{port}"));
     assert!(binds(&s["grafana"])
@@ -448,7 +446,7 @@ fn dockerfile_builds_the_binary_and_runs_it_unprivileged() {
         }
     }
     // The runtime user is the one deploy/deployment.yaml and the chart run as.
-    let deployment: Value = serde_yaml::from_str(&read("deploy/deployment.yaml")).expect("deployment.yaml");
+    let deployment: Value = serde_saphyr::from_str(&read("deploy/deployment.yaml")).expect("deployment.yaml");
     let uid = text(&deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]);
     let gid = text(&deployment["spec"]["template"]["spec"]["securityContext"]["runAsGroup"]);
     assert!(df.lines().any(|l| l == format!("USER {uid}:{gid}")), "USER {uid}:{gid}");

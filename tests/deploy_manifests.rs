@@ -19,9 +19,8 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{pinned_kind, Scope};
 use kube::Client;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::json;
-use serde_yaml::Value;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -101,8 +100,9 @@ fn manifests() -> Vec<Doc> {
     for path in files {
         let file = format!("deploy/{}", path.file_name().unwrap_or_default().to_string_lossy());
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-        for de in serde_yaml::Deserializer::from_str(&text) {
-            let value = Value::deserialize(de).unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"));
+        let values =
+            serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"));
+        for value in values {
             if value.is_null() {
                 continue; // an empty document (a trailing `---`)
             }
@@ -127,7 +127,7 @@ fn kind(v: &Value) -> &str {
 fn all_of<T: DeserializeOwned>(docs: &[Doc], k: &str) -> Vec<T> {
     docs.iter()
         .filter(|d| kind(&d.value) == k)
-        .map(|d| serde_yaml::from_value(d.value.clone()).unwrap_or_else(|e| panic!("{}: {k}: {e}", d.file)))
+        .map(|d| serde_json::from_value(d.value.clone()).unwrap_or_else(|e| panic!("{}: {k}: {e}", d.file)))
         .collect()
 }
 
@@ -536,7 +536,7 @@ impl Rename {
                 .unwrap_or_else(|| panic!("{}: {} without metadata.namespace", doc.file, kind(&doc.value)));
             meta["namespace"] = self.ns(ns, &doc.file).into();
         }
-        if let Some(subjects) = v.get_mut("subjects").and_then(Value::as_sequence_mut) {
+        if let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut) {
             for s in subjects {
                 if let Some(ns) = s["namespace"].as_str() {
                     s["namespace"] = self.ns(ns, &doc.file).into();
@@ -562,7 +562,7 @@ fn apply_rank(kind: &str) -> usize {
 
 /// Server-side apply through the dynamic API: the API server validates every field.
 async fn apply(client: &Client, file: &str, v: &Value) {
-    let obj: DynamicObject = serde_yaml::from_value(v.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let obj: DynamicObject = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
     let types = obj.types.as_ref().expect("apiVersion and kind");
     let gvk = GroupVersionKind::try_from(types).unwrap_or_else(|e| panic!("{file}: {e}"));
     let (ar, caps) = pinned_kind(client, &gvk)

@@ -18,8 +18,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{pinned_kind, Scope};
 use remediator::config::Config;
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,8 +69,9 @@ fn run_helm(helm: &Path, args: &[&str]) -> String {
 }
 
 fn documents(text: &str, origin: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|de| Value::deserialize(de).unwrap_or_else(|e| panic!("{origin}: invalid YAML: {e}")))
+    serde_saphyr::from_multiple::<Value>(text)
+        .unwrap_or_else(|e| panic!("{origin}: invalid YAML: {e}"))
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -134,14 +134,14 @@ fn container(d: &Value) -> &Value {
 /// A Role's rules as (apiGroup, resource, verb) triples.
 fn rules(role: &Value) -> BTreeSet<(String, String, String)> {
     let list = |v: &Value| -> Vec<String> {
-        v.as_sequence()
+        v.as_array()
             .into_iter()
             .flatten()
             .map(|x| x.as_str().unwrap_or("").to_string())
             .collect()
     };
     let mut out = BTreeSet::new();
-    for r in role["rules"].as_sequence().expect("rules") {
+    for r in role["rules"].as_array().expect("rules") {
         for g in list(&r["apiGroups"]) {
             for res in list(&r["resources"]) {
                 for verb in list(&r["verbs"]) {
@@ -154,10 +154,10 @@ fn rules(role: &Value) -> BTreeSet<(String, String, String)> {
 }
 
 fn labels(v: &Value) -> BTreeMap<String, String> {
-    v.as_mapping()
+    v.as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| (k.as_str().unwrap_or("").into(), v.as_str().unwrap_or("").into()))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").into()))
         .collect()
 }
 
@@ -176,7 +176,7 @@ fn effective_config(objs: &[Value]) -> Config {
     std::fs::write(&path, text).expect("write");
     let mut env = BTreeMap::from([("REMEDIATOR_WORKER_ID".to_string(), "pod-0".to_string())]);
     for e in container(one(objs, "Deployment"))["env"]
-        .as_sequence()
+        .as_array()
         .into_iter()
         .flatten()
     {
@@ -278,7 +278,7 @@ fn default_render_matches_the_plain_manifests() {
     }
     let worker_id = |c: &Value| {
         c["env"]
-            .as_sequence()
+            .as_array()
             .into_iter()
             .flatten()
             .find(|e| e["name"] == "REMEDIATOR_WORKER_ID")
@@ -399,7 +399,7 @@ fn values_shape_the_objects() {
     );
     let env = &container(d)["env"];
     let secret_of = |var: &str| {
-        env.as_sequence()
+        env.as_array()
             .into_iter()
             .flatten()
             .find(|e| e["name"] == var)
@@ -466,7 +466,7 @@ fn every_remediator_variable_is_a_config_key() {
     );
     let mut seen = 0;
     for e in container(one(&objs, "Deployment"))["env"]
-        .as_sequence()
+        .as_array()
         .into_iter()
         .flatten()
     {
@@ -491,7 +491,7 @@ fn every_remediator_variable_is_a_config_key() {
 /// Server-side apply through the dynamic API (strict field validation: a misspelt field fails).
 async fn apply(client: &kube::Client, v: &Value) {
     let what = format!("{} {}/{}", kind(v), namespace(v), name(v));
-    let obj: DynamicObject = serde_yaml::from_value(v.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let obj: DynamicObject = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
     let types = obj.types.as_ref().expect("apiVersion and kind");
     let gvk = GroupVersionKind::try_from(types).unwrap_or_else(|e| panic!("{what}: {e}"));
     let (ar, caps) = pinned_kind(client, &gvk)

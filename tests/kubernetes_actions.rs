@@ -1514,12 +1514,10 @@ runbooks:
 /// namespace remediator may act in); returns the bound ServiceAccount's namespace and name.
 async fn grant_deploy_role(client: &Client, namespace: &str) -> (String, String) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    use serde::Deserialize;
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).expect("deploy/rbac.yaml");
     let mut subject = None;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).expect("YAML")).expect("JSON");
+    for mut v in serde_saphyr::from_multiple::<serde_json::Value>(&text).expect("YAML") {
         v["metadata"]["namespace"] = json!(namespace);
         match v["kind"].as_str() {
             Some("Role") => {

@@ -14,7 +14,7 @@
 
 use remediator::metrics::Metrics;
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -244,12 +244,12 @@ fn dashboard_exprs(d: &Json) -> Vec<(String, String)> {
 }
 
 fn rule_exprs() -> Vec<(String, String)> {
-    let rules: Yaml = serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).expect("alerts.yml");
+    let rules: Yaml = serde_saphyr::from_str(&read("deploy/prometheus/alerts.yml")).expect("alerts.yml");
     rules["groups"]
-        .as_sequence()
+        .as_array()
         .expect("groups")
         .iter()
-        .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+        .flat_map(|g| g["rules"].as_array().expect("rules").iter())
         .map(|r| {
             let name = r["alert"].as_str().or(r["record"].as_str()).expect("alert name");
             (format!("rule {name}"), r["expr"].as_str().expect("expr").to_string())
@@ -490,13 +490,13 @@ fn promtool_accepts_rules_config_and_unit_tests() {
 
 #[test]
 fn every_alert_has_a_unit_test() {
-    let tests: Yaml = serde_yaml::from_str(&read("deploy/prometheus/alerts_test.yml")).expect("alerts_test.yml");
+    let tests: Yaml = serde_saphyr::from_str(&read("deploy/prometheus/alerts_test.yml")).expect("alerts_test.yml");
     let tested: BTreeSet<String> = tests["tests"]
-        .as_sequence()
+        .as_array()
         .expect("tests")
         .iter()
-        .flat_map(|t| t["alert_rule_test"].as_sequence().into_iter().flatten())
-        .filter(|a| a["exp_alerts"].as_sequence().is_some_and(|e| !e.is_empty()))
+        .flat_map(|t| t["alert_rule_test"].as_array().into_iter().flatten())
+        .filter(|a| a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty()))
         .map(|a| a["alertname"].as_str().expect("alertname").to_string())
         .collect();
     for (origin, _) in rule_exprs() {

@@ -1050,7 +1050,7 @@ async fn hostile_incidents_never_reach_the_executor() {
 }
 
 /// Malformed runbook files (`tests/data/hostile/runbooks/`): `remediator validate` exits non-zero
-/// and prints every problem as `FILE: runbook "ID": KEY: message`, exactly as many as
+/// and prints every problem as `FILE:LINE:COLUMN: runbook "ID": KEY: message`, exactly as many as
 /// `expected.tsv` lists (each once); a YAML alias bomb is refused, not expanded; `remediator run`
 /// refuses to start on one.
 #[test]

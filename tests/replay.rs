@@ -142,7 +142,7 @@ fn validate_refuses_high_risk_auto_without_rollback_and_warns_about_irreversible
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("high.yaml: runbook \"undo\": rollback: a HIGH-risk runbook in mode auto needs a rollback"),
+        err.contains("high.yaml:2:3: runbook \"undo\": rollback: a HIGH-risk runbook in mode auto needs a rollback"),
         "{err}"
     );
 

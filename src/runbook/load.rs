@@ -1,16 +1,25 @@
 //! Strict loading of `runbooks.yaml`, in the kubectl-style form and the richer native form
 //! (docs/design.md#runbooks).
 //!
-//! Hand-written over `serde_yaml::Value` so that *every* problem in a file is reported at once,
-//! each with the file, the runbook id and the key: unknown keys, unknown checks, unknown
-//! template variables, unsupported actions, out-of-range numbers, duplicate triggers.
+//! Hand-written over a positioned YAML tree ([`crate::yaml`]) so that *every* problem in a file is
+//! reported at once, each with `file:line:column`, the runbook id and the key: unknown keys,
+//! unknown checks, unknown template variables, unsupported actions, out-of-range numbers,
+//! duplicate triggers.
+//!
+//! Why not serde's derive (with serde-saphyr's `Spanned` and a validation layer): a derived
+//! `Deserialize` stops at the first type error of a file (`max_per_hour: lots` hides every later
+//! problem), and cannot say what this loader says: a rule spanning keys (a restore only in a
+//! rollback, `rollback_checks` without a rollback, a HIGH-risk auto runbook without one), the
+//! seed's kubectl strings parsed into typed actions, defaults that depend on other keys (a scale's
+//! cap from its pre-check), and one message per problem in the words a runbook author reads. The
+//! walk stays; the library gives it the parse, the limits and the positions.
 
 use super::action::{ActionSpec, Bounds, Direction, ReplicaSpec, DEFAULT_MAX_REPLICAS, PATCHABLE};
 use super::check::{CheckName, CheckSpec, CHECK_NAMES};
 use super::template::Template;
 use super::{Catalogue, Risk, Runbook, RunbookScope, TrustPolicy};
 use crate::outcome::Mode;
-use serde_yaml::{Mapping, Value};
+use crate::yaml::{Mapping, Pos, Value};
 use std::fmt;
 use std::time::Duration;
 
@@ -25,22 +34,33 @@ pub struct LoadError {
     pub key: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// Where in the file (the offending value, or the key for an unknown key; a missing key is
+    /// placed at its runbook's id). `None` only when the problem has no place (an unreadable
+    /// file, an empty document).
+    pub at: Option<Pos>,
 }
 
 impl LoadError {
+    /// A problem under `key` of `runbook`; its position is filled in once the whole file has been
+    /// checked (`parse_catalogue`).
     pub(super) fn at(file: &str, runbook: &str, key: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.into(),
             runbook: Some(runbook.into()),
             key: Some(key.into()),
             message: message.into(),
+            at: None,
         }
     }
 }
 
 impl fmt::Display for LoadError {
+    /// `file:line:column: runbook "id": key: message`, like a compiler.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
+        if let Some(at) = self.at {
+            write!(f, ":{at}")?;
+        }
         if let Some(r) = &self.runbook {
             write!(f, ": runbook {r:?}")?;
         }
@@ -90,26 +110,31 @@ const RUNBOOK_KEYS: &[&str] = &[
 ];
 
 pub(super) fn parse_catalogue(text: &str, file: &str) -> Result<Catalogue, LoadErrors> {
-    let top_err = |message: String| {
+    let top_err = |message: String, at: Option<Pos>| {
         LoadErrors(vec![LoadError {
             file: file.into(),
             runbook: None,
             key: None,
             message,
+            at,
         }])
     };
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| top_err(format!("invalid YAML: {e}")))?;
+    let doc = crate::yaml::parse(text).map_err(|e| top_err(format!("invalid YAML: {e}"), e.pos))?;
     let Value::Mapping(top) = doc else {
-        return Err(top_err("the top level must be a mapping with a `runbooks` key".into()));
+        return Err(top_err(
+            "the top level must be a mapping with a `runbooks` key".into(),
+            None,
+        ));
     };
     let mut errors = Vec::new();
-    for k in top.keys() {
-        if k.as_str() != Some("runbooks") {
+    for e in top.entries() {
+        if e.key.as_str() != Some("runbooks") {
             errors.push(LoadError {
                 file: file.into(),
                 runbook: None,
-                key: Some(key_name(k)),
+                key: Some(key_name(&e.key)),
                 message: "unknown top-level key (expected only `runbooks`)".into(),
+                at: e.key_at,
             });
         }
     }
@@ -119,6 +144,7 @@ pub(super) fn parse_catalogue(text: &str, file: &str) -> Result<Catalogue, LoadE
             runbook: None,
             key: Some("runbooks".into()),
             message: "must be a mapping of runbook id to runbook".into(),
+            at: top.entry("runbooks").and_then(|e| e.value_at),
         });
         return Err(LoadErrors(errors));
     };
@@ -140,20 +166,63 @@ pub(super) fn parse_catalogue(text: &str, file: &str) -> Result<Catalogue, LoadE
             runbook: None,
             key: Some("runbooks".into()),
             message: "defines no runbooks".into(),
+            at: top.entry("runbooks").and_then(|e| e.key_at),
         });
     }
-    if !errors.is_empty() {
-        return Err(LoadErrors(errors));
+    let result = if errors.is_empty() {
+        Catalogue::build(runbooks, file)
+    } else {
+        Err(LoadErrors(errors))
+    };
+    result.map_err(|LoadErrors(mut errors)| {
+        for e in &mut errors {
+            if let (None, Some(id), Some(key)) = (e.at, &e.runbook, &e.key) {
+                e.at = books
+                    .entries()
+                    .iter()
+                    .find(|b| key_name(&b.key) == *id)
+                    .and_then(|b| locate(&b.value, b.key_at, key, false));
+            }
+        }
+        LoadErrors(errors)
+    })
+}
+
+/// Where the problem under `key` (`pre_checks[1].timeout_seconds`) of a runbook lies: the value
+/// at that path (its key, with `want_key`), or the deepest part of the path the file has (so a
+/// missing key points at the mapping that lacks it); `id_at` (the runbook's id) when none.
+fn locate(body: &Value, id_at: Option<Pos>, key: &str, want_key: bool) -> Option<Pos> {
+    let mut cur = body;
+    let mut at = id_at;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (n, part) in parts.iter().enumerate() {
+        let mut pieces = part.split('[');
+        let name = pieces.next().unwrap_or_default();
+        let Value::Mapping(m) = cur else { return at };
+        let Some(entry) = m.entry(name) else { return at };
+        let last = n + 1 == parts.len() && !part.contains('[');
+        at = if last && want_key { entry.key_at } else { entry.value_at }.or(at);
+        cur = &entry.value;
+        for index in pieces {
+            let Some(i) = index.strip_suffix(']').and_then(|i| i.parse::<usize>().ok()) else {
+                return at;
+            };
+            let Value::Sequence(items) = cur else { return at };
+            let Some(item) = items.get(i) else { return at };
+            at = items.pos(i).or(at);
+            cur = item;
+        }
     }
-    Catalogue::build(runbooks, file)
+    at
 }
 
 fn key_name(k: &Value) -> String {
     match k {
         Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into()),
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Sequence(_) | Value::Mapping(_) => "?".into(),
     }
 }
 
@@ -165,7 +234,6 @@ fn type_name(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Sequence(_) => "a list",
         Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
     }
 }
 
@@ -180,10 +248,10 @@ impl Parser<'_> {
         self.errors.push(LoadError::at(self.file, self.runbook, key, message));
     }
 
-    /// Report keys of `m` not in `allowed`.
+    /// Report keys of `m` not in `allowed`, each at the key itself.
     fn unknown_keys(&mut self, m: &Mapping, allowed: &[&str], path: &str) {
-        for k in m.keys() {
-            let name = key_name(k);
+        for e in m.entries() {
+            let name = key_name(&e.key);
             if !allowed.contains(&name.as_str()) {
                 let at = if path.is_empty() {
                     name.clone()
@@ -191,6 +259,9 @@ impl Parser<'_> {
                     format!("{path}.{name}")
                 };
                 self.err(&at, format!("unknown key (allowed: {})", allowed.join(", ")));
+                if let Some(last) = self.errors.last_mut() {
+                    last.at = e.key_at;
+                }
             }
         }
     }
@@ -701,7 +772,7 @@ impl Parser<'_> {
                 let deployment = tmpl(self, "deployment", Some("{deployment}"));
                 let given: Vec<&str> = ["replicas", "by", "predictive"]
                     .into_iter()
-                    .filter(|k| m.contains_key(*k))
+                    .filter(|k| m.contains_key(k))
                     .collect();
                 if given.len() != 1 {
                     self.err(
@@ -833,7 +904,7 @@ impl Parser<'_> {
                 let rk = format!("{key}.replicas");
                 let count = match m.get("replicas") {
                     Some(Value::Number(n)) => {
-                        let literal = self.integer(&Value::Number(n.clone()), &rk, 0, 10_000)? as u32;
+                        let literal = self.integer(&Value::Number(*n), &rk, 0, 10_000)? as u32;
                         if literal < min || literal > max || literal == 0 {
                             let why = if literal == 0 {
                                 "0 replicas is refused: use `kind: scale_to_zero` (HIGH risk only)".to_string()
@@ -1021,13 +1092,13 @@ runbooks:
 "#,
         );
         let want = [
-            r#"f.yaml: runbook "a": colldown_minutes: unknown key"#,
-            r#"f.yaml: runbook "a": min_confidence: must be between 0 and 1, got 1.5"#,
-            r#"f.yaml: runbook "a": max_per_hour: must be between 1 and 10000, got 0"#,
-            r#"f.yaml: runbook "a": pre_checks[0]: unknown check "replicas_greater_than_two""#,
-            r#"f.yaml: runbook "a": action: unknown template variable {podname}"#,
-            r#"f.yaml: runbook "b": risk: must be LOW, MEDIUM or HIGH, got "EXTREME""#,
-            r#"f.yaml: runbook "b": action.kind: unknown action kind "reboot""#,
+            r#"f.yaml:8:5: runbook "a": colldown_minutes: unknown key"#,
+            r#"f.yaml:6:21: runbook "a": min_confidence: must be between 0 and 1, got 1.5"#,
+            r#"f.yaml:7:19: runbook "a": max_per_hour: must be between 1 and 10000, got 0"#,
+            r#"f.yaml:9:18: runbook "a": pre_checks[0]: unknown check "replicas_greater_than_two""#,
+            r#"f.yaml:10:13: runbook "a": action: unknown template variable {podname}"#,
+            r#"f.yaml:12:11: runbook "b": risk: must be LOW, MEDIUM or HIGH, got "EXTREME""#,
+            r#"f.yaml:15:20: runbook "b": action.kind: unknown action kind "reboot""#,
         ];
         for w in want {
             assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
@@ -1057,7 +1128,7 @@ runbooks:
         );
         assert_eq!(
             errs,
-            vec![r#"f.yaml: runbook "b": triggers: trigger "pod_restarts" is also a symptom of runbook "a""#],
+            vec![r#"f.yaml:4:28: runbook "b": triggers: trigger "pod_restarts" is also a symptom of runbook "a""#],
             "a trigger that is another runbook's symptom is a `triggers` problem"
         );
     }
@@ -1173,23 +1244,23 @@ runbooks:
         for (yaml, want) in [
             (
                 rb("LOW", "{kind: scale_to_zero}", "null"),
-                r#"f.yaml: runbook "s": action.kind: scale_to_zero stops every pod: only a runbook with `risk: HIGH`"#,
+                r#"f.yaml:6:20: runbook "s": action.kind: scale_to_zero stops every pod: only a runbook with `risk: HIGH`"#,
             ),
             (
                 rb("MEDIUM", "{kind: scale_deployment, replicas: 0}", "null"),
-                r#"f.yaml: runbook "s": action.replicas: 0 replicas is refused: use `kind: scale_to_zero`"#,
+                r#"f.yaml:6:48: runbook "s": action.replicas: 0 replicas is refused: use `kind: scale_to_zero`"#,
             ),
             (
                 rb("LOW", "kubectl scale deployment d --replicas=0", "null"),
-                r#"f.yaml: runbook "s": action: --replicas=0: 0 replicas is refused"#,
+                r#"f.yaml:6:13: runbook "s": action: --replicas=0: 0 replicas is refused"#,
             ),
             (
                 rb("LOW", "{kind: scale_deployment, replicas: 11}", "null"),
-                r#"f.yaml: runbook "s": action.replicas: must lie within min_replicas..max_replicas (1..10), got 11"#,
+                r#"f.yaml:6:48: runbook "s": action.replicas: must lie within min_replicas..max_replicas (1..10), got 11"#,
             ),
             (
                 rb("LOW", "{kind: scale_deployment, replicas: \"{old_replicas}\"}", "null"),
-                r#"f.yaml: runbook "s": action: a restore (`{old_replicas}`) is only possible in a rollback"#,
+                r#"f.yaml:6:13: runbook "s": action: a restore (`{old_replicas}`) is only possible in a rollback"#,
             ),
             (
                 rb(
@@ -1197,11 +1268,11 @@ runbooks:
                     "{kind: rollout_restart}",
                     "{kind: scale_deployment, replicas: \"{old_replicas}\"}",
                 ),
-                r#"f.yaml: runbook "s": rollback: a restore (`{old_replicas}`) needs an action that captures the count"#,
+                r#"f.yaml:7:15: runbook "s": rollback: a restore (`{old_replicas}`) needs an action that captures the count"#,
             ),
             (
                 rb("LOW", "{kind: scale_deployment, by: 2, direction: down}", "null"),
-                r#"f.yaml: runbook "s": action.direction: a step of +2 goes up, not down"#,
+                r#"f.yaml:6:56: runbook "s": action.direction: a step of +2 goes up, not down"#,
             ),
             (
                 rb(
@@ -1209,7 +1280,7 @@ runbooks:
                     "{kind: scale_deployment, replicas: \"{new_replicas}\", direction: restore}",
                     "null",
                 ),
-                r#"f.yaml: runbook "s": action.direction: restore takes the count the action captured"#,
+                r#"f.yaml:6:77: runbook "s": action.direction: restore takes the count the action captured"#,
             ),
             (
                 rb(
@@ -1217,11 +1288,11 @@ runbooks:
                     "{kind: scale_deployment, replicas: \"{new_replicas}\", min_replicas: 5, max_replicas: 4}",
                     "null",
                 ),
-                r#"f.yaml: runbook "s": action.min_replicas: must not exceed max_replicas (4), got 5"#,
+                r#"f.yaml:6:80: runbook "s": action.min_replicas: must not exceed max_replicas (4), got 5"#,
             ),
             (
                 rb("LOW", "{kind: scale_deployment, replicas: \"{max_replicas}\"}", "null"),
-                r#"f.yaml: runbook "s": action.replicas: unknown template variable {max_replicas}"#,
+                r#"f.yaml:6:48: runbook "s": action.replicas: unknown template variable {max_replicas}"#,
             ),
         ] {
             let errs = errors(&yaml);
@@ -1252,7 +1323,8 @@ runbooks:
         let errs = errors(&rb("    mode: auto\n"));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0].starts_with(r#"f.yaml: runbook "h": rollback: a HIGH-risk runbook in mode auto needs a rollback"#),
+            errs[0]
+                .starts_with(r#"f.yaml:2:3: runbook "h": rollback: a HIGH-risk runbook in mode auto needs a rollback"#),
             "{errs:?}"
         );
         let errs = errors(&rb(
@@ -1260,7 +1332,7 @@ runbooks:
         ));
         assert!(
             errs.iter()
-                .any(|e| e.starts_with(r#"f.yaml: runbook "h": allow_irreversible_auto: must not be empty"#)),
+                .any(|e| e.starts_with(r#"f.yaml:9:30: runbook "h": allow_irreversible_auto: must not be empty"#)),
             "{errs:?}"
         );
         let c = Catalogue::from_yaml(
@@ -1277,7 +1349,8 @@ runbooks:
         // Not needed (approval by default, or a rollback): an override there is an error.
         let errs = errors(&rb("    allow_irreversible_auto: why\n"));
         assert!(
-            errs[0].starts_with(r#"f.yaml: runbook "h": allow_irreversible_auto: only for a runbook with risk HIGH"#),
+            errs[0]
+                .starts_with(r#"f.yaml:7:30: runbook "h": allow_irreversible_auto: only for a runbook with risk HIGH"#),
             "{errs:?}"
         );
         Catalogue::from_yaml(&rb("    mode: auto\n    rollback: {kind: rollout_undo}\n"), "f").unwrap();

@@ -165,6 +165,7 @@ impl Catalogue {
                 runbook: None,
                 key: None,
                 message: e.to_string(),
+                at: None,
             }])
         })?;
         Self::from_yaml(&text, &path.display().to_string())
@@ -337,7 +338,10 @@ mod tests {
         assert_ne!(key("a"), key("a\0"), "the zero padding never makes two keys equal");
     }
 
-    fn catalogue(yaml: &str) -> Result<Catalogue, Vec<(Option<String>, Option<String>, String)>> {
+    /// A load problem as (runbook, key, message): what these tests assert, whatever the location.
+    type Problem = (Option<String>, Option<String>, String);
+
+    fn catalogue(yaml: &str) -> Result<Catalogue, Vec<Problem>> {
         Catalogue::from_yaml(yaml, "t.yaml")
             .map_err(|e| e.0.into_iter().map(|e| (e.runbook, e.key, e.message)).collect())
     }
