@@ -686,6 +686,8 @@ mod tests {
             "zz",
             &"é".repeat(32),
             &format!("{}é", &sig[..62]),
+            // A two-byte pair would cut the 'é' in half.
+            &format!("aéa{}", &sig[..60]),
         ] {
             assert!(!key().verify("id", "approve", "alice", "h", bad), "{bad:?}");
         }
