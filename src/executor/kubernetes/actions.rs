@@ -8,7 +8,8 @@
 //!   executor re-reads and recomputes a few times), and capture `old_replicas` for the rollback.
 //!   The target is judged against that same read ([`Replicas::target`]: the runbook's direction
 //!   and bounds, never 0 but for `scale_to_zero`); a target that breaks them is refused with
-//!   nothing patched ([`ActionReport::refused`]).
+//!   nothing patched ([`ActionReport::refused`], worded by [`scaling::judged`] as the simulated
+//!   executor words it).
 //! * `rollout_restart` stamps `remediator.io/restarted-by: <action id>` on the pod template:
 //!   declarative, so running the same action twice changes nothing.
 //! * `rollout_undo` does what `kubectl rollout undo` does, with the observed `resourceVersion`.
@@ -24,7 +25,7 @@ use super::memory::DeletedPod;
 use super::{revision_of, secs, short_uid, KErr, KubernetesExecutor, CONFLICT_RETRIES, RESTARTED_BY};
 use crate::executor::{ActionReport, ExecContext, ExecError};
 use crate::runbook::action::PATCHABLE;
-use crate::runbook::{Replicas, RevisionPin};
+use crate::runbook::{scaling, Replicas, RevisionPin};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec};
@@ -129,10 +130,10 @@ impl KubernetesExecutor {
             let mut report = ActionReport::default();
             // The runbook's direction and bounds, judged on the count just read: the patch below
             // carries this read's resourceVersion, so the count cannot change in between.
-            let target = match replicas.target(current) {
+            let target = match scaling::judged(ns, name, replicas.target(current)) {
                 Ok(t) => t,
-                Err(why) => {
-                    report.refused = Some(format!("deployment {ns}/{name}: {why}"));
+                Err(refused) => {
+                    report.refused = Some(refused);
                     report.detail = format!("deployment {ns}/{name} left at {current} replicas");
                     return Ok(report);
                 }
