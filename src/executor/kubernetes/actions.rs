@@ -20,9 +20,8 @@
 //!   `resourceVersion`. (`webhook` is one HTTP call, [`super::super::webhook`], dispatched in
 //!   [`super`].)
 
-use super::lookup::Owner;
 use super::memory::DeletedPod;
-use super::{revision_of, secs, short_uid, KErr, KubernetesExecutor, CONFLICT_RETRIES, RESTARTED_BY};
+use super::{revision_of, secs, short_uid, KErr, KubernetesExecutor, Owner, CONFLICT_RETRIES, RESTARTED_BY};
 use crate::executor::{ActionReport, ExecContext, ExecError};
 use crate::runbook::action::PATCHABLE;
 use crate::runbook::{scaling, Replicas, RevisionPin};

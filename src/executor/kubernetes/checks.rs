@@ -1,5 +1,5 @@
-//! The checks of the Kubernetes executor: what a check looks at ([`Target`]), the dispatch of
-//! every check name, and the checks that look once.
+//! The checks of the Kubernetes executor: what a check looks at (its [`Target`]), the dispatch
+//! of every check name, and the checks that look once.
 //!
 //! Checks observe; they never assume. A check that cannot observe its condition (API error,
 //! missing object, no Prometheus) fails with the reason in its detail. Checks that verify an
@@ -14,21 +14,13 @@
 //! [`KubeExecutorOptions::error_rate_query`](super::KubeExecutorOptions::error_rate_query) if
 //! configured, and otherwise fails, as does `prometheus_query`: an unverifiable fix is not a fix.
 
-use super::lookup::Owner;
-use super::{check_names, spec_replicas, KubernetesExecutor};
+use super::{check_names, spec_replicas, KubernetesExecutor, Owner, Target};
 use crate::executor::{CheckResult, ExecContext};
 use crate::runbook::{Action, CheckName, CheckSpec};
 use chrono::Timelike;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::Api;
 use std::time::Duration;
-
-/// What a check looks at, from the action (or, for actions without one, the context).
-#[derive(Debug, Clone)]
-pub(super) enum Target {
-    Pod { ns: String, name: String },
-    Deployment { ns: String, name: String },
-}
 
 impl KubernetesExecutor {
     /// What a check looks at: the action's pod or deployment; for actions without one (patch of

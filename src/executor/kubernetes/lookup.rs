@@ -2,41 +2,14 @@
 //! through its ReplicaSet to its Deployment), pods and deployments by name, the deployment a
 //! check is about, Ready pods of a selector, and a deployment's revisions.
 
-use super::checks::Target;
 use super::memory::DeletedPod;
-use super::{controller_of, is_ready, revision_of, KErr, KubernetesExecutor};
+use super::{controller_of, is_ready, revision_of, KErr, KubernetesExecutor, Owner, Target};
 use crate::executor::ExecContext;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use kube::core::Selector;
-use std::fmt;
-
-/// The controller of a pod, resolved through its ReplicaSet to the Deployment when there is one.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Owner {
-    Deployment(String),
-    ReplicaSet(String),
-    /// Controlled by something else (StatefulSet, DaemonSet, Job, ...).
-    Other {
-        kind: String,
-        name: String,
-    },
-    /// A bare pod: nothing recreates it.
-    None,
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Owner::Deployment(n) => write!(f, "deployment {n}"),
-            Owner::ReplicaSet(n) => write!(f, "replicaset {n}"),
-            Owner::Other { kind, name } => write!(f, "{kind} {name}"),
-            Owner::None => f.write_str("no controller"),
-        }
-    }
-}
 
 impl KubernetesExecutor {
     pub(super) async fn pod_owner(&self, ns: &str, pod: &Pod) -> Result<Owner, KErr> {

@@ -6,8 +6,7 @@
 //! last [`MEMORY`] executions; they are also returned in [`crate::executor::ActionReport::captured`]
 //! for the audit and the rollback's templates (`old_replicas`).
 
-use super::lookup::Owner;
-use super::KubernetesExecutor;
+use super::{KubernetesExecutor, Owner};
 use crate::executor::ExecContext;
 use std::collections::{HashMap, VecDeque};
 

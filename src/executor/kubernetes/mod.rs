@@ -4,7 +4,8 @@
 //! Where things live:
 //!
 //! * `mod.rs` (this file): the executor itself (client, settings, one bounded API call and its
-//!   error classes, name checks) and the [`Executor`] implementation that dispatches to the others;
+//!   error classes, name checks), the vocabulary the others share (a pod's [`Owner`], a
+//!   check's [`Target`]) and the [`Executor`] implementation that dispatches to the others;
 //! * `actions.rs`: the fenced actions (`delete_pod`, scale, `rollout_restart`, `rollout_undo`,
 //!   merge-`patch`); `webhook` is one HTTP call ([`super::webhook`]);
 //! * `checks.rs`: what a check looks at, the dispatch of every check name, the look-once checks;
@@ -285,6 +286,38 @@ impl From<KErr> for ExecError {
     fn from(e: KErr) -> Self {
         ExecError(e.to_string())
     }
+}
+
+/// The controller of a pod, resolved through its ReplicaSet to the Deployment when there is one.
+#[derive(Debug, Clone, PartialEq)]
+enum Owner {
+    Deployment(String),
+    ReplicaSet(String),
+    /// Controlled by something else (StatefulSet, DaemonSet, Job, ...).
+    Other {
+        kind: String,
+        name: String,
+    },
+    /// A bare pod: nothing recreates it.
+    None,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Deployment(n) => write!(f, "deployment {n}"),
+            Owner::ReplicaSet(n) => write!(f, "replicaset {n}"),
+            Owner::Other { kind, name } => write!(f, "{kind} {name}"),
+            Owner::None => f.write_str("no controller"),
+        }
+    }
+}
+
+/// What a check looks at, from the action (or, for actions without one, the context).
+#[derive(Debug, Clone)]
+enum Target {
+    Pod { ns: String, name: String },
+    Deployment { ns: String, name: String },
 }
 
 /// Refuse names that are not RFC 1123 before they reach a request path.

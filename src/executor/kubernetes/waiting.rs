@@ -3,9 +3,7 @@
 //! fails for good, or the check's wait runs out. Prometheus queries, a rolled-out deployment,
 //! a Ready pod (or the replacement of a deleted one).
 
-use super::checks::Target;
-use super::lookup::Owner;
-use super::{is_ready, secs, short_uid, spec_replicas, KErr, KubernetesExecutor};
+use super::{is_ready, secs, short_uid, spec_replicas, KErr, KubernetesExecutor, Owner, Target};
 use crate::executor::{CheckResult, ExecContext};
 use crate::runbook::CheckSpec;
 use k8s_openapi::api::apps::v1::ReplicaSet;
