@@ -4,8 +4,8 @@
 //! Where things live:
 //!
 //! * `mod.rs` (this file): the executor itself (client, settings, one bounded API call and its
-//!   error classes, name checks), the vocabulary the others share (a pod's [`Owner`], a
-//!   check's [`Target`]) and the [`Executor`] implementation that dispatches to the others;
+//!   error classes, name checks), the vocabulary the others share (a pod's `Owner`, a
+//!   check's `Target`) and the [`Executor`] implementation that dispatches to the others;
 //! * `actions.rs`: the fenced actions (`delete_pod`, scale, `rollout_restart`, `rollout_undo`,
 //!   merge-`patch`); `webhook` is one HTTP call ([`super::webhook`]);
 //! * `checks.rs`: what a check looks at, the dispatch of every check name, the look-once checks;
