@@ -10,7 +10,7 @@
 //! breaker), the action itself, the rollback, or to take a while (to exercise concurrency).
 
 use super::{ActionReport, CheckResult, ExecContext, ExecError, Executor};
-use crate::runbook::{Action, CheckName, CheckSpec, Replicas, RevisionPin};
+use crate::runbook::{scaling, Action, CheckName, CheckSpec, Replicas, RevisionPin};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -198,10 +198,10 @@ impl Executor for SimulatedExecutor {
                 .entry(key.clone())
                 .or_insert_with(|| ctx.vars.count("old_replicas").unwrap_or(1));
             // The same live-count rule as the Kubernetes executor.
-            let target = match replicas.target(current) {
+            let target = match scaling::judged(namespace, deployment, replicas.target(current)) {
                 Ok(t) => t,
-                Err(why) => {
-                    report.refused = Some(format!("deployment {namespace}/{deployment}: {why}"));
+                Err(refused) => {
+                    report.refused = Some(refused);
                     report.detail = format!("simulated: {deployment} left at {current} replicas");
                     return Ok(report);
                 }
@@ -274,31 +274,4 @@ fn append_line(path: &std::path::Path, e: &JournalEntry, rollback: bool) -> std:
     });
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     f.write_all(format!("{line}\n").as_bytes())
-}
-
-/// The predictive scaler (docs/design.md#scaling): replicas needed for the predicted load at the
-/// current load per replica, plus one, capped at `max_replicas`, and never below the current count
-/// (scale up only).
-pub fn predictive_target(current: u32, predicted_load: f64, current_load: f64, max_replicas: u32) -> u32 {
-    if current == 0 || current_load <= 0.0 {
-        return current;
-    }
-    let per_replica = current_load / current as f64;
-    let needed = (predicted_load / per_replica) as u64 + 1;
-    let target = needed.clamp(1, max_replicas as u64) as u32;
-    target.max(current)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::predictive_target;
-
-    #[test]
-    fn predictive_scaling_matches_the_seed() {
-        // 4 replicas at load 400 (100 each), predicted 900 -> 9 + 1 = 10, capped at 8.
-        assert_eq!(predictive_target(4, 900.0, 400.0, 8), 8);
-        assert_eq!(predictive_target(4, 900.0, 400.0, 20), 10);
-        // Never scales down.
-        assert_eq!(predictive_target(4, 100.0, 400.0, 20), 4);
-    }
 }

@@ -316,7 +316,7 @@ impl Replicas {
                 predicted_load,
                 current_load,
                 max_replicas,
-            } => Ok(crate::executor::simulated::predictive_target(
+            } => Ok(super::scaling::predictive_target(
                 current,
                 *predicted_load,
                 *current_load,

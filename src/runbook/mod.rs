@@ -9,6 +9,7 @@
 pub mod action;
 pub mod check;
 mod load;
+pub mod scaling;
 pub mod template;
 
 pub use action::{Action, ActionSpec, Bounds, Direction, ReplicaSpec, Replicas, RevisionPin, DEFAULT_MAX_REPLICAS};
