@@ -187,6 +187,11 @@ fn limits(max_per_hour: u32) -> Limits {
 
 /// Reserve (and finish) incident `i0` with a limit of 2, and wait until a replica of `primary`
 /// acknowledged it.
+///
+/// The acknowledgement is read from the primary's replication offsets, not with `WAIT`: `WAIT`
+/// only covers the writes of the connection it is sent on, and the store's writes went through
+/// its own connection, so on a fresh connection it returns at once (it passed while the replica
+/// still lagged, and a failover then lost `i0`).
 async fn reserve_replicated(ha: &OwnHa, store: &RedisStore, primary: u16) {
     let (s, l) = (scope("rb", "svc"), limits(2));
     assert_eq!(
@@ -203,13 +208,41 @@ async fn reserve_replicated(ha: &OwnHa, store: &RedisStore, primary: u16) {
         .finish(&finish("i0", "a0", &s, &l, ExecResult::Success))
         .await
         .expect("finish");
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2_000)
-        .query_async(&mut ha.raw(primary).await)
-        .await
-        .expect("WAIT");
-    assert_eq!(acked, 1, "the replica acknowledged the reservation");
+    let conn = ha.raw(primary).await;
+    let info = |text: &str, field: &str| -> Option<u64> {
+        let at = text.find(field)? + field.len();
+        text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let replication = || {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut conn)
+                .await
+                .expect("INFO replication")
+        }
+    };
+    // Every write so far, i0's included, is below this offset.
+    let target = info(&replication().await, "master_repl_offset:").expect("master_repl_offset");
+    let t0 = Instant::now();
+    loop {
+        // `slave0:ip=…,port=…,state=online,offset=N,lag=…`: what the replica acknowledged (it
+        // acknowledges every second).
+        let text = replication().await;
+        let acked = text
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| info(l, "offset="));
+        if acked.is_some_and(|a| a >= target) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the replica did not acknowledge offset {target} within 10 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// After the node holding `i0`'s reservation was killed: every call fails closed
