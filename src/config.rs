@@ -224,10 +224,13 @@ pub struct NotifyConfig {
 /// A secret from the environment variable `var`, else from the file at `file` ("" = none),
 /// trimmed. Secrets never live in the YAML that ships in `config/`.
 pub fn secret(var: &str, file: &str) -> Result<Option<String>, ConfigError> {
-    if let Ok(v) = std::env::var(var) {
-        if !v.trim().is_empty() {
-            return Ok(Some(v.trim().to_string()));
-        }
+    secret_from(std::env::var(var).ok().as_deref(), file)
+}
+
+/// [`secret`] with the variable's value given (`None`: unset); a blank value counts as unset.
+pub fn secret_from(env_value: Option<&str>, file: &str) -> Result<Option<String>, ConfigError> {
+    if let Some(v) = env_value.map(str::trim).filter(|v| !v.is_empty()) {
+        return Ok(Some(v.to_string()));
     }
     if file.is_empty() {
         return Ok(None);
