@@ -731,6 +731,65 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A message on the approvals topic: approve and deny mean what they say, and only once
+    /// the signature verifies; anything else is refused with the reason.
+    #[test]
+    fn a_topic_message_is_an_answer_only_when_signed_and_well_formed() {
+        for approve in [true, false] {
+            let m = key().signed_message("a1", approve, "alice", "h1");
+            let (id, answer) = read_answer(Some(&serde_json::to_vec(&m).unwrap()), &key()).unwrap();
+            assert_eq!(id, "a1");
+            assert_eq!(answer.approve, approve);
+            assert_eq!(answer.approver, "alice");
+            assert_eq!(answer.action_hash.as_deref(), Some("h1"));
+        }
+        let mut forged = key().signed_message("a1", false, "alice", "h1");
+        forged.decision = "approve".into();
+        match read_answer(Some(&serde_json::to_vec(&forged).unwrap()), &key()) {
+            Err(Refusal::Unauthenticated(m, why)) => {
+                assert_eq!(m.approval_id, "a1");
+                assert_eq!(why, "signature does not verify (unauthenticated answer)");
+            }
+            other => panic!("a changed decision must not verify: {other:?}"),
+        }
+        let mut odd = key().signed_message("a1", true, "alice", "h1");
+        odd.decision = "maybe".into();
+        for (payload, why) in [
+            (None, "empty message".to_string()),
+            (
+                Some(b"{".to_vec()),
+                "not an approval answer: EOF while parsing an object at line 1 column 1".into(),
+            ),
+            (
+                Some(serde_json::to_vec(&odd).unwrap()),
+                r#"decision must be approve or deny, got "maybe""#.into(),
+            ),
+        ] {
+            match read_answer(payload.as_deref(), &key()) {
+                Err(Refusal::Malformed(got)) => assert_eq!(got, why),
+                other => panic!("{payload:?}: {other:?}"),
+            }
+        }
+    }
+
+    /// `remediator approve ID`: the id becomes a URL path segment, so anything that could leave
+    /// the segment is refused before a request is made.
+    #[tokio::test]
+    async fn the_client_refuses_an_id_that_could_leave_its_path_segment() {
+        let body = AnswerBody {
+            approver: "alice".into(),
+            action_hash: None,
+        };
+        // Port 9 (discard) on loopback: nothing answers, so a request that is made fails to connect.
+        let url = "http://127.0.0.1:9";
+        for id in ["", "../../v1/x", "a/b", "a b", "a?x=1", "é"] {
+            let e = client_answer(url, "t", id, true, &body).await.unwrap_err();
+            assert_eq!(e, format!("approval id {id:?} must be letters, digits and '-'"));
+        }
+        let e = client_answer(url, "t", "Ab-09", false, &body).await.unwrap_err();
+        assert!(e.starts_with("http://127.0.0.1:9/v1/approvals/Ab-09/deny: "), "{e}");
+    }
+
     /// Debug output (config dumps, logs) never shows the key.
     #[test]
     fn the_key_never_appears_in_debug_output() {
