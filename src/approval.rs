@@ -15,10 +15,11 @@
 //! An answer that unlocks an execution runs in its own task: a client that disconnects (or an
 //! HTTP timeout) never cancels an action half-way.
 
+use crate::engine::{Answered, Engine, EngineError};
 use crate::guardrails::{Answer, Approval};
 use crate::kafka::{consumer_config, producer_config, KafkaSettings};
 use crate::outcome::Outcome;
-use crate::pipeline::{Answered, Engine, EngineError};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -194,13 +195,14 @@ impl Publisher {
         for o in outcomes {
             let payload = o.to_json();
             let key = o.incident_id.clone().unwrap_or_default();
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
             loop {
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
                 match self.producer.send(record, Duration::from_secs(10)).await {
                     Ok(_) => break,
                     Err((e, _)) if tokio::time::Instant::now() < deadline => {
                         warn!(error = %e, "outcome not acknowledged; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(backoff.next_wait()).await;
                     }
                     Err((e, _)) => return Err(format!("outcome not acknowledged: {e}")),
                 }
@@ -223,12 +225,13 @@ async fn answer_and_publish(
 ) -> Result<Answered, String> {
     let task = tasks.spawn(async move {
         let deadline = tokio::time::Instant::now() + within;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         let answered = loop {
             match engine.answer(&id, &answer).await {
                 Ok(a) => break a,
                 Err(EngineError::StoreUnavailable(e)) if tokio::time::Instant::now() < deadline => {
                     warn!(error = %e, approval = %id, "store unavailable while answering; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -464,6 +467,7 @@ pub async fn consume(
         match parsed {
             Ok((approval_id, answer)) => {
                 // Retry until the store and broker answer: skipping an answer would lose it.
+                let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
                 loop {
                     let r = answer_and_publish(
                         &shutdown,
@@ -483,7 +487,7 @@ pub async fn consume(
                         }
                         Err(e) => {
                             warn!(error = %e, approval = %approval_id, "answer not processed; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            tokio::time::sleep(backoff.next_wait()).await;
                         }
                     }
                 }

@@ -5,7 +5,7 @@
 //! checks (not yet `APPROVALS`, `NOTIFY` or the top-level keys: a typo there is ignored).
 //! Durations are written as `300s`, `15m`, `1h` or a plain number of seconds.
 
-use crate::pipeline::{GuardrailDefaults, Settings};
+use crate::engine::{GuardrailDefaults, Settings};
 use crate::yaml::{self, Pos};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

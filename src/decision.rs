@@ -1,10 +1,16 @@
-//! The decision order (docs/design.md#decision-order) as one pure function.
+//! The decision order (docs/design.md#decision-order) as pure functions: every rule, and every
+//! reason text an outcome carries for it.
 //!
-//! [`decide`] takes every fact a decision depends on and returns the first rule that applies.
-//! No I/O, no clock: table tests cover the whole order. The pipeline calls it once, before it
-//! asks the store, with `invalid: None`, `duplicate: false` and `GuardrailFact::Unknown`: rule 1
-//! (`rejected`) is decided where the event fails to parse, and rules 2 (`duplicate`) and 6
-//! (`blocked`) from the store's answer to the claim and reservation, in `src/pipeline.rs`.
+//! [`decide`] takes every fact a decision about an incident depends on and returns the first rule
+//! that applies. No I/O, no clock: table tests cover the whole order, with the reason texts the
+//! audit topic carries. The engine gathers the facts in stages and asks again when it learns
+//! more: first what the event and the catalogue say ([`Seen::New`], [`GuardrailFact::Unknown`]);
+//! then, once the store has answered the claim and the reservation, with [`Facts::seen`] and
+//! [`Facts::guardrail`] set from that answer (rules 2 and 6). An event that does not parse is
+//! rule 1 ([`Facts::rejected`]).
+//!
+//! [`decide_approved`] is the same for an answered approval: the checks it repeats before the
+//! approved action may run, with the approver named in every reason.
 //!
 //! One refinement of the order: a runbook template that cannot be rendered safely from the
 //! incident (missing or invalid `context` values, a namespace outside the runbook's scope)
@@ -24,6 +30,29 @@ pub enum GuardrailFact {
     Allowed,
     /// This guardrail said no, with its detail.
     Blocked(Guardrail, String),
+}
+
+/// What the store knows of the incident id (rule 2).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Seen {
+    /// Not handled before (or not asked yet).
+    #[default]
+    New,
+    /// Handled before; its last recorded outcome, when one is readable.
+    Handled(Option<Previous>),
+    /// An earlier attempt, by this worker, was interrupted while executing.
+    Interrupted(String),
+}
+
+/// The last recorded outcome of an incident handled before, as its reason quotes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Previous {
+    /// Its decision.
+    pub decision: Decision,
+    /// The replica that took it.
+    pub worker: String,
+    /// When, RFC 3339.
+    pub decided_at: String,
 }
 
 /// The matched runbook's facts.
@@ -48,8 +77,8 @@ pub struct RunbookFacts {
 pub struct Facts {
     /// Why the event is invalid, if it is.
     pub invalid: Option<String>,
-    /// The incident id was handled before.
-    pub duplicate: bool,
+    /// What the store knows of the incident id.
+    pub seen: Seen,
     /// How old the incident is (None: no `detected_at`; zero when it lies in the future).
     pub age: Option<Duration>,
     /// How far `detected_at` lies in the future (zero when it does not): clock skew tolerated up
@@ -71,21 +100,62 @@ pub struct Facts {
     pub global_dry_run: bool,
 }
 
+impl Facts {
+    /// The facts of an event that failed validation: rule 1 is all that applies.
+    pub fn rejected(why: String) -> Self {
+        Facts {
+            invalid: Some(why),
+            seen: Seen::New,
+            age: None,
+            ahead: Duration::ZERO,
+            max_age: Duration::ZERO,
+            root_cause: String::new(),
+            runbook: None,
+            confidence: 0.0,
+            render_error: None,
+            guardrail: GuardrailFact::Unknown,
+            global_dry_run: false,
+        }
+    }
+}
+
+/// A final decision and why: what an outcome that needs no execution says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Final {
+    /// The decision.
+    pub decision: Decision,
+    /// Why, as the outcome's `reason`.
+    pub reason: String,
+    /// For `blocked`: which guardrail.
+    pub guardrail: Option<Guardrail>,
+}
+
+impl Final {
+    fn new(decision: Decision, reason: String) -> Self {
+        Final {
+            decision,
+            reason,
+            guardrail: None,
+        }
+    }
+
+    fn blocked(guardrail: Guardrail, reason: String) -> Self {
+        Final {
+            decision: Decision::Blocked,
+            reason,
+            guardrail: Some(guardrail),
+        }
+    }
+}
+
 /// What the worker will do with the incident.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// A final decision that needs no execution.
-    Final {
-        /// The decision.
-        decision: Decision,
-        /// Why.
-        reason: String,
-        /// For `blocked`.
-        guardrail: Option<Guardrail>,
-    },
+    Final(Final),
     /// Guardrails must be consulted (`GuardrailFact::Unknown`) or have allowed it: the
-    /// pipeline proceeds with this intent.
-    Proceed(Intent),
+    /// engine proceeds with this intent, and this reason when nothing else intervenes.
+    Proceed(Intent, String),
 }
 
 /// What happens once the guardrails allow it (rules 7-10).
@@ -128,27 +198,43 @@ impl Intent {
     }
 }
 
-fn final_(decision: Decision, reason: String) -> Verdict {
-    Verdict::Final {
-        decision,
-        reason,
-        guardrail: None,
-    }
-}
-
 /// Apply the decision order (docs/design.md#decision-order), first rule that applies wins.
 pub fn decide(f: &Facts) -> Verdict {
+    let done = |decision, reason| Verdict::Final(Final::new(decision, reason));
     if let Some(why) = &f.invalid {
-        return final_(Decision::Rejected, why.clone());
+        return done(Decision::Rejected, format!("invalid incident: {why}"));
     }
-    if f.duplicate {
-        return final_(
-            Decision::Duplicate,
-            "incident id already handled; not acting again".into(),
-        );
+    match &f.seen {
+        Seen::New => {}
+        Seen::Handled(Some(prev)) => {
+            return done(
+                Decision::Duplicate,
+                format!(
+                    "incident id already handled ({} by {} at {}); not acting again",
+                    prev.decision.as_str(),
+                    prev.worker,
+                    prev.decided_at
+                ),
+            )
+        }
+        Seen::Handled(None) => {
+            return done(
+                Decision::Duplicate,
+                "incident id already handled; not acting again".into(),
+            )
+        }
+        Seen::Interrupted(worker) => {
+            return done(
+                Decision::Aborted,
+                format!(
+                    "a previous attempt by {worker} was interrupted while executing; its effect is unknown and an \
+                     action is never run twice, so it is not retried"
+                ),
+            )
+        }
     }
     if let Some(age) = f.age.filter(|a| *a > f.max_age) {
-        return final_(
+        return done(
             Decision::Expired,
             format!(
                 "incident is {} old, older than max_incident_age {}",
@@ -158,7 +244,7 @@ pub fn decide(f: &Facts) -> Verdict {
         );
     }
     if f.ahead > f.max_age {
-        return final_(
+        return done(
             Decision::Expired,
             format!(
                 "incident detected_at is {} in the future, more than max_incident_age {} ahead: its \
@@ -169,13 +255,13 @@ pub fn decide(f: &Facts) -> Verdict {
         );
     }
     let Some(rb) = &f.runbook else {
-        return final_(
+        return done(
             Decision::Manual,
             format!("no runbook matches root cause {:?} or its symptoms", f.root_cause),
         );
     };
     if f.confidence < rb.min_confidence {
-        return final_(
+        return done(
             Decision::Manual,
             format!(
                 "confidence {} < {} required by runbook {}",
@@ -184,22 +270,19 @@ pub fn decide(f: &Facts) -> Verdict {
         );
     }
     if let Some(why) = &f.render_error {
-        return final_(Decision::Aborted, format!("action not rendered: {why}"));
+        return done(Decision::Aborted, format!("action not rendered: {why}"));
     }
     if let GuardrailFact::Blocked(g, detail) = &f.guardrail {
-        return Verdict::Final {
-            decision: Decision::Blocked,
-            reason: detail.clone(),
-            guardrail: Some(*g),
-        };
+        return Verdict::Final(Final::blocked(*g, detail.clone()));
     }
-    Verdict::Proceed(match rb.mode {
+    let intent = match rb.mode {
         Mode::Approval => Intent::Approval,
         Mode::Auto if rb.demoted.is_some() => Intent::Approval,
         Mode::Suggest => Intent::Suggest,
         _ if rb.dry_run || f.global_dry_run => Intent::DryRun,
         _ => Intent::Execute,
-    })
+    };
+    Verdict::Proceed(intent, intent_reason(intent, rb))
 }
 
 /// The reason text for an intent that proceeded.
@@ -215,6 +298,84 @@ pub fn intent_reason(intent: Intent, rb: &RunbookFacts) -> String {
         Intent::Suggest => format!("runbook {} only suggests: run the suggested action by hand", rb.id),
         Intent::DryRun => "dry run: guardrails checked and reserved, action rendered but not executed".into(),
         Intent::Execute => format!("runbook {} executed", rb.id),
+    }
+}
+
+/// Every fact the execution of an answered (approved) approval depends on. What was safe when
+/// the approval was asked for may not be safe any more: each is checked again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovedFacts {
+    /// Who approved.
+    pub approver: String,
+    /// Why the incident stored with the approval cannot be read, if it cannot.
+    pub unreadable: Option<String>,
+    /// The approval's runbook id.
+    pub runbook: String,
+    /// The runbook is still in the catalogue.
+    pub runbook_exists: bool,
+    /// Its dry run: `Some("runbook dry_run")` or `Some("worker dry_run")` when the approved action
+    /// must only be checked and reserved (an approval never overrides shadow mode).
+    pub dry_run: Option<&'static str>,
+    /// Why the action does not render any more, if it does not.
+    pub render_error: Option<String>,
+    /// Why the action is not the one approved (it renders or pins differently now, or the live
+    /// state it is bound to cannot be read), if it is not.
+    pub unbound: Option<String>,
+    /// How old the incident is (None: no `detected_at`).
+    pub age: Option<Duration>,
+    /// The freshness limit.
+    pub max_age: Duration,
+    /// The store's guardrail answer for the execution.
+    pub guardrail: GuardrailFact,
+}
+
+/// What an approved action may do now, first check that fails wins.
+pub fn decide_approved(f: &ApprovedFacts) -> Verdict {
+    let approver = &f.approver;
+    let aborted = |why: String| {
+        Verdict::Final(Final::new(
+            Decision::Aborted,
+            format!("approved by {approver}, but {why}"),
+        ))
+    };
+    if let Some(why) = &f.unreadable {
+        return aborted(format!("the stored incident is unreadable: {why}"));
+    }
+    if !f.runbook_exists {
+        return aborted(format!("runbook {} no longer exists", f.runbook));
+    }
+    if let Some(why) = &f.render_error {
+        return aborted(format!("the action no longer renders: {why}"));
+    }
+    if let Some(why) = &f.unbound {
+        return aborted(why.clone());
+    }
+    if let Some(age) = f.age.filter(|a| *a > f.max_age) {
+        return Verdict::Final(Final::new(
+            Decision::Expired,
+            format!(
+                "approved by {approver}, but the incident is {} old, older than max_incident_age {}: never act \
+                 on stale data",
+                human(age),
+                human(f.max_age)
+            ),
+        ));
+    }
+    if let GuardrailFact::Blocked(g, detail) = &f.guardrail {
+        return Verdict::Final(Final::blocked(
+            *g,
+            format!("approved by {approver}, but the guardrails changed since: {detail}"),
+        ));
+    }
+    match f.dry_run {
+        Some(which) => Verdict::Proceed(
+            Intent::DryRun,
+            format!(
+                "approved by {approver}; dry run ({which}): guardrails checked and reserved, action rendered but not \
+                 executed"
+            ),
+        ),
+        None => Verdict::Proceed(Intent::Execute, format!("approved by {approver}")),
     }
 }
 
@@ -253,7 +414,7 @@ mod tests {
     fn base() -> Facts {
         Facts {
             invalid: None,
-            duplicate: false,
+            seen: Seen::New,
             age: Some(Duration::from_secs(10)),
             ahead: Duration::ZERO,
             max_age: Duration::from_secs(900),
@@ -268,8 +429,8 @@ mod tests {
 
     fn decision(v: &Verdict) -> Decision {
         match v {
-            Verdict::Final { decision, .. } => *decision,
-            Verdict::Proceed(i) => i.decision(),
+            Verdict::Final(f) => f.decision,
+            Verdict::Proceed(i, _) => i.decision(),
         }
     }
 
@@ -284,7 +445,7 @@ mod tests {
                 "1 invalid beats all",
                 |f| {
                     f.invalid = Some("confidence: must be a number".into());
-                    f.duplicate = true;
+                    f.seen = Seen::Handled(None);
                     f.age = Some(Duration::from_secs(10_000));
                     f.runbook = None;
                 },
@@ -293,7 +454,7 @@ mod tests {
             (
                 "2 duplicate beats expired",
                 |f| {
-                    f.duplicate = true;
+                    f.seen = Seen::Handled(None);
                     f.age = Some(Duration::from_secs(10_000));
                     f.runbook = None;
                 },
@@ -410,11 +571,11 @@ mod tests {
         f.guardrail = blocked;
         assert_eq!(
             decide(&f),
-            Verdict::Final {
+            Verdict::Final(Final {
                 decision: Decision::Blocked,
                 reason: "cooldown active (212s remaining)".into(),
                 guardrail: Some(Guardrail::Cooldown)
-            }
+            })
         );
     }
 
@@ -422,13 +583,13 @@ mod tests {
     fn reasons_name_the_numbers() {
         let mut f = base();
         f.confidence = 0.75;
-        let Verdict::Final { reason, .. } = decide(&f) else {
+        let Verdict::Final(Final { reason, .. }) = decide(&f) else {
             panic!()
         };
         assert_eq!(reason, "confidence 0.75 < 0.8 required by runbook restart-pod");
         let mut f = base();
         f.age = Some(Duration::from_secs(3723));
-        let Verdict::Final { reason, .. } = decide(&f) else {
+        let Verdict::Final(Final { reason, .. }) = decide(&f) else {
             panic!()
         };
         assert_eq!(reason, "incident is 1h2m3s old, older than max_incident_age 15m");
@@ -486,8 +647,151 @@ mod tests {
     fn unknown_guardrails_still_tell_the_intent() {
         let mut f = base();
         f.guardrail = GuardrailFact::Unknown;
-        assert_eq!(decide(&f), Verdict::Proceed(Intent::Execute));
+        assert!(matches!(decide(&f), Verdict::Proceed(Intent::Execute, _)));
         f.runbook = Some(rb(Mode::Suggest, false));
-        assert_eq!(decide(&f), Verdict::Proceed(Intent::Suggest));
+        assert!(matches!(decide(&f), Verdict::Proceed(Intent::Suggest, _)));
+    }
+
+    fn final_of(v: Verdict) -> Final {
+        match v {
+            Verdict::Final(f) => f,
+            other => panic!("not final: {other:?}"),
+        }
+    }
+
+    /// Rules 1, 2 and 6 say what the audit topic says: the engine writes these reasons.
+    #[test]
+    fn rejected_duplicate_interrupted_and_blocked_say_why() {
+        let f = Facts::rejected("confidence: must be a number".into());
+        assert_eq!(
+            final_of(decide(&f)),
+            Final::new(
+                Decision::Rejected,
+                "invalid incident: confidence: must be a number".into()
+            )
+        );
+        let mut f = base();
+        f.seen = Seen::Handled(Some(Previous {
+            decision: Decision::Executed,
+            worker: "remediator-0".into(),
+            decided_at: "2026-01-01T00:00:00+00:00".into(),
+        }));
+        assert_eq!(
+            final_of(decide(&f)).reason,
+            "incident id already handled (executed by remediator-0 at 2026-01-01T00:00:00+00:00); not acting again"
+        );
+        f.seen = Seen::Interrupted("remediator-1".into());
+        assert_eq!(
+            final_of(decide(&f)),
+            Final::new(
+                Decision::Aborted,
+                "a previous attempt by remediator-1 was interrupted while executing; its effect is unknown and an \
+                 action is never run twice, so it is not retried"
+                    .into()
+            )
+        );
+        let mut f = base();
+        f.guardrail = GuardrailFact::Blocked(Guardrail::RateLimit, "rate limit 2/hour reached".into());
+        assert_eq!(
+            final_of(decide(&f)),
+            Final::blocked(Guardrail::RateLimit, "rate limit 2/hour reached".into())
+        );
+    }
+
+    fn approved() -> ApprovedFacts {
+        ApprovedFacts {
+            approver: "alice".into(),
+            unreadable: None,
+            runbook: "restart-pod".into(),
+            runbook_exists: true,
+            dry_run: None,
+            render_error: None,
+            unbound: None,
+            age: Some(Duration::from_secs(10)),
+            max_age: Duration::from_secs(900),
+            guardrail: GuardrailFact::Allowed,
+        }
+    }
+
+    /// Each row makes one check fail together with every later one: the first wins, and its
+    /// reason names the approver.
+    #[test]
+    fn an_approved_action_is_checked_again_first_failure_wins() {
+        type Row = (fn(&mut ApprovedFacts), Decision, &'static str);
+        let rows: Vec<Row> = vec![
+            (
+                |f| {
+                    f.unreadable = Some("id: is missing".into());
+                    f.runbook_exists = false;
+                    f.age = Some(Duration::from_secs(901));
+                },
+                Decision::Aborted,
+                "approved by alice, but the stored incident is unreadable: id: is missing",
+            ),
+            (
+                |f| {
+                    f.runbook_exists = false;
+                    f.render_error = Some("x".into());
+                },
+                Decision::Aborted,
+                "approved by alice, but runbook restart-pod no longer exists",
+            ),
+            (
+                |f| {
+                    f.render_error = Some("context.pod_name: is missing".into());
+                    f.unbound = Some("x".into());
+                },
+                Decision::Aborted,
+                "approved by alice, but the action no longer renders: context.pod_name: is missing",
+            ),
+            (
+                |f| {
+                    f.unbound = Some("it renders differently now".into());
+                    f.age = Some(Duration::from_secs(901));
+                },
+                Decision::Aborted,
+                "approved by alice, but it renders differently now",
+            ),
+            (
+                |f| {
+                    f.age = Some(Duration::from_secs(901));
+                    f.guardrail = GuardrailFact::Blocked(Guardrail::Cooldown, "x".into());
+                },
+                Decision::Expired,
+                "approved by alice, but the incident is 15m1s old, older than max_incident_age 15m: never act on \
+                 stale data",
+            ),
+            (
+                |f| {
+                    f.guardrail = GuardrailFact::Blocked(Guardrail::Cooldown, "cooldown active".into());
+                    f.dry_run = Some("worker dry_run");
+                },
+                Decision::Blocked,
+                "approved by alice, but the guardrails changed since: cooldown active",
+            ),
+        ];
+        for (set, decision, reason) in rows {
+            let mut f = approved();
+            set(&mut f);
+            let got = final_of(decide_approved(&f));
+            assert_eq!((got.decision, got.reason.as_str()), (decision, reason));
+        }
+        let mut f = approved();
+        f.age = Some(Duration::from_secs(900));
+        assert_eq!(
+            decide_approved(&f),
+            Verdict::Proceed(Intent::Execute, "approved by alice".into()),
+            "exactly at the limit is fresh"
+        );
+        f.dry_run = Some("runbook dry_run");
+        assert_eq!(
+            decide_approved(&f),
+            Verdict::Proceed(
+                Intent::DryRun,
+                "approved by alice; dry run (runbook dry_run): guardrails checked and reserved, action rendered but \
+                 not executed"
+                    .into()
+            )
+        );
     }
 }

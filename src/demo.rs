@@ -7,13 +7,13 @@
 //! rejection and idempotency, and prints each outcome as it is read back from the outcomes topic.
 
 use crate::clock::{Clock, SystemClock};
+use crate::engine::{Engine, EventIds, Settings};
 use crate::executor::simulated::{Faults, SimulatedExecutor};
 use crate::guardrails::memory::MemoryStore;
 use crate::health::Health;
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::outcome::{Decision, Outcome};
-use crate::pipeline::{Engine, EventIds, Settings};
 use crate::runbook::Catalogue;
 use crate::shutdown;
 use anyhow::{anyhow, Context, Result};

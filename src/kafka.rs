@@ -44,11 +44,12 @@
 //!   message still unfinished when the grace ends is abandoned (and redelivered, which the store
 //!   makes safe).
 
+use crate::engine::{Engine, EngineError, Handled, Source};
 use crate::health::Health;
 use crate::incident::Rejection;
 use crate::metrics::Metrics;
 use crate::outcome::Decision;
-use crate::pipeline::{Engine, EngineError, Handled, Source};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use futures::FutureExt;
 use rdkafka::config::RDKafkaLogLevel;
@@ -688,7 +689,7 @@ impl Shared {
         // One attempt id per delivery, reused on retries so the store never reserves twice.
         let attempt = uuid::Uuid::new_v4().to_string();
         let payload = w.payload.as_deref().unwrap_or_default();
-        let mut wait = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut handled = loop {
             match self.engine.handle(payload, Some(&w.source), &attempt).await {
                 Ok(h) => {
@@ -701,13 +702,13 @@ impl Shared {
                 Err(EngineError::StoreUnavailable(reason)) => {
                     // Fail closed: nothing was executed; hold the partition on this message.
                     self.health.set_store(false);
+                    let wait = backoff.next_wait();
                     warn!(source = %w.source, %reason, retry_in_ms = wait.as_millis() as u64,
                         "guardrail store unavailable: partition paused on this incident");
                     if !self.backoff(wait).await {
                         info!(source = %w.source, "stopping while the store is unavailable; left for redelivery");
                         return None;
                     }
-                    wait = (wait * 2).min(BACKOFF_MAX);
                 }
             }
         };
@@ -814,7 +815,7 @@ impl Shared {
         headers: Option<OwnedHeaders>,
         source: &Source,
     ) -> bool {
-        let mut wait = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         // Failures in a row, and how many of the latest ones in a row the cluster answered after.
         let (mut failures, mut answered, mut first_failure) = (0u32, 0u32, None);
         loop {
@@ -857,11 +858,11 @@ impl Shared {
                         });
                         return false;
                     }
+                    let wait = backoff.next_wait();
                     warn!(%topic, %source, error = %e, failures, cluster_answered = answered,
                         retry_in_ms = wait.as_millis() as u64, "delivery not acknowledged; retrying");
                     // Keep retrying while draining too: an executed action's outcome must get out.
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -1191,10 +1192,10 @@ async fn drain(workers: HashMap<i32, Worker>, deadline: tokio::time::Instant) {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::engine::{EventIds, Settings};
     use crate::executor::simulated::SimulatedExecutor;
     use crate::guardrails::memory::MemoryStore;
     use crate::metrics::Metrics;
-    use crate::pipeline::{EventIds, Settings};
     use crate::runbook::Catalogue;
     use rdkafka::consumer::StreamConsumer;
     use rdkafka::mocking::MockCluster;

@@ -8,6 +8,7 @@
 
 use crate::metrics::Metrics;
 use crate::outcome::{Decision, Outcome};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use std::future::Future;
 use std::time::Duration;
@@ -59,6 +60,7 @@ impl Notifier {
             while let Some(o) = rx.recv().await {
                 let body = serde_json::json!({ "text": text(&o) });
                 let mut sent = false;
+                let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
                 for attempt in 0..ATTEMPTS {
                     match client.post(url.clone()).json(&body).send().await {
                         Ok(r) if r.status().is_success() => {
@@ -68,7 +70,7 @@ impl Notifier {
                         Ok(r) => warn!(status = %r.status(), attempt, "notification webhook refused"),
                         Err(e) => warn!(error = %e, attempt, "notification webhook unreachable"),
                     }
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 m.notifications
                     .with_label_values(&[if sent { "sent" } else { "failed" }])

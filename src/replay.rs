@@ -5,11 +5,11 @@
 //! ids: the same input always prints the same output, one outcome per input line, in order.
 
 use crate::clock::{Clock, ManualClock};
+use crate::engine::{Engine, EventIds, Settings};
 use crate::executor::simulated::SimulatedExecutor;
 use crate::guardrails::memory::MemoryStore;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
-use crate::pipeline::{Engine, EventIds, Settings};
 use crate::runbook::Catalogue;
 use chrono::{DateTime, Utc};
 use std::io::BufRead;

@@ -2,6 +2,7 @@
 
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::engine::{Engine, EventIds};
 use crate::executor::kubernetes::{KubeExecutorOptions, KubernetesExecutor};
 use crate::executor::simulated::SimulatedExecutor;
 use crate::executor::Executor;
@@ -10,7 +11,7 @@ use crate::guardrails::{GuardrailStore, Store};
 use crate::health::Health;
 use crate::kafka::{self, KafkaSettings};
 use crate::metrics::Metrics;
-use crate::pipeline::{Engine, EventIds};
+use crate::retry::Backoff;
 use crate::runbook::{ActionSpec, Catalogue, CheckSpec, Runbook};
 use crate::shutdown::{self, Shutdown};
 use anyhow::{anyhow, Context, Result};
@@ -42,7 +43,7 @@ pub fn kafka_settings(config: &Config) -> KafkaSettings {
 /// Connect to Redis, retrying with backoff until it answers or shutdown is requested. Nothing
 /// is consumed before the store is reachable (fail closed).
 async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) -> Result<Option<RedisStore>> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match RedisStore::connect(
             &config.redis.url,
@@ -62,11 +63,9 @@ async fn connect_store(config: &Config, health: &Health, shutdown: &Shutdown) ->
             }
         }
         let mut s = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = s.wait() => return Ok(None),
+        if !backoff.wait_unless(s.wait()).await {
+            return Ok(None);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -6,13 +6,13 @@ mod common;
 
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use remediator::clock::{Clock, ManualClock};
+use remediator::engine::{Engine, EventIds, Settings};
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::redis::RedisStore;
 use remediator::guardrails::{Answer, Store};
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
-use remediator::pipeline::{Engine, EventIds, Settings};
 use remediator::runbook::Catalogue;
 use std::sync::Arc;
 

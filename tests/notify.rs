@@ -2,11 +2,11 @@
 //! webhook never slows the pipeline.
 
 use remediator::clock::{Clock, SystemClock};
+use remediator::engine::{Engine, EventIds, Settings};
 use remediator::executor::simulated::SimulatedExecutor;
 use remediator::guardrails::memory::MemoryStore;
 use remediator::metrics::Metrics;
 use remediator::notify::Notifier;
-use remediator::pipeline::{Engine, EventIds, Settings};
 use remediator::runbook::Catalogue;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@ mod common;
 
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use remediator::clock::{Clock, ManualClock};
+use remediator::engine::{Engine, EngineError, EventIds, Settings, Source};
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{
@@ -13,7 +14,6 @@ use remediator::guardrails::{
 };
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
-use remediator::pipeline::{Engine, EngineError, EventIds, Settings, Source};
 use remediator::runbook::Catalogue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -12,13 +12,13 @@ mod common;
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
 use remediator::clock::{Clock, ManualClock};
+use remediator::engine::{Engine, EventIds, Handled, Settings, Source};
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::redis::RedisStore;
 use remediator::guardrails::{Guardrail, Store};
 use remediator::metrics::Metrics;
 use remediator::outcome::{Decision, Outcome};
-use remediator::pipeline::{Engine, EventIds, Handled, Settings, Source};
 use remediator::runbook::Catalogue;
 use std::cell::Cell;
 use std::sync::Arc;

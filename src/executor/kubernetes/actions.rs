@@ -21,7 +21,7 @@
 //!   [`super`].)
 
 use super::memory::DeletedPod;
-use super::{revision_of, secs, short_uid, KErr, KubernetesExecutor, Owner, CONFLICT_RETRIES, RESTARTED_BY};
+use super::{revision_of, secs, short_uid, Conflicts, KErr, KubernetesExecutor, Owner, RESTARTED_BY};
 use crate::executor::{ActionReport, ExecContext, ExecError};
 use crate::runbook::action::PATCHABLE;
 use crate::runbook::{scaling, Replicas, RevisionPin};
@@ -33,8 +33,8 @@ use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use std::fmt;
-use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use std::time::Instant;
+use tracing::warn;
 
 /// Label the deployment controller adds to each ReplicaSet's pod template.
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -111,7 +111,7 @@ impl KubernetesExecutor {
         ctx: &ExecContext<'_>,
     ) -> Result<ActionReport, ExecError> {
         let deployments: Api<Deployment> = self.api(ns);
-        let mut attempt = 0;
+        let mut conflicts = Conflicts::new();
         loop {
             let scale = self
                 .call_existing(
@@ -157,11 +157,7 @@ impl KubernetesExecutor {
                     report.detail = format!("scaled deployment {ns}/{name} from {current} to {target} replicas");
                     return Ok(report);
                 }
-                Err(KErr::Conflict(m)) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    info!(%m, attempt, "scale conflicted with a concurrent change; re-reading");
-                    tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
-                }
+                Err(KErr::Conflict(m)) if conflicts.left() => conflicts.reread("scale", &m).await,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -280,7 +276,7 @@ impl KubernetesExecutor {
         pin: Option<RevisionPin>,
     ) -> Result<ActionReport, ExecError> {
         let deployments: Api<Deployment> = self.api(ns);
-        let mut attempt = 0;
+        let mut conflicts = Conflicts::new();
         loop {
             let d = self.observed(ns, name).await?;
             let revisions = self.revisions(ns, &d).await?;
@@ -336,11 +332,7 @@ impl KubernetesExecutor {
                     );
                     return Ok(report);
                 }
-                Err(KErr::Conflict(m)) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    info!(%m, attempt, "rollback conflicted with a concurrent change; re-reading");
-                    tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
-                }
+                Err(KErr::Conflict(m)) if conflicts.left() => conflicts.reread("rollback", &m).await,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -372,7 +364,7 @@ impl KubernetesExecutor {
     where
         K: Resource + Clone + DeserializeOwned + fmt::Debug,
     {
-        let mut attempt = 0;
+        let mut conflicts = Conflicts::new();
         loop {
             let obj = self
                 .call_existing(
@@ -413,11 +405,7 @@ impl KubernetesExecutor {
                         ..ActionReport::default()
                     });
                 }
-                Err(KErr::Conflict(m)) if attempt < CONFLICT_RETRIES && !pinned => {
-                    attempt += 1;
-                    info!(%m, attempt, "patch conflicted with a concurrent change; re-reading");
-                    tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
-                }
+                Err(KErr::Conflict(m)) if conflicts.left() && !pinned => conflicts.reread("patch", &m).await,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -50,6 +50,37 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 /// Re-reads after a 409 Conflict before an action gives up.
 const CONFLICT_RETRIES: u32 = 3;
 
+/// The re-reads a fenced write gets when the API server refuses it as a conflict (someone
+/// changed the object since it was read): at most [`CONFLICT_RETRIES`], waiting 50, 100, 200 ms.
+struct Conflicts {
+    retried: u32,
+    backoff: crate::retry::Backoff,
+}
+
+impl Conflicts {
+    fn new() -> Self {
+        Conflicts {
+            retried: 0,
+            backoff: crate::retry::Backoff::new(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(1),
+            ),
+        }
+    }
+
+    /// Another re-read is allowed.
+    fn left(&self) -> bool {
+        self.retried < CONFLICT_RETRIES
+    }
+
+    /// Count and log the conflict of `what`, then wait before the re-read.
+    async fn reread(&mut self, what: &str, message: &str) {
+        self.retried += 1;
+        tracing::info!(%message, attempt = self.retried, "{what} conflicted with a concurrent change; re-reading");
+        tokio::time::sleep(self.backoff.next_wait()).await;
+    }
+}
+
 /// Settings of the Kubernetes executor (from the worker config).
 #[derive(Debug, Clone)]
 pub struct KubeExecutorOptions {

@@ -1,0 +1,494 @@
+//! One incident through decide -> guard -> execute -> verify -> rollback -> outcome.
+//!
+//! [`Engine::handle`] is the whole life of one incident, independent of where it came from
+//! (Kafka, `replay`, `demo`). It returns the outcome events to publish; the caller publishes them
+//! and only then commits the input (at-least-once). The guardrail store makes redelivery safe:
+//! an incident already recorded is answered with its recorded outcome, and one whose execution
+//! was interrupted by a crash is never executed again.
+//!
+//! The engine is split by flow, each file one way an action comes to run:
+//!
+//! | file | flow |
+//! |---|---|
+//! | `automatic.rs` | an incident from the input: the decision order, the guardrails, the intent |
+//! | `approvals.rs` | asking a human, and an answer: its checks again, then the execution |
+//! | `manual.rs` | `remediator execute`: a human runs a runbook by hand |
+//! | `execution.rs` | a reserved action: pre-checks, action, post-checks, rollback, lease renewal |
+//! | `trust.rs` | the trust ladder: verified results, demotion, its gauges |
+//! | `store.rs` | every store call of the flows, with its retry policy |
+//!
+//! Every decision and its reason come from `crate::decision`; this module gathers the facts,
+//! asks the store and the executor, and builds each outcome once ([`Engine::outcome`]).
+//!
+//! Failure policy: if the store cannot be reached *before* acting, nothing happens and
+//! [`EngineError::StoreUnavailable`] tells the caller to pause and retry the same message with
+//! the same attempt id (fail closed). Once an action has run, its release and record are retried
+//! until the store answers, because forgetting an execution would let it run twice.
+
+mod approvals;
+mod automatic;
+mod ceiling;
+mod execution;
+mod manual;
+mod store;
+mod trust;
+
+pub use approvals::{action_hash, Answered};
+pub use manual::ManualError;
+
+use crate::clock::{millis, Clock};
+use crate::decision::{self, RunbookFacts};
+use crate::executor::Executor;
+use crate::guardrails::{Guardrail, Limits, Scope, Store, StoreError};
+use crate::incident::{self, Incident, Partial};
+use crate::metrics::Metrics;
+use crate::outcome::{ActionView, CheckOutcome, Decision, Mode, Outcome, TrustView, SCHEMA_VERSION};
+use crate::runbook::template::{RenderError, Vars};
+use crate::runbook::{Action, Catalogue, Risk, Runbook};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{warn, Instrument};
+
+/// Where a message came from, for redelivery detection and dead-letter headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// What handling one message produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    /// Outcome events to publish, in order (key: incident id).
+    pub outcomes: Vec<Outcome>,
+    /// The message is poison: copy its raw bytes to the dead-letter topic with this reason.
+    pub dead_letter: Option<incident::Rejection>,
+    /// The outcomes were recorded earlier and are re-published for a redelivery.
+    pub republished: bool,
+}
+
+impl Handled {
+    /// New outcomes of a message (not poison, not re-published).
+    fn new(outcomes: Vec<Outcome>) -> Self {
+        Handled {
+            outcomes,
+            dead_letter: None,
+            republished: false,
+        }
+    }
+}
+
+/// Why a message could not be handled now. Nothing was executed; retry it later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The guardrail store is unreachable: fail closed.
+    #[error("guardrail store unavailable, nothing executed: {0}")]
+    StoreUnavailable(String),
+}
+
+/// Worker-wide guardrail defaults (docs/design.md#guardrails), combined with each runbook's own
+/// numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardrailDefaults {
+    /// Executions in flight across all replicas.
+    pub max_concurrent_actions: u32,
+    /// Distinct services touched per window.
+    pub max_affected_services: u32,
+    /// Window of `max_affected_services`.
+    pub affected_services_window: Duration,
+    /// Consecutive failures that open a runbook's circuit.
+    pub failure_threshold: u32,
+    /// Time an open circuit waits before its half-open probe.
+    pub recovery_timeout: Duration,
+}
+
+impl Default for GuardrailDefaults {
+    fn default() -> Self {
+        Self {
+            max_concurrent_actions: 3,
+            max_affected_services: 10,
+            affected_services_window: Duration::from_secs(15 * 60),
+            failure_threshold: 3,
+            recovery_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Engine settings (from the worker config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Replica identity written into outcomes.
+    pub worker: String,
+    /// Worker-wide shadow mode.
+    pub dry_run: bool,
+    /// Incidents older than this are never acted on.
+    pub max_incident_age: Duration,
+    /// Claim / lease duration, renewed while an action runs.
+    pub lease: Duration,
+    /// How long a handled incident id is remembered.
+    pub idempotency_ttl: Duration,
+    /// Guardrail defaults.
+    pub guardrails: GuardrailDefaults,
+    /// Sliding rate-limit window: one hour by contract; shorter only in tests.
+    pub rate_window: Duration,
+    /// How long an approval can be answered.
+    pub approval_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            worker: "remediator".into(),
+            dry_run: false,
+            max_incident_age: Duration::from_secs(15 * 60),
+            lease: Duration::from_secs(60),
+            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            guardrails: GuardrailDefaults::default(),
+            rate_window: Duration::from_secs(3600),
+            approval_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How outcome event ids are made.
+#[derive(Debug)]
+pub enum EventIds {
+    /// Random UUIDs (production).
+    Random,
+    /// UUIDv5 of a counter: the same input gives the same ids (`replay`).
+    Deterministic(AtomicU64),
+}
+
+impl EventIds {
+    fn next(&self) -> String {
+        match self {
+            EventIds::Random => uuid::Uuid::new_v4().to_string(),
+            EventIds::Deterministic(n) => {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("remediator-event-{i}").as_bytes()).to_string()
+            }
+        }
+    }
+}
+
+/// The remediation engine: everything needed to take one incident to its outcome.
+pub struct Engine {
+    catalogue: Arc<Catalogue>,
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    metrics: Metrics,
+    ids: EventIds,
+    ceiling: ceiling::LocalCeiling,
+    demotions: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    notifier: Option<crate::notify::Notifier>,
+}
+
+/// What an outcome is about: the incident (or what could be read of a rejected one), its
+/// runbook, the action, the mode it ran in and the approval it asks for or was unlocked by.
+#[derive(Debug, Clone, Default)]
+struct Subject {
+    incident_id: Option<String>,
+    service: Option<String>,
+    root_cause: Option<String>,
+    confidence: Option<f64>,
+    runbook_id: Option<String>,
+    action: Option<ActionView>,
+    mode: Option<Mode>,
+    approval_id: Option<String>,
+    approver: Option<String>,
+}
+
+impl Subject {
+    /// An incident and the runbook it matched.
+    fn of(incident: &Incident, runbook: Option<&Runbook>) -> Self {
+        Subject {
+            incident_id: Some(incident.id.clone()),
+            service: Some(incident.service().to_string()),
+            root_cause: Some(incident.root_cause.clone()),
+            confidence: Some(incident.confidence),
+            runbook_id: runbook.map(|r| r.id.clone()),
+            ..Subject::default()
+        }
+    }
+
+    /// What could be read of an event that failed validation.
+    fn partial(partial: &Partial) -> Self {
+        Subject {
+            incident_id: partial.id.clone(),
+            service: partial.service.clone(),
+            root_cause: partial.root_cause.clone(),
+            ..Subject::default()
+        }
+    }
+}
+
+/// What an outcome says happened: a decision and why, and for an execution what it did.
+#[derive(Debug, Clone)]
+struct Report {
+    decision: Decision,
+    reason: String,
+    guardrail: Option<Guardrail>,
+    success: Option<bool>,
+    rolled_back: bool,
+    checks: Vec<CheckOutcome>,
+    trust: Option<TrustView>,
+}
+
+impl Report {
+    fn new(decision: Decision, reason: String) -> Self {
+        Report {
+            decision,
+            reason,
+            guardrail: None,
+            success: None,
+            rolled_back: false,
+            checks: Vec::new(),
+            trust: None,
+        }
+    }
+}
+
+impl From<decision::Final> for Report {
+    fn from(f: decision::Final) -> Self {
+        Report {
+            guardrail: f.guardrail,
+            ..Report::new(f.decision, f.reason)
+        }
+    }
+}
+
+impl Engine {
+    /// Assemble an engine.
+    pub fn new(
+        catalogue: Arc<Catalogue>,
+        store: Arc<dyn Store>,
+        executor: Arc<dyn Executor>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        metrics: Metrics,
+        ids: EventIds,
+    ) -> Self {
+        Self {
+            catalogue,
+            store,
+            executor,
+            clock,
+            settings,
+            metrics,
+            ids,
+            ceiling: ceiling::LocalCeiling::default(),
+            demotions: Mutex::new(HashMap::new()),
+            notifier: None,
+        }
+    }
+
+    /// Also send every new outcome to a notification webhook (never blocking).
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The loaded catalogue.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// The guardrail store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Set `remediator_approvals_pending` and `remediator_approval_oldest_pending_seconds` from
+    /// the shared store (one count-plus-oldest read, no approval read; the worker does it
+    /// periodically, never per decision). Returns how many approvals are pending.
+    pub async fn refresh_approval_gauges(&self) -> Result<usize, StoreError> {
+        let s = self.store.pending_summary().await?;
+        self.metrics
+            .set_pending_approvals(s.count, s.oldest_created_ms, millis(self.clock.now()));
+        Ok(s.count)
+    }
+
+    /// Handle one message. `attempt` must be unique per delivery and reused when the same
+    /// delivery is retried after [`EngineError`], so a retry never reserves twice.
+    pub async fn handle(&self, payload: &[u8], source: Option<&Source>, attempt: &str) -> Result<Handled, EngineError> {
+        let started = Instant::now();
+        let result = match incident::parse(payload) {
+            Err((rejection, partial)) => {
+                warn!(field = %rejection.field, reason = %rejection, source = ?source.map(|s| s.to_string()), "incident rejected");
+                // Rule 1: nothing else about the event counts.
+                let verdict = decision::decide(&decision::Facts::rejected(rejection.to_string()));
+                let decision::Verdict::Final(rejected) = verdict else {
+                    unreachable!("decide() rejects an invalid event")
+                };
+                let o = self.outcome(&Subject::partial(&partial), self.clock.now(), rejected.into());
+                Ok(Handled {
+                    outcomes: vec![o],
+                    dead_letter: Some(rejection),
+                    republished: false,
+                })
+            }
+            Ok(incident) => {
+                let span = tracing::info_span!("incident", id = %incident.id);
+                self.process(&incident, source, attempt).instrument(span).await
+            }
+        };
+        if let Ok(h) = &result {
+            self.metrics
+                .decision_seconds
+                .with_label_values(&[] as &[&str])
+                .observe(started.elapsed().as_secs_f64());
+            if !h.republished {
+                self.emit(&h.outcomes);
+            }
+        }
+        result
+    }
+
+    /// New outcomes leave the engine: counted (`remediator_incidents_total`, and
+    /// `remediator_guardrail_blocks_total` for a block) and sent to the notification webhook.
+    /// Every flow calls this once for what it returns; re-published outcomes never come here.
+    fn emit(&self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            self.metrics.incidents.with_label_values(&[o.decision.as_str()]).inc();
+            if let Some(g) = o.guardrail {
+                self.metrics.guardrail_blocks.with_label_values(&[g.as_str()]).inc();
+            }
+        }
+        if let Some(n) = &self.notifier {
+            outcomes.iter().for_each(|o| n.notify(o));
+        }
+    }
+
+    /// The outcome event of `subject`, decided at `decided_at`, saying `report`: built once, when
+    /// it is final, and stamped with its finish time.
+    fn outcome(&self, subject: &Subject, decided_at: DateTime<Utc>, report: Report) -> Outcome {
+        let finished_at = self.clock.now().max(decided_at);
+        let s = subject.clone();
+        Outcome {
+            schema_version: SCHEMA_VERSION,
+            event_id: self.ids.next(),
+            incident_id: s.incident_id,
+            service: s.service,
+            root_cause: s.root_cause,
+            confidence: s.confidence,
+            runbook_id: s.runbook_id,
+            decision: report.decision,
+            success: report.success,
+            rolled_back: report.rolled_back,
+            reason: report.reason,
+            guardrail: report.guardrail,
+            action: s.action,
+            checks: report.checks,
+            approval_id: s.approval_id,
+            approver: s.approver,
+            trust: report.trust,
+            mode: s.mode,
+            worker: self.settings.worker.clone(),
+            decided_at,
+            finished_at,
+            duration_ms: (finished_at - decided_at).num_milliseconds().max(0) as u64,
+        }
+    }
+
+    /// The guardrail numbers of a runbook: its own, and the worker's defaults.
+    fn limits(&self, rb: &Runbook) -> Limits {
+        let g = &self.settings.guardrails;
+        Limits {
+            max_per_hour: rb.max_per_hour,
+            rate_window_ms: ms(self.settings.rate_window),
+            cooldown_ms: ms(rb.cooldown),
+            failure_threshold: g.failure_threshold,
+            recovery_ms: ms(g.recovery_timeout),
+            max_concurrent_actions: g.max_concurrent_actions,
+            max_affected_services: g.max_affected_services,
+            runbook_max_services: rb.blast_radius_limit.unwrap_or(0),
+            services_window_ms: ms(g.affected_services_window),
+            conservative_ms: ms(self.settings.rate_window),
+            record_ttl_ms: ms(self.settings.idempotency_ttl),
+        }
+    }
+
+    /// The mode an outcome reports for a runbook before its intent is known.
+    fn effective_mode(&self, rb: &Runbook) -> Mode {
+        match rb.mode {
+            Mode::Auto if rb.dry_run || self.settings.dry_run => Mode::DryRun,
+            m => m,
+        }
+    }
+}
+
+fn to_json(outcomes: &[Outcome]) -> String {
+    serde_json::to_string(outcomes).unwrap_or_else(|_| "[]".into())
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+fn runbook_facts(rb: &Runbook) -> RunbookFacts {
+    RunbookFacts {
+        id: rb.id.clone(),
+        min_confidence: rb.min_confidence,
+        mode: rb.mode,
+        dry_run: rb.dry_run,
+        risk: match rb.risk {
+            Risk::Low => "LOW",
+            Risk::Medium => "MEDIUM",
+            Risk::High => "HIGH",
+        },
+        demoted: None,
+    }
+}
+
+/// What the guardrails hold a decision to: the runbook, the normalised service, and the object
+/// the action touches (`<namespace>/<kind>/<name>`), so the rate limit and cooldown cannot be
+/// walked past by varying the incident's free-text `service` for the same object.
+fn guard_scope(rb: &Runbook, incident: &Incident, action: &Action) -> Scope {
+    let view = action.view();
+    let target = match (view.namespace.as_deref(), view.target.as_str()) {
+        (_, "") => String::new(),
+        (Some(ns), t) => format!("{ns}/{t}"),
+        (None, t) => t.to_string(),
+    };
+    Scope {
+        runbook: rb.id.clone(),
+        service: Scope::normalise_service(incident.service()),
+        target,
+    }
+}
+
+/// Render a runbook's action for an incident, enforcing its service scope.
+fn render(rb: &Runbook, incident: &Incident, vars: &Vars) -> Result<Action, RenderError> {
+    if !rb.scope.services.is_empty() && !rb.scope.services.iter().any(|s| s == incident.service()) {
+        return Err(RenderError {
+            var: "service".into(),
+            message: format!(
+                "{:?} is outside the runbook's scope ({})",
+                incident.service(),
+                rb.scope.services.join(", ")
+            ),
+        });
+    }
+    rb.action.render(vars, &rb.scope.namespaces)
+}
