@@ -29,8 +29,8 @@
 //!   `alertmanager.allow_unauthenticated: true` (a warning at start): an open intake lets anyone
 //!   who reaches the port create incidents that runbooks act on.
 
-use crate::config::{parse_duration, AlertmanagerConfig};
-use crate::kafka::KafkaSettings;
+use crate::config::{secrets, AlertmanagerConfig};
+use crate::kafka::{producer_config, KafkaSettings};
 use crate::metrics::Metrics;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -41,7 +41,6 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 use std::collections::BTreeMap;
@@ -51,7 +50,7 @@ use tracing::{error, info, warn};
 /// Path of the webhook (configure it as a `webhook_configs` URL in Alertmanager).
 pub const PATH: &str = "/v1/alertmanager";
 /// Environment variable holding the optional bearer token (a secret: never in the YAML file).
-pub const TOKEN_ENV: &str = "REMEDIATOR_ALERTMANAGER_TOKEN";
+pub const TOKEN_ENV: &str = secrets::ALERTMANAGER_TOKEN;
 /// Largest accepted request body. Alertmanager's own notifications stay far below it (a group is
 /// truncated by `max_alerts`); anything larger is refused before it is parsed.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -204,9 +203,6 @@ pub enum IntakeError {
     /// librdkafka refused the producer configuration (a bad `kafka.properties` entry).
     #[error("cannot create the alertmanager intake's kafka producer: {0}")]
     Producer(#[from] rdkafka::error::KafkaError),
-    /// `alertmanager.delivery_timeout` is not a duration.
-    #[error("alertmanager.delivery_timeout: {0}")]
-    Timeout(String),
     /// The intake is enabled without a bearer token and without the explicit opt-in.
     #[error(
         "alertmanager.enabled is true but no bearer token is set: set {TOKEN_ENV} (or \
@@ -270,19 +266,14 @@ impl Intake {
         metrics: Metrics,
     ) -> Result<Self, IntakeError> {
         require_token(config, token.as_deref())?;
-        let timeout = parse_duration(&config.delivery_timeout).map_err(IntakeError::Timeout)?;
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &kafka.brokers)
-            // As for outcomes: no duplicates from librdkafka's retries, and no acknowledgement
-            // before every in-sync replica has the incident.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // A broker outage fails the request within the delivery timeout, so Alertmanager
-            // retries instead of its own webhook timeout expiring first.
-            .set("message.timeout.ms", timeout.as_millis().max(1).to_string());
-        for (k, v) in &kafka.properties {
-            c.set(k, v);
-        }
+        // The worker's producer (idempotent, acks=all), but a broker outage fails the request
+        // within the delivery timeout, so Alertmanager retries instead of its own webhook
+        // timeout expiring first. Set after `kafka.properties`: this bound is the intake's own.
+        let mut c = producer_config(kafka);
+        c.set(
+            "message.timeout.ms",
+            config.delivery_timeout.as_millis().max(1).to_string(),
+        );
         // Every status exported from the start (at 0), so increase() in alert rules sees the
         // first alert of each kind.
         for status in STATUSES {

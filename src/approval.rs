@@ -37,11 +37,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// Environment variable holding the approval API's bearer token (never put it in YAML).
-pub const TOKEN_ENV: &str = "REMEDIATOR_APPROVAL_TOKEN";
+pub const TOKEN_ENV: &str = crate::config::secrets::APPROVAL_TOKEN;
 
 /// Environment variable holding the key that signs answers on the approvals topic (never put it
 /// in YAML); `approvals.hmac_key_file` is the other way to give it.
-pub const HMAC_KEY_ENV: &str = "REMEDIATOR_APPROVAL_HMAC_KEY";
+pub const HMAC_KEY_ENV: &str = crate::config::secrets::APPROVAL_HMAC_KEY;
 
 /// The shortest signing key accepted: 32 bytes, the size of the HMAC-SHA256 output, so the key
 /// is never the weak part.

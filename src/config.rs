@@ -1,11 +1,15 @@
 //! Worker configuration: one YAML file, every key overridable by `REMEDIATOR_<SECTION>_<KEY>`.
 //!
 //! Precedence is flag > environment > file > default (docs/configuration.md). Unknown keys in the
-//! file are errors, and so are unknown `REMEDIATOR_*` variables of the sections [`Config::load`]
-//! checks (not yet `APPROVALS`, `NOTIFY` or the top-level keys: a typo there is ignored).
-//! Durations are written as `300s`, `15m`, `1h` or a plain number of seconds.
+//! file are errors, and so are unknown `REMEDIATOR_*` variables whose first word is one the
+//! configuration claims: a section (`REMEDIATOR_APPROVALS_TTLL`), a top-level key
+//! (`REMEDIATOR_DRY_RUNN`) or a secret ([`secrets`]). The list is derived from [`Config`] itself,
+//! so a new section is covered the day it is added.
+//!
+//! Values are typed at load, once: durations (`300s`, `15m`, `1h`, `500ms`, `7d` or a plain
+//! number of seconds) are [`Duration`]s, the executor and the log format enums. This module
+//! depends on nothing above it; the engine and the Kafka clients take their settings from it.
 
-use crate::engine::{GuardrailDefaults, Settings};
 use crate::yaml::{self, Pos};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,6 +19,129 @@ use std::time::Duration;
 
 /// Default config file path.
 pub const DEFAULT_PATH: &str = "config/remediator.yaml";
+
+/// The environment variables that carry secrets, never written in the file
+/// (docs/configuration.md#secrets). Each has a `*_file` key as its alternative.
+pub mod secrets {
+    /// Bearer token of the HTTP approval API (or `approvals.token_file`).
+    pub const APPROVAL_TOKEN: &str = "REMEDIATOR_APPROVAL_TOKEN";
+    /// Key that signs answers on the approvals topic (or `approvals.hmac_key_file`).
+    pub const APPROVAL_HMAC_KEY: &str = "REMEDIATOR_APPROVAL_HMAC_KEY";
+    /// Bearer token of the Alertmanager intake (or `alertmanager.token_file`).
+    pub const ALERTMANAGER_TOKEN: &str = "REMEDIATOR_ALERTMANAGER_TOKEN";
+    /// Notification webhook URL (or `notify.webhook_url_file`).
+    pub const WEBHOOK_URL: &str = "REMEDIATOR_WEBHOOK_URL";
+    /// All of them.
+    pub const ALL: [&str; 4] = [APPROVAL_TOKEN, APPROVAL_HMAC_KEY, ALERTMANAGER_TOKEN, WEBHOOK_URL];
+}
+
+/// Durations in the config: read from `300s`, `15m`, `1h`, `500ms`, `7d` or a whole number of
+/// seconds ([`parse_duration`]); written back in the largest unit that is exact.
+mod duration {
+    use serde::{de, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 300s, 15m or 1h")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                super::parse_duration(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(v))
+            }
+        }
+        d.deserialize_any(Text)
+    }
+}
+
+/// Which executor acts (`executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ExecutorKind {
+    /// The Kubernetes API server.
+    Kubernetes,
+    /// A simulated cluster: nothing real is touched.
+    Simulated,
+}
+
+impl TryFrom<String> for ExecutorKind {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "kubernetes" => Ok(Self::Kubernetes),
+            "simulated" => Ok(Self::Simulated),
+            _ => Err(format!("must be kubernetes or simulated, got {v:?}")),
+        }
+    }
+}
+
+impl From<ExecutorKind> for String {
+    fn from(k: ExecutorKind) -> String {
+        k.as_str().into()
+    }
+}
+
+impl ExecutorKind {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kubernetes => "kubernetes",
+            Self::Simulated => "simulated",
+        }
+    }
+}
+
+impl PartialEq<&str> for ExecutorKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            _ => Err(format!("must be json or text, got {v:?}")),
+        }
+    }
+}
+
+impl From<LogFormat> for String {
+    fn from(f: LogFormat) -> String {
+        f.as_str().into()
+    }
+}
+
+impl LogFormat {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+        }
+    }
+}
 
 /// Kafka settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,17 +227,22 @@ pub struct GuardrailsConfig {
     /// Distinct services touched per window.
     pub max_affected_services: u32,
     /// Window of `max_affected_services`.
-    pub affected_services_window: String,
+    #[serde(with = "duration")]
+    pub affected_services_window: Duration,
     /// Consecutive failures that open a runbook's circuit.
     pub failure_threshold: u32,
     /// How long an open circuit waits before one probe.
-    pub recovery_timeout: String,
+    #[serde(with = "duration")]
+    pub recovery_timeout: Duration,
     /// Incidents older than this are `expired`.
-    pub max_incident_age: String,
+    #[serde(with = "duration")]
+    pub max_incident_age: Duration,
     /// Claim/lease length; renewed every third of it while an action runs.
-    pub lease: String,
+    #[serde(with = "duration")]
+    pub lease: Duration,
     /// How long handled incident ids (and their outcomes) are remembered.
-    pub idempotency_ttl: String,
+    #[serde(with = "duration")]
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for GuardrailsConfig {
@@ -118,12 +250,12 @@ impl Default for GuardrailsConfig {
         Self {
             max_concurrent_actions: 3,
             max_affected_services: 10,
-            affected_services_window: "15m".into(),
+            affected_services_window: Duration::from_secs(15 * 60),
             failure_threshold: 3,
-            recovery_timeout: "300s".into(),
-            max_incident_age: "15m".into(),
-            lease: "60s".into(),
-            idempotency_ttl: "168h".into(),
+            recovery_timeout: Duration::from_secs(300),
+            max_incident_age: Duration::from_secs(15 * 60),
+            lease: Duration::from_secs(60),
+            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -137,11 +269,14 @@ pub struct KubernetesConfig {
     /// `prometheus_query`); "" = none, and such checks fail (never assumed to pass).
     pub prometheus_url: String,
     /// Timeout of waiting checks that name none (`pod_becomes_ready`, `deployment_rolled_out`, ...).
-    pub check_timeout: String,
+    #[serde(with = "duration")]
+    pub check_timeout: Duration,
     /// How often waiting checks poll.
-    pub poll_interval: String,
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
     /// Timeout of one API server or Prometheus call.
-    pub api_timeout: String,
+    #[serde(with = "duration")]
+    pub api_timeout: Duration,
     /// PromQL template for an `error_rate_normalized` check without a `query` ({service} etc.).
     pub error_rate_query: String,
     /// Threshold of that default query.
@@ -152,9 +287,9 @@ impl Default for KubernetesConfig {
     fn default() -> Self {
         Self {
             prometheus_url: String::new(),
-            check_timeout: "60s".into(),
-            poll_interval: "250ms".into(),
-            api_timeout: "10s".into(),
+            check_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(250),
+            api_timeout: Duration::from_secs(10),
             error_rate_query: r#"sum(rate(http_requests_total{service="{service}",code=~"5.."}[5m])) / sum(rate(http_requests_total{service="{service}"}[5m]))"#.into(),
             error_rate_below: 0.05,
         }
@@ -169,7 +304,8 @@ pub struct SimulatedConfig {
     /// several worker processes read it to prove nothing ran twice.
     pub journal: String,
     /// Every action takes this long (exercises concurrency limits and crash handling).
-    pub action_delay: String,
+    #[serde(with = "duration")]
+    pub action_delay: Duration,
     /// Post-checks fail for incidents of these services (exercises rollback and the breaker).
     pub fail_post_checks_for: Vec<String>,
 }
@@ -178,7 +314,7 @@ impl Default for SimulatedConfig {
     fn default() -> Self {
         Self {
             journal: String::new(),
-            action_delay: "0s".into(),
+            action_delay: Duration::ZERO,
             fail_post_checks_for: Vec::new(),
         }
     }
@@ -189,7 +325,8 @@ impl Default for SimulatedConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApprovalsConfig {
     /// How long an approval can be answered.
-    pub ttl: String,
+    #[serde(with = "duration")]
+    pub ttl: Duration,
     /// File holding the approval API's bearer token (the variable `REMEDIATOR_APPROVAL_TOKEN`
     /// wins); "" and no variable: the HTTP approval API is off.
     pub token_file: String,
@@ -204,7 +341,7 @@ pub struct ApprovalsConfig {
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         Self {
-            ttl: "1h".into(),
+            ttl: Duration::from_secs(3600),
             token_file: String::new(),
             topic_enabled: false,
             hmac_key_file: String::new(),
@@ -247,7 +384,7 @@ pub fn secret_from(env_value: Option<&str>, file: &str) -> Result<Option<String>
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `json` (production) or `text`.
-    pub format: String,
+    pub format: LogFormat,
     /// Filter in `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
     pub level: String,
 }
@@ -255,7 +392,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            format: "json".into(),
+            format: LogFormat::Json,
             level: "info".into(),
         }
     }
@@ -268,12 +405,15 @@ pub struct ShutdownConfig {
     /// After SIGTERM, how long work in hand (an action with its post-checks, rollback, record,
     /// publish; an approval answer) may take before it is given up. Every runbook's worst case
     /// must fit in it (checked at start), and `terminationGracePeriodSeconds` must exceed it.
-    pub grace: String,
+    #[serde(with = "duration")]
+    pub grace: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { grace: "600s".into() }
+        Self {
+            grace: crate::shutdown::DEFAULT_GRACE,
+        }
     }
 }
 
@@ -328,7 +468,8 @@ pub struct AlertmanagerConfig {
     pub default_confidence: f64,
     /// How long the broker may take to acknowledge the incidents of one request before the
     /// request fails with 503 (and Alertmanager retries).
-    pub delivery_timeout: String,
+    #[serde(with = "duration")]
+    pub delivery_timeout: Duration,
 }
 
 impl Default for AlertmanagerConfig {
@@ -340,7 +481,7 @@ impl Default for AlertmanagerConfig {
             label_mapping: LabelMapping::default(),
             confidence_annotation: "confidence".into(),
             default_confidence: 0.9,
-            delivery_timeout: "10s".into(),
+            delivery_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -357,7 +498,7 @@ pub struct Config {
     pub dry_run: bool,
     /// Which executor acts: `kubernetes` (the API server) or `simulated` (a simulated cluster,
     /// for rehearsals and tests: nothing real is touched).
-    pub executor: String,
+    pub executor: ExecutorKind,
     /// The Kubernetes executor.
     pub kubernetes: KubernetesConfig,
     /// The simulated executor.
@@ -388,7 +529,7 @@ impl Default for Config {
             worker_id: gethostname::gethostname().to_string_lossy().into_owned(),
             runbooks: "config/runbooks.yaml".into(),
             dry_run: false,
-            executor: "kubernetes".into(),
+            executor: ExecutorKind::Kubernetes,
             kubernetes: KubernetesConfig::default(),
             simulated: SimulatedConfig::default(),
             kafka: KafkaConfig::default(),
@@ -465,33 +606,19 @@ impl Config {
             }
         }
         let keys = leaf_keys(&defaults_tree()?);
+        let claimed = claimed_words(&keys);
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("REMEDIATOR_") else {
                 continue;
             };
             let Some(path) = keys.iter().find(|k| env_name(k) == rest) else {
-                // Only complain about variables that claim one of the sections listed below
-                // (APPROVALS and NOTIFY are missing: their typos pass unreported): other
+                // A variable whose first word is a section, a top-level key or a secret's claims
+                // to configure the worker: if it is none of them, it is a typo. Other
                 // REMEDIATOR_* variables belong to scripts (REMEDIATOR_CACHE, REMEDIATOR_TEST_...).
-                let section = rest.split('_').next().unwrap_or("");
-                // A secret read by the intake itself, never a config key
-                // (docs/configuration.md#secrets).
-                if name == crate::alertmanager::TOKEN_ENV {
+                if secrets::ALL.contains(&name.as_str()) {
                     continue;
                 }
-                if [
-                    "KAFKA",
-                    "REDIS",
-                    "HTTP",
-                    "GUARDRAILS",
-                    "LOG",
-                    "SIMULATED",
-                    "KUBERNETES",
-                    "ALERTMANAGER",
-                    "SHUTDOWN",
-                ]
-                .contains(&section)
-                {
+                if claimed.contains(rest.split('_').next().unwrap_or("")) {
                     return Err(invalid(name, "unknown configuration key"));
                 }
                 continue;
@@ -529,29 +656,28 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.guardrails;
-        for (key, v) in [
-            ("guardrails.affected_services_window", &g.affected_services_window),
-            ("guardrails.recovery_timeout", &g.recovery_timeout),
-            ("guardrails.max_incident_age", &g.max_incident_age),
-            ("guardrails.lease", &g.lease),
-            ("guardrails.idempotency_ttl", &g.idempotency_ttl),
+        let (k, am) = (&self.kubernetes, &self.alertmanager);
+        for (key, d) in [
+            ("guardrails.affected_services_window", g.affected_services_window),
+            ("guardrails.recovery_timeout", g.recovery_timeout),
+            ("guardrails.max_incident_age", g.max_incident_age),
+            ("guardrails.lease", g.lease),
+            ("guardrails.idempotency_ttl", g.idempotency_ttl),
+            ("approvals.ttl", self.approvals.ttl),
+            ("kubernetes.check_timeout", k.check_timeout),
+            ("kubernetes.poll_interval", k.poll_interval),
+            ("kubernetes.api_timeout", k.api_timeout),
+            ("alertmanager.delivery_timeout", am.delivery_timeout),
+            ("shutdown.grace", self.shutdown.grace),
         ] {
-            let d = parse_duration(v).map_err(|m| invalid(key, m))?;
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
-        if parse_duration(&self.approvals.ttl)
-            .map_err(|m| invalid("approvals.ttl", m))?
-            .is_zero()
-        {
-            return Err(invalid("approvals.ttl", "must be greater than zero"));
-        }
-        parse_duration(&self.simulated.action_delay).map_err(|m| invalid("simulated.action_delay", m))?;
         // An incident may be acted on while younger than max_incident_age; its claim record (and
         // the done record) must outlive that, or a redelivery could find no record and still be
         // fresh enough to act.
-        let max_age = parse_duration(&g.max_incident_age).unwrap_or_default();
+        let max_age = g.max_incident_age;
         let grace = Duration::from_millis(crate::guardrails::memory::CLAIM_GRACE_MS);
         if max_age >= grace {
             return Err(invalid(
@@ -562,7 +688,7 @@ impl Config {
                 ),
             ));
         }
-        if max_age >= parse_duration(&g.idempotency_ttl).unwrap_or_default() {
+        if max_age >= g.idempotency_ttl {
             return Err(invalid(
                 "guardrails.max_incident_age",
                 "must be below guardrails.idempotency_ttl (a redelivery must never outlive its record while still fresh)",
@@ -571,14 +697,14 @@ impl Config {
         // A repeated approval answer re-enters the execution claim kept under the approval's
         // claim id; that record must outlive the approval itself (answerable for approvals.ttl,
         // kept 24 h longer for the audit), or a late repeat could find no claim and run again.
-        let approval_life = parse_duration(&self.approvals.ttl).unwrap_or_default() + Duration::from_secs(24 * 3600);
-        if parse_duration(&g.idempotency_ttl).unwrap_or_default() <= approval_life {
+        let approval_life = self.approvals.ttl.saturating_add(Duration::from_secs(24 * 3600));
+        if g.idempotency_ttl <= approval_life {
             return Err(invalid(
                 "guardrails.idempotency_ttl",
                 "must be greater than approvals.ttl + 24h (an approval's execution claim must outlive the approval)",
             ));
         }
-        if parse_duration(&g.lease).unwrap_or_default() < Duration::from_secs(3) {
+        if g.lease < Duration::from_secs(3) {
             return Err(invalid(
                 "guardrails.lease",
                 "must be at least 3s (it is renewed every third)",
@@ -599,32 +725,9 @@ impl Config {
         if !(1..=60_000).contains(&self.redis.timeout_ms) {
             return Err(invalid("redis.timeout_ms", "must be between 1 and 60000"));
         }
-        if !["json", "text"].contains(&self.log.format.as_str()) {
-            return Err(invalid(
-                "log.format",
-                format!("must be json or text, got {:?}", self.log.format),
-            ));
-        }
-        if !["kubernetes", "simulated"].contains(&self.executor.as_str()) {
-            return Err(invalid(
-                "executor",
-                format!("must be kubernetes or simulated, got {:?}", self.executor),
-            ));
-        }
-        let k = &self.kubernetes;
-        for (key, v) in [
-            ("kubernetes.check_timeout", &k.check_timeout),
-            ("kubernetes.poll_interval", &k.poll_interval),
-            ("kubernetes.api_timeout", &k.api_timeout),
-        ] {
-            if parse_duration(v).map_err(|m| invalid(key, m))?.is_zero() {
-                return Err(invalid(key, "must be greater than zero"));
-            }
-        }
         if !(k.error_rate_below.is_finite()) {
             return Err(invalid("kubernetes.error_rate_below", "must be a number"));
         }
-        let am = &self.alertmanager;
         if !(0.0..=1.0).contains(&am.default_confidence) {
             return Err(invalid(
                 "alertmanager.default_confidence",
@@ -640,18 +743,6 @@ impl Config {
                 return Err(invalid(key, "must name at least one label"));
             }
         }
-        if parse_duration(&am.delivery_timeout)
-            .map_err(|m| invalid("alertmanager.delivery_timeout", m))?
-            .is_zero()
-        {
-            return Err(invalid("alertmanager.delivery_timeout", "must be greater than zero"));
-        }
-        if parse_duration(&self.shutdown.grace)
-            .map_err(|m| invalid("shutdown.grace", m))?
-            .is_zero()
-        {
-            return Err(invalid("shutdown.grace", "must be greater than zero"));
-        }
         if self.worker_id.is_empty() {
             return Err(invalid("worker_id", "must not be empty"));
         }
@@ -664,31 +755,9 @@ impl Config {
         Ok(())
     }
 
-    /// Engine settings derived from this config (durations already validated).
-    pub fn settings(&self) -> Settings {
-        let g = &self.guardrails;
-        let d = |s: &str| parse_duration(s).unwrap_or_default();
-        Settings {
-            worker: self.worker_id.clone(),
-            dry_run: self.dry_run,
-            max_incident_age: d(&g.max_incident_age),
-            lease: d(&g.lease),
-            idempotency_ttl: d(&g.idempotency_ttl),
-            guardrails: GuardrailDefaults {
-                max_concurrent_actions: g.max_concurrent_actions,
-                max_affected_services: g.max_affected_services,
-                affected_services_window: d(&g.affected_services_window),
-                failure_threshold: g.failure_threshold,
-                recovery_timeout: d(&g.recovery_timeout),
-            },
-            approval_ttl: d(&self.approvals.ttl),
-            ..Settings::default()
-        }
-    }
-
-    /// `shutdown.grace` (already validated).
+    /// `shutdown.grace`.
     pub fn grace(&self) -> Duration {
-        parse_duration(&self.shutdown.grace).unwrap_or(crate::shutdown::DEFAULT_GRACE)
+        self.shutdown.grace
     }
 
     /// Every config key (dotted) with its environment variable, for docs and `--help`.
@@ -717,6 +786,16 @@ fn located(file: &str, pos: Option<Pos>) -> String {
 /// Is dotted `key` the key `path` or inside it?
 fn within(key: &str, path: &str) -> bool {
     key == path || key.strip_prefix(path).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The first words of every variable the configuration owns: its sections, its top-level keys
+/// (`DRY` of `DRY_RUN`) and its secrets (`APPROVAL`, `WEBHOOK`, ...).
+fn claimed_words(keys: &[String]) -> std::collections::BTreeSet<String> {
+    let first = |name: &str| name.split('_').next().unwrap_or("").to_string();
+    keys.iter()
+        .map(|k| first(&env_name(k)))
+        .chain(secrets::ALL.iter().map(|s| first(s.trim_start_matches("REMEDIATOR_"))))
+        .collect()
 }
 
 /// `kafka.brokers` -> `KAFKA_BROKERS`.
@@ -839,7 +918,26 @@ fn set_path(doc: &mut Value, key: &str, raw: &str, origin: &str) -> Result<(), C
     Ok(())
 }
 
-/// Parse `300s`, `15m`, `1h`, `500ms` or a plain number of seconds.
+/// `d` in the largest unit that is exact: `250ms`, `90s`, `15m`, `1h`, `7d`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// The longest duration the config accepts: ten years.
+const MAX_DURATION_SECS: u64 = 3650 * 86400;
+
+/// Parse `300s`, `15m`, `1h`, `500ms`, `7d` or a plain number of seconds (at most 3650d).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -847,15 +945,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?} (use e.g. 300s, 15m, 1h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let per = match unit {
+        "" | "s" => 1,
+        "ms" if n / 1000 <= MAX_DURATION_SECS => return Ok(Duration::from_millis(n)),
+        "ms" => return Err(format!("duration {s:?} is too long (at most 3650d)")),
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
     };
-    Ok(Duration::from_secs(secs))
+    // Bounded so no deadline computed from it can overflow a clock.
+    n.checked_mul(per)
+        .filter(|secs| *secs <= MAX_DURATION_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too long (at most 3650d)"))
 }
 
 #[cfg(test)]
@@ -874,7 +977,7 @@ mod tests {
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
         assert_eq!(c.redis.timeout_ms, 200);
-        let s = c.settings();
+        let s = crate::engine::Settings::from(&c);
         assert_eq!(s.guardrails.max_concurrent_actions, 3);
         assert_eq!(s.guardrails.recovery_timeout, Duration::from_secs(300));
         assert_eq!(s.max_incident_age, Duration::from_secs(900));
@@ -1045,6 +1148,90 @@ mod tests {
                 .to_string();
             assert!(e.contains("shutdown.grace"), "{e}");
         }
+    }
+
+    /// A mistyped variable of any section, top-level key or secret is an error naming it; the
+    /// list comes from the config itself, so no section can be forgotten.
+    #[test]
+    fn a_typo_in_every_section_is_an_error() {
+        let mut firsts: Vec<String> = Config::keys()
+            .into_iter()
+            .map(|(_, var)| {
+                var.trim_start_matches("REMEDIATOR_")
+                    .split('_')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        firsts.dedup();
+        for must in [
+            "APPROVALS",
+            "NOTIFY",
+            "KAFKA",
+            "SHUTDOWN",
+            "DRY",
+            "WORKER",
+            "APPROVAL",
+            "WEBHOOK",
+        ] {
+            assert!(
+                firsts.iter().any(|f| f == must) || must == "APPROVAL" || must == "WEBHOOK",
+                "{must} claimed"
+            );
+        }
+        let mut typos: Vec<String> = firsts.iter().map(|f| format!("REMEDIATOR_{f}_TYPO")).collect();
+        typos.extend(
+            [
+                "REMEDIATOR_APPROVALS_TTLL",
+                "REMEDIATOR_DRY_RUNN",
+                "REMEDIATOR_APPROVAL_TOKNE",
+            ]
+            .map(String::from),
+        );
+        typos.push("REMEDIATOR_WEBHOOK_UR".into());
+        for typo in &typos {
+            let e = Config::load(None, &env(&[(typo, "1")]), &[])
+                .map(|_| ())
+                .expect_err(typo)
+                .to_string();
+            assert_eq!(e, format!("{typo}: unknown configuration key"));
+        }
+        // Secrets and the scripts' own variables are not configuration keys, and not typos.
+        for fine in secrets::ALL
+            .iter()
+            .copied()
+            .chain(["REMEDIATOR_CACHE", "REMEDIATOR_TEST_X", "REMEDIATOR_RUN"])
+        {
+            assert!(Config::load(None, &env(&[(fine, "x")]), &[]).is_ok(), "{fine}");
+        }
+    }
+
+    /// Durations are typed at load: written back in the largest exact unit, read back the same.
+    #[test]
+    fn durations_round_trip_through_their_text() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(900), "15m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(7 * 86400), "7d"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+        assert!(parse_duration("213503982334602d").unwrap_err().contains("too long"));
+        assert_eq!(parse_duration("3650d"), Ok(Duration::from_secs(MAX_DURATION_SECS)));
+        assert!(parse_duration("3651d").unwrap_err().contains("at most 3650d"));
+        let c = Config::load(None, &env(&[("REMEDIATOR_GUARDRAILS_LEASE", "90")]), &[]).unwrap();
+        assert_eq!(c.guardrails.lease, Duration::from_secs(90), "plain seconds");
+        let e = Config::load(None, &env(&[("REMEDIATOR_GUARDRAILS_LEASE", "soon")]), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("guardrails.lease: invalid duration \"soon\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,48 +96,10 @@ const DLQ_HEADERS: [&str; 5] = [
     "source_offset",
 ];
 
-/// Where and how to talk to Kafka (`kafka.*` in the worker config, docs/configuration.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaSettings {
-    /// `bootstrap.servers`, comma-separated `host:port`.
-    pub brokers: String,
-    /// Consumer group shared by every replica; partitions are spread across its members.
-    pub group_id: String,
-    /// Topic the incidents arrive on.
-    pub incidents_topic: String,
-    /// Audit topic every outcome goes to (key: incident id).
-    pub outcomes_topic: String,
-    /// Dead-letter topic for messages that are not valid incidents.
-    pub dlq_topic: String,
-    /// Messages pulled and not yet finished, across all partitions; beyond it, consumption
-    /// pauses. `0` is treated as `1`.
-    pub max_in_flight: usize,
-    /// Extra librdkafka settings (`security.protocol`, `sasl.*`, `client.id`, …), applied last
-    /// to both the consumer and the producer, so they can also override this module's choices.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaSettings {
-    /// The defaults of the `kafka.*` configuration keys (docs/configuration.md), defined once
-    /// there.
-    fn default() -> Self {
-        Self::from(&crate::config::KafkaConfig::default())
-    }
-}
-
-impl From<&crate::config::KafkaConfig> for KafkaSettings {
-    fn from(k: &crate::config::KafkaConfig) -> Self {
-        Self {
-            brokers: k.brokers.clone(),
-            group_id: k.group_id.clone(),
-            incidents_topic: k.incidents_topic.clone(),
-            outcomes_topic: k.outcomes_topic.clone(),
-            dlq_topic: k.dlq_topic.clone(),
-            max_in_flight: k.max_in_flight,
-            properties: k.properties.clone(),
-        }
-    }
-}
+/// Where and how to talk to Kafka: the `kafka.*` section of the worker config
+/// (docs/configuration.md), used as it is by the worker, the approvals path and the Alertmanager
+/// intake, whose clients all start from [`consumer_config`] and [`producer_config`].
+pub type KafkaSettings = crate::config::KafkaConfig;
 
 /// What one [`run`] did, counted in input messages whose outcomes were acknowledged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1200,6 +1162,7 @@ mod tests {
     use rdkafka::consumer::StreamConsumer;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::FutureProducer;
+    use std::collections::BTreeMap;
 
     fn engine() -> Arc<Engine> {
         let catalogue =

@@ -40,7 +40,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 overrides.push(("dry_run", "true".to_string()));
             }
             let config = Config::load(config.as_deref(), &env, &overrides)?;
-            remediator::worker::init_logging(&config.log.format, &config.log.level);
+            remediator::worker::init_logging(config.log.format.as_str(), &config.log.level);
             remediator::worker::run(config).await
         }
         Command::Demo => {

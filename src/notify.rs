@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 /// Environment variable with the webhook URL (a secret: it often embeds a token).
-pub const URL_ENV: &str = "REMEDIATOR_WEBHOOK_URL";
+pub const URL_ENV: &str = crate::config::secrets::WEBHOOK_URL;
 
 /// Notifications waiting to be sent, at most.
 pub const QUEUE: usize = 1000;

@@ -1,15 +1,15 @@
 //! `remediator run`: wire configuration, store, executor, engine, Kafka and HTTP together.
 
 use crate::clock::SystemClock;
-use crate::config::Config;
-use crate::engine::{Engine, EventIds};
+use crate::config::{Config, ExecutorKind};
+use crate::engine::{Engine, EventIds, Settings};
 use crate::executor::kubernetes::{KubeExecutorOptions, KubernetesExecutor};
 use crate::executor::simulated::SimulatedExecutor;
 use crate::executor::Executor;
 use crate::guardrails::redis::RedisStore;
 use crate::guardrails::{GuardrailStore, Store};
 use crate::health::Health;
-use crate::kafka::{self, KafkaSettings};
+use crate::kafka;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::runbook::{ActionSpec, Catalogue, CheckSpec, Runbook};
@@ -33,11 +33,6 @@ pub fn init_logging(format: &str, level: &str) {
     } else {
         builder.with_target(false).try_init()
     };
-}
-
-/// Kafka settings from the config.
-pub fn kafka_settings(config: &Config) -> KafkaSettings {
-    KafkaSettings::from(&config.kafka)
 }
 
 /// Connect to Redis, retrying with backoff until it answers or shutdown is requested. Nothing
@@ -103,12 +98,11 @@ fn spawn_shared_gauges(engine: Arc<Engine>, mut shutdown: Shutdown) {
 /// The Kubernetes executor's options from the config (durations already validated).
 fn kube_options(config: &Config) -> KubeExecutorOptions {
     let k = &config.kubernetes;
-    let d = |s: &str| crate::config::parse_duration(s).unwrap_or_default();
     KubeExecutorOptions {
         prometheus_url: (!k.prometheus_url.is_empty()).then(|| k.prometheus_url.clone()),
-        default_check_timeout: d(&k.check_timeout),
-        poll_interval: d(&k.poll_interval),
-        api_timeout: d(&k.api_timeout),
+        default_check_timeout: k.check_timeout,
+        poll_interval: k.poll_interval,
+        api_timeout: k.api_timeout,
         error_rate_query: (!k.error_rate_query.is_empty()).then(|| k.error_rate_query.clone()),
         error_rate_below: k.error_rate_below,
         ..KubeExecutorOptions::default()
@@ -138,8 +132,8 @@ pub const ACTION_API_CALLS: u32 = 4;
 /// twice). The `terminationGracePeriodSeconds` margin of 30 s beyond the grace is for commit,
 /// flush and leaving the group, not for actions.
 pub fn execution_bound(rb: &Runbook, config: &Config) -> Duration {
-    if config.executor == "simulated" {
-        let delay = crate::config::parse_duration(&config.simulated.action_delay).unwrap_or_default();
+    if config.executor == ExecutorKind::Simulated {
+        let delay = config.simulated.action_delay;
         return delay * if rb.rollback.is_some() { 2 } else { 1 };
     }
     let opts = kube_options(config);
@@ -183,11 +177,11 @@ pub fn check_grace(catalogue: &Catalogue, config: &Config) -> Result<(), String>
 
 /// The configured executor. A Kubernetes executor's reachability feeds `/readyz` every 10 s.
 pub async fn build_executor(config: &Config, health: &Arc<Health>, shutdown: &Shutdown) -> Result<Arc<dyn Executor>> {
-    if config.executor == "simulated" {
+    if config.executor == ExecutorKind::Simulated {
         warn!("executor: simulated cluster; actions are not applied to any real system");
         let sim = &config.simulated;
         let faults = crate::executor::simulated::Faults {
-            action_delay: crate::config::parse_duration(&sim.action_delay).unwrap_or_default(),
+            action_delay: sim.action_delay,
             fail_post_checks_for: sim.fail_post_checks_for.iter().cloned().collect(),
             ..Default::default()
         };
@@ -269,8 +263,7 @@ pub async fn run(config: Config) -> Result<()> {
     let intake = if config.alertmanager.enabled {
         let token = crate::alertmanager::token(&config.alertmanager)?;
         let authenticated = token.is_some();
-        let intake =
-            crate::alertmanager::Intake::new(&config.alertmanager, &kafka_settings(&config), token, metrics.clone())?;
+        let intake = crate::alertmanager::Intake::new(&config.alertmanager, &config.kafka, token, metrics.clone())?;
         if authenticated {
             info!(
                 "alertmanager intake on POST {} (bearer token required)",
@@ -301,7 +294,7 @@ pub async fn run(config: Config) -> Result<()> {
         store,
         executor,
         Arc::new(SystemClock),
-        config.settings(),
+        Settings::from(&config),
         metrics.clone(),
         EventIds::Random,
     );
@@ -324,7 +317,7 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let publisher = crate::approval::Publisher::new(&kafka_settings(&config)).map_err(|e| anyhow!(e))?;
+    let publisher = crate::approval::Publisher::new(&config.kafka).map_err(|e| anyhow!(e))?;
     let approvals = match crate::config::secret(crate::approval::TOKEN_ENV, &config.approvals.token_file)? {
         Some(token) => Some(Arc::new(crate::approval::Api::new(
             Arc::clone(&engine),
@@ -341,7 +334,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     };
     if let Some(key) = answer_key {
-        let (settings, topic) = (kafka_settings(&config), config.kafka.approvals_topic.clone());
+        let (settings, topic) = (config.kafka.clone(), config.kafka.approvals_topic.clone());
         let (engine, publisher, shutdown) = (Arc::clone(&engine), publisher.clone(), shutdown.clone());
         shutdown.clone().spawn(async move {
             if let Err(e) = crate::approval::consume(&settings, &topic, engine, publisher, key, shutdown).await {
@@ -363,7 +356,7 @@ pub async fn run(config: Config) -> Result<()> {
     .with_context(|| format!("http.listen {}", config.http.listen))?;
     info!(%addr, "serving /metrics, /healthz, /readyz");
 
-    let stats = kafka::run(&kafka_settings(&config), engine, Arc::clone(&health), shutdown.clone()).await;
+    let stats = kafka::run(&config.kafka, engine, Arc::clone(&health), shutdown.clone()).await;
     // Stopped on its own (a fatal Kafka error): everything else stops too.
     trigger.fire();
     // The incidents are drained; now every other task: the approvals consumer finishing the
@@ -411,13 +404,13 @@ pub async fn execute_manual(
     let health = Arc::new(Health::new());
     let (_trigger, shutdown) = shutdown::channel();
     let executor = build_executor(config, &health, &shutdown).await?;
-    let publisher = crate::approval::Publisher::new(&kafka_settings(config)).map_err(|e| anyhow!(e))?;
+    let publisher = crate::approval::Publisher::new(&config.kafka).map_err(|e| anyhow!(e))?;
     let engine = Engine::new(
         Arc::new(catalogue),
         store,
         executor,
         Arc::new(SystemClock),
-        config.settings(),
+        Settings::from(config),
         Metrics::new(),
         EventIds::Random,
     );
@@ -483,7 +476,7 @@ mod tests {
 
     fn config(executor: &str) -> Config {
         Config {
-            executor: executor.into(),
+            executor: ExecutorKind::try_from(executor.to_string()).expect("an executor kind"),
             ..Config::default()
         }
     }
@@ -541,13 +534,13 @@ runbooks:
             e.contains("shutdown.grace") && e.contains("slow-restart") && e.contains("1140"),
             "{e}"
         );
-        c.shutdown.grace = "1140s".into();
+        c.shutdown.grace = Duration::from_secs(1140);
         assert!(check_grace(&catalogue, &c).is_ok(), "the edge fits");
-        c.shutdown.grace = "1139s".into();
+        c.shutdown.grace = Duration::from_secs(1139);
         assert!(check_grace(&catalogue, &c).is_err(), "one second short does not");
 
         let mut sim = config("simulated");
-        sim.simulated.action_delay = "400s".into();
+        sim.simulated.action_delay = Duration::from_secs(400);
         assert_eq!(
             execution_bound(rb, &sim),
             Duration::from_secs(800),

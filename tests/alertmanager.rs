@@ -195,7 +195,7 @@ fn an_intake_without_a_token_is_refused_unless_explicitly_allowed() {
 async fn an_unacknowledged_incident_fails_the_request_so_alertmanager_retries() {
     // Also the explicit opt-in at work: no token, yet requests without one are served.
     let config = AlertmanagerConfig {
-        delivery_timeout: "1s".into(),
+        delivery_timeout: std::time::Duration::from_secs(1),
         allow_unauthenticated: true,
         ..AlertmanagerConfig::default()
     };

@@ -164,6 +164,29 @@ impl Default for Settings {
     }
 }
 
+impl From<&crate::config::Config> for Settings {
+    /// The engine's part of the worker configuration (validated at load).
+    fn from(c: &crate::config::Config) -> Self {
+        let g = &c.guardrails;
+        Settings {
+            worker: c.worker_id.clone(),
+            dry_run: c.dry_run,
+            max_incident_age: g.max_incident_age,
+            lease: g.lease,
+            idempotency_ttl: g.idempotency_ttl,
+            guardrails: GuardrailDefaults {
+                max_concurrent_actions: g.max_concurrent_actions,
+                max_affected_services: g.max_affected_services,
+                affected_services_window: g.affected_services_window,
+                failure_threshold: g.failure_threshold,
+                recovery_timeout: g.recovery_timeout,
+            },
+            approval_ttl: c.approvals.ttl,
+            ..Settings::default()
+        }
+    }
+}
+
 /// How outcome event ids are made.
 #[derive(Debug)]
 pub enum EventIds {
