@@ -72,6 +72,9 @@ impl Notifier {
                     }
                     tokio::time::sleep(backoff.next_wait()).await;
                 }
+                if !sent {
+                    warn!(incident_id = ?o.incident_id, attempts = ATTEMPTS, "notification not delivered; giving up");
+                }
                 m.notifications
                     .with_label_values(&[if sent { "sent" } else { "failed" }])
                     .inc();
@@ -83,6 +86,7 @@ impl Notifier {
     /// Queue an outcome; never waits.
     pub fn notify(&self, o: &Outcome) {
         if self.tx.try_send(o.clone()).is_err() {
+            warn!(incident_id = ?o.incident_id, "notification queue full; notification dropped");
             self.metrics.notifications.with_label_values(&["dropped"]).inc();
         }
     }

@@ -75,11 +75,8 @@ pub const SHARED_GAUGES_EVERY: Duration = Duration::from_secs(15);
 fn spawn_shared_gauges(engine: Arc<Engine>, mut shutdown: Shutdown) {
     shutdown.clone().spawn(async move {
         loop {
-            let (store, metrics) = (engine.store(), engine.metrics());
-            for rb in engine.catalogue().runbooks() {
-                if let Ok(c) = store.circuit(&rb.id).await {
-                    metrics.circuit_state.with_label_values(&[&rb.id]).set(c.state.gauge());
-                }
+            if let Err(e) = engine.refresh_circuit_gauges().await {
+                debug!(error = %e, "circuit gauges not refreshed");
             }
             if let Err(e) = engine.refresh_trust_gauges().await {
                 debug!(error = %e, "trust gauges not refreshed");

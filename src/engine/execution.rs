@@ -41,6 +41,23 @@ impl Drop for RenewalTask {
     }
 }
 
+/// One execution counted in `remediator_actions_in_flight` while it lives: the count goes down
+/// however the execution ends, dropped at the end of a drain or by a panic included.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn start(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// What happened to an execution's lease while it ran, as its renewal task saw it.
 #[derive(Debug, Default)]
 struct LeaseLoss {
@@ -134,7 +151,7 @@ impl Engine {
             probe,
         } = r;
         let started = Instant::now();
-        self.metrics.in_flight.inc();
+        let in_flight = InFlight::start(&self.metrics.in_flight);
         let (renewal, lease) = self.spawn_renewal(claim_id, attempt, &rb.id, probe);
         let mut vars = vars.clone();
         let mut checks = Vec::new();
@@ -303,7 +320,7 @@ impl Engine {
             exec.reason
                 .push_str("; its half-open probe lapsed during the action and another execution may have probed");
         }
-        self.metrics.in_flight.dec();
+        drop(in_flight);
         self.metrics
             .action_seconds
             .with_label_values(&[&rb.id])
@@ -421,6 +438,26 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An execution counts in the in-flight gauge exactly while it lives, however it ends.
+    #[test]
+    fn an_execution_is_in_flight_while_it_lives() {
+        let gauge = prometheus::IntGauge::new("in_flight_test", "test").expect("gauge");
+        {
+            let _a = InFlight::start(&gauge);
+            let b = InFlight::start(&gauge);
+            assert_eq!(gauge.get(), 2);
+            drop(b);
+            assert_eq!(gauge.get(), 1);
+        }
+        assert_eq!(gauge.get(), 0);
+        let panicked = std::panic::catch_unwind(|| {
+            let _c = InFlight::start(&gauge);
+            panic!("an execution that panics");
+        });
+        assert!(panicked.is_err());
+        assert_eq!(gauge.get(), 0, "a panic does not leave it counted");
+    }
 
     /// Dropping the execution (a drain abort, a panic) stops its renewal task.
     #[tokio::test]

@@ -352,6 +352,19 @@ impl Engine {
         Ok(s.count)
     }
 
+    /// Set `remediator_circuit_state` of every runbook from the shared store (the worker does it
+    /// periodically, so every replica reports the circuit, not only the one that last fed it).
+    pub async fn refresh_circuit_gauges(&self) -> Result<(), StoreError> {
+        for rb in self.catalogue.runbooks() {
+            let c = self.store.circuit(&rb.id).await?;
+            self.metrics
+                .circuit_state
+                .with_label_values(&[&rb.id])
+                .set(c.state.gauge());
+        }
+        Ok(())
+    }
+
     /// Handle one message. `attempt` must be unique per delivery and reused when the same
     /// delivery is retried after [`EngineError`], so a retry never reserves twice.
     pub async fn handle(&self, payload: &[u8], source: Option<&Source>, attempt: &str) -> Result<Handled, EngineError> {
