@@ -23,7 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outcome;
 pub mod replay;
-pub mod retry;
+pub(crate) mod retry;
 pub mod runbook;
 pub mod shutdown;
 pub mod worker;

@@ -354,7 +354,7 @@ impl Engine {
 
     /// Set `remediator_circuit_state` of every runbook from the shared store (the worker does it
     /// periodically, so every replica reports the circuit, not only the one that last fed it).
-    pub async fn refresh_circuit_gauges(&self) -> Result<(), StoreError> {
+    pub(crate) async fn refresh_circuit_gauges(&self) -> Result<(), StoreError> {
         for rb in self.catalogue.runbooks() {
             let c = self.store.circuit(&rb.id).await?;
             self.metrics
