@@ -3,7 +3,7 @@ decide.lua: claim an incident id and check (and possibly reserve) every guardrai
 
 One script, one round trip: the idempotency claim and the reservation cannot be separated by a
 crash or by another replica. Time is Redis `TIME`, never a worker's clock, so every replica
-agrees on every window. Mirrors `MemoryStore::decide` (src/guardrails/memory.rs) line by line.
+agrees on every window. Mirrors `MemoryStore::decide` (src/guardrails/memory/decide.rs) line by line.
 
 KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot script in Cluster)
   1  inc:<incident>            hash    state claimed|executing|interrupted|done, worker, attempt,

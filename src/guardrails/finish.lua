@@ -1,7 +1,7 @@
 --[[
 finish.lua: release an attempt's reservation and feed its result to the runbook's circuit.
 
-Mirrors `MemoryStore::finish` (src/guardrails/memory.rs).
+Mirrors `MemoryStore::finish` (src/guardrails/memory/execution.rs).
 
 KEYS (one hash tag, see decide.lua)
   1  inc:<incident>   hash  incident record

@@ -1,7 +1,7 @@
 --[[
 record.lua: store an incident's final outcomes and mark it done for ttl_ms (idempotency horizon).
 
-Mirrors `MemoryStore::record` (src/guardrails/memory.rs).
+Mirrors `MemoryStore::record` (src/guardrails/memory/execution.rs).
 
 KEYS (one hash tag, see decide.lua)
   1  inc:<incident>   hash  incident record

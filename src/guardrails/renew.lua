@@ -1,7 +1,7 @@
 --[[
 renew.lua: keep a running attempt's claim, blast-radius lease and probe alive.
 
-Mirrors `MemoryStore::renew` (src/guardrails/memory.rs). The probe has no lease of its own: it
+Mirrors `MemoryStore::renew` (src/guardrails/memory/execution.rs). The probe has no lease of its own: it
 is live exactly while its attempt's entry in `leases` is, so extending that entry extends both.
 
 KEYS (one hash tag, see decide.lua)

@@ -3,9 +3,14 @@
 //! Every replica asks the same Redis, and every question is one atomic script (one `EVALSHA`
 //! round trip; `SCRIPT LOAD` only after a `NOSCRIPT`, which is what
 //! [`redis::ScriptInvocation::invoke_async`] does), so limits hold exactly across replicas while
-//! Redis keeps its acknowledged writes. The scripts live beside this file (`decide.lua`,
-//! `renew.lua`, `finish.lua`, `record.lua`), each opening with the keys, arguments and reply it
-//! uses; `memory.rs` mirrors them for the single-process store.
+//! Redis keeps its acknowledged writes. The scripts live in `src/guardrails/` (`decide.lua`,
+//! `renew.lua`, `finish.lua`, `record.lua`, the `approval_*.lua` and `trust_record.lua`), each
+//! opening with the keys, arguments and reply it uses; `memory/` mirrors them for the
+//! single-process store.
+//!
+//! Where things are: this file holds the connection, the key space, the epoch and the
+//! [`GuardrailStore`] calls; `reply.rs` decodes the scripts' replies; `ledger.rs` holds the
+//! approvals and the trust ladder ([`super::LedgerStore`]).
 //!
 //! # Key space
 //! Every key starts with `{<key_prefix>}:` — one Redis Cluster hash tag for the whole store, so
@@ -44,14 +49,19 @@
 //! [`ConnectionManager`] (one multiplexed connection, reconnected in the background), created
 //! lazily so a worker can start while Redis is down and become ready when it returns.
 
+mod ledger;
+mod reply;
+#[cfg(test)]
+mod tests;
+
 use super::memory::CLAIM_GRACE_MS;
 use super::topology::{Backend, Conn, Topology};
 use super::{
-    Admission, Answer, AnswerResult, Approval, ApprovalState, CircuitSnapshot, CircuitState, DecideAnswer,
-    DecideRequest, ExecResult, FinishAnswer, FinishRequest, Guardrail, GuardrailStore, LedgerStore, PendingSummary,
-    RenewRequest, Renewal, StoreError, TrustStats,
+    Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
+    GuardrailStore, RenewRequest, Renewal, StoreError,
 };
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
+use reply::{flag, number, parse_decide, parse_finish, parse_status, strings};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -73,15 +83,15 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            decide: Script::new(include_str!("decide.lua")),
-            renew: Script::new(include_str!("renew.lua")),
-            finish: Script::new(include_str!("finish.lua")),
-            record: Script::new(include_str!("record.lua")),
-            approval_create: Script::new(include_str!("approval_create.lua")),
-            approval_answer: Script::new(include_str!("approval_answer.lua")),
-            approval_pending: Script::new(include_str!("approval_pending.lua")),
-            approval_summary: Script::new(include_str!("approval_summary.lua")),
-            trust_record: Script::new(include_str!("trust_record.lua")),
+            decide: Script::new(include_str!("../decide.lua")),
+            renew: Script::new(include_str!("../renew.lua")),
+            finish: Script::new(include_str!("../finish.lua")),
+            record: Script::new(include_str!("../record.lua")),
+            approval_create: Script::new(include_str!("../approval_create.lua")),
+            approval_answer: Script::new(include_str!("../approval_answer.lua")),
+            approval_pending: Script::new(include_str!("../approval_pending.lua")),
+            approval_summary: Script::new(include_str!("../approval_summary.lua")),
+            trust_record: Script::new(include_str!("../trust_record.lua")),
             // SET NX then GET in one step (a MULTI/EXEC pipeline would not route in Cluster).
             init_epoch: Script::new("redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])"),
         }
@@ -141,99 +151,6 @@ fn classify(op: &str, e: RedisError) -> StoreError {
         StoreError::Protocol(format!("{op}: {e}"))
     } else {
         StoreError::Unavailable(format!("{op}: {e}"))
-    }
-}
-
-/// A script's reply as the flat array of strings every script returns.
-fn strings(op: &str, v: Value) -> Result<Vec<String>, StoreError> {
-    let Value::Array(items) = v else {
-        return Err(StoreError::Protocol(format!("{op}: expected an array, got {v:?}")));
-    };
-    items
-        .into_iter()
-        .map(|item| match item {
-            Value::BulkString(b) => {
-                String::from_utf8(b).map_err(|e| StoreError::Protocol(format!("{op}: reply is not UTF-8: {e}")))
-            }
-            Value::SimpleString(s) => Ok(s),
-            other => Err(StoreError::Protocol(format!("{op}: expected a string, got {other:?}"))),
-        })
-        .collect()
-}
-
-fn flag(op: &str, s: &str) -> Result<bool, StoreError> {
-    match s {
-        "1" => Ok(true),
-        "0" => Ok(false),
-        _ => Err(StoreError::Protocol(format!("{op}: expected 0 or 1, got {s:?}"))),
-    }
-}
-
-fn number<T: std::str::FromStr>(op: &str, s: &str) -> Result<T, StoreError> {
-    s.parse()
-        .map_err(|_| StoreError::Protocol(format!("{op}: expected a number, got {s:?}")))
-}
-
-/// `decide.lua`'s reply: the epoch it read (empty if none) and the answer.
-fn parse_decide(reply: &[String]) -> Result<(&str, DecideAnswer), StoreError> {
-    const OP: &str = "decide";
-    let [epoch, kind, rest @ ..] = reply else {
-        return Err(StoreError::Protocol(format!("{OP}: short reply {reply:?}")));
-    };
-    let answer = match (kind.as_str(), rest) {
-        ("recorded", []) => DecideAnswer::Recorded,
-        ("allowed", [probe, conservative]) => DecideAnswer::Allowed {
-            probe: flag(OP, probe)?,
-            conservative: flag(OP, conservative)?,
-        },
-        ("blocked", [guardrail, detail]) => DecideAnswer::Blocked {
-            guardrail: Guardrail::parse(guardrail)
-                .ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown guardrail {guardrail:?}")))?,
-            detail: detail.clone(),
-        },
-        ("duplicate", [outcomes, same_source]) => DecideAnswer::Duplicate {
-            outcomes: outcomes.clone(),
-            same_source: flag(OP, same_source)?,
-        },
-        ("in_progress", [worker, retry_after_ms]) => DecideAnswer::InProgress {
-            worker: worker.clone(),
-            retry_after_ms: number(OP, retry_after_ms)?,
-        },
-        ("interrupted", [worker]) => DecideAnswer::Interrupted { worker: worker.clone() },
-        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
-    };
-    Ok((epoch, answer))
-}
-
-/// `finish.lua`'s reply: the answer and whether the attempt still owned the incident.
-fn parse_finish(reply: &[String]) -> Result<(FinishAnswer, bool), StoreError> {
-    const OP: &str = "finish";
-    let [state, failures, opened, owner] = reply else {
-        return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}")));
-    };
-    let circuit = CircuitState::parse(state)
-        .ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown circuit state {state:?}")))?;
-    let current = match owner.as_str() {
-        "current" => true,
-        "stale" => false,
-        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected owner {owner:?}"))),
-    };
-    Ok((
-        FinishAnswer {
-            circuit,
-            failures: number(OP, failures)?,
-            opened: flag(OP, opened)?,
-        },
-        current,
-    ))
-}
-
-/// The `renewed`/`recorded` or `stale` status of `renew.lua` and `record.lua`.
-fn parse_status(op: &str, ok: &str, reply: &[String]) -> Result<bool, StoreError> {
-    match reply {
-        [s] if s == ok => Ok(true),
-        [s] if s == "stale" => Ok(false),
-        _ => Err(StoreError::Protocol(format!("{op}: unexpected reply {reply:?}"))),
     }
 }
 
@@ -372,178 +289,6 @@ impl RedisStore {
     async fn command<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, StoreError> {
         self.call(op, |mut c| async move { cmd.query_async::<T>(&mut c).await })
             .await
-    }
-}
-
-/// Rebuild an approval from its immutable JSON and its mutable fields.
-fn approval_from(
-    op: &str,
-    json: &str,
-    state: &str,
-    approver: &str,
-    created: &str,
-    expires: &str,
-) -> Result<Approval, StoreError> {
-    let mut a: Approval =
-        serde_json::from_str(json).map_err(|e| StoreError::Protocol(format!("{op}: approval json: {e}")))?;
-    a.state = ApprovalState::parse(state).ok_or_else(|| StoreError::Protocol(format!("{op}: state {state:?}")))?;
-    a.approver = (!approver.is_empty()).then(|| approver.to_string());
-    a.created_at_ms = number(op, created)?;
-    a.expires_at_ms = number(op, expires)?;
-    Ok(a)
-}
-
-#[async_trait::async_trait]
-impl LedgerStore for RedisStore {
-    async fn create_approval(&self, approval: &Approval, ttl_ms: u64) -> Result<Approval, StoreError> {
-        let mut a = approval.clone();
-        a.state = ApprovalState::Pending;
-        a.approver = None;
-        let json = serde_json::to_string(&a).map_err(|e| StoreError::Protocol(format!("approval json: {e}")))?;
-        let mut inv = self.scripts.approval_create.prepare_invoke();
-        inv.key(self.key(&["appr", &a.id]))
-            .key(self.key(&["approvals"]))
-            .key(self.key(&["approvals_created"]))
-            .key(self.key(&["apprg", &a.group]));
-        inv.arg(escape(&a.id))
-            .arg(&json)
-            .arg(&a.action_hash)
-            .arg(ttl_ms)
-            .arg(if a.group.is_empty() { "" } else { "1" });
-        let reply = self.run("create approval", &inv).await?;
-        let [verdict, id, created, expires] = reply.as_slice() else {
-            return Err(StoreError::Protocol(format!("create approval: reply {reply:?}")));
-        };
-        if verdict != "created" && verdict != "joined" {
-            return Err(StoreError::Protocol(format!("create approval: verdict {verdict:?}")));
-        }
-        a.id = unescape(id);
-        a.created_at_ms = number("create approval", created)?;
-        a.expires_at_ms = number("create approval", expires)?;
-        Ok(a)
-    }
-
-    async fn answer_approval(&self, id: &str, answer: &Answer) -> Result<AnswerResult, StoreError> {
-        let op = "answer approval";
-        let mut inv = self.scripts.approval_answer.prepare_invoke();
-        inv.key(self.key(&["appr", id]))
-            .key(self.key(&["approvals"]))
-            .key(self.key(&["approvals_created"]));
-        inv.arg(escape(id))
-            .arg(if answer.approve { "approved" } else { "denied" })
-            .arg(&answer.approver)
-            .arg(answer.action_hash.as_deref().unwrap_or(""));
-        let reply = self.run(op, &inv).await?;
-        let [verdict, json, state, approver, created, expires] = reply.as_slice() else {
-            return Err(StoreError::Protocol(format!("{op}: reply {reply:?}")));
-        };
-        if verdict == "not_found" {
-            return Ok(AnswerResult::NotFound);
-        }
-        let a = approval_from(op, json, state, approver, created, expires)?;
-        Ok(match verdict.as_str() {
-            "ok" => AnswerResult::Accepted(a),
-            "again" => AnswerResult::Repeated(a),
-            "answered" => AnswerResult::AlreadyAnswered(a),
-            "expired" => AnswerResult::Expired(a),
-            "tampered" => AnswerResult::Tampered(a),
-            other => return Err(StoreError::Protocol(format!("{op}: verdict {other:?}"))),
-        })
-    }
-
-    async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
-        let op = "pending approvals";
-        // Read the index first, then let the script read exactly those hashes (declared keys;
-        // the script re-checks each against the index and the clock).
-        let ids: Vec<String> = self
-            .command(op, redis::cmd("ZRANGE").arg(self.key(&["approvals"])).arg(0).arg(-1))
-            .await?;
-        let mut inv = self.scripts.approval_pending.prepare_invoke();
-        inv.key(self.key(&["approvals"]));
-        let prefix = self.key(&["appr", ""]);
-        for id in &ids {
-            inv.key(format!("{prefix}{id}")).arg(id);
-        }
-        let reply = self.run(op, &inv).await?;
-        if reply.len() % 3 != 0 {
-            return Err(StoreError::Protocol(format!("{op}: {} fields", reply.len())));
-        }
-        reply
-            .chunks(3)
-            .map(|c| approval_from(op, &c[0], "pending", "", &c[1], &c[2]))
-            .collect()
-    }
-
-    async fn pending_summary(&self) -> Result<PendingSummary, StoreError> {
-        let op = "pending summary";
-        let mut inv = self.scripts.approval_summary.prepare_invoke();
-        inv.key(self.key(&["approvals"])).key(self.key(&["approvals_created"]));
-        let reply = self.run(op, &inv).await?;
-        let [count, oldest] = reply.as_slice() else {
-            return Err(StoreError::Protocol(format!("{op}: reply {reply:?}")));
-        };
-        let oldest_created_ms = if oldest.is_empty() {
-            None
-        } else {
-            // A zset score comes back as a float's text.
-            let ms: f64 = number(op, oldest)?;
-            Some(ms as i64)
-        };
-        Ok(PendingSummary {
-            count: number(op, count)?,
-            oldest_created_ms,
-        })
-    }
-
-    async fn record_trust(&self, runbook: &str, success: bool, window: u32) -> Result<TrustStats, StoreError> {
-        let mut inv = self.scripts.trust_record.prepare_invoke();
-        inv.key(self.key(&["trust", runbook]))
-            .arg(if success { "1" } else { "0" })
-            .arg(window.max(1));
-        let reply = self.run("record trust", &inv).await?;
-        let [ok, total] = reply.as_slice() else {
-            return Err(StoreError::Protocol(format!("record trust: reply {reply:?}")));
-        };
-        Ok(TrustStats {
-            successes: number("record trust", ok)?,
-            total: number("record trust", total)?,
-        })
-    }
-
-    async fn trust(&self, runbook: &str, window: u32) -> Result<TrustStats, StoreError> {
-        let mut cmd = redis::cmd("LRANGE");
-        cmd.arg(self.key(&["trust", runbook]))
-            .arg(0)
-            .arg(i64::from(window.max(1)) - 1);
-        let all: Vec<String> = self.command("trust", &cmd).await?;
-        Ok(TrustStats {
-            successes: all.iter().filter(|v| *v == "1").count() as u32,
-            total: all.len() as u32,
-        })
-    }
-
-    async fn demote(&self, runbook: &str, reason: &str) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(&["demoted", runbook])).arg(reason).arg("NX");
-        let set: Option<String> = self.command("demote", &cmd).await?;
-        Ok(set.is_some())
-    }
-
-    async fn demotion(&self, runbook: &str) -> Result<Option<String>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key(&["demoted", runbook]));
-        self.command("demotion", &cmd).await
-    }
-
-    async fn promote(&self, runbook: &str) -> Result<bool, StoreError> {
-        // A promotion starts a fresh record: the evidence that demoted it is not held against it.
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(&["demoted", runbook]));
-        let n: i64 = self.command("promote", &cmd).await?;
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(&["trust", runbook]));
-        self.command::<i64>("promote", &cmd).await?;
-        Ok(n > 0)
     }
 }
 
@@ -702,102 +447,5 @@ impl GuardrailStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.command::<String>("ping", &redis::cmd("PING")).await.map(drop)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every key an approval script touches is one of its declared KEYS (Redis Cluster routes
-    /// and ACLs check declared keys; a key built inside a script bypasses both).
-    #[test]
-    fn approval_scripts_touch_only_declared_keys() {
-        for (name, text) in [
-            ("approval_create.lua", include_str!("approval_create.lua")),
-            ("approval_answer.lua", include_str!("approval_answer.lua")),
-            ("approval_pending.lua", include_str!("approval_pending.lua")),
-            ("approval_summary.lua", include_str!("approval_summary.lua")),
-        ] {
-            for call in text.split("redis.call(").skip(1) {
-                let end = call.find([',', ')']).unwrap_or(call.len());
-                let command = &call[..end];
-                if command == "'TIME'" {
-                    continue;
-                }
-                let key = call[end..].trim_start_matches(',').trim_start();
-                assert!(
-                    key.starts_with("KEYS["),
-                    "{name}: redis.call({command}, {} …) uses an undeclared key",
-                    key.lines().next().unwrap_or("")
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn escape_keeps_key_parts_unambiguous() {
-        assert_eq!(escape("a:b"), "a%3Ab");
-        assert_eq!(escape("100%:x"), "100%25%3Ax");
-        assert_ne!(
-            format!("{}:{}", escape("a:b"), escape("c")),
-            format!("{}:{}", escape("a"), escape("b:c"))
-        );
-    }
-
-    #[test]
-    fn decide_replies_parse_and_reject_bad_shapes() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let reply = s(&["e1", "allowed", "1", "0"]);
-        let (epoch, answer) = parse_decide(&reply).expect("allowed");
-        assert_eq!(epoch, "e1");
-        assert_eq!(
-            answer,
-            DecideAnswer::Allowed {
-                probe: true,
-                conservative: false
-            }
-        );
-        let (_, answer) = parse_decide(&s(&["", "blocked", "cooldown", "cooldown active (3s remaining)"])).expect("b");
-        assert_eq!(
-            answer,
-            DecideAnswer::Blocked {
-                guardrail: Guardrail::Cooldown,
-                detail: "cooldown active (3s remaining)".into()
-            }
-        );
-        for bad in [
-            s(&[]),
-            s(&["", "allowed", "1"]),
-            s(&["", "allowed", "yes", "0"]),
-            s(&["", "blocked", "nope", "x"]),
-            s(&["", "in_progress", "w", "-5"]),
-            s(&["", "teleported"]),
-        ] {
-            assert!(matches!(parse_decide(&bad), Err(StoreError::Protocol(_))), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn finish_replies_parse_and_reject_bad_shapes() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let (a, current) = parse_finish(&s(&["OPEN", "3", "1", "current"])).expect("finish");
-        assert_eq!(
-            a,
-            FinishAnswer {
-                circuit: CircuitState::Open,
-                failures: 3,
-                opened: true
-            }
-        );
-        assert!(current);
-        assert!(matches!(
-            parse_finish(&s(&["AJAR", "3", "1", "current"])),
-            Err(StoreError::Protocol(_))
-        ));
-        assert!(matches!(
-            parse_finish(&s(&["OPEN", "3", "1"])),
-            Err(StoreError::Protocol(_))
-        ));
     }
 }

@@ -1,0 +1,99 @@
+//! Reading the scripts' replies: every script answers a flat array of strings, decoded here into
+//! the store's types. Anything of an unexpected shape is a [`StoreError::Protocol`] (a script and
+//! a worker of different versions), never a guess.
+
+use crate::guardrails::{CircuitState, DecideAnswer, FinishAnswer, Guardrail, StoreError};
+use redis::Value;
+
+/// A script's reply as the flat array of strings every script returns.
+pub(super) fn strings(op: &str, v: Value) -> Result<Vec<String>, StoreError> {
+    let Value::Array(items) = v else {
+        return Err(StoreError::Protocol(format!("{op}: expected an array, got {v:?}")));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::BulkString(b) => {
+                String::from_utf8(b).map_err(|e| StoreError::Protocol(format!("{op}: reply is not UTF-8: {e}")))
+            }
+            Value::SimpleString(s) => Ok(s),
+            other => Err(StoreError::Protocol(format!("{op}: expected a string, got {other:?}"))),
+        })
+        .collect()
+}
+
+pub(super) fn flag(op: &str, s: &str) -> Result<bool, StoreError> {
+    match s {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        _ => Err(StoreError::Protocol(format!("{op}: expected 0 or 1, got {s:?}"))),
+    }
+}
+
+pub(super) fn number<T: std::str::FromStr>(op: &str, s: &str) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Protocol(format!("{op}: expected a number, got {s:?}")))
+}
+
+/// `decide.lua`'s reply: the epoch it read (empty if none) and the answer.
+pub(super) fn parse_decide(reply: &[String]) -> Result<(&str, DecideAnswer), StoreError> {
+    const OP: &str = "decide";
+    let [epoch, kind, rest @ ..] = reply else {
+        return Err(StoreError::Protocol(format!("{OP}: short reply {reply:?}")));
+    };
+    let answer = match (kind.as_str(), rest) {
+        ("recorded", []) => DecideAnswer::Recorded,
+        ("allowed", [probe, conservative]) => DecideAnswer::Allowed {
+            probe: flag(OP, probe)?,
+            conservative: flag(OP, conservative)?,
+        },
+        ("blocked", [guardrail, detail]) => DecideAnswer::Blocked {
+            guardrail: Guardrail::parse(guardrail)
+                .ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown guardrail {guardrail:?}")))?,
+            detail: detail.clone(),
+        },
+        ("duplicate", [outcomes, same_source]) => DecideAnswer::Duplicate {
+            outcomes: outcomes.clone(),
+            same_source: flag(OP, same_source)?,
+        },
+        ("in_progress", [worker, retry_after_ms]) => DecideAnswer::InProgress {
+            worker: worker.clone(),
+            retry_after_ms: number(OP, retry_after_ms)?,
+        },
+        ("interrupted", [worker]) => DecideAnswer::Interrupted { worker: worker.clone() },
+        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
+    };
+    Ok((epoch, answer))
+}
+
+/// `finish.lua`'s reply: the answer and whether the attempt still owned the incident.
+pub(super) fn parse_finish(reply: &[String]) -> Result<(FinishAnswer, bool), StoreError> {
+    const OP: &str = "finish";
+    let [state, failures, opened, owner] = reply else {
+        return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}")));
+    };
+    let circuit = CircuitState::parse(state)
+        .ok_or_else(|| StoreError::Protocol(format!("{OP}: unknown circuit state {state:?}")))?;
+    let current = match owner.as_str() {
+        "current" => true,
+        "stale" => false,
+        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected owner {owner:?}"))),
+    };
+    Ok((
+        FinishAnswer {
+            circuit,
+            failures: number(OP, failures)?,
+            opened: flag(OP, opened)?,
+        },
+        current,
+    ))
+}
+
+/// The `renewed`/`recorded` or `stale` status of `renew.lua` and `record.lua`.
+pub(super) fn parse_status(op: &str, ok: &str, reply: &[String]) -> Result<bool, StoreError> {
+    match reply {
+        [s] if s == ok => Ok(true),
+        [s] if s == "stale" => Ok(false),
+        _ => Err(StoreError::Protocol(format!("{op}: unexpected reply {reply:?}"))),
+    }
+}

@@ -1,0 +1,97 @@
+//! Unit tests of the Redis store that need no Redis: the approval scripts' declared keys, key
+//! escaping and the decoding of script replies.
+
+use super::*;
+use crate::guardrails::Guardrail;
+
+/// Every key an approval script touches is one of its declared KEYS (Redis Cluster routes
+/// and ACLs check declared keys; a key built inside a script bypasses both).
+#[test]
+fn approval_scripts_touch_only_declared_keys() {
+    for (name, text) in [
+        ("approval_create.lua", include_str!("../approval_create.lua")),
+        ("approval_answer.lua", include_str!("../approval_answer.lua")),
+        ("approval_pending.lua", include_str!("../approval_pending.lua")),
+        ("approval_summary.lua", include_str!("../approval_summary.lua")),
+    ] {
+        for call in text.split("redis.call(").skip(1) {
+            let end = call.find([',', ')']).unwrap_or(call.len());
+            let command = &call[..end];
+            if command == "'TIME'" {
+                continue;
+            }
+            let key = call[end..].trim_start_matches(',').trim_start();
+            assert!(
+                key.starts_with("KEYS["),
+                "{name}: redis.call({command}, {} …) uses an undeclared key",
+                key.lines().next().unwrap_or("")
+            );
+        }
+    }
+}
+
+#[test]
+fn escape_keeps_key_parts_unambiguous() {
+    assert_eq!(escape("a:b"), "a%3Ab");
+    assert_eq!(escape("100%:x"), "100%25%3Ax");
+    assert_ne!(
+        format!("{}:{}", escape("a:b"), escape("c")),
+        format!("{}:{}", escape("a"), escape("b:c"))
+    );
+}
+
+#[test]
+fn decide_replies_parse_and_reject_bad_shapes() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let reply = s(&["e1", "allowed", "1", "0"]);
+    let (epoch, answer) = parse_decide(&reply).expect("allowed");
+    assert_eq!(epoch, "e1");
+    assert_eq!(
+        answer,
+        DecideAnswer::Allowed {
+            probe: true,
+            conservative: false
+        }
+    );
+    let (_, answer) = parse_decide(&s(&["", "blocked", "cooldown", "cooldown active (3s remaining)"])).expect("b");
+    assert_eq!(
+        answer,
+        DecideAnswer::Blocked {
+            guardrail: Guardrail::Cooldown,
+            detail: "cooldown active (3s remaining)".into()
+        }
+    );
+    for bad in [
+        s(&[]),
+        s(&["", "allowed", "1"]),
+        s(&["", "allowed", "yes", "0"]),
+        s(&["", "blocked", "nope", "x"]),
+        s(&["", "in_progress", "w", "-5"]),
+        s(&["", "teleported"]),
+    ] {
+        assert!(matches!(parse_decide(&bad), Err(StoreError::Protocol(_))), "{bad:?}");
+    }
+}
+
+#[test]
+fn finish_replies_parse_and_reject_bad_shapes() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (a, current) = parse_finish(&s(&["OPEN", "3", "1", "current"])).expect("finish");
+    assert_eq!(
+        a,
+        FinishAnswer {
+            circuit: CircuitState::Open,
+            failures: 3,
+            opened: true
+        }
+    );
+    assert!(current);
+    assert!(matches!(
+        parse_finish(&s(&["AJAR", "3", "1", "current"])),
+        Err(StoreError::Protocol(_))
+    ));
+    assert!(matches!(
+        parse_finish(&s(&["OPEN", "3", "1"])),
+        Err(StoreError::Protocol(_))
+    ));
+}
