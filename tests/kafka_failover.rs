@@ -9,7 +9,7 @@
 //!   `tests/reliability.rs`: every incident exactly one final outcome, no action twice, journal
 //!   and outcomes agree, nothing lost from the audit topic, every offset committed.
 //! * [`stuck_producer_ends_the_worker_and_redelivery_republishes`]: the worker's liveness
-//!   guarantee (`src/kafka.rs`, `Shared::deliver`): while the whole cluster is frozen the worker
+//!   guarantee (`src/kafka/publish.rs`, `Shared::deliver`): while the whole cluster is frozen the worker
 //!   waits; when the cluster answers but the outcome can never be acknowledged (its topic needs
 //!   3 in-sync replicas and one node is down) the worker exits non-zero, and its replacement
 //!   re-publishes the recorded outcome from the store instead of acting again.

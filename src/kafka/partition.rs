@@ -1,0 +1,242 @@
+//! One partition's messages, in order: decide, publish, acknowledge.
+//!
+//! Each partition has a task that decides its messages one after another (the guardrail store
+//! sees a partition's incidents in order, and fails closed: while the store is unreachable the
+//! task retries the same message with the same attempt id) and a publisher task that gets their
+//! outcomes out in the same order and stores each offset once they are acknowledged, and only
+//! while the partition is still owned. [`Shared`] is the state all partition tasks share: the
+//! engine, the clients, the stop signal, the first fatal error and the run's counters.
+
+use super::context::{ConsumerCtx, ProducerCtx};
+use super::dispatch::Work;
+use super::publish::Finished;
+use super::trace::TraceParent;
+use super::{KafkaError, RunStats, BACKOFF_MAX, BACKOFF_MIN};
+use crate::engine::{Engine, EngineError, Handled};
+use crate::health::Health;
+use crate::incident::Rejection;
+use crate::metrics::Metrics;
+use crate::outcome::Decision;
+use crate::retry::Backoff;
+use crate::shutdown::Shutdown;
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, error, info, warn, Instrument};
+
+/// State every partition task shares.
+pub(super) struct Shared {
+    pub(super) engine: Arc<Engine>,
+    pub(super) health: Arc<Health>,
+    pub(super) metrics: Metrics,
+    pub(super) consumer: Arc<StreamConsumer<ConsumerCtx>>,
+    pub(super) producer: FutureProducer<ProducerCtx>,
+    pub(super) outcomes_topic: String,
+    pub(super) dlq_topic: String,
+    /// Shutdown in progress: finish the current message, start no other.
+    pub(super) stop: watch::Receiver<bool>,
+    /// First fatal condition; the dispatcher stops when it is set.
+    pub(super) fatal: Mutex<Option<KafkaError>>,
+    pub(super) fatal_notify: Notify,
+    pub(super) handled: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
+    pub(super) republished: AtomicU64,
+    /// Owner of the partition tasks (the worker's shutdown tracker).
+    pub(super) tasks: Shutdown,
+}
+
+/// A message decided and waiting to be published.
+pub(super) struct Decided {
+    pub(super) handled: Handled,
+    /// The `traceparent` its outcomes carry (the incident's trace, our span).
+    pub(super) traceparent: Option<String>,
+    /// The message's span, entered again to publish.
+    pub(super) span: tracing::Span,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow() || self.failed()
+    }
+
+    /// A fatal error was recorded: the worker is stopping to be restarted.
+    pub(super) fn failed(&self) -> bool {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    pub(super) fn fail(&self, e: KafkaError) {
+        error!(error = %e, "stopping the consumer");
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(e);
+        }
+        drop(fatal);
+        self.fatal_notify.notify_one();
+    }
+
+    pub(super) fn stats(&self) -> RunStats {
+        RunStats {
+            handled: self.handled.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            republished: self.republished.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wait `d` unless the worker stops first; `false` when it stopped.
+    async fn backoff(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.stopping(),
+            _ = stop.wait_for(|v| *v) => false,
+        }
+    }
+
+    /// Decide one message (the guardrail store is asked, the decision recorded, any action run):
+    /// what [`Shared::publish`] must then get out. `None` when the worker stopped first (nothing
+    /// was decided; the message is redelivered).
+    async fn decide(&self, w: &Work) -> Option<Decided> {
+        let trace = w.headers.as_ref().and_then(TraceParent::from_headers);
+        let span = match &trace {
+            Some(t) => tracing::info_span!("message", trace_id = %t.trace_id, parent_id = %t.parent_id),
+            None => tracing::info_span!("message"),
+        };
+        let traceparent = trace.map(|t| t.child());
+        let handled = self.decide_traced(w).instrument(span.clone()).await?;
+        Some(Decided {
+            handled,
+            traceparent,
+            span,
+        })
+    }
+
+    async fn decide_traced(&self, w: &Work) -> Option<Handled> {
+        // One attempt id per delivery, reused on retries so the store never reserves twice.
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let payload = w.payload.as_deref().unwrap_or_default();
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut handled = loop {
+            match self.engine.handle(payload, Some(&w.source), &attempt).await {
+                Ok(h) => {
+                    // A rejected message never reaches the store, so it says nothing about it.
+                    if h.dead_letter.is_none() {
+                        self.health.set_store(true);
+                    }
+                    break h;
+                }
+                Err(EngineError::StoreUnavailable(reason)) => {
+                    // Fail closed: nothing was executed; hold the partition on this message.
+                    self.health.set_store(false);
+                    let wait = backoff.next_wait();
+                    warn!(source = %w.source, %reason, retry_in_ms = wait.as_millis() as u64,
+                        "guardrail store unavailable: partition paused on this incident");
+                    if !self.backoff(wait).await {
+                        info!(source = %w.source, "stopping while the store is unavailable; left for redelivery");
+                        return None;
+                    }
+                }
+            }
+        };
+        if w.payload.is_none() {
+            // The engine saw an empty payload; name the real problem in the DLQ and the audit.
+            let rejection = Rejection {
+                field: "$".into(),
+                message: "null payload (tombstone) is not an incident".into(),
+            };
+            for o in handled.outcomes.iter_mut().filter(|o| o.decision == Decision::Rejected) {
+                o.reason = format!("invalid incident: {rejection}");
+            }
+            handled.dead_letter = Some(rejection);
+        }
+        Some(handled)
+    }
+
+    /// Store `offset + 1` for a finished message, if its partition is still ours.
+    fn acknowledge(&self, w: &Work) {
+        let p = w.source.partition;
+        if !self.consumer.context().owns(p, w.generation) {
+            debug!(source = %w.source, "partition no longer owned; its offset is left to the new owner");
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        if let Err(e) = tpl.add_partition_offset(&w.source.topic, p, Offset::Offset(w.source.offset + 1)) {
+            warn!(source = %w.source, error = %e, "cannot build the offset to store");
+            return;
+        }
+        // Revocation can still race us between the check and the call; librdkafka then refuses
+        // (the partition is unassigned), which is exactly what we want.
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            debug!(source = %w.source, error = %e, "offset not stored (partition revoked?)");
+        }
+    }
+}
+
+/// Decided messages of one partition that may wait for their publication at once.
+const PUBLISH_DEPTH: usize = 8;
+
+/// One partition's messages, in two stages that overlap: this task decides each message after
+/// the one before it was decided (so the store sees a partition's incidents in order, and a
+/// redelivered duplicate finds the record of its original), and a publisher task of its own
+/// publishes the decided messages' outcomes one after another, in the same order, storing each
+/// offset once that message's outcomes are acknowledged. So while the broker acknowledges
+/// message `N`, message `N+1` is being decided; outcomes keep the partition's order, and offsets
+/// are stored strictly in order. A message whose publishing was abandoned (a fatal Kafka error)
+/// stops the partition: nothing after it is published or acknowledged.
+pub(super) async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::UnboundedReceiver<Work>) {
+    let (decided_tx, decided_rx) = mpsc::channel::<(Work, Decided)>(PUBLISH_DEPTH);
+    let publisher = shared.tasks.spawn(publish_in_order(shared.clone(), decided_rx));
+    while let Some(work) = rx.recv().await {
+        if shared.stopping() {
+            // Not started: left for redelivery (after a restart or to the next owner).
+            continue;
+        }
+        if !shared.consumer.context().owns(partition, work.generation) {
+            debug!(source = %work.source, "partition revoked before this message started; skipped");
+            continue;
+        }
+        if publisher.is_finished() {
+            // Publishing stopped: nothing after its last message may be acknowledged.
+            break;
+        }
+        let decided = match AssertUnwindSafe(shared.decide(&work)).catch_unwind().await {
+            Ok(Some(d)) => d,
+            // Stopping before it was decided: left for redelivery, and so is everything after.
+            Ok(None) => break,
+            Err(_) => {
+                shared.fail(KafkaError::Panicked(work.source.to_string()));
+                break;
+            }
+        };
+        // A decided message whose publisher is gone is redelivered and re-published from the
+        // store's record.
+        if decided_tx.send((work, decided)).await.is_err() {
+            break;
+        }
+    }
+    // The queue is closed (shutdown, revocation) or this partition stops: what was decided is
+    // still published (an executed action's outcome must get out) and acknowledged in order.
+    drop(decided_tx);
+    if let Err(e) = publisher.await {
+        shared.fail(KafkaError::Panicked(format!("publishing partition {partition}: {e}")));
+    }
+}
+
+/// The publishing stage of [`partition_task`].
+async fn publish_in_order(shared: Arc<Shared>, mut decided: mpsc::Receiver<(Work, Decided)>) {
+    while let Some((work, d)) = decided.recv().await {
+        match AssertUnwindSafe(shared.publish(&work, d)).catch_unwind().await {
+            Ok(Finished::Done) => shared.acknowledge(&work),
+            // Nothing after an unacknowledged message may be acknowledged: stop this partition.
+            Ok(Finished::Abandoned) => return,
+            Err(_) => {
+                shared.fail(KafkaError::Panicked(work.source.to_string()));
+                return;
+            }
+        }
+    }
+}
