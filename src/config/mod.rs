@@ -1253,8 +1253,8 @@ mod docs {
     /// key, so neither drifts from the code.
     #[test]
     fn example_config_and_readme_document_every_key() {
-        let example = include_str!("../config/remediator.yaml");
-        let readme = include_str!("../docs/configuration.md");
+        let example = include_str!("../../config/remediator.yaml");
+        let readme = include_str!("../../docs/configuration.md");
         let parsed = Config::load(
             Some(Path::new(concat!(
                 env!("CARGO_MANIFEST_DIR"),
