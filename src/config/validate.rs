@@ -1,7 +1,8 @@
-//! The rules across keys that types alone cannot state: positive durations, the lifetimes
-//! that must outlive one another (an incident's claim, its idempotency record, an approval's
-//! execution claim), bounds on counts, and the Redis URL and key prefix. Run once, at load;
-//! `load.rs` adds the file position of the key a rule names.
+//! The rules that types alone cannot state: positive durations, the lifetimes that must outlive
+//! one another (an incident's claim, its idempotency record, an approval's execution claim), the
+//! ranges of counts, timeouts and the confidence default, the labels the Alertmanager mapping
+//! needs, a worker id, and the Redis key prefix and URL. Run once, at load; each error names its
+//! key, and `load.rs` adds where in the file that key was written.
 
 use super::{invalid, Config, ConfigError};
 use std::time::Duration;
