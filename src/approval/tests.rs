@@ -1,0 +1,212 @@
+//! Unit tests of the approval module: answer signatures, the API's authorization, reading
+//! answers from the approvals topic. Kept apart so `mod.rs` reads as the code alone.
+
+use super::*;
+
+const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+fn key() -> AnswerKey {
+    AnswerKey::new(KEY, "test").unwrap()
+}
+
+/// A new approvals group starts at the end of the topic, even when `kafka.properties` sets
+/// another reset for the incident consumer: first enabling it replays no old answer.
+#[test]
+fn a_new_approvals_group_starts_at_the_end_of_the_topic() {
+    let mut s = KafkaSettings {
+        group_id: "remediator".into(),
+        ..KafkaSettings::default()
+    };
+    let c = approvals_consumer_config(&s);
+    assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+    assert_eq!(c.get("group.id"), Some("remediator-approvals"));
+    assert_eq!(c.get("enable.auto.commit"), Some("false"));
+    s.properties.insert("auto.offset.reset".into(), "earliest".into());
+    assert_eq!(approvals_consumer_config(&s).get("auto.offset.reset"), Some("latest"));
+}
+
+#[test]
+fn a_signed_message_authenticates_and_any_change_breaks_it() {
+    let m = key().signed_message("a1", true, "alice", "h1");
+    assert_eq!(m.authenticate(&key()), Ok(()));
+    let other = AnswerKey::new("another key, also thirty-two bytes!", "test").unwrap();
+    assert!(m.authenticate(&other).unwrap_err().contains("does not verify"));
+    for tamper in [
+        |m: &mut AnswerMessage| m.approval_id = "a2".into(),
+        |m: &mut AnswerMessage| m.decision = "deny".into(),
+        |m: &mut AnswerMessage| m.approver = "mallory".into(),
+        |m: &mut AnswerMessage| m.action_hash = Some("h2".into()),
+        |m: &mut AnswerMessage| m.signature = Some("zz".into()),
+    ] {
+        let mut t = m.clone();
+        tamper(&mut t);
+        assert!(t.authenticate(&key()).is_err(), "{t:?}");
+    }
+}
+
+#[test]
+fn missing_signature_or_hash_is_refused_and_named() {
+    let mut m = key().signed_message("a1", true, "alice", "h1");
+    m.signature = None;
+    assert!(m.authenticate(&key()).unwrap_err().contains("signature is missing"));
+    // A signature over an empty hash does not make the hash optional.
+    let m = AnswerMessage {
+        action_hash: None,
+        ..key().signed_message("a1", true, "alice", "")
+    };
+    assert!(m.authenticate(&key()).unwrap_err().contains("action_hash is required"));
+}
+
+#[test]
+fn the_signed_text_is_unambiguous() {
+    // Moving a boundary between fields changes the text, so it changes the signature.
+    assert_ne!(signed_text("a", "b:c", "d", "e"), signed_text("a:b", "c", "d", "e"));
+    assert_ne!(signed_text("a\n1:b", "c", "d", "e"), signed_text("a", "b", "c", "d"));
+    assert_eq!(
+        String::from_utf8(signed_text("id", "approve", "alice", "h")).unwrap(),
+        "29:remediator-approval-answer-v1\n2:id\n7:approve\n5:alice\n1:h\n"
+    );
+}
+
+/// The signature is the lower-case hex HMAC-SHA256 of the signed text (a known vector,
+/// computed independently), so any signer that follows docs can produce it.
+#[test]
+fn the_signature_is_hex_hmac_sha256_of_the_signed_text() {
+    let sig = key().sign("id", "approve", "alice", "h");
+    assert_eq!(sig, "6e27eaffe21acd72d8da6292172d312e4e75fb06c8c09586985937820617c774");
+    assert!(key().verify("id", "approve", "alice", "h", &sig));
+    assert!(
+        key().verify("id", "approve", "alice", "h", &sig.to_uppercase()),
+        "hex in any case"
+    );
+    // Not hex, odd length, not ASCII (a multi-byte character is never split), truncated: refused,
+    // never a panic.
+    for bad in [
+        &sig[..63],
+        &sig[..62],
+        "",
+        "zz",
+        &"é".repeat(32),
+        &format!("{}é", &sig[..62]),
+        // A two-byte pair would cut the 'é' in half.
+        &format!("aéa{}", &sig[..60]),
+    ] {
+        assert!(!key().verify("id", "approve", "alice", "h", bad), "{bad:?}");
+    }
+}
+
+/// The key comes from the environment first, then the file; an error names the one it came
+/// from (never the key). The variable's value is passed in: a test never changes the
+/// process environment other threads read.
+#[test]
+fn the_key_is_loaded_from_the_env_then_the_file_and_errors_name_the_source() {
+    let dir = std::env::temp_dir().join(format!("remediator-key-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = dir.join("short");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let long = dir.join("long");
+    std::fs::write(&long, format!("{KEY}\n")).unwrap();
+    let (short, long) = (short.to_str().unwrap(), long.to_str().unwrap());
+    let e = AnswerKey::load_from(None, "").unwrap_err();
+    assert_eq!(
+        e,
+        "REMEDIATOR_APPROVAL_HMAC_KEY (or approvals.hmac_key_file) is not set"
+    );
+    let e = AnswerKey::load_from(None, short).unwrap_err();
+    assert!(e.starts_with(&format!("approvals.hmac_key_file {short}: ")), "{e}");
+    let from_file = AnswerKey::load_from(None, long).unwrap();
+    assert!(from_file.verify("i", "approve", "a", "h", &key().sign("i", "approve", "a", "h")));
+    // The environment wins over the file, and an error then names the variable.
+    let e = AnswerKey::load_from(Some("tiny"), long).unwrap_err();
+    assert!(e.starts_with("REMEDIATOR_APPROVAL_HMAC_KEY: "), "{e}");
+    assert!(
+        AnswerKey::load_from(Some("  "), long).is_ok(),
+        "a blank variable counts as unset"
+    );
+    let from_env = AnswerKey::load_from(Some(&format!(" {KEY} ")), short).unwrap();
+    assert!(from_env.verify("i", "approve", "a", "h", &key().sign("i", "approve", "a", "h")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A message on the approvals topic: approve and deny mean what they say, and only once
+/// the signature verifies; anything else is refused with the reason.
+#[test]
+fn a_topic_message_is_an_answer_only_when_signed_and_well_formed() {
+    for approve in [true, false] {
+        let m = key().signed_message("a1", approve, "alice", "h1");
+        let (id, answer) = read_answer(Some(&serde_json::to_vec(&m).unwrap()), &key()).unwrap();
+        assert_eq!(id, "a1");
+        assert_eq!(answer.approve, approve);
+        assert_eq!(answer.approver, "alice");
+        assert_eq!(answer.action_hash.as_deref(), Some("h1"));
+    }
+    let mut forged = key().signed_message("a1", false, "alice", "h1");
+    forged.decision = "approve".into();
+    match read_answer(Some(&serde_json::to_vec(&forged).unwrap()), &key()) {
+        Err(Refusal::Unauthenticated(m, why)) => {
+            assert_eq!(m.approval_id, "a1");
+            assert_eq!(why, "signature does not verify (unauthenticated answer)");
+        }
+        other => panic!("a changed decision must not verify: {other:?}"),
+    }
+    let mut odd = key().signed_message("a1", true, "alice", "h1");
+    odd.decision = "maybe".into();
+    for (payload, why) in [
+        (None, "empty message".to_string()),
+        (
+            Some(b"{".to_vec()),
+            "not an approval answer: EOF while parsing an object at line 1 column 1".into(),
+        ),
+        (
+            Some(serde_json::to_vec(&odd).unwrap()),
+            r#"decision must be approve or deny, got "maybe""#.into(),
+        ),
+    ] {
+        match read_answer(payload.as_deref(), &key()) {
+            Err(Refusal::Malformed(got)) => assert_eq!(got, why),
+            other => panic!("{payload:?}: {other:?}"),
+        }
+    }
+}
+
+/// `remediator approve ID`: the id becomes a URL path segment, so anything that could leave
+/// the segment is refused before a request is made.
+#[tokio::test]
+async fn the_client_refuses_an_id_that_could_leave_its_path_segment() {
+    let body = AnswerBody {
+        approver: "alice".into(),
+        action_hash: None,
+    };
+    // Port 9 (discard) on loopback: nothing answers, so a request that is made fails to connect.
+    let url = "http://127.0.0.1:9";
+    for id in ["", "../../v1/x", "a/b", "a b", "a?x=1", "é"] {
+        let e = client_answer(url, "t", id, true, &body).await.unwrap_err();
+        assert_eq!(e, format!("approval id {id:?} must be letters, digits and '-'"));
+    }
+    let e = client_answer(url, "t", "Ab-09", false, &body).await.unwrap_err();
+    assert!(e.starts_with("http://127.0.0.1:9/v1/approvals/Ab-09/deny: "), "{e}");
+}
+
+/// Debug output (config dumps, logs) never shows the key.
+#[test]
+fn the_key_never_appears_in_debug_output() {
+    assert_eq!(format!("{:?}", key()), "AnswerKey(..)");
+}
+
+#[test]
+fn short_keys_are_refused_without_showing_them() {
+    let e = AnswerKey::new("short", "REMEDIATOR_APPROVAL_HMAC_KEY").unwrap_err();
+    assert!(
+        e.contains("REMEDIATOR_APPROVAL_HMAC_KEY") && e.contains("at least 32 bytes"),
+        "{e}"
+    );
+    assert!(!e.contains("short\""), "{e}");
+}
+
+#[test]
+fn secrets_compare_equal_only_when_equal() {
+    assert!(same_secret("s3cret", "s3cret"));
+    assert!(!same_secret("s3cret", "s3creT"));
+    assert!(!same_secret("s3cret", "s3cret-longer"));
+    assert!(!same_secret("", "x"));
+}
