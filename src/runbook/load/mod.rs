@@ -1045,7 +1045,7 @@ fn show(v: &Value) -> String {
 mod tests {
     use super::super::Catalogue;
 
-    const SEED: &str = include_str!("../../tests/data/seed-runbooks.yaml");
+    const SEED: &str = include_str!("../../../tests/data/seed-runbooks.yaml");
 
     #[test]
     fn seed_file_loads_unchanged() {
@@ -1359,7 +1359,7 @@ runbooks:
 
     #[test]
     fn automatic_actions_neither_reversible_nor_self_healing_are_warned_about() {
-        let c = Catalogue::from_yaml(include_str!("../../config/runbooks.yaml"), "c").unwrap();
+        let c = Catalogue::from_yaml(include_str!("../../../config/runbooks.yaml"), "c").unwrap();
         let warned: Vec<&str> = c
             .runbooks()
             .iter()
