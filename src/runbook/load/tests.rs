@@ -1,0 +1,348 @@
+//! Unit tests of the loader: the seed file, every problem located, both forms, the scaling and
+//! rollback rules, and garbage that must be an error rather than a panic.
+
+use super::super::Catalogue;
+
+const SEED: &str = include_str!("../../../tests/data/seed-runbooks.yaml");
+
+#[test]
+fn seed_file_loads_unchanged() {
+    let c = Catalogue::from_yaml(SEED, "seed").unwrap();
+    assert_eq!(c.len(), 3);
+    let rp = c.get("restart-pod").unwrap();
+    assert_eq!(rp.max_per_hour, 5);
+    assert_eq!(rp.cooldown.as_secs(), 300);
+    assert!(rp.rollback.is_none());
+    assert_eq!(
+        c.get("rollback-deployment").unwrap().mode,
+        crate::outcome::Mode::Approval
+    );
+    assert_eq!(c.get("scale-up").unwrap().mode, crate::outcome::Mode::Auto);
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    Catalogue::from_yaml(yaml, "f.yaml")
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn every_problem_is_reported_with_file_runbook_and_key() {
+    let errs = errors(
+        r#"
+runbooks:
+  a:
+    risk: LOW
+    triggers: [x]
+    min_confidence: 1.5
+    max_per_hour: 0
+    colldown_minutes: 5
+    pre_checks: [replicas_greater_than_two]
+    action: kubectl delete pod {podname} -n {namespace}
+  b:
+    risk: EXTREME
+    triggers: [x]
+    min_confidence: 0.5
+    action: {kind: reboot}
+"#,
+    );
+    let want = [
+        r#"f.yaml:8:5: runbook "a": colldown_minutes: unknown key"#,
+        r#"f.yaml:6:21: runbook "a": min_confidence: must be between 0 and 1, got 1.5"#,
+        r#"f.yaml:7:19: runbook "a": max_per_hour: must be between 1 and 10000, got 0"#,
+        r#"f.yaml:9:18: runbook "a": pre_checks[0]: unknown check "replicas_greater_than_two""#,
+        r#"f.yaml:10:13: runbook "a": action: unknown template variable {podname}"#,
+        r#"f.yaml:12:11: runbook "b": risk: must be LOW, MEDIUM or HIGH, got "EXTREME""#,
+        r#"f.yaml:15:20: runbook "b": action.kind: unknown action kind "reboot""#,
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+    }
+}
+
+#[test]
+fn duplicate_triggers_across_runbooks_are_errors() {
+    let errs = errors(
+        r#"
+runbooks:
+  a: {risk: LOW, triggers: [OOMKilled], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+  b: {risk: LOW, triggers: [oomkilled], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+"#,
+    );
+    assert!(
+        errs[0].contains(r#"runbook "b": triggers: trigger "oomkilled" is already claimed by runbook "a""#),
+        "{errs:?}"
+    );
+    assert_eq!(errs.len(), 1, "reported once, under `triggers`: {errs:?}");
+    let errs = errors(
+        r#"
+runbooks:
+  a: {risk: LOW, triggers: [OOMKilled], symptoms: [pod_restarts], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+  b: {risk: LOW, triggers: [pod_restarts], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+"#,
+    );
+    assert_eq!(
+        errs,
+        vec![r#"f.yaml:4:28: runbook "b": triggers: trigger "pod_restarts" is also a symptom of runbook "a""#],
+        "a trigger that is another runbook's symptom is a `triggers` problem"
+    );
+}
+
+#[test]
+fn native_forms_parse() {
+    let c = Catalogue::from_yaml(
+        r#"
+runbooks:
+  web:
+    risk: MEDIUM
+    mode: suggest
+    triggers: [disk_full]
+    symptoms: [disk_usage_high]
+    min_confidence: 0.6
+    scope: {namespaces: [prod]}
+    pre_checks: [{name: off_peak_hours, start_hour: 1, end_hour: 5}]
+    action: {kind: webhook, url: "http://cleaner.ops:8080/clear/{service}", body: {pod: "{pod_name}"}}
+    post_checks: [{name: prometheus_query, query: 'disk{service="{service}"}', below: 70, timeout_seconds: 30}]
+  sc:
+    risk: LOW
+    triggers: [load]
+    min_confidence: 0.6
+    action: {kind: scale_deployment, predictive: {max_replicas: 8}}
+"#,
+        "f",
+    )
+    .unwrap();
+    assert_eq!(c.get("web").unwrap().mode, crate::outcome::Mode::Suggest);
+    assert_eq!(c.get("web").unwrap().post_checks[0].timeout.unwrap().as_secs(), 30);
+}
+
+const SCALE: &str = r#"
+runbooks:
+  up:
+    risk: LOW
+    triggers: [high_cpu]
+    min_confidence: 0.7
+    pre_checks: [{name: current_replicas_below_max, max_replicas: 6}]
+    action: kubectl scale deployment {deployment} --replicas={new_replicas} -n {namespace}
+    rollback: kubectl scale deployment {deployment} --replicas={old_replicas} -n {namespace}
+  native:
+    risk: LOW
+    triggers: [queue_backlog]
+    min_confidence: 0.7
+    action: {kind: scale_deployment, replicas: "{new_replicas}", max_replicas: 20, min_replicas: 2}
+    rollback: {kind: scale_deployment, replicas: "{old_replicas}"}
+  down:
+    risk: MEDIUM
+    triggers: [idle]
+    min_confidence: 0.7
+    action: {kind: scale_deployment, by: -1, min_replicas: 2}
+"#;
+
+#[test]
+fn scales_get_a_direction_and_the_runbooks_cap() {
+    use crate::runbook::{Bounds, Direction, ReplicaSpec};
+    let c = Catalogue::from_yaml(SCALE, "f").unwrap();
+    let replicas = |id: &str, rollback: bool| {
+        let rb = c.get(id).unwrap();
+        match if rollback {
+            rb.rollback.clone().unwrap()
+        } else {
+            rb.action.clone()
+        } {
+            crate::runbook::ActionSpec::ScaleDeployment { replicas, .. } => replicas,
+            other => panic!("{other:?}"),
+        }
+    };
+    // The kubectl form: up, capped by its current_replicas_below_max pre-check.
+    assert!(matches!(
+        replicas("up", false),
+        ReplicaSpec::To {
+            direction: Direction::Up,
+            bounds: Bounds { min: 1, max: 6 },
+            ..
+        }
+    ));
+    assert_eq!(replicas("up", true), ReplicaSpec::Restore);
+    assert!(matches!(
+        replicas("native", false),
+        ReplicaSpec::To {
+            direction: Direction::Up,
+            bounds: Bounds { min: 2, max: 20 },
+            ..
+        }
+    ));
+    assert_eq!(replicas("native", true), ReplicaSpec::Restore);
+    assert_eq!(replicas("down", false), ReplicaSpec::By(-1, Bounds { min: 2, max: 10 }));
+    // The reference catalogue (tests/data/seed-runbooks.yaml): scale-up is capped at 10 (its
+    // bare pre-check's default).
+    let seed = Catalogue::from_yaml(SEED, "seed").unwrap();
+    assert!(matches!(
+        &seed.get("scale-up").unwrap().action,
+        crate::runbook::ActionSpec::ScaleDeployment {
+            replicas: ReplicaSpec::To {
+                direction: Direction::Up,
+                bounds: Bounds { min: 1, max: 10 },
+                ..
+            },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
+    let rb = |risk: &str, action: &str, rollback: &str| {
+        format!(
+                "runbooks:\n  s:\n    risk: {risk}\n    triggers: [x]\n    min_confidence: 0.5\n    action: {action}\n    rollback: {rollback}\n"
+            )
+    };
+    for (yaml, want) in [
+        (
+            rb("LOW", "{kind: scale_to_zero}", "null"),
+            r#"f.yaml:6:20: runbook "s": action.kind: scale_to_zero stops every pod: only a runbook with `risk: HIGH`"#,
+        ),
+        (
+            rb("MEDIUM", "{kind: scale_deployment, replicas: 0}", "null"),
+            r#"f.yaml:6:48: runbook "s": action.replicas: 0 replicas is refused: use `kind: scale_to_zero`"#,
+        ),
+        (
+            rb("LOW", "kubectl scale deployment d --replicas=0", "null"),
+            r#"f.yaml:6:13: runbook "s": action: --replicas=0: 0 replicas is refused"#,
+        ),
+        (
+            rb("LOW", "{kind: scale_deployment, replicas: 11}", "null"),
+            r#"f.yaml:6:48: runbook "s": action.replicas: must lie within min_replicas..max_replicas (1..10), got 11"#,
+        ),
+        (
+            rb("LOW", "{kind: scale_deployment, replicas: \"{old_replicas}\"}", "null"),
+            r#"f.yaml:6:13: runbook "s": action: a restore (`{old_replicas}`) is only possible in a rollback"#,
+        ),
+        (
+            rb(
+                "LOW",
+                "{kind: rollout_restart}",
+                "{kind: scale_deployment, replicas: \"{old_replicas}\"}",
+            ),
+            r#"f.yaml:7:15: runbook "s": rollback: a restore (`{old_replicas}`) needs an action that captures the count"#,
+        ),
+        (
+            rb("LOW", "{kind: scale_deployment, by: 2, direction: down}", "null"),
+            r#"f.yaml:6:56: runbook "s": action.direction: a step of +2 goes up, not down"#,
+        ),
+        (
+            rb(
+                "LOW",
+                "{kind: scale_deployment, replicas: \"{new_replicas}\", direction: restore}",
+                "null",
+            ),
+            r#"f.yaml:6:77: runbook "s": action.direction: restore takes the count the action captured"#,
+        ),
+        (
+            rb(
+                "LOW",
+                "{kind: scale_deployment, replicas: \"{new_replicas}\", min_replicas: 5, max_replicas: 4}",
+                "null",
+            ),
+            r#"f.yaml:6:80: runbook "s": action.min_replicas: must not exceed max_replicas (4), got 5"#,
+        ),
+        (
+            rb("LOW", "{kind: scale_deployment, replicas: \"{max_replicas}\"}", "null"),
+            r#"f.yaml:6:48: runbook "s": action.replicas: unknown template variable {max_replicas}"#,
+        ),
+    ] {
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+    // HIGH risk may stop every pod (approval by default), and restore the count it captured.
+    Catalogue::from_yaml(
+        &rb(
+            "HIGH",
+            "{kind: scale_to_zero}",
+            "{kind: scale_deployment, replicas: \"{old_replicas}\"}",
+        ),
+        "f",
+    )
+    .unwrap();
+}
+
+#[test]
+fn high_risk_auto_without_rollback_needs_a_stated_override() {
+    let rb = |extra: &str| {
+        format!(
+                "runbooks:\n  h:\n    risk: HIGH\n    triggers: [x]\n    min_confidence: 0.5\n    action: {{kind: rollout_undo}}\n{extra}"
+            )
+    };
+    let errs = errors(&rb("    mode: auto\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(r#"f.yaml:2:3: runbook "h": rollback: a HIGH-risk runbook in mode auto needs a rollback"#),
+        "{errs:?}"
+    );
+    let errs = errors(&rb(
+        "    mode: auto\n    rollback: null\n    allow_irreversible_auto: \"\"\n",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(r#"f.yaml:9:30: runbook "h": allow_irreversible_auto: must not be empty"#)),
+        "{errs:?}"
+    );
+    let c = Catalogue::from_yaml(
+        &rb("    mode: auto\n    allow_irreversible_auto: the deploy pipeline re-deploys on failure\n"),
+        "f",
+    )
+    .unwrap();
+    let h = c.get("h").unwrap();
+    assert_eq!(
+        h.irreversible_override.as_deref(),
+        Some("the deploy pipeline re-deploys on failure")
+    );
+    assert_eq!(h.warnings().len(), 1, "still warned about");
+    // Not needed (approval by default, or a rollback): an override there is an error.
+    let errs = errors(&rb("    allow_irreversible_auto: why\n"));
+    assert!(
+        errs[0].starts_with(r#"f.yaml:7:30: runbook "h": allow_irreversible_auto: only for a runbook with risk HIGH"#),
+        "{errs:?}"
+    );
+    Catalogue::from_yaml(&rb("    mode: auto\n    rollback: {kind: rollout_undo}\n"), "f").unwrap();
+    Catalogue::from_yaml(&rb(""), "f").unwrap();
+}
+
+#[test]
+fn automatic_actions_neither_reversible_nor_self_healing_are_warned_about() {
+    let c = Catalogue::from_yaml(include_str!("../../../config/runbooks.yaml"), "c").unwrap();
+    let warned: Vec<&str> = c
+        .runbooks()
+        .iter()
+        .filter(|rb| !rb.warnings().is_empty())
+        .map(|rb| rb.id.as_str())
+        .collect();
+    // restart-pod and restart-service are self-healing, scale-up has a rollback, the
+    // others wait for a human.
+    assert_eq!(warned, ["clear-disk-cache"]);
+    assert!(Catalogue::from_yaml(SEED, "seed")
+        .unwrap()
+        .runbooks()
+        .iter()
+        .all(|rb| rb.warnings().is_empty()));
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    for text in [
+        "",
+        "[]",
+        "runbooks: 3",
+        "runbooks: {a: 3}",
+        ":\n- ]",
+        "runbooks: {}",
+        "other: 1\nrunbooks: {}",
+    ] {
+        assert!(Catalogue::from_yaml(text, "f").is_err(), "{text:?}");
+    }
+}
