@@ -1,7 +1,7 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
 //! `/readyz` (Kafka, the guardrail store and the executor are all reachable), plus the
-//! Alertmanager webhook (`POST /v1/alertmanager`, see `alertmanager.rs`) when it is enabled, and
-//! the approval API (`/v1/approvals`, see `approval.rs`) when a token is configured.
+//! Alertmanager webhook (`POST /v1/alertmanager`, see `crate::alertmanager`) when it is enabled, and
+//! the approval API (`/v1/approvals`, see `crate::approval`) when a token is configured.
 
 use crate::alertmanager::Intake;
 use crate::health::Health;

@@ -54,7 +54,7 @@ pub struct Metrics {
     /// `remediator_approval_oldest_pending_seconds`: age of the oldest of them, 0 when none.
     pub approval_oldest_pending: Gauge,
     /// `remediator_alertmanager_alerts_total{status}`: alerts the Alertmanager intake received, by
-    /// what became of them (`firing`, `resolved`, `rejected`, `failed`; see `alertmanager.rs`).
+    /// what became of them (`firing`, `resolved`, `rejected`, `failed`; see `crate::alertmanager`).
     pub alertmanager_alerts: IntCounterVec,
     /// `remediator_lease_lapses_total{result}`: executions whose blast-radius lease lapsed while
     /// they ran (renewals failed for longer than the lease), by what the renewal then did:

@@ -1,6 +1,6 @@
 //! A YAML document as a tree that remembers where each of its nodes came from.
 //!
-//! The runbook loader (`runbook/load/`) and the config loader (`config.rs`) walk a document by
+//! The runbook loader (`runbook/load/`) and the config loader (`config/load.rs`) walk a document by
 //! hand so that every problem of a file is reported at once, and each problem names
 //! `file:line:column` like a compiler: this is the tree they walk. Mapping entries and list items
 //! carry the position of their key and value, so a problem found anywhere below can be placed.

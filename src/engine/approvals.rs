@@ -44,7 +44,7 @@ impl AnswerOutcomes {
 }
 
 /// The idempotency key of the execution an approval unlocks. It starts with a control
-/// character (U+001F), which no incident id may contain (incident.rs refuses them), so no
+/// character (U+001F), which no incident id may contain (`crate::incident` refuses them), so no
 /// incident, however it is named, can claim or pre-record an approval's execution.
 fn approval_claim(a: &Approval) -> String {
     format!("\u{1f}approval:{}", a.id)

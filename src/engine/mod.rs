@@ -18,7 +18,7 @@
 //! | `store.rs` | every store call of the flows, with its retry policy |
 //!
 //! Every decision and its reason come from `crate::decision`; this module gathers the facts,
-//! asks the store and the executor, and builds each outcome once ([`Engine::outcome`]).
+//! asks the store and the executor, and builds each outcome once (`Engine::outcome`).
 //!
 //! Failure policy: if the store cannot be reached *before* acting, nothing happens and
 //! [`EngineError::StoreUnavailable`] tells the caller to pause and retry the same message with

@@ -46,7 +46,7 @@
 //! Every call is bounded by the configured timeout (connection, response, and an outer
 //! [`tokio::time::timeout`] covering reconnects and `NOSCRIPT` reloads); any I/O problem is
 //! [`StoreError::Unavailable`] and callers fail closed. The connection is a
-//! [`ConnectionManager`] (one multiplexed connection, reconnected in the background), created
+//! [`ConnectionManager`](redis::aio::ConnectionManager) (one multiplexed connection, reconnected in the background), created
 //! lazily so a worker can start while Redis is down and become ready when it returns.
 
 mod ledger;
