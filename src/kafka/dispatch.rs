@@ -8,13 +8,12 @@
 //! the partition's task (`partition.rs`) is spawned on its first message.
 
 use super::context::ConsumerCtx;
-use super::partition::{partition_task, Shared};
+use super::partition::partition_task;
+use super::shared::{Shared, Work};
 use super::KafkaError;
-use crate::engine::Source;
 use crate::shutdown::Shutdown;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::Message;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -30,37 +29,6 @@ use tracing::{debug, warn};
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// Pause after a consumer error so a persistent one is not logged in a hot loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
-
-/// One message taken off the consumer, owned so it can cross into its partition's task.
-pub(super) struct Work {
-    pub(super) source: Source,
-    pub(super) key: Option<Vec<u8>>,
-    /// `None` for a null payload (a tombstone): poison, since it is not an incident.
-    pub(super) payload: Option<Vec<u8>>,
-    pub(super) headers: Option<OwnedHeaders>,
-    /// Assignment generation the message was received under.
-    pub(super) generation: u64,
-    /// The slot this message holds in the `max_in_flight` bound, released when it is finished
-    /// or dropped. `None` for a message that arrived while consumption was paused.
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Work {
-    fn from_message(m: &BorrowedMessage<'_>, generation: u64, permit: Option<OwnedSemaphorePermit>) -> Self {
-        Self {
-            source: Source {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-            },
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers: m.headers().map(|h| h.detach()),
-            generation,
-            _permit: permit,
-        }
-    }
-}
 
 /// A partition's task and the queue feeding it.
 pub(super) struct Worker {

@@ -54,6 +54,7 @@
 //! | `dispatch.rs` | the consume loop: the in-flight bound, pausing and resuming, one queue per partition |
 //! | `partition.rs` | one partition's messages: decided in order, published in order, offsets stored in order |
 //! | `publish.rs` | outcomes and dead-letter copies out and acknowledged; the stuck-producer check |
+//! | `shared.rs` | what the three stages above share: a message taken off the consumer, the partition tasks' state, a decided message |
 //! | `trace.rs` | the W3C trace context carried from incidents to their outcomes |
 //! | `tests.rs` | unit tests, including a whole [`run`] against librdkafka's mock cluster |
 
@@ -62,6 +63,7 @@ mod dispatch;
 mod partition;
 mod publish;
 mod settings;
+mod shared;
 mod trace;
 
 pub use settings::{consumer_config, producer_config, KafkaSettings};
@@ -72,11 +74,11 @@ use crate::health::Health;
 use crate::shutdown::Shutdown;
 use context::{ConsumerCtx, ProducerCtx};
 use dispatch::{dispatch, Worker};
-use partition::Shared;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
+use shared::Shared;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};

@@ -7,96 +7,22 @@
 //! while the partition is still owned. [`Shared`] is the state all partition tasks share: the
 //! engine, the clients, the stop signal, the first fatal error and the run's counters.
 
-use super::context::{ConsumerCtx, ProducerCtx};
-use super::dispatch::Work;
-use super::publish::Finished;
+use super::shared::{Decided, Finished, Shared, Work};
 use super::trace::TraceParent;
-use super::{KafkaError, RunStats, BACKOFF_MAX, BACKOFF_MIN};
-use crate::engine::{Engine, EngineError, Handled};
-use crate::health::Health;
+use super::{KafkaError, BACKOFF_MAX, BACKOFF_MIN};
+use crate::engine::{EngineError, Handled};
 use crate::incident::Rejection;
-use crate::metrics::Metrics;
 use crate::outcome::Decision;
 use crate::retry::Backoff;
-use crate::shutdown::Shutdown;
 use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, error, info, warn, Instrument};
-
-/// State every partition task shares.
-pub(super) struct Shared {
-    pub(super) engine: Arc<Engine>,
-    pub(super) health: Arc<Health>,
-    pub(super) metrics: Metrics,
-    pub(super) consumer: Arc<StreamConsumer<ConsumerCtx>>,
-    pub(super) producer: FutureProducer<ProducerCtx>,
-    pub(super) outcomes_topic: String,
-    pub(super) dlq_topic: String,
-    /// Shutdown in progress: finish the current message, start no other.
-    pub(super) stop: watch::Receiver<bool>,
-    /// First fatal condition; the dispatcher stops when it is set.
-    pub(super) fatal: Mutex<Option<KafkaError>>,
-    pub(super) fatal_notify: Notify,
-    pub(super) handled: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-    pub(super) republished: AtomicU64,
-    /// Owner of the partition tasks (the worker's shutdown tracker).
-    pub(super) tasks: Shutdown,
-}
-
-/// A message decided and waiting to be published.
-pub(super) struct Decided {
-    pub(super) handled: Handled,
-    /// The `traceparent` its outcomes carry (the incident's trace, our span).
-    pub(super) traceparent: Option<String>,
-    /// The message's span, entered again to publish.
-    pub(super) span: tracing::Span,
-}
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
 
 impl Shared {
-    fn stopping(&self) -> bool {
-        *self.stop.borrow() || self.failed()
-    }
-
-    /// A fatal error was recorded: the worker is stopping to be restarted.
-    pub(super) fn failed(&self) -> bool {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    pub(super) fn fail(&self, e: KafkaError) {
-        error!(error = %e, "stopping the consumer");
-        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-        if fatal.is_none() {
-            *fatal = Some(e);
-        }
-        drop(fatal);
-        self.fatal_notify.notify_one();
-    }
-
-    pub(super) fn stats(&self) -> RunStats {
-        RunStats {
-            handled: self.handled.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            republished: self.republished.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Wait `d` unless the worker stops first; `false` when it stopped.
-    async fn backoff(&self, d: Duration) -> bool {
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(d) => !self.stopping(),
-            _ = stop.wait_for(|v| *v) => false,
-        }
-    }
-
     /// Decide one message (the guardrail store is asked, the decision recorded, any action run):
     /// what [`Shared::publish`] must then get out. `None` when the worker stopped first (nothing
     /// was decided; the message is redelivered).

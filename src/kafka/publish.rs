@@ -7,8 +7,7 @@
 //! is restarted with fresh clients. Dead-letter copies are the poison message byte for byte, with
 //! headers naming the error and where it came from; outcomes carry the incident's trace context.
 
-use super::dispatch::Work;
-use super::partition::{Decided, Shared};
+use super::shared::{Decided, Finished, Shared, Work};
 use super::trace::TRACEPARENT;
 use super::{KafkaError, BACKOFF_MAX, BACKOFF_MIN};
 use crate::engine::{Handled, Source};
@@ -37,15 +36,6 @@ const DLQ_HEADERS: [&str; 5] = [
     "source_partition",
     "source_offset",
 ];
-
-/// How handling one message ended.
-pub(super) enum Finished {
-    /// Every outcome (and DLQ copy) is acknowledged: the offset may be stored.
-    Done,
-    /// Given up because the worker is stopping (or Kafka failed fatally): not acknowledged, so
-    /// the message will be redelivered.
-    Abandoned,
-}
 
 impl Shared {
     /// Does the cluster answer a metadata request for `topic` (asked through the consumer, not
