@@ -9,7 +9,7 @@
 //! [`Facts::guardrail`] set from that answer (rules 2 and 6). An event that does not parse is
 //! rule 1 ([`Facts::rejected`]).
 //!
-//! [`decide_approved`] is the same for an answered approval: the checks it repeats before the
+//! `decide_approved` is the same for an answered approval: the checks it repeats before the
 //! approved action may run, with the approver named in every reason.
 //!
 //! One refinement of the order: a runbook template that cannot be rendered safely from the
@@ -304,7 +304,7 @@ pub fn intent_reason(intent: Intent, rb: &RunbookFacts) -> String {
 /// Every fact the execution of an answered (approved) approval depends on. What was safe when
 /// the approval was asked for may not be safe any more: each is checked again.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApprovedFacts {
+pub(crate) struct ApprovedFacts {
     /// Who approved.
     pub approver: String,
     /// Why the incident stored with the approval cannot be read, if it cannot.
@@ -330,7 +330,7 @@ pub struct ApprovedFacts {
 }
 
 /// What an approved action may do now, first check that fails wins.
-pub fn decide_approved(f: &ApprovedFacts) -> Verdict {
+pub(crate) fn decide_approved(f: &ApprovedFacts) -> Verdict {
     let approver = &f.approver;
     let aborted = |why: String| {
         Verdict::Final(Final::new(
