@@ -704,11 +704,9 @@ async fn a_retry_during_the_execution_never_says_not_executed_on_redis() {
 }
 
 async fn retry_during_execution(store: Arc<dyn Store>, clock: ManualClock) {
-    let settings = Settings {
-        max_incident_age: std::time::Duration::from_secs(60),
-        lease: std::time::Duration::from_secs(600),
-        ..Settings::default()
-    };
+    let mut settings = Settings::default();
+    settings.guardrails.max_incident_age = std::time::Duration::from_secs(60);
+    settings.guardrails.lease = std::time::Duration::from_secs(600);
     let faults = Faults {
         action_delay: std::time::Duration::from_millis(1500),
         ..Faults::default()

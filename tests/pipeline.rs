@@ -652,10 +652,8 @@ async fn lease_rig(
         action_delay,
         ..Faults::default()
     }));
-    let mut settings = Settings {
-        lease: Duration::from_millis(600),
-        ..Settings::default()
-    };
+    let mut settings = Settings::default();
+    settings.guardrails.lease = Duration::from_millis(600);
     settings.guardrails.max_concurrent_actions = 1;
     let engine = Engine::new(
         Arc::new(Catalogue::from_yaml(SEED, "test").expect("runbooks load")),

@@ -21,7 +21,7 @@ fn defaults_match_the_design() {
     let s = crate::engine::Settings::from(&c);
     assert_eq!(s.guardrails.max_concurrent_actions, 3);
     assert_eq!(s.guardrails.recovery_timeout, Duration::from_secs(300));
-    assert_eq!(s.max_incident_age, Duration::from_secs(900));
+    assert_eq!(s.guardrails.max_incident_age, Duration::from_secs(900));
 }
 
 #[test]

@@ -312,7 +312,7 @@ impl Engine {
             render_error: None,
             unbound: None,
             age: None,
-            max_age: self.settings.max_incident_age,
+            max_age: self.settings.guardrails.max_incident_age,
             guardrail: GuardrailFact::Unknown,
         };
         let incident = incident::parse(a.incident.as_bytes())

@@ -62,7 +62,7 @@ impl Engine {
                 .detected_at
                 .and_then(|d| (d - now).to_std().ok())
                 .unwrap_or(Duration::ZERO),
-            max_age: self.settings.max_incident_age,
+            max_age: self.settings.guardrails.max_incident_age,
             root_cause: incident.root_cause.clone(),
             runbook,
             confidence: incident.confidence,

@@ -380,7 +380,7 @@ impl Engine {
     ) -> (RenewalTask, Arc<LeaseLoss>) {
         let store = Arc::clone(&self.store);
         let metrics = self.metrics.clone();
-        let lease = self.settings.lease;
+        let lease = self.settings.guardrails.lease;
         let req = RenewRequest {
             incident_id: incident_id.to_string(),
             attempt: attempt.to_string(),

@@ -62,7 +62,7 @@ impl Engine {
             seen: Seen::New,
             age: None,
             ahead: Duration::ZERO,
-            max_age: self.settings.max_incident_age,
+            max_age: self.settings.guardrails.max_incident_age,
             root_cause: incident.root_cause.clone(),
             runbook: Some(runbook_facts(rb)),
             confidence: incident.confidence,

@@ -37,6 +37,7 @@ pub use approvals::{action_hash, Answered};
 pub use manual::ManualError;
 
 use crate::clock::{millis, Clock};
+use crate::config::GuardrailsConfig;
 use crate::decision::{self, RunbookFacts};
 use crate::executor::Executor;
 use crate::guardrails::{Guardrail, Limits, Scope, Store, StoreError};
@@ -100,34 +101,6 @@ pub enum EngineError {
     StoreUnavailable(String),
 }
 
-/// Worker-wide guardrail defaults (docs/design.md#guardrails), combined with each runbook's own
-/// numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuardrailDefaults {
-    /// Executions in flight across all replicas.
-    pub max_concurrent_actions: u32,
-    /// Distinct services touched per window.
-    pub max_affected_services: u32,
-    /// Window of `max_affected_services`.
-    pub affected_services_window: Duration,
-    /// Consecutive failures that open a runbook's circuit.
-    pub failure_threshold: u32,
-    /// Time an open circuit waits before its half-open probe.
-    pub recovery_timeout: Duration,
-}
-
-impl Default for GuardrailDefaults {
-    fn default() -> Self {
-        Self {
-            max_concurrent_actions: 3,
-            max_affected_services: 10,
-            affected_services_window: Duration::from_secs(15 * 60),
-            failure_threshold: 3,
-            recovery_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Engine settings (from the worker config).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -135,14 +108,10 @@ pub struct Settings {
     pub worker: String,
     /// Worker-wide shadow mode.
     pub dry_run: bool,
-    /// Incidents older than this are never acted on.
-    pub max_incident_age: Duration,
-    /// Claim / lease duration, renewed while an action runs.
-    pub lease: Duration,
-    /// How long a handled incident id is remembered.
-    pub idempotency_ttl: Duration,
-    /// Guardrail defaults.
-    pub guardrails: GuardrailDefaults,
+    /// The `guardrails` section of the worker config: the worker-wide guardrail numbers
+    /// (docs/design.md#guardrails), combined with each runbook's own, and the incident age,
+    /// lease and idempotency horizon.
+    pub guardrails: GuardrailsConfig,
     /// Sliding rate-limit window: one hour by contract; shorter only in tests.
     pub rate_window: Duration,
     /// How long an approval can be answered.
@@ -154,10 +123,7 @@ impl Default for Settings {
         Self {
             worker: "remediator".into(),
             dry_run: false,
-            max_incident_age: Duration::from_secs(15 * 60),
-            lease: Duration::from_secs(60),
-            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
-            guardrails: GuardrailDefaults::default(),
+            guardrails: GuardrailsConfig::default(),
             rate_window: Duration::from_secs(3600),
             approval_ttl: Duration::from_secs(3600),
         }
@@ -167,20 +133,10 @@ impl Default for Settings {
 impl From<&crate::config::Config> for Settings {
     /// The engine's part of the worker configuration (validated at load).
     fn from(c: &crate::config::Config) -> Self {
-        let g = &c.guardrails;
         Settings {
             worker: c.worker_id.clone(),
             dry_run: c.dry_run,
-            max_incident_age: g.max_incident_age,
-            lease: g.lease,
-            idempotency_ttl: g.idempotency_ttl,
-            guardrails: GuardrailDefaults {
-                max_concurrent_actions: g.max_concurrent_actions,
-                max_affected_services: g.max_affected_services,
-                affected_services_window: g.affected_services_window,
-                failure_threshold: g.failure_threshold,
-                recovery_timeout: g.recovery_timeout,
-            },
+            guardrails: c.guardrails.clone(),
             approval_ttl: c.approvals.ttl,
             ..Settings::default()
         }
@@ -461,7 +417,7 @@ impl Engine {
             runbook_max_services: rb.blast_radius_limit.unwrap_or(0),
             services_window_ms: ms(g.affected_services_window),
             conservative_ms: ms(self.settings.rate_window),
-            record_ttl_ms: ms(self.settings.idempotency_ttl),
+            record_ttl_ms: ms(self.settings.guardrails.idempotency_ttl),
         }
     }
 

@@ -36,7 +36,7 @@ impl Engine {
             attempt: attempt.to_string(),
             worker: self.settings.worker.clone(),
             source: source.map(ToString::to_string),
-            lease_ms: ms(self.settings.lease),
+            lease_ms: ms(self.settings.guardrails.lease),
             admission,
         }
     }
@@ -55,7 +55,7 @@ impl Engine {
             attempt,
             Admission::Record {
                 outcomes: to_json(outcomes),
-                ttl_ms: ms(self.settings.idempotency_ttl),
+                ttl_ms: ms(self.settings.guardrails.idempotency_ttl),
             },
         )
     }
@@ -82,7 +82,7 @@ impl Engine {
     /// Record the final outcomes under `record_id` (retrying: it has been decided) and return them.
     pub(super) async fn finalize(&self, record_id: &str, attempt: &str, outcomes: Vec<Outcome>) -> Handled {
         let json = to_json(&outcomes);
-        let ttl = ms(self.settings.idempotency_ttl);
+        let ttl = ms(self.settings.guardrails.idempotency_ttl);
         retry::until_ok(
             STORE_RETRY,
             || self.store.record(record_id, attempt, &json, ttl),
