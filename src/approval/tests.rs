@@ -210,3 +210,180 @@ fn secrets_compare_equal_only_when_equal() {
     assert!(!same_secret("s3cret", "s3cret-longer"));
     assert!(!same_secret("", "x"));
 }
+
+mod api {
+    //! The HTTP API and the answer task, in process: a memory store (or one that is down), and
+    //! a publisher whose broker is never reached (nothing here is published).
+
+    use super::super::*;
+    use crate::clock::SystemClock;
+    use crate::engine::{EventIds, Settings};
+    use crate::executor::simulated::SimulatedExecutor;
+    use crate::guardrails::memory::MemoryStore;
+    use crate::guardrails::{
+        AnswerResult, CircuitSnapshot, DecideAnswer, DecideRequest, FinishAnswer, FinishRequest, GuardrailStore,
+        LedgerStore, PendingSummary, RenewRequest, Renewal, Store, StoreError, TrustStats,
+    };
+    use crate::metrics::Metrics;
+    use crate::runbook::Catalogue;
+    use std::time::Instant;
+
+    const TOKEN: &str = "s3cret-token";
+
+    fn engine(store: Arc<dyn Store>) -> Arc<Engine> {
+        let catalogue = Catalogue::from_yaml(include_str!("../../config/runbooks.yaml"), "config/runbooks.yaml")
+            .expect("the shipped catalogue loads");
+        Arc::new(Engine::new(
+            Arc::new(catalogue),
+            store,
+            Arc::new(SimulatedExecutor::new()),
+            Arc::new(SystemClock),
+            Settings::default(),
+            Metrics::new(),
+            EventIds::Random,
+        ))
+    }
+
+    /// A producer that is never used: creating one does not connect.
+    fn publisher() -> Publisher {
+        Publisher::new(&KafkaSettings {
+            brokers: "127.0.0.1:9".into(),
+            ..KafkaSettings::default()
+        })
+        .expect("a producer is created without a broker")
+    }
+
+    /// Serve the API's routes on a free local port; the base URL.
+    async fn serve(api: Api) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let routes = Arc::new(api).routes();
+        tokio::spawn(async move { axum::serve(listener, routes).await });
+        url
+    }
+
+    /// Only the configured bearer token reads or answers approvals; the list answers with it.
+    #[tokio::test]
+    async fn the_api_answers_only_the_right_bearer_token() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+        let (_trigger, tasks) = crate::shutdown::channel();
+        let url = serve(Api::new(engine(store), publisher(), TOKEN.into(), tasks)).await;
+        let client = reqwest::Client::new();
+        let list = format!("{url}/v1/approvals");
+        for auth in [
+            None,
+            Some("Bearer wrong-token"),
+            Some(TOKEN),
+            Some("Bearer s3cret-toke"),
+        ] {
+            let mut req = client.get(&list);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.expect("the API answers");
+            assert_eq!(r.status().as_u16(), 401, "{auth:?}");
+        }
+        let r = client
+            .post(format!("{url}/v1/approvals/a1/approve"))
+            .header("authorization", "Bearer wrong-token")
+            .json(&serde_json::json!({"approver": "mallory"}))
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(r.status().as_u16(), 401, "an answer needs the token too");
+        let r = client
+            .get(&list)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.expect("body"), "[]", "no approval pending");
+    }
+
+    /// A store that is down.
+    struct Down;
+
+    fn down<T>() -> Result<T, StoreError> {
+        Err(StoreError::Unavailable("store down (test)".into()))
+    }
+
+    #[async_trait::async_trait]
+    impl GuardrailStore for Down {
+        async fn decide(&self, _: &DecideRequest) -> Result<DecideAnswer, StoreError> {
+            down()
+        }
+        async fn renew(&self, _: &RenewRequest) -> Result<Renewal, StoreError> {
+            down()
+        }
+        async fn finish(&self, _: &FinishRequest) -> Result<FinishAnswer, StoreError> {
+            down()
+        }
+        async fn record(&self, _: &str, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+            down()
+        }
+        async fn circuit(&self, _: &str) -> Result<CircuitSnapshot, StoreError> {
+            down()
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            down()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LedgerStore for Down {
+        async fn create_approval(&self, _: &Approval, _: u64) -> Result<Approval, StoreError> {
+            down()
+        }
+        async fn answer_approval(&self, _: &str, _: &Answer) -> Result<AnswerResult, StoreError> {
+            down()
+        }
+        async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+            down()
+        }
+        async fn pending_summary(&self) -> Result<PendingSummary, StoreError> {
+            down()
+        }
+        async fn record_trust(&self, _: &str, _: bool, _: u32) -> Result<TrustStats, StoreError> {
+            down()
+        }
+        async fn trust(&self, _: &str, _: u32) -> Result<TrustStats, StoreError> {
+            down()
+        }
+        async fn demote(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            down()
+        }
+        async fn demotion(&self, _: &str) -> Result<Option<String>, StoreError> {
+            down()
+        }
+        async fn promote(&self, _: &str) -> Result<bool, StoreError> {
+            down()
+        }
+    }
+
+    /// While the store is down an answer is tried again until its deadline (waits of 500 ms,
+    /// then 1 s: three tries in 1.5 s for a 1.2 s deadline), then given up with the store's error;
+    /// never given up at once, never retried for ever.
+    #[tokio::test]
+    async fn an_answer_is_retried_while_the_store_is_down_until_its_deadline() {
+        let (_trigger, tasks) = crate::shutdown::channel();
+        let answer = Answer {
+            approve: true,
+            approver: "alice".into(),
+            action_hash: None,
+        };
+        let started = Instant::now();
+        let within = Duration::from_millis(1200);
+        let task = answer_and_publish(&tasks, engine(Arc::new(Down)), publisher(), "a1".into(), answer, within);
+        let result = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("given up at its deadline, not retried for ever");
+        let took = started.elapsed();
+        let e = result.expect_err("the store never answered");
+        assert!(e.contains("store down (test)"), "{e}");
+        assert!(
+            took >= within && took < Duration::from_secs(4),
+            "retried until the deadline, then stopped: {took:?}"
+        );
+    }
+}
