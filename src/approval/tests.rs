@@ -301,6 +301,78 @@ mod api {
         assert_eq!(r.text().await.expect("body"), "[]", "no approval pending");
     }
 
+    /// Answers over HTTP with the token: an approval is approved or denied as the route says
+    /// (200, the store's verdict and the outcomes, published to a mock broker); an unknown one is
+    /// refused (409); with the store down, the list and the answers are 503.
+    #[tokio::test]
+    async fn answers_over_http_take_the_route_s_decision_and_refusals_are_conflicts() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let settings = KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            ..KafkaSettings::default()
+        };
+        cluster.create_topic(&settings.outcomes_topic, 1, 1).expect("topic");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+        let pending = |id: &str| Approval {
+            id: id.into(),
+            incident_id: format!("inc-{id}"),
+            runbook: "no-such-runbook".into(),
+            action_hash: "h".into(),
+            action: "nothing".into(),
+            incident: "{}".into(),
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            state: crate::guardrails::ApprovalState::Pending,
+            approver: None,
+            group: String::new(),
+        };
+        for id in ["a-approve", "a-deny"] {
+            store
+                .create_approval(&pending(id), 60_000)
+                .await
+                .expect("approval stored");
+        }
+        let (_trigger, tasks) = crate::shutdown::channel();
+        let to_mock = Publisher::new(&settings).expect("producer");
+        let url = serve(Api::new(engine(Arc::clone(&store)), to_mock, TOKEN.into(), tasks)).await;
+        let client = reqwest::Client::new();
+        let answer = |route: String| {
+            client
+                .post(format!("{url}/v1/approvals/{route}"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .json(&serde_json::json!({"approver": "alice"}))
+                .send()
+        };
+        let r = answer("a-deny/deny".into()).await.expect("answered");
+        assert_eq!(r.status().as_u16(), 200);
+        let reply: AnswerReply = r.json().await.expect("a reply");
+        assert_eq!((reply.accepted, reply.reason.as_str()), (true, "denied"));
+        let r = answer("a-approve/approve".into()).await.expect("answered");
+        assert_eq!(r.status().as_u16(), 200);
+        let reply: AnswerReply = r.json().await.expect("a reply");
+        assert_eq!((reply.accepted, reply.reason.as_str()), (true, "approved"));
+        assert!(!reply.outcomes.is_empty(), "the answer is audited");
+        let r = answer("nobody/approve".into()).await.expect("answered");
+        assert_eq!(r.status().as_u16(), 409, "an unknown approval is refused");
+        let reply: AnswerReply = r.json().await.expect("a reply");
+        assert!(
+            !reply.accepted && reply.reason.contains("does not exist"),
+            "{}",
+            reply.reason
+        );
+
+        let (_trigger, tasks) = crate::shutdown::channel();
+        let url = serve(Api::new(engine(Arc::new(Down)), publisher(), TOKEN.into(), tasks)).await;
+        let r = client
+            .get(format!("{url}/v1/approvals"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(r.status().as_u16(), 503, "the store is down");
+        assert!(r.text().await.expect("body").contains("store down (test)"));
+    }
+
     /// A store that is down.
     struct Down;
 
