@@ -133,21 +133,22 @@ impl Engine {
         let limits = self.limits(rb);
         // A dry run holds the slots a real run would, but never the circuit's probe (it proves
         // nothing about the action, so it must neither close nor count for the circuit).
-        let admission = match intent {
-            Intent::DryRun => Admission::DryRun {
+        let admission = if intent == Intent::DryRun {
+            Admission::DryRun {
                 scope: scope.clone(),
                 limits: limits.clone(),
-            },
-            Intent::Execute => Admission::Reserve {
+            }
+        } else if intent.reserves() {
+            Admission::Reserve {
                 scope: scope.clone(),
                 limits: limits.clone(),
-            },
-            Intent::Approval | Intent::Suggest => Admission::Check {
+            }
+        } else {
+            Admission::Check {
                 scope: scope.clone(),
                 limits: limits.clone(),
-            },
+            }
         };
-        debug_assert_eq!(intent.reserves(), !matches!(admission, Admission::Check { .. }));
         let probe = match self
             .claim(&self.request(&incident.id, source, attempt, admission))
             .await?
