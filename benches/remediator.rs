@@ -46,6 +46,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::error::Error;
 use std::hint::black_box;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,6 +78,8 @@ struct Sizes {
     matches: usize,
     /// Incidents through `Engine::handle` alone, per store.
     engine: usize,
+    /// Incidents in the file `replay` and the reference engine both decide, per round.
+    replay: usize,
     /// Incidents per configuration and round of the scaling section (`--scaling`), and rounds.
     scaling: usize,
     scaling_rounds: usize,
@@ -89,6 +92,7 @@ const QUICK: Sizes = Sizes {
     latency_secs: 5,
     matches: 2_000_000,
     engine: 2_000,
+    replay: 20_000,
     scaling: 4_000,
     scaling_rounds: 1,
 };
@@ -99,6 +103,7 @@ const FULL: Sizes = Sizes {
     latency_secs: 10,
     matches: 10_000_000,
     engine: 10_000,
+    replay: 100_000,
     scaling: 12_000,
     scaling_rounds: 2,
 };
@@ -170,7 +175,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: scripts/bench [--quick] [--scaling] [--only=admission,pipeline,engine,latency,match,scaling] \
+const USAGE: &str = "usage: scripts/bench [--quick] [--scaling] [--only=admission,pipeline,engine,replay,latency,match,scaling] \
                      [--messages=N] [--scaling-messages=N] [--partitions=N] [--max-in-flight=N] [--kafka-property=KEY=VALUE]...";
 
 /// Command line of the bench binary (after cargo's own `--bench`).
@@ -282,6 +287,13 @@ async fn run(opts: Opts) -> Res<()> {
         if wanted("engine") {
             eprintln!("[bench] engine: one incident at a time through Engine::handle, Redis vs memory store");
             engine_alone(&env, sizes.engine, &mut t, &mut j).await?;
+        }
+        if wanted("replay") {
+            eprintln!(
+                "[bench] replay: {} incidents through `remediator replay` vs the course module's reference engine",
+                sizes.replay
+            );
+            replay_vs_reference(sizes.replay, &mut t, &mut j).await?;
         }
         if wanted("latency") {
             eprintln!(
@@ -1265,6 +1277,127 @@ async fn engine_alone(env: &Env, n: usize, t: &mut Table, j: &mut serde_json::Ma
     let client = redis::Client::open(env.redis_url.as_str())?;
     let mut con = client.get_multiplexed_async_connection().await?;
     cleanup(&mut con, &format!("{{{prefix}}}:")).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay vs the course module's reference engine (benches/reference_engine.py).
+// ---------------------------------------------------------------------------------------------
+
+/// The catalogue both engines load: the module's own runbooks (its action strings are what the
+/// reference engine formats).
+const SEED_RUNBOOKS_YAML: &str = include_str!("../tests/data/seed-runbooks.yaml");
+const REFERENCE_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference_engine.py");
+
+/// Incident `i` of the replay mix, in the module's format (`service`, `context`), which both
+/// engines read: half crash loops and OOM kills, a sixth scale-ups, a tenth HIGH-risk rollbacks,
+/// the rest below the runbook's confidence or with no runbook; 50 services.
+fn reference_incident(i: usize) -> String {
+    let id = format!("r-{i}");
+    let svc = format!("svc-{:02}", i % 50);
+    let v = match i % 20 {
+        0..=9 => json!({"id": id, "root_cause": if i.is_multiple_of(2) {"CrashLoopBackOff"} else {"OOMKilled"},
+            "confidence": 0.95, "service": svc,
+            "context": {"pod_name": format!("{svc}-7d9f8-x{i}"), "namespace": "production"}}),
+        10..=12 => json!({"id": id, "root_cause": "high_cpu", "confidence": 0.9, "service": svc,
+            "context": {"deployment": svc, "namespace": "production", "new_replicas": 5, "old_replicas": 3}}),
+        13..=14 => json!({"id": id, "root_cause": "error_rate_spike_after_deploy", "confidence": 0.95,
+            "service": svc, "context": {"deployment": svc, "namespace": "production"}}),
+        15..=17 => json!({"id": id, "root_cause": "CrashLoopBackOff", "confidence": 0.5, "service": svc,
+            "context": {"pod_name": format!("{svc}-x{i}"), "namespace": "production"}}),
+        _ => json!({"id": id, "root_cause": "cosmic_rays", "confidence": 0.8, "service": svc, "context": {}}),
+    };
+    v.to_string()
+}
+
+/// One `remediator replay` of `incidents` (what the command does: load the catalogue, decide
+/// every line in order, write each outcome as a JSON line), into a sink. Seconds.
+async fn time_replay(incidents: &std::path::Path) -> Res<f64> {
+    let started = Instant::now();
+    let catalogue = Catalogue::from_yaml(SEED_RUNBOOKS_YAML, "seed-runbooks.yaml")?;
+    let input = std::io::BufReader::new(std::fs::File::open(incidents)?);
+    let mut out = std::io::BufWriter::new(std::io::sink());
+    let now = chrono::Utc::now();
+    let mut written = Ok(());
+    remediator::replay::replay(catalogue, input, now, |o| {
+        if written.is_ok() {
+            written = writeln!(out, "{}", o.to_json());
+        }
+    })
+    .await?;
+    written?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One run of the reference engine over the same file, output discarded. Seconds (the
+/// interpreter's start is included; it is a few tens of milliseconds of the whole).
+fn time_reference(runbooks: &std::path::Path, incidents: &std::path::Path) -> Res<f64> {
+    let started = Instant::now();
+    let status = std::process::Command::new("python3")
+        .arg(REFERENCE_ENGINE)
+        .arg(runbooks)
+        .arg(incidents)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(format!("{REFERENCE_ENGINE} failed: {status}").into());
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn replay_vs_reference(n: usize, t: &mut Table, j: &mut serde_json::Map<String, Value>) -> Res<()> {
+    const ROUNDS: usize = 3;
+    let python_ok = std::process::Command::new("python3")
+        .args(["-c", "import yaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_ok {
+        eprintln!("[bench] replay: skipped (python3 with PyYAML not found; the reference engine needs both)");
+        t.row("replay vs reference engine", "skipped", "python3 with PyYAML not found");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (runbooks, incidents) = (dir.path().join("runbooks.yaml"), dir.path().join("incidents.jsonl"));
+    std::fs::write(&runbooks, SEED_RUNBOOKS_YAML)?;
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&incidents)?);
+        for i in 0..n {
+            writeln!(f, "{}", reference_incident(i))?;
+        }
+        f.flush()?;
+    }
+    // Alternating rounds, so a change of load during the run hits both alike; medians.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        ours.push(time_replay(&incidents).await?);
+        theirs.push(time_reference(&runbooks, &incidents)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    let (rate, reference_rate) = (n as f64 / ours, n as f64 / theirs);
+    let ratio = rate / reference_rate;
+    t.row(
+        "Replay vs the course module's reference engine (same file, same run)",
+        "",
+        "",
+    );
+    t.row(
+        "remediator replay",
+        format!("{rate:.0}/s"),
+        format!("{n} incidents, median of {ROUNDS} alternating rounds; outcome JSON written"),
+    );
+    t.row(
+        "reference engine (Python)",
+        format!("{reference_rate:.0}/s"),
+        "benches/reference_engine.py: SimpleRemediationEngine, results as JSON lines",
+    );
+    t.row("replay_vs_reference_engine", format!("{ratio:.2}"), "target >= 5");
+    j.insert("replay_per_s".into(), json!(round(rate, 0)));
+    j.insert("reference_engine_per_s".into(), json!(round(reference_rate, 0)));
+    j.insert("replay_vs_reference_engine".into(), json!(round(ratio, 2)));
     Ok(())
 }
 
