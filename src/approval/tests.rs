@@ -373,6 +373,56 @@ mod api {
         assert!(r.text().await.expect("body").contains("store down (test)"));
     }
 
+    /// `remediator approvals` and `approve|deny` as a user runs them: the pending list with the
+    /// token, an answer through the client; a wrong token is an error naming the HTTP status.
+    #[tokio::test]
+    async fn the_command_line_client_lists_and_answers_through_the_api() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let settings = KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            ..KafkaSettings::default()
+        };
+        cluster.create_topic(&settings.outcomes_topic, 1, 1).expect("topic");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+        let pending = Approval {
+            id: "a-1".into(),
+            incident_id: "inc-1".into(),
+            runbook: "no-such-runbook".into(),
+            action_hash: "h".into(),
+            action: "nothing".into(),
+            incident: "{}".into(),
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            state: crate::guardrails::ApprovalState::Pending,
+            approver: None,
+            group: String::new(),
+        };
+        store.create_approval(&pending, 60_000).await.expect("approval stored");
+        let (_trigger, tasks) = crate::shutdown::channel();
+        let to_mock = Publisher::new(&settings).expect("producer");
+        let url = serve(Api::new(engine(Arc::clone(&store)), to_mock, TOKEN.into(), tasks)).await;
+
+        let listed = client_pending(&url, TOKEN).await.expect("listed");
+        assert_eq!(listed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a-1"]);
+        let e = client_pending(&url, "wrong").await.expect_err("a wrong token");
+        assert!(e.contains("HTTP 401"), "{e}");
+
+        let body = AnswerBody {
+            approver: "alice".into(),
+            action_hash: None,
+        };
+        let e = client_answer(&url, "wrong", "a-1", false, &body)
+            .await
+            .expect_err("a wrong token");
+        assert!(e.contains("HTTP 401"), "{e}");
+        let reply = client_answer(&url, TOKEN, "a-1", false, &body).await.expect("answered");
+        assert_eq!((reply.accepted, reply.reason.as_str()), (true, "denied"));
+        assert!(
+            client_pending(&url, TOKEN).await.expect("listed").is_empty(),
+            "answered: no longer pending"
+        );
+    }
+
     /// A store that is down.
     struct Down;
 
