@@ -262,6 +262,45 @@ mod api {
         url
     }
 
+    /// The API over a memory store holding a pending approval for each of `ids` (for a runbook
+    /// the catalogue lacks, so an approval aborts without running anything), publishing to an
+    /// embedded mock broker. Keep the broker and the trigger alive while the URL is used.
+    async fn serve_with_pending(
+        ids: &[&str],
+    ) -> (
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        crate::shutdown::Trigger,
+        String,
+    ) {
+        let broker = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let settings = KafkaSettings {
+            brokers: broker.bootstrap_servers(),
+            ..KafkaSettings::default()
+        };
+        broker.create_topic(&settings.outcomes_topic, 1, 1).expect("topic");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+        for id in ids {
+            let pending = Approval {
+                id: id.to_string(),
+                incident_id: format!("inc-{id}"),
+                runbook: "no-such-runbook".into(),
+                action_hash: "h".into(),
+                action: "nothing".into(),
+                incident: "{}".into(),
+                created_at_ms: 0,
+                expires_at_ms: 0,
+                state: crate::guardrails::ApprovalState::Pending,
+                approver: None,
+                group: String::new(),
+            };
+            store.create_approval(&pending, 60_000).await.expect("approval stored");
+        }
+        let (trigger, tasks) = crate::shutdown::channel();
+        let to_broker = Publisher::new(&settings).expect("producer");
+        let url = serve(Api::new(engine(store), to_broker, TOKEN.into(), tasks)).await;
+        (broker, trigger, url)
+    }
+
     /// Only the configured bearer token reads or answers approvals; the list answers with it.
     #[tokio::test]
     async fn the_api_answers_only_the_right_bearer_token() {
@@ -306,35 +345,7 @@ mod api {
     /// refused (409); with the store down, the list and the answers are 503.
     #[tokio::test]
     async fn answers_over_http_take_the_route_s_decision_and_refusals_are_conflicts() {
-        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        let settings = KafkaSettings {
-            brokers: cluster.bootstrap_servers(),
-            ..KafkaSettings::default()
-        };
-        cluster.create_topic(&settings.outcomes_topic, 1, 1).expect("topic");
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
-        let pending = |id: &str| Approval {
-            id: id.into(),
-            incident_id: format!("inc-{id}"),
-            runbook: "no-such-runbook".into(),
-            action_hash: "h".into(),
-            action: "nothing".into(),
-            incident: "{}".into(),
-            created_at_ms: 0,
-            expires_at_ms: 0,
-            state: crate::guardrails::ApprovalState::Pending,
-            approver: None,
-            group: String::new(),
-        };
-        for id in ["a-approve", "a-deny"] {
-            store
-                .create_approval(&pending(id), 60_000)
-                .await
-                .expect("approval stored");
-        }
-        let (_trigger, tasks) = crate::shutdown::channel();
-        let to_mock = Publisher::new(&settings).expect("producer");
-        let url = serve(Api::new(engine(Arc::clone(&store)), to_mock, TOKEN.into(), tasks)).await;
+        let (_broker, _trigger, url) = serve_with_pending(&["a-approve", "a-deny"]).await;
         let client = reqwest::Client::new();
         let answer = |route: String| {
             client
@@ -377,30 +388,7 @@ mod api {
     /// token, an answer through the client; a wrong token is an error naming the HTTP status.
     #[tokio::test]
     async fn the_command_line_client_lists_and_answers_through_the_api() {
-        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        let settings = KafkaSettings {
-            brokers: cluster.bootstrap_servers(),
-            ..KafkaSettings::default()
-        };
-        cluster.create_topic(&settings.outcomes_topic, 1, 1).expect("topic");
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
-        let pending = Approval {
-            id: "a-1".into(),
-            incident_id: "inc-1".into(),
-            runbook: "no-such-runbook".into(),
-            action_hash: "h".into(),
-            action: "nothing".into(),
-            incident: "{}".into(),
-            created_at_ms: 0,
-            expires_at_ms: 0,
-            state: crate::guardrails::ApprovalState::Pending,
-            approver: None,
-            group: String::new(),
-        };
-        store.create_approval(&pending, 60_000).await.expect("approval stored");
-        let (_trigger, tasks) = crate::shutdown::channel();
-        let to_mock = Publisher::new(&settings).expect("producer");
-        let url = serve(Api::new(engine(Arc::clone(&store)), to_mock, TOKEN.into(), tasks)).await;
+        let (_broker, _trigger, url) = serve_with_pending(&["a-1"]).await;
 
         let listed = client_pending(&url, TOKEN).await.expect("listed");
         assert_eq!(listed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a-1"]);
