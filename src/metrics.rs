@@ -38,6 +38,9 @@ pub struct Metrics {
     pub outcomes_published: IntCounter,
     /// `remediator_outcomes_republished_total`: recorded outcomes re-published for redeliveries.
     pub outcomes_republished: IntCounter,
+    /// `remediator_delivery_retries_total`: records (outcomes, dead-letter copies) sent again
+    /// after a failed delivery, including those sent again to keep a partition's order.
+    pub delivery_retries: IntCounter,
     /// `remediator_runbook_success_rate{runbook}`: verified success rate over the trust window.
     pub trust_rate: GaugeVec,
     /// `remediator_runbook_executions{runbook}`: executions counted in the trust window.
@@ -156,6 +159,10 @@ impl Metrics {
             "remediator_outcomes_republished_total",
             "Recorded outcomes re-published because their incident was redelivered.",
         );
+        let delivery_retries = counter(
+            "remediator_delivery_retries_total",
+            "Records sent again after a failed delivery (and the records after them, to keep their order).",
+        );
         let alertmanager_alerts = counter_vec(
             "remediator_alertmanager_alerts_total",
             "Alerts received by the Alertmanager intake, by what became of them.",
@@ -233,6 +240,7 @@ impl Metrics {
             store_errors,
             outcomes_published,
             outcomes_republished,
+            delivery_retries,
             alertmanager_alerts,
             lease_lapses,
         }

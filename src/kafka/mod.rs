@@ -9,10 +9,12 @@
 //!   broker. A crash between publish and commit redelivers the message; the guardrail store then
 //!   re-publishes the recorded outcome instead of acting again.
 //! * **Per-partition order, partitions in parallel.** One task per partition decides its messages
-//!   one after another and hands them to the partition's publisher, which publishes their
-//!   outcomes one after another in the same order: while the broker acknowledges message `N`,
-//!   `N+1` (up to 8 messages ahead) is being decided. Offsets are stored in order by
-//!   construction: `N+1` is never stored while `N` is unpublished. Partitions run concurrently.
+//!   one after another and hands them to the partition's publisher, which hands their outcomes
+//!   to the producer in the same order without waiting for the broker (up to 64 messages
+//!   outstanding; the idempotent producer keeps their order) and finishes them in that order as
+//!   the acknowledgements come. Offsets are stored in order by construction: `N+1` is never
+//!   stored while `N` is unacknowledged. A failed record is sent again together with every record
+//!   handed over after it, in order. Partitions run concurrently.
 //! * **Bounded work, backpressure.** At most `max_in_flight` messages are pulled and unfinished at
 //!   a time (a semaphore). When it is exhausted the consumer stops pulling; if no slot frees up
 //!   within a second, the assigned partitions are *paused* and the consumer is polled again, so

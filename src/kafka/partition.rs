@@ -7,7 +7,8 @@
 //! while the partition is still owned. [`Shared`] is the state all partition tasks share: the
 //! engine, the clients, the stop signal, the first fatal error and the run's counters.
 
-use super::shared::{Decided, Finished, Shared, Work};
+use super::publish::Outstanding;
+use super::shared::{Decided, Shared, Work};
 use super::trace::TraceParent;
 use super::{KafkaError, BACKOFF_MAX, BACKOFF_MIN};
 use crate::engine::{EngineError, Handled};
@@ -17,6 +18,7 @@ use crate::retry::Backoff;
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -83,7 +85,7 @@ impl Shared {
     }
 
     /// Store `offset + 1` for a finished message, if its partition is still ours.
-    fn acknowledge(&self, w: &Work) {
+    pub(super) fn acknowledge(&self, w: &Work) {
         let p = w.source.partition;
         if !self.consumer.context().owns(p, w.generation) {
             debug!(source = %w.source, "partition no longer owned; its offset is left to the new owner");
@@ -102,16 +104,19 @@ impl Shared {
     }
 }
 
-/// Decided messages of one partition that may wait for their publication at once.
-const PUBLISH_DEPTH: usize = 8;
+/// Decided messages of one partition that may be outstanding (handed to the producer and not yet
+/// acknowledged, or waiting to be handed over) at once. Over all partitions, `kafka.max_in_flight`
+/// bounds them too.
+const PUBLISH_DEPTH: usize = 64;
 
 /// One partition's messages, in two stages that overlap: this task decides each message after
 /// the one before it was decided (so the store sees a partition's incidents in order, and a
 /// redelivered duplicate finds the record of its original), and a publisher task of its own
-/// publishes the decided messages' outcomes one after another, in the same order, storing each
-/// offset once that message's outcomes are acknowledged. So while the broker acknowledges
-/// message `N`, message `N+1` is being decided; outcomes keep the partition's order, and offsets
-/// are stored strictly in order. A message whose publishing was abandoned (a fatal Kafka error)
+/// hands the decided messages' outcomes to the producer in the same order as they come, without
+/// waiting for the broker, storing each offset once that message's outcomes, and those of every
+/// message before it, are acknowledged. So while the broker acknowledges message `N`, messages
+/// `N+1`, `N+2`, ... are being decided and published; outcomes keep the partition's order, and
+/// offsets are stored strictly in order. A message whose publishing was abandoned (a fatal Kafka error)
 /// stops the partition: nothing after it is published or acknowledged.
 pub(super) async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::UnboundedReceiver<Work>) {
     let (decided_tx, decided_rx) = mpsc::channel::<(Work, Decided)>(PUBLISH_DEPTH);
@@ -152,17 +157,44 @@ pub(super) async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: 
     }
 }
 
-/// The publishing stage of [`partition_task`].
+/// The publishing stage of [`partition_task`]: hands each decided message's records to the
+/// producer as soon as it comes (up to [`PUBLISH_DEPTH`] messages outstanding), and finishes the
+/// messages in the same order as their records are acknowledged, storing each offset. After a
+/// failed record, that record and every one handed over after it are sent again in order
+/// ([`Shared::redeliver`]). A message whose publishing was abandoned (a fatal Kafka error) stops
+/// the partition: nothing after it is acknowledged.
 async fn publish_in_order(shared: Arc<Shared>, mut decided: mpsc::Receiver<(Work, Decided)>) {
-    while let Some((work, d)) = decided.recv().await {
-        match AssertUnwindSafe(shared.publish(&work, d)).catch_unwind().await {
-            Ok(Finished::Done) => shared.acknowledge(&work),
-            // Nothing after an unacknowledged message may be acknowledged: stop this partition.
-            Ok(Finished::Abandoned) => return,
-            Err(_) => {
-                shared.fail(KafkaError::Panicked(work.source.to_string()));
-                return;
+    let mut outstanding: VecDeque<Outstanding> = VecDeque::with_capacity(PUBLISH_DEPTH);
+    let mut open = true;
+    while open || !outstanding.is_empty() {
+        let room = open && outstanding.len() < PUBLISH_DEPTH;
+        tokio::select! {
+            biased;
+            // Acknowledgements first: they make room.
+            answer = async {
+                match outstanding.front_mut() {
+                    Some(o) => o.acknowledged().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let published = match answer {
+                    Ok(()) => {
+                        if let Some(o) = outstanding.pop_front() {
+                            shared.finish(o);
+                        }
+                        true
+                    }
+                    Err(e) => shared.redeliver(&mut outstanding, e).await,
+                };
+                if !published {
+                    // Nothing after an unacknowledged message may be acknowledged.
+                    return;
+                }
             }
+            next = decided.recv(), if room => match next {
+                Some((work, d)) => outstanding.push_back(shared.enqueue(work, d).await),
+                None => open = false,
+            },
         }
     }
 }

@@ -47,10 +47,10 @@ pub fn producer_config(s: &KafkaSettings) -> ClientConfig {
         .set("acks", "all")
         // Surface a broker outage after 30 s (and retry ourselves) instead of librdkafka's 5 min.
         .set("message.timeout.ms", "30000")
-        // Send at once: a partition waits for its outcome's acknowledgement before its next
-        // message, so librdkafka's default 5 ms linger was paid once per message, serially
-        // (scripts/bench: 11x the throughput without it, docs/benchmark-history.md). Batching still
-        // happens whenever several outcomes are queued while a request is in flight.
+        // Send at once: a lone outcome does not wait (librdkafka's default 5 ms linger was paid
+        // once per message when a partition published serially; scripts/bench: 11x the
+        // throughput without it, docs/benchmark-history.md). Batching still happens whenever
+        // several outcomes are queued while a request is in flight.
         .set("linger.ms", "0")
         // TCP_NODELAY: a small outcome is not held back by Nagle behind an unacknowledged one.
         .set("socket.nagle.disable", "true");

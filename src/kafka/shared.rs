@@ -1,8 +1,7 @@
 //! What the dispatcher, the partition tasks and the publisher share: a message taken off the
 //! consumer ([`Work`]), the state every partition task holds ([`Shared`]: the clients, the stop
-//! signal, the first fatal error, the counters), a decided message on its way to the broker
-//! ([`Decided`]) and how its publishing ended ([`Finished`]). Kept apart so the three stages
-//! import it and not each other.
+//! signal, the first fatal error, the counters) and a decided message on its way to the broker
+//! ([`Decided`]). Kept apart so the three stages import it and not each other.
 
 use super::context::{ConsumerCtx, ProducerCtx};
 use super::{KafkaError, RunStats};
@@ -118,13 +117,4 @@ impl Shared {
             _ = stop.wait_for(|v| *v) => false,
         }
     }
-}
-
-/// How handling one message ended.
-pub(super) enum Finished {
-    /// Every outcome (and DLQ copy) is acknowledged: the offset may be stored.
-    Done,
-    /// Given up because the worker is stopping (or Kafka failed fatally): not acknowledged, so
-    /// the message will be redelivered.
-    Abandoned,
 }

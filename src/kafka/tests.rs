@@ -15,8 +15,10 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::FutureProducer;
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 
@@ -174,10 +176,12 @@ async fn runs_against_the_mock_cluster_with_the_consumer_protocol() {
     mock_round_trip([("group.protocol".to_string(), "consumer".to_string())].into()).await;
 }
 
-/// The embedded demo's setup: librdkafka's mock cluster (no CreateTopics; topics come from
-/// `MockCluster::create_topic`), the in-memory store, the simulated executor. Three
-/// incidents in, three outcomes out, a clean shutdown.
-async fn mock_round_trip(properties: BTreeMap<String, String>) {
+/// A mock cluster with the worker's three topics (`incidents` partitions for incidents, one for
+/// outcomes and dead letters), and settings that point at it.
+fn mock_cluster(
+    properties: BTreeMap<String, String>,
+    incidents: i32,
+) -> (MockCluster<'static, DefaultProducerContext>, KafkaSettings) {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let settings = KafkaSettings {
         brokers: cluster.bootstrap_servers(),
@@ -186,17 +190,65 @@ async fn mock_round_trip(properties: BTreeMap<String, String>) {
         ..KafkaSettings::default()
     };
     cluster
-        .create_topic(&settings.incidents_topic, 3, 1)
+        .create_topic(&settings.incidents_topic, incidents, 1)
         .expect("incidents topic");
     cluster
         .create_topic(&settings.outcomes_topic, 1, 1)
         .expect("outcomes topic");
     cluster.create_topic(&settings.dlq_topic, 1, 1).expect("dlq topic");
+    (cluster, settings)
+}
 
+/// Produce `{"id":ID,REST}` keyed by ID for each `(ID, REST)`, in order.
+async fn produce_incidents(settings: &KafkaSettings, incidents: &[(String, &str)]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         .create()
         .expect("producer");
+    for (id, rest) in incidents {
+        let payload = format!(r#"{{"id":"{id}",{rest}}}"#);
+        producer
+            .send(
+                FutureRecord::to(&settings.incidents_topic)
+                    .key(id.as_str())
+                    .payload(&payload),
+                Timeout::Never,
+            )
+            .await
+            .expect("incident produced");
+    }
+}
+
+/// A reader of the outcomes topic from its beginning.
+fn outcome_reader(settings: &KafkaSettings) -> StreamConsumer {
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", "outcome-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&settings.outcomes_topic, 0, Offset::Beginning)
+        .expect("tpl");
+    reader.assign(&tpl).expect("assign");
+    reader
+}
+
+/// The next outcome on `reader` (within 20 s): its key and JSON.
+async fn next_outcome(reader: &StreamConsumer) -> (Option<Vec<u8>>, serde_json::Value) {
+    let m = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+        .await
+        .expect("outcomes within 20 s")
+        .expect("outcome message");
+    let v = serde_json::from_slice(m.payload().unwrap_or_default()).expect("outcome json");
+    (m.key().map(<[u8]>::to_vec), v)
+}
+
+/// The embedded demo's setup: librdkafka's mock cluster (no CreateTopics; topics come from
+/// `MockCluster::create_topic`), the in-memory store, the simulated executor. Three
+/// incidents in, three outcomes out, a clean shutdown.
+async fn mock_round_trip(properties: BTreeMap<String, String>) {
+    let (_cluster, settings) = mock_cluster(properties, 3);
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let incidents = [
         (
@@ -212,18 +264,7 @@ async fn mock_round_trip(properties: BTreeMap<String, String>) {
             r#""root_cause":"unknown_issue","confidence":0.60,"service":"auth","context":{}"#,
         ),
     ];
-    for (id, rest) in &incidents {
-        let payload = format!(r#"{{"id":"{id}",{rest}}}"#);
-        producer
-            .send(
-                FutureRecord::to(&settings.incidents_topic)
-                    .key(id.as_str())
-                    .payload(&payload),
-                Timeout::Never,
-            )
-            .await
-            .expect("incident produced");
-    }
+    produce_incidents(&settings, &incidents).await;
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let health = Arc::new(Health::new());
@@ -232,25 +273,12 @@ async fn mock_round_trip(properties: BTreeMap<String, String>) {
         tokio::spawn(async move { run(&settings, engine, health, shutdown).await })
     };
 
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", "outcome-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&settings.outcomes_topic, 0, Offset::Beginning)
-        .expect("tpl");
-    reader.assign(&tpl).expect("assign");
+    let reader = outcome_reader(&settings);
     let mut decisions = BTreeMap::new();
     while decisions.len() < 3 {
-        let m = tokio::time::timeout(Duration::from_secs(20), reader.recv())
-            .await
-            .expect("outcomes within 20 s")
-            .expect("outcome message");
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("outcome json");
+        let (key, v) = next_outcome(&reader).await;
         let id = v["incident_id"].as_str().unwrap_or_default().to_string();
-        assert_eq!(m.key(), Some(id.as_bytes()), "outcome keyed by incident id");
+        assert_eq!(key.as_deref(), Some(id.as_bytes()), "outcome keyed by incident id");
         decisions.insert(id, v["decision"].as_str().unwrap_or_default().to_string());
     }
     assert!(health.snapshot().0, "kafka marked healthy once assigned");
@@ -273,4 +301,83 @@ async fn mock_round_trip(properties: BTreeMap<String, String>) {
         .map(|(i, d)| (format!("{run_id}-{i}"), d.to_string()))
         .collect();
     assert_eq!(decisions, want);
+}
+
+/// A partition's outcomes are outstanding together, and when the broker refuses some of them
+/// the failed one and everything handed over after it are sent again in order: each incident's
+/// last outcome on the topic comes in the incidents' order, every offset is committed, nothing
+/// is lost. The mock broker answers the worker's first Produce requests with a permanent error
+/// twice (after the incidents were produced; four failures in a row would be a stuck producer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_outcome_is_sent_again_with_every_outcome_after_it() {
+    const N: usize = 40;
+    let (cluster, settings) = mock_cluster([("group.protocol".to_string(), "consumer".to_string())].into(), 1);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let incidents: Vec<(String, &str)> = (0..N)
+        .map(|i| {
+            (
+                format!("{run_id}-{i:03}"),
+                r#""root_cause":"unknown_issue","confidence":0.60,"service":"auth","context":{}"#,
+            )
+        })
+        .collect();
+    produce_incidents(&settings, &incidents).await;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+    );
+
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let engine = engine();
+    let worker = {
+        let (settings, engine) = (settings.clone(), engine.clone());
+        tokio::spawn(async move { run(&settings, engine, Arc::new(Health::new()), shutdown).await })
+    };
+    let reader = outcome_reader(&settings);
+    // Each incident's latest position on the topic; done once the last incident's outcome came
+    // after every other's.
+    let mut seen: Vec<String> = Vec::new();
+    let last = &incidents[N - 1].0;
+    let mut read = 0;
+    loop {
+        let (_, v) = next_outcome(&reader).await;
+        read += 1;
+        let id = v["incident_id"].as_str().unwrap_or_default().to_string();
+        seen.retain(|s| s != &id);
+        seen.push(id);
+        if seen.len() == N && seen.last() == Some(last) {
+            break;
+        }
+    }
+    let want: Vec<String> = incidents.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(seen, want, "each incident's last outcome, in the incidents' order");
+    assert!(
+        engine.metrics().delivery_retries.get() >= 1,
+        "the refused records were sent again ({read} outcomes read)"
+    );
+    trigger.fire();
+    let stats = tokio::time::timeout(Duration::from_secs(40), worker)
+        .await
+        .expect("run returns after shutdown")
+        .expect("task")
+        .expect("run ok");
+    assert_eq!(stats.handled, N as u64, "every message finished once");
+    let committed = committed_offset(&settings);
+    assert_eq!(committed, Some(N as i64), "every offset committed");
+}
+
+/// The worker group's committed offset of incidents partition 0.
+fn committed_offset(settings: &KafkaSettings) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&settings.incidents_topic, 0);
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+    match committed.find_partition(&settings.incidents_topic, 0)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
