@@ -54,6 +54,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
+/// The allocator the `remediator` binary uses (src/main.rs), so the in-process figures (engine,
+/// replay, matching) are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Concurrency of the admission benchmark, and `redis-benchmark -c`.
 const ADMISSION_TASKS: usize = 64;
 /// Partitions of the incidents topic (the worker runs one task per partition), unless
@@ -1316,16 +1321,8 @@ async fn time_replay(incidents: &std::path::Path) -> Res<f64> {
     let started = Instant::now();
     let catalogue = Catalogue::from_yaml(SEED_RUNBOOKS_YAML, "seed-runbooks.yaml")?;
     let input = std::io::BufReader::new(std::fs::File::open(incidents)?);
-    let mut out = std::io::BufWriter::new(std::io::sink());
-    let now = chrono::Utc::now();
-    let mut written = Ok(());
-    remediator::replay::replay(catalogue, input, now, |o| {
-        if written.is_ok() {
-            written = writeln!(out, "{}", o.to_json());
-        }
-    })
-    .await?;
-    written?;
+    let out = std::io::BufWriter::new(std::io::sink());
+    remediator::replay::replay(catalogue, input, chrono::Utc::now(), out).await?;
     Ok(started.elapsed().as_secs_f64())
 }
 

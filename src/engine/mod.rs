@@ -325,7 +325,29 @@ impl Engine {
     /// delivery is retried after [`EngineError`], so a retry never reserves twice.
     pub async fn handle(&self, payload: &[u8], source: Option<&Source>, attempt: &str) -> Result<Handled, EngineError> {
         let started = Instant::now();
-        let result = match incident::parse(payload) {
+        self.handle_from(started, incident::parse(payload), source, attempt)
+            .await
+    }
+
+    /// [`Engine::handle`] of a message already parsed with [`incident::parse`] (`remediator
+    /// replay` parses on another thread while the engine decides the lines before).
+    pub async fn handle_parsed(
+        &self,
+        parsed: Result<Incident, (incident::Rejection, Partial)>,
+        source: Option<&Source>,
+        attempt: &str,
+    ) -> Result<Handled, EngineError> {
+        self.handle_from(Instant::now(), parsed, source, attempt).await
+    }
+
+    async fn handle_from(
+        &self,
+        started: Instant,
+        parsed: Result<Incident, (incident::Rejection, Partial)>,
+        source: Option<&Source>,
+        attempt: &str,
+    ) -> Result<Handled, EngineError> {
+        let result = match parsed {
             Err((rejection, partial)) => {
                 warn!(field = %rejection.field, reason = %rejection, source = ?source.map(|s| s.to_string()), "incident rejected");
                 // Rule 1: nothing else about the event counts.

@@ -38,8 +38,8 @@ use ledger::Ledger;
 /// stores use this value (the Redis store passes it to its scripts).
 pub const CLAIM_GRACE_MS: u64 = 3_600_000;
 
-/// Decisions between two sweeps of expired incident records (lazy expiry keeps memory bounded
-/// in a long `demo`; reads already ignore expired records).
+/// Decisions between two sweeps of expired incident records, at least (lazy expiry keeps memory
+/// bounded in a long `demo`; reads already ignore expired records). See [`State::sweep`].
 const SWEEP_EVERY: u32 = 1024;
 
 /// Progress of one incident id.
@@ -128,9 +128,13 @@ impl State {
         self.incidents.get_mut(id)
     }
 
+    /// Count a decision, and drop the expired incident records once enough decisions passed:
+    /// [`SWEEP_EVERY`], or as many as there are records, whichever is more. A sweep costs one
+    /// look at every record, so its cost per decision stays constant however many records a long
+    /// run keeps (at most about twice the live ones).
     fn sweep(&mut self, now: i64) {
         self.since_sweep += 1;
-        if self.since_sweep >= SWEEP_EVERY {
+        if self.since_sweep as usize >= self.incidents.len().max(SWEEP_EVERY as usize) {
             self.since_sweep = 0;
             self.incidents.retain(|_, r| r.expires_at > now);
         }
@@ -230,5 +234,53 @@ impl GuardrailStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(expires_at: i64) -> Incident {
+        Incident {
+            state: ClaimState::Done,
+            worker: "w".into(),
+            attempt: "a".into(),
+            lease_until: 0,
+            source: None,
+            outcomes: Some("[]".into()),
+            answer: None,
+            acted_by: None,
+            finish: None,
+            expires_at,
+        }
+    }
+
+    /// Expired records go after SWEEP_EVERY decisions in a small store, and after as many
+    /// decisions as there are records in a large one; live records stay.
+    #[test]
+    fn expired_records_are_swept_at_a_constant_cost_per_decision() {
+        let mut st = State::default();
+        st.incidents.insert("live".into(), record(1_000));
+        st.incidents.insert("expired".into(), record(100));
+        for _ in 1..SWEEP_EVERY {
+            st.sweep(200);
+        }
+        assert_eq!(st.incidents.len(), 2, "no sweep before {SWEEP_EVERY} decisions");
+        st.sweep(200);
+        assert_eq!(st.incidents.keys().collect::<Vec<_>>(), ["live"]);
+
+        let n = 3 * SWEEP_EVERY as usize;
+        st.incidents.extend((0..n).map(|i| (format!("old-{i}"), record(100))));
+        for _ in 1..=n {
+            st.sweep(200);
+        }
+        assert_eq!(
+            st.incidents.len(),
+            n + 1,
+            "no sweep before as many decisions as records"
+        );
+        st.sweep(200);
+        assert_eq!(st.incidents.keys().collect::<Vec<_>>(), ["live"]);
     }
 }
