@@ -42,8 +42,12 @@ where
     let engine = engine(catalogue, now);
     let (parsed_tx, mut parsed_rx) = mpsc::channel::<std::io::Result<Vec<Parsed>>>(DEPTH);
     let (decided_tx, decided_rx) = mpsc::channel::<Vec<Outcome>>(DEPTH);
-    let reader = std::thread::spawn(move || read_and_parse(input, parsed_tx));
-    let writer = std::thread::spawn(move || write_outcomes(out, decided_rx));
+    let reader = std::thread::Builder::new()
+        .name("replay-read".into())
+        .spawn(move || read_and_parse(input, parsed_tx))?;
+    let writer = std::thread::Builder::new()
+        .name("replay-write".into())
+        .spawn(move || write_outcomes(out, decided_rx))?;
 
     let mut lines = 0;
     let mut decided = Ok(());
