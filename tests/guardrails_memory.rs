@@ -16,6 +16,14 @@ async fn memory_store() -> Option<Store> {
 
 guardrail_suite_tests!(memory_store);
 
+/// One call for a batch decides like one call per request (common/guardrail_suite.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_decides_like_one_at_a_time() {
+    if let (Some(batched), Some(single)) = (memory_store().await, memory_store().await) {
+        common::guardrail_suite::batch_decides_like_one_at_a_time(batched, single).await;
+    }
+}
+
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops
 /// counting exactly `rate_window_ms` after it was taken.
 #[tokio::test]

@@ -34,6 +34,14 @@ async fn redis_store() -> Option<Store> {
 
 guardrail_suite_tests!(redis_store);
 
+/// One call for a batch decides like one call per request (common/guardrail_suite.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_decides_like_one_at_a_time() {
+    if let (Some(batched), Some(single)) = (redis_store().await, redis_store().await) {
+        common::guardrail_suite::batch_decides_like_one_at_a_time(batched, single).await;
+    }
+}
+
 /// A ledger (approvals, trust) in a namespace of its own.
 async fn redis_ledger() -> Option<common::ledger_suite::Ledger> {
     let url = common::redis_url()?;

@@ -410,6 +410,19 @@ pub trait GuardrailStore: Send + Sync {
     /// Claim the incident and check (and possibly reserve) its guardrails, atomically.
     async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError>;
 
+    /// [`GuardrailStore::decide`] for several requests, in order: the answers are those of
+    /// deciding them one after another. The Redis store decides them in one script call (one
+    /// round trip, nothing from another replica in between); this default asks one at a time.
+    /// After an error some of them may have been decided: retrying the same requests (same
+    /// attempts) is safe, since a store replays an attempt's answer instead of deciding again.
+    async fn decide_batch(&self, reqs: &[DecideRequest]) -> Result<Vec<DecideAnswer>, StoreError> {
+        let mut answers = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            answers.push(self.decide(req).await?);
+        }
+        Ok(answers)
+    }
+
     /// Extend the claim, the blast-radius lease and any probe of an attempt that is still
     /// running, so long actions keep their slot while a crashed replica's slot expires.
     ///

@@ -1731,3 +1731,182 @@ pub async fn renew_after_finish_is_stale_and_takes_nothing_back(store: Store) {
         "the finished attempt holds no slot"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Batched admission
+
+/// A small deterministic generator (xorshift64*), so a failing history can be replayed by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// An answer without what depends on the instant it was given (two stores are asked
+/// milliseconds apart): a block's seconds left (every run of digits before an `s` becomes `#`)
+/// and an in-progress claim's wait (0, once checked to be within the claim's lease).
+fn without_seconds(answer: DecideAnswer) -> DecideAnswer {
+    let (guardrail, detail) = match answer {
+        DecideAnswer::Blocked { guardrail, detail } => (guardrail, detail),
+        DecideAnswer::InProgress { worker, retry_after_ms } => {
+            assert!(
+                retry_after_ms <= LONG_LEASE,
+                "{worker}: retry after {retry_after_ms} ms"
+            );
+            return DecideAnswer::InProgress {
+                worker,
+                retry_after_ms: 0,
+            };
+        }
+        other => return other,
+    };
+    let mut out = String::with_capacity(detail.len());
+    let mut digits = String::new();
+    for c in detail.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        out.push_str(if c == 's' && !digits.is_empty() { "#" } else { &digits });
+        digits.clear();
+        out.push(c);
+    }
+    out.push_str(&digits);
+    DecideAnswer::Blocked { guardrail, detail: out }
+}
+
+/// Randomized histories decided twice: by `batched` with [`GuardrailStore::decide_batch`] (one
+/// call per batch of 1-6 requests) and by `single` one request at a time, with the same
+/// finishes in between. Every answer must be the same: rate limits at their edge (2 per window),
+/// cooldowns (per service or per target), circuits opened by failures whose half-open state
+/// admits exactly one probe, duplicates and in-progress claims (a small pool of incident ids),
+/// retries of an attempt (its answer replayed), records, checks and dry runs. Both stores must
+/// be fresh; windows are an hour long, so only the seconds in a detail can differ. Three
+/// histories (seeds), each with runbooks and incidents of its own.
+pub async fn batch_decides_like_one_at_a_time(batched: Store, single: Store) {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 1..=3u64 {
+        seen.extend(history(&batched, &single, seed).await);
+    }
+    let edges = [
+        "allowed",
+        "probe",
+        "rate_limit",
+        "cooldown",
+        "circuit_open",
+        "blast_radius",
+        "duplicate",
+        "in_progress",
+        "recorded",
+    ];
+    let missing: Vec<_> = edges.iter().filter(|e| !seen.contains(*e)).collect();
+    assert!(
+        missing.is_empty(),
+        "the histories never reached {missing:?} (only {seen:?})"
+    );
+}
+
+/// One history; what kinds of answers it got.
+async fn history(batched: &Store, single: &Store, seed: u64) -> std::collections::BTreeSet<&'static str> {
+    let runbooks = ["a", "b", "c"].map(|r| format!("rb-{seed}-{r}"));
+    let services = ["svc-1", "svc-2", "svc-3", "svc-4"];
+    // rb-*-a may act often (its circuit gets exercised), rb-*-b twice an hour with an hour's
+    // cooldown, rb-*-c twice an hour on at most 2 services; every circuit opens after 2 failures
+    // and is half-open at once.
+    let limits_of = |i: usize| Limits {
+        max_per_hour: if i == 0 { 1_000 } else { 2 },
+        rate_window_ms: 3_600_000,
+        cooldown_ms: if i == 1 { 3_600_000 } else { 0 },
+        failure_threshold: 2,
+        recovery_ms: 0,
+        runbook_max_services: if i == 2 { 2 } else { 0 },
+        ..open_limits()
+    };
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x0100_0000_01B3));
+    // Allowed reservations not finished yet: (incident, attempt, scope, limits).
+    let mut open: Vec<(String, String, Scope, Limits)> = Vec::new();
+    let mut sent: Vec<DecideRequest> = Vec::new();
+    let mut decided = 0;
+    // What the history reached, so it cannot silently stop testing an edge.
+    let mut seen = std::collections::BTreeSet::new();
+    for step in 0..120 {
+        if !open.is_empty() && rng.below(3) == 0 {
+            let (incident, attempt, scope, limits) = open.swap_remove(rng.below(open.len() as u64) as usize);
+            let result = [ExecResult::Success, ExecResult::Failure, ExecResult::NotRun][rng.below(3) as usize];
+            let req = finish(&incident, &attempt, &scope, &limits, result);
+            assert_eq!(
+                fin(batched, &req).await,
+                fin(single, &req).await,
+                "seed {seed}, step {step}: finish {req:?}"
+            );
+            continue;
+        }
+        let mut batch = Vec::new();
+        for _ in 0..=rng.below(6) {
+            if !sent.is_empty() && rng.below(8) == 0 {
+                // A retry of an earlier request: same attempt, same mode.
+                batch.push(sent[rng.below(sent.len() as u64) as usize].clone());
+                continue;
+            }
+            let r = rng.below(3) as usize;
+            let service = services[rng.below(4) as usize];
+            let scope = if rng.below(2) == 0 {
+                scope_on(&runbooks[r], service, &format!("ns/Deployment/{seed}-{}", rng.below(3)))
+            } else {
+                scope(&runbooks[r], service)
+            };
+            let limits = limits_of(r);
+            let incident = format!("inc-{seed}-{}", rng.below(40));
+            let attempt = format!("att-{seed}-{step}-{}", batch.len());
+            let admission = match rng.below(10) {
+                0..=4 => Admission::Reserve { scope, limits },
+                5..=6 => Admission::Check { scope, limits },
+                7 => Admission::DryRun { scope, limits },
+                _ => Admission::Record {
+                    outcomes: format!(r#"[{{"incident_id":"{incident}","step":{step}}}]"#),
+                    ttl_ms: 3_600_000,
+                },
+            };
+            batch.push(request(&incident, &attempt, "w1", LONG_LEASE, admission));
+        }
+        let together = batched.decide_batch(&batch).await.expect("batch decided");
+        assert_eq!(together.len(), batch.len(), "one answer per request");
+        for (i, (req, answer)) in batch.iter().zip(together).enumerate() {
+            let alone = decide(single, req).await;
+            assert_eq!(
+                without_seconds(answer.clone()),
+                without_seconds(alone),
+                "seed {seed}, step {step}, request {i} of {}: {req:?}",
+                batch.len()
+            );
+            decided += 1;
+            seen.insert(match &answer {
+                DecideAnswer::Blocked { guardrail, .. } => guardrail.as_str(),
+                DecideAnswer::Allowed { probe: true, .. } => "probe",
+                DecideAnswer::Allowed { probe: false, .. } => "allowed",
+                DecideAnswer::Duplicate { .. } => "duplicate",
+                DecideAnswer::InProgress { .. } => "in_progress",
+                DecideAnswer::Recorded => "recorded",
+                DecideAnswer::Interrupted { .. } => "interrupted",
+            });
+            if let (DecideAnswer::Allowed { .. }, Admission::Reserve { scope, limits }) = (&answer, &req.admission) {
+                if !open.iter().any(|(_, a, ..)| *a == req.attempt) {
+                    open.push((
+                        req.incident_id.clone(),
+                        req.attempt.clone(),
+                        scope.clone(),
+                        limits.clone(),
+                    ));
+                }
+            }
+        }
+        sent.extend(batch);
+    }
+    assert!(decided > 200, "history {seed} decided {decided} requests");
+    seen
+}

@@ -6,7 +6,8 @@
 //! Redis keeps its acknowledged writes. The scripts live in `src/guardrails/` (`decide.lua`,
 //! `renew.lua`, `finish.lua`, `record.lua`, the `approval_*.lua` and `trust_record.lua`), each
 //! opening with the keys, arguments and reply it uses; `memory/` mirrors them for the
-//! single-process store.
+//! single-process store. `decide_batch.lua` is the one exception: it is `decide.lua` itself,
+//! wrapped in a function and called once per request of a batch (one round trip for the lot).
 //!
 //! Where things are: this file holds the connection, the key space, the epoch and the
 //! [`GuardrailStore`] calls; `reply.rs` decodes the scripts' replies; `ledger.rs` holds the
@@ -69,6 +70,8 @@ use std::time::Duration;
 /// The four scripts, hashed once (their SHA1 is what `EVALSHA` sends).
 struct Scripts {
     decide: Script,
+    /// decide.lua as a function, called once per request (see decide_batch.lua).
+    decide_batch: Script,
     renew: Script,
     finish: Script,
     record: Script,
@@ -84,6 +87,12 @@ impl Scripts {
     fn new() -> Self {
         Self {
             decide: Script::new(include_str!("../decide.lua")),
+            decide_batch: Script::new(concat!(
+                "local function decide_one(KEYS, ARGV)\n",
+                include_str!("../decide.lua"),
+                "\nend\n",
+                include_str!("../decide_batch.lua"),
+            )),
             renew: Script::new(include_str!("../renew.lua")),
             finish: Script::new(include_str!("../finish.lua")),
             record: Script::new(include_str!("../record.lua")),
@@ -285,17 +294,17 @@ impl RedisStore {
         strings(op, v)
     }
 
-    /// Run one plain command within the timeout.
-    async fn command<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        self.call(op, |mut c| async move { cmd.query_async::<T>(&mut c).await })
-            .await
+    /// The epoch this worker remembers (see [`RedisStore::adopt_epoch`]).
+    fn remembered_epoch(&self) -> Option<String> {
+        self.epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
-}
 
-#[async_trait::async_trait]
-impl GuardrailStore for RedisStore {
-    async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError> {
-        let mut inv = self.scripts.decide.prepare_invoke();
+    /// Add one decide.lua request (its 10 keys and 23 arguments, in the order the script's
+    /// header lists them) to `inv`.
+    fn push_decide(&self, inv: &mut ScriptInvocation<'_>, req: &DecideRequest, remembered: &str) {
         let mode = req.admission.mode();
         let ttl_ms = req.admission.record_ttl_ms();
         let (scope, limits, outcomes) = match &req.admission {
@@ -319,11 +328,6 @@ impl GuardrailStore for RedisStore {
             .key(self.key(&["conservative_until"]))
             .key(self.key(&["primary"]))
             .key(self.key(&["trate", runbook, target]));
-        let remembered = self
-            .epoch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         inv.arg(&req.incident_id)
             .arg(&req.attempt)
             .arg(&req.worker)
@@ -348,14 +352,61 @@ impl GuardrailStore for RedisStore {
                 .arg(l.conservative_ms),
             None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
         };
-        inv.arg(remembered.as_deref().unwrap_or(""))
-            .arg(&self.candidate_epoch)
-            .arg(target);
+        inv.arg(remembered).arg(&self.candidate_epoch).arg(target);
+    }
 
+    /// Run one plain command within the timeout.
+    async fn command<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.call(op, |mut c| async move { cmd.query_async::<T>(&mut c).await })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl GuardrailStore for RedisStore {
+    async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError> {
+        let mut inv = self.scripts.decide.prepare_invoke();
+        let remembered = self.remembered_epoch();
+        self.push_decide(&mut inv, req, remembered.as_deref().unwrap_or(""));
         let reply = self.run("decide", &inv).await?;
         let (epoch, answer) = parse_decide(&reply)?;
         self.adopt_epoch(epoch);
         Ok(answer)
+    }
+
+    async fn decide_batch(&self, reqs: &[DecideRequest]) -> Result<Vec<DecideAnswer>, StoreError> {
+        const OP: &str = "decide_batch";
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.decide_batch.prepare_invoke();
+        inv.arg(reqs.len());
+        let remembered = self.remembered_epoch();
+        for req in reqs {
+            self.push_decide(&mut inv, req, remembered.as_deref().unwrap_or(""));
+        }
+        let reply = self.run(OP, &inv).await?;
+        let mut answers = Vec::with_capacity(reqs.len());
+        let mut rest = reply.as_slice();
+        while let [len, tail @ ..] = rest {
+            let len = Some(number::<usize>(OP, len)?)
+                .filter(|l| *l <= tail.len())
+                .ok_or_else(|| StoreError::Protocol(format!("{OP}: reply length {len} past the end")))?;
+            let (one, after) = tail.split_at(len);
+            let (epoch, answer) = parse_decide(one)?;
+            // In order, as the script did between two requests.
+            self.adopt_epoch(epoch);
+            answers.push(answer);
+            rest = after;
+        }
+        if answers.len() != reqs.len() {
+            return Err(StoreError::Protocol(format!(
+                "{OP}: {} answers for {} requests",
+                answers.len(),
+                reqs.len()
+            )));
+        }
+        Ok(answers)
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Renewal, StoreError> {

@@ -1,0 +1,45 @@
+--[[
+decide_batch.lua: decide.lua for several requests in one call, in order.
+
+The Redis store prepends `local function decide_one(KEYS, ARGV)`, the text of decide.lua and
+`end` (src/guardrails/redis/mod.rs), so each request runs exactly the code a single `decide` call
+runs, with its own KEYS and ARGV, one after another inside one atomic script: the answers are
+those of calling decide.lua once per request in the same order, with nothing from another client
+in between, for one round trip.
+
+KEYS  request i's 10 keys (decide.lua's KEYS) at 10*(i-1)+1 .. 10*i
+ARGV  1  n, the number of requests
+      then request i's 23 arguments (decide.lua's ARGV) at 1+23*(i-1)+1 .. 1+23*i
+
+Between two requests it does what the client does between two calls: when a reply carries the
+stored epoch (its first field is not ''), the worker adopts it, so the later requests remember
+that epoch (ARGV 21) instead of the one the client sent.
+
+Returns a flat array: for each request in order, the length of decide.lua's reply, then the reply.
+]]
+
+local KEYS_PER, ARGS_PER = 10, 23
+local n = tonumber(ARGV[1])
+local out = {}
+local adopted = nil
+for i = 0, n - 1 do
+  local keys, args = {}, {}
+  for k = 1, KEYS_PER do
+    keys[k] = KEYS[i * KEYS_PER + k]
+  end
+  for a = 1, ARGS_PER do
+    args[a] = ARGV[1 + i * ARGS_PER + a]
+  end
+  if adopted then
+    args[21] = adopted
+  end
+  local r = decide_one(keys, args)
+  if r[1] ~= '' then
+    adopted = r[1]
+  end
+  out[#out + 1] = tostring(#r)
+  for j = 1, #r do
+    out[#out + 1] = r[j]
+  end
+end
+return out
