@@ -2413,8 +2413,9 @@ struct Remediated {
 }
 
 async fn ttr(env: &Env, n: usize, t: &mut Table, j: &mut serde_json::Map<String, Value>) -> Res<()> {
-    let skip = |t: &mut Table, why: String| {
+    let skip = |t: &mut Table, j: &mut serde_json::Map<String, Value>, why: String| {
         eprintln!("[bench] ttr: skipped ({why})");
+        j.insert("ttr_skipped".into(), json!(why));
         t.row("time to remediate", "skipped", why);
     };
     if std::env::var("KUBECONFIG").map_or(true, |v| v.is_empty()) {
@@ -2422,7 +2423,7 @@ async fn ttr(env: &Env, n: usize, t: &mut Table, j: &mut serde_json::Map<String,
             .ok()
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "no Kubernetes control plane: KUBECONFIG not set".into());
-        skip(t, why);
+        skip(t, j, why);
         return Ok(());
     }
     let config = kube::Config::infer()
@@ -2438,6 +2439,7 @@ async fn ttr(env: &Env, n: usize, t: &mut Table, j: &mut serde_json::Map<String,
     if !loopback && std::env::var_os(TTR_ALLOW_REMOTE).is_none() {
         skip(
             t,
+            j,
             format!("KUBECONFIG points at {host}, not a loopback test cluster (set {TTR_ALLOW_REMOTE}=1 to use it)"),
         );
         return Ok(());
