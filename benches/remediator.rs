@@ -18,6 +18,14 @@
 //! `remediator run` processes (the release build) in one consumer group over 4 and 12 partitions,
 //! with the CPU each party used (workers, broker, Redis, this bench) and Redis commands/s.
 //!
+//! `ttr` (time to remediate, issue #15): N Deployments on a real control plane (scripts/k8s.sh),
+//! one crash-looping pod each (kwok's crash-loop stage), one `CrashLoopBackOff` incident each
+//! produced to Kafka at once, ONE `remediator run` process with the Kubernetes executor (not dry
+//! run) deleting the pods: produce -> replacement pod Ready (the bench's own pod watch), p50/p99,
+//! split into pickup (produce -> the outcome's `decided_at`), remediator (-> old pod seen deleted)
+//! and the control plane (-> replacement seen Ready). Runs when `KUBECONFIG` is set (scripts/bench
+//! starts a private control plane when it can), otherwise prints "skipped" with the reason.
+//!
 //! It prints a table, then one JSON line (the last line of stdout). It only runs when invoked by
 //! `cargo bench` (which passes `--bench`): under `cargo test --all-targets` it is compiled and
 //! exits at once, so CI checks that it builds without running it. It needs `REDIS_URL` and
@@ -90,6 +98,8 @@ struct Sizes {
     /// Incidents per configuration and round of the scaling section (`--scaling`), and rounds.
     scaling: usize,
     scaling_rounds: usize,
+    /// Crash-looping Deployments of the time-to-remediate section (one incident each).
+    ttr: usize,
 }
 
 const QUICK: Sizes = Sizes {
@@ -102,6 +112,7 @@ const QUICK: Sizes = Sizes {
     replay: 20_000,
     scaling: 4_000,
     scaling_rounds: 1,
+    ttr: 20,
 };
 const FULL: Sizes = Sizes {
     admission: 300_000,
@@ -113,6 +124,7 @@ const FULL: Sizes = Sizes {
     replay: 100_000,
     scaling: 12_000,
     scaling_rounds: 2,
+    ttr: 60,
 };
 
 /// Where the services are, and a tag that makes this run's topics, groups and keys unique.
@@ -182,7 +194,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: scripts/bench [--quick] [--scaling] [--only=admission,pipeline,engine,replay,latency,match,scaling] \
+const USAGE: &str = "usage: scripts/bench [--quick] [--scaling] [--only=admission,pipeline,engine,replay,latency,match,scaling,ttr] \
                      [--messages=N] [--scaling-messages=N] [--partitions=N] [--max-in-flight=N] [--kafka-property=KEY=VALUE]...";
 
 /// Command line of the bench binary (after cargo's own `--bench`).
@@ -315,6 +327,13 @@ async fn run(opts: Opts) -> Res<()> {
         }
         if wanted("scaling") {
             scaling(&env, sizes, &mut t, &mut j).await?;
+        }
+        if wanted("ttr") {
+            eprintln!(
+                "[bench] ttr: {} crash-looping pods, produce -> replacement Ready through `remediator run`",
+                sizes.ttr
+            );
+            ttr(&env, sizes.ttr, &mut t, &mut j).await?;
         }
         Ok::<(), Box<dyn Error + Send + Sync>>(())
     };
@@ -2260,4 +2279,645 @@ fn machine() -> Vec<(String, String)> {
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time to remediate: crash-looping pods on a real control plane, one `remediator run` process.
+// ---------------------------------------------------------------------------------------------
+
+/// Partitions of the incidents topic of the ttr section (the worker decides a partition's
+/// messages one after another, each to the end of its post-checks), unless `--partitions`.
+const TTR_PARTITIONS: i32 = 16;
+/// Set to let the ttr section run against a cluster that is not on loopback (it creates a
+/// namespace and deletes pods in it).
+const TTR_ALLOW_REMOTE: &str = "BENCH_K8S_ALLOW_REMOTE";
+
+/// The shipped `restart-pod` runbook (config/runbooks.yaml) with guardrails wide enough for every
+/// incident of the storm to act: the per-hour limit and cooldown open, and the restart ceiling of
+/// the pre-check lifted, because kwok's crash loop counts a restart every 2-7 s and a pod waiting
+/// in its partition's queue would otherwise be refused as "already flapping". The checks, action
+/// and post-check (replacement Ready, polled) are the shipped ones.
+const TTR_RUNBOOKS_YAML: &str = r#"runbooks:
+  restart-pod:
+    description: Delete a crash-looping pod so its controller replaces it (bench copy, wide limits).
+    owner: bench
+    risk: LOW
+    triggers: [CrashLoopBackOff]
+    min_confidence: 0.8
+    max_per_hour: 10000
+    cooldown_minutes: 0
+    pre_checks:
+      - replicas_greater_than_one
+      - {name: recent_restarts_less_than_three, max_restarts: 1000}
+    action: {kind: delete_pod, namespace: "{namespace}", pod: "{pod_name}"}
+    post_checks:
+      - {name: pod_becomes_ready, timeout_seconds: 60}
+    rollback: null
+"#;
+
+/// What the bench's watch saw of one pod, in wall-clock time (comparable with the outcome's
+/// `decided_at` / `finished_at`, written by the worker on the same machine).
+#[derive(Debug, Clone, Default)]
+struct PodSeen {
+    name: String,
+    /// Its `app` label: the Deployment.
+    app: String,
+    /// First event showing the Ready condition true (and the pod not being deleted).
+    ready: Option<chrono::DateTime<chrono::Utc>>,
+    /// First event showing it deleted or being deleted.
+    gone: Option<chrono::DateTime<chrono::Utc>>,
+    /// Some container is waiting in CrashLoopBackOff.
+    crashing: bool,
+}
+
+type PodTimes = Arc<Mutex<HashMap<String, PodSeen>>>;
+
+fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_crashing(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    == Some("CrashLoopBackOff")
+            })
+        })
+}
+
+/// Watch the namespace's pods and record, per uid, when each was first seen Ready and first seen
+/// deleted: the bench's own observation times (a condition's `lastTransitionTime` has 1 s
+/// resolution).
+fn watch_pods(client: kube::Client, ns: &str) -> (PodTimes, tokio::task::JoinHandle<()>) {
+    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::WatchStreamExt;
+    let times: PodTimes = Arc::default();
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, ns);
+    let seen = Arc::clone(&times);
+    let task = tokio::spawn(async move {
+        let mut events = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let now = chrono::Utc::now();
+            let (pod, deleted) = match event {
+                Ok(Event::Apply(p) | Event::InitApply(p)) => (p, false),
+                Ok(Event::Delete(p)) => (p, true),
+                Ok(_) => continue,
+                Err(e) => {
+                    eprintln!("[bench] ttr: pod watch: {e} (retrying)");
+                    continue;
+                }
+            };
+            let Some(uid) = pod.metadata.uid.clone() else { continue };
+            let mut map = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = map.entry(uid).or_insert_with(|| PodSeen {
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                app: pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app").cloned())
+                    .unwrap_or_default(),
+                ..PodSeen::default()
+            });
+            if entry.ready.is_none() && !deleted && pod_ready(&pod) {
+                entry.ready = Some(now);
+            }
+            if entry.gone.is_none() && (deleted || pod.metadata.deletion_timestamp.is_some()) {
+                entry.gone = Some(now);
+            }
+            entry.crashing = !deleted && pod_crashing(&pod);
+        }
+    });
+    (times, task)
+}
+
+/// Poll `cond` over the watched pods every 50 ms until it holds; the error says what was seen.
+async fn wait_pods(
+    times: &PodTimes,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&HashMap<String, PodSeen>) -> Result<(), String>,
+) -> Res<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = cond(&times.lock().unwrap_or_else(|e| e.into_inner()));
+        match r {
+            Ok(()) => return Ok(()),
+            Err(seen) if Instant::now() > deadline => {
+                return Err(format!("ttr: waited {timeout:?} for {what}; {seen}").into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// One remediated Deployment: the bench's times and the worker's outcome, in ms from produce.
+struct Remediated {
+    /// produce -> outcome `decided_at` (the worker took the message up: Kafka, and the wait
+    /// behind earlier incidents of the same partition).
+    pickup: f64,
+    /// `decided_at` -> the old pod seen deleted (admission in Redis, pre-checks, the DELETE).
+    to_delete: f64,
+    /// The old pod seen deleted -> its replacement seen Ready (controller, scheduler, kwok).
+    control_plane: f64,
+    /// produce -> the replacement seen Ready: the time to remediate.
+    ttr: f64,
+    /// The replacement seen Ready -> outcome `finished_at` (the post-check noticing it; not in
+    /// the time to remediate).
+    tail: f64,
+}
+
+async fn ttr(env: &Env, n: usize, t: &mut Table, j: &mut serde_json::Map<String, Value>) -> Res<()> {
+    let skip = |t: &mut Table, j: &mut serde_json::Map<String, Value>, why: String| {
+        eprintln!("[bench] ttr: skipped ({why})");
+        j.insert("ttr_skipped".into(), json!(why));
+        t.row("time to remediate", "skipped", why);
+    };
+    if std::env::var("KUBECONFIG").map_or(true, |v| v.is_empty()) {
+        let why = std::env::var("BENCH_TTR_SKIP")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "no Kubernetes control plane: KUBECONFIG not set".into());
+        skip(t, j, why);
+        return Ok(());
+    }
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("ttr: cannot load KUBECONFIG: {e}"))?;
+    let host = config
+        .cluster_url
+        .host()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback && std::env::var_os(TTR_ALLOW_REMOTE).is_none() {
+        skip(
+            t,
+            j,
+            format!("KUBECONFIG points at {host}, not a loopback test cluster (set {TTR_ALLOW_REMOTE}=1 to use it)"),
+        );
+        return Ok(());
+    }
+    let client = kube::Client::try_from(config)?;
+    let ns = format!("ttr-{}", env.run);
+    let result = ttr_in(env, &client, &ns, n, t, j).await;
+    // Everything the section made lives in its namespace; the controller-manager finishes it.
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    if let Err(e) = namespaces.delete(&ns, &kube::api::DeleteParams::background()).await {
+        eprintln!("[bench] ttr: could not delete namespace {ns}: {e}");
+    }
+    result
+}
+
+async fn ttr_in(
+    env: &Env,
+    client: &kube::Client,
+    ns: &str,
+    n: usize,
+    t: &mut Table,
+    j: &mut serde_json::Map<String, Value>,
+) -> Res<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Patch, PatchParams, PostParams};
+    let post = PostParams::default();
+    let namespace: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {"remediator-bench": "ttr"}},
+    }))?;
+    kube::Api::<Namespace>::all(client.clone())
+        .create(&post, &namespace)
+        .await
+        .map_err(|e| format!("ttr: creating namespace {ns}: {e}"))?;
+    let (times, watch) = watch_pods(client.clone(), ns);
+    let _stop_watch = AbortOnDrop(watch);
+
+    // The worker starts while the Deployments come up. Its own topics, group and key prefix.
+    let name = "ttr";
+    let (incidents, outcomes, dlq, approvals, group, prefix) = (
+        format!("{}-{name}-incidents", env.run),
+        format!("{}-{name}-outcomes", env.run),
+        format!("{}-{name}-dlq", env.run),
+        format!("{}-{name}-approvals", env.run),
+        format!("{}-{name}-group", env.run),
+        format!("{}-{name}", env.run),
+    );
+    let partitions = env.opts.partitions.unwrap_or(TTR_PARTITIONS);
+    create_topics(
+        env,
+        &[(&incidents, partitions), (&outcomes, 1), (&dlq, 1), (&approvals, 1)],
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let runbooks = dir.path().join("runbooks.yaml");
+    std::fs::write(&runbooks, TTR_RUNBOOKS_YAML)?;
+    let wide = (n * 2).max(10).to_string();
+    let vars: Vec<(&str, String)> = vec![
+        ("REMEDIATOR_KAFKA_BROKERS", env.brokers.clone()),
+        ("REMEDIATOR_KAFKA_GROUP_ID", group.clone()),
+        ("REMEDIATOR_KAFKA_INCIDENTS_TOPIC", incidents.clone()),
+        ("REMEDIATOR_KAFKA_OUTCOMES_TOPIC", outcomes.clone()),
+        ("REMEDIATOR_KAFKA_DLQ_TOPIC", dlq),
+        ("REMEDIATOR_KAFKA_APPROVALS_TOPIC", approvals),
+        ("REMEDIATOR_REDIS_URL", env.redis_url.clone()),
+        ("REMEDIATOR_REDIS_KEY_PREFIX", prefix.clone()),
+        ("REMEDIATOR_RUNBOOKS", runbooks.display().to_string()),
+        ("REMEDIATOR_DRY_RUN", "false".into()),
+        ("REMEDIATOR_EXECUTOR", "kubernetes".into()),
+        // Every incident of the storm may act at once: the blast radius is not what is measured.
+        ("REMEDIATOR_GUARDRAILS_MAX_CONCURRENT_ACTIONS", wide.clone()),
+        ("REMEDIATOR_GUARDRAILS_MAX_AFFECTED_SERVICES", wide),
+        ("REMEDIATOR_LOG_FORMAT", "json".into()),
+        ("REMEDIATOR_LOG_LEVEL", "info".into()),
+    ];
+    let log = std::path::PathBuf::from(
+        std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "/tmp/remediator-bench-workers.log".into()),
+    );
+    let mut procs = vec![spawn_worker(env, &vars, &format!("{}-ttr", env.run), &log)?];
+
+    // N Deployments of 2 replicas (replicas_greater_than_one refuses to restart a lone pod).
+    let deployments: Vec<String> = (0..n).map(|i| format!("d-{i:03}")).collect();
+    let api = kube::Api::<Deployment>::namespaced(client.clone(), ns);
+    let mut creating = FuturesUnordered::new();
+    for d in &deployments {
+        let object: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": d, "labels": {"app": d}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": d}},
+                "template": {
+                    "metadata": {"labels": {"app": d}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+                },
+            },
+        }))?;
+        let (api, post) = (api.clone(), &post);
+        creating.push(async move {
+            api.create(post, &object)
+                .await
+                .map_err(|e| format!("ttr: creating deployment {d}: {e}"))
+        });
+    }
+    while let Some(r) = creating.next().await {
+        r?;
+    }
+    drop(creating);
+    let ready_count =
+        |m: &HashMap<String, PodSeen>| m.values().filter(|p| p.ready.is_some() && p.gone.is_none()).count();
+    wait_pods(
+        &times,
+        &format!("{} Ready pods", 2 * n),
+        Duration::from_secs(180),
+        |m| {
+            let c = ready_count(m);
+            if c >= 2 * n {
+                Ok(())
+            } else {
+                Err(format!("{c} Ready"))
+            }
+        },
+    )
+    .await?;
+
+    // One pod per Deployment crash-loops: labelled on the pod, not the template, so its
+    // replacement is healthy (kwok's pod-crashloop stage, scripts/kwok-stages/).
+    let originals: std::collections::HashSet<String> = times
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let victims: BTreeMap<String, (String, String)> = {
+        let m = times.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for (uid, p) in m.iter() {
+            let e = v.entry(p.app.clone()).or_insert_with(|| (p.name.clone(), uid.clone()));
+            if p.name < e.0 {
+                *e = (p.name.clone(), uid.clone());
+            }
+        }
+        v
+    };
+    if victims.len() != n {
+        return Err(format!("ttr: {} Deployments have pods, expected {n}", victims.len()).into());
+    }
+    let pods = kube::Api::<Pod>::namespaced(client.clone(), ns);
+    let mut labelling = FuturesUnordered::new();
+    for (pod, _) in victims.values() {
+        let pods = pods.clone();
+        labelling.push(async move {
+            pods.patch(
+                pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"chaos": "crashloop"}}})),
+            )
+            .await
+            .map_err(|e| format!("ttr: labelling pod {pod}: {e}"))
+        });
+    }
+    while let Some(r) = labelling.next().await {
+        r?;
+    }
+    drop(labelling);
+    let victim_uids: Vec<String> = victims.values().map(|(_, uid)| uid.clone()).collect();
+    wait_pods(
+        &times,
+        "every labelled pod in CrashLoopBackOff",
+        Duration::from_secs(60),
+        |m| {
+            let c = victim_uids
+                .iter()
+                .filter(|u| m.get(*u).is_some_and(|p| p.crashing))
+                .count();
+            if c == n {
+                Ok(())
+            } else {
+                Err(format!("{c} of {n} crash-looping"))
+            }
+        },
+    )
+    .await?;
+
+    // The worker is up and owns every partition before the storm.
+    let http = reqwest::Client::new();
+    wait_ready(&http, &mut procs).await?;
+    wait_group_stable(&env.brokers, &group, 1).await?;
+    let (audit, reader) = collect_outcomes(&env.brokers, &outcomes, &format!("{group}-audit"))?;
+    let _stop_reader = AbortOnDrop(reader);
+
+    // The storm: one incident per Deployment, keyed by its service, all at once.
+    let producer = load_producer(&env.brokers, "0")?;
+    let mut produced: BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
+    let mut acks = FuturesUnordered::new();
+    for (d, (pod, _)) in &victims {
+        let id = format!("{}-ttr-{d}", env.run);
+        let payload = json!({
+            "id": id, "root_cause": "CrashLoopBackOff", "confidence": 0.95, "service": d,
+            "symptoms": ["pod_crash_loop"],
+            "context": {"namespace": ns, "pod_name": pod, "deployment": d},
+            "detected_at": chrono::Utc::now().to_rfc3339(),
+        })
+        .to_string();
+        let at = chrono::Utc::now();
+        acks.push(enqueue(&producer, &incidents, Some(d.as_bytes()), Some(payload.as_bytes())).await);
+        produced.insert(d.clone(), (id, at));
+    }
+    // How the keys fell on the partitions: a partition decides its incidents one after another.
+    let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
+    while let Some(r) = acks.next().await {
+        match r {
+            Ok(Ok(delivery)) => *per_partition.entry(delivery.partition).or_default() += 1,
+            Ok(Err((e, _))) => return Err(format!("ttr: producing an incident: {e}").into()),
+            Err(_) => return Err("ttr: producing an incident: delivery canceled".into()),
+        }
+    }
+    eprintln!("[bench] ttr: {n} incidents produced; waiting for the replacements and the outcomes");
+
+    // Each Deployment's replacement: a pod that was not there before the storm, seen Ready.
+    let replaced = |m: &HashMap<String, PodSeen>| -> BTreeMap<String, chrono::DateTime<chrono::Utc>> {
+        let mut r: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+        for (uid, p) in m {
+            if let (false, Some(at)) = (originals.contains(uid), p.ready) {
+                let e = r.entry(p.app.clone()).or_insert(at);
+                *e = (*e).min(at);
+            }
+        }
+        r
+    };
+    wait_pods(&times, "every replacement pod Ready", Duration::from_secs(240), |m| {
+        let c = replaced(m).len();
+        if c >= n {
+            Ok(())
+        } else {
+            Err(format!("{c} of {n} replaced"))
+        }
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while audit.lock().unwrap_or_else(|e| e.into_inner()).len() < n {
+        if Instant::now() > deadline {
+            let c = audit.lock().unwrap_or_else(|e| e.into_inner()).len();
+            return Err(format!("ttr: only {c} of {n} outcomes within 120 s of the last replacement").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = http_get(&http, &procs[0].url("/metrics"))
+        .await
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    drop(procs);
+    let redis_client = redis::Client::open(env.redis_url.as_str())?;
+    let mut con = redis_client.get_multiplexed_async_connection().await?;
+    cleanup(&mut con, &format!("{{{prefix}}}:")).await;
+
+    // Per Deployment: the bench's observations and the worker's outcome, in ms from produce.
+    let seen = times.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ready = replaced(&seen);
+    let outcomes = audit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ms = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+        (b - a).num_microseconds().unwrap_or(0) as f64 / 1e3
+    };
+    let time = |o: &Value, k: &str| -> Res<chrono::DateTime<chrono::Utc>> {
+        let s = o[k].as_str().ok_or_else(|| format!("ttr: outcome without {k}: {o}"))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(s)?.with_timezone(&chrono::Utc))
+    };
+    let mut rows = Vec::with_capacity(n);
+    let mut decisions: BTreeMap<String, usize> = BTreeMap::new();
+    for (d, (id, at)) in &produced {
+        let o = outcomes.get(id).ok_or_else(|| format!("ttr: no outcome for {id}"))?;
+        let label = format!(
+            "{}{}",
+            o["decision"].as_str().unwrap_or("?"),
+            match o["success"].as_bool() {
+                Some(true) => " ok",
+                Some(false) => " failed",
+                None => "",
+            }
+        );
+        *decisions.entry(label).or_default() += 1;
+        let victim = &victims[d].1;
+        let gone = seen.get(victim).and_then(|p| p.gone).ok_or_else(|| {
+            format!(
+                "ttr: the crash-looping pod of {d} was never seen deleted ({})",
+                o["reason"]
+            )
+        })?;
+        let (decided, finished, up) = (time(o, "decided_at")?, time(o, "finished_at")?, ready[d]);
+        rows.push(Remediated {
+            pickup: ms(*at, decided),
+            to_delete: ms(decided, gone),
+            control_plane: ms(gone, up),
+            ttr: ms(*at, up),
+            tail: ms(up, finished),
+        });
+    }
+    let sorted = |f: fn(&Remediated) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let total = |f: fn(&Remediated) -> f64| rows.iter().map(f).sum::<f64>();
+    let ttrs = sorted(|r| r.ttr);
+    let (p50, p99, max) = (percentile(&ttrs, 0.5), percentile(&ttrs, 0.99), ttrs[ttrs.len() - 1]);
+    let sum_ttr = total(|r| r.ttr).max(1e-9);
+    let share = |f: fn(&Remediated) -> f64| total(f) / sum_ttr;
+    let (pickup_share, act_share, cp_share) = (share(|r| r.pickup), share(|r| r.to_delete), share(|r| r.control_plane));
+    let mean_metric = |base: &str| {
+        let count = metric_sum(&metrics, &format!("{base}_count"));
+        (count > 0.0).then(|| 1e3 * metric_sum(&metrics, &format!("{base}_sum")) / count)
+    };
+    let decision_mean = mean_metric("remediator_decision_duration_seconds");
+    let action_mean = mean_metric("remediator_action_duration_seconds");
+    let med = |f: fn(&Remediated) -> f64| percentile(&sorted(f), 0.5);
+    // Executions at once: the worker's busy time (decided -> finished, summed) over the span
+    // from the first decision to the last outcome.
+    let spans: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = outcomes
+        .values()
+        .filter_map(|o| Some((time(o, "decided_at").ok()?, time(o, "finished_at").ok()?)))
+        .collect();
+    let busy: f64 = spans.iter().map(|(a, b)| ms(*a, *b)).sum();
+    let span = match (spans.iter().map(|s| s.0).min(), spans.iter().map(|s| s.1).max()) {
+        (Some(a), Some(b)) => ms(a, b).max(1e-9),
+        _ => 1e-9,
+    };
+    let concurrency = busy / span;
+    let busiest = per_partition.values().copied().max().unwrap_or(0);
+    let decided = decisions
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    t.row(
+        &format!(
+            "Time to remediate: {n} crash-looping pods, one incident each, one `remediator run`, real control plane"
+        ),
+        "",
+        "",
+    );
+    t.row(
+        "produce -> replacement Ready p50 / p99 / max",
+        format!("{p50:.0} / {p99:.0} / {max:.0} ms"),
+        format!("{partitions} partitions, all {n} produced at once; outcomes: {decided}"),
+    );
+    t.row(
+        "  incidents per partition: partitions used / busiest",
+        format!("{} / {busiest}", per_partition.len()),
+        format!("executions at once, mean: {concurrency:.1} (kafka.max_in_flight bounds messages pulled and unfinished, queued ones included)"),
+    );
+    t.row(
+        "  produce -> worker takes it up (outcome decided_at)",
+        format!("{:.0}% (median {:.0} ms)", 100.0 * pickup_share, med(|r| r.pickup)),
+        format!(
+            "Kafka, and waiting behind earlier incidents of the partition (min {:.0} ms)",
+            sorted(|r| r.pickup)[0]
+        ),
+    );
+    t.row(
+        "  decided -> old pod seen deleted",
+        format!("{:.0}% (median {:.0} ms)", 100.0 * act_share, med(|r| r.to_delete)),
+        "remediator: admission in Redis, pre-checks (API reads), the DELETE",
+    );
+    t.row(
+        "  deleted -> replacement seen Ready",
+        format!("{:.0}% (median {:.0} ms)", 100.0 * cp_share, med(|r| r.control_plane)),
+        "control plane: ReplicaSet controller, scheduler, kwok's node",
+    );
+    t.row(
+        "  after Ready: post-check notices it (not in the above)",
+        format!("median {:.0} ms", med(|r| r.tail)),
+        "pod_becomes_ready: old pod removed and the Deployment's status back to 2 ready, polled every 250 ms; the partition's next incident waits",
+    );
+    t.row(
+        "ttr_remediator_share",
+        format!("{:.2}", pickup_share + act_share),
+        "share of produce -> Ready before the DELETE landed (remediator, Kafka and queueing)",
+    );
+    let fmt_ms = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |v| format!("{v:.0} ms"));
+    t.row(
+        "worker: decision / action mean (metrics)",
+        format!("{} / {}", fmt_ms(decision_mean), fmt_ms(action_mean)),
+        "message received -> outcome ready / pre-checks through post-check (includes waiting for the control plane)",
+    );
+    j.insert("ttr_pods".into(), json!(n));
+    j.insert("ttr_p50_ms".into(), json!(round(p50, 0)));
+    j.insert("ttr_p99_ms".into(), json!(round(p99, 0)));
+    j.insert("ttr_max_ms".into(), json!(round(max, 0)));
+    j.insert("ttr_remediator_share".into(), json!(round(pickup_share + act_share, 3)));
+    j.insert("ttr_pickup_share".into(), json!(round(pickup_share, 3)));
+    j.insert("ttr_decide_to_delete_share".into(), json!(round(act_share, 3)));
+    j.insert("ttr_control_plane_share".into(), json!(round(cp_share, 3)));
+    j.insert("ttr_decision_mean_ms".into(), json!(decision_mean.map(|v| round(v, 0))));
+    j.insert("ttr_action_mean_ms".into(), json!(action_mean.map(|v| round(v, 0))));
+    j.insert("ttr_outcomes".into(), json!(decisions));
+    j.insert("ttr_partitions_used".into(), json!(per_partition.len()));
+    j.insert("ttr_busiest_partition".into(), json!(busiest));
+    j.insert("ttr_concurrency".into(), json!(round(concurrency, 1)));
+    Ok(())
+}
+
+/// Aborts a task when dropped (the pod watch, whatever way the section ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Read the outcomes topic from its start in the background: incident id -> outcome JSON.
+type Outcomes = Arc<Mutex<HashMap<String, Value>>>;
+
+fn collect_outcomes(brokers: &str, topic: &str, group: &str) -> Res<(Outcomes, tokio::task::JoinHandle<()>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let seen: Outcomes = Arc::default();
+    let out = Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(m) => {
+                    let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<Value>(p).ok()) else {
+                        continue;
+                    };
+                    if let Some(id) = v["incident_id"].as_str() {
+                        out.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), v);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("[bench] ttr: outcomes consumer: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok((seen, task))
 }
