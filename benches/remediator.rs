@@ -1981,6 +1981,20 @@ impl ScalePoint {
     }
 }
 
+/// A worker run's own names, unique to this bench run: its incidents, outcomes, dead-letter and
+/// approvals topics, its consumer group and its Redis key prefix.
+fn worker_names(env: &Env, name: &str) -> (String, String, String, String, String, String) {
+    let run = &env.run;
+    (
+        format!("{run}-{name}-incidents"),
+        format!("{run}-{name}-outcomes"),
+        format!("{run}-{name}-dlq"),
+        format!("{run}-{name}-approvals"),
+        format!("{run}-{name}-group"),
+        format!("{run}-{name}"),
+    )
+}
+
 /// `processes` worker processes in one group over a `partitions`-partition topic: wait until
 /// they are ready and share the partitions, then produce `n` incidents and time the outcomes
 /// (first to last, from the workers' own `remediator_outcomes_published_total`).
@@ -1992,14 +2006,7 @@ async fn scale_point(
     tick: f64,
 ) -> Res<ScalePoint> {
     let name = format!("scale-p{partitions}-w{processes}-r{round}");
-    let (incidents, outcomes, dlq, approvals, group, prefix) = (
-        format!("{}-{name}-incidents", env.run),
-        format!("{}-{name}-outcomes", env.run),
-        format!("{}-{name}-dlq", env.run),
-        format!("{}-{name}-approvals", env.run),
-        format!("{}-{name}-group", env.run),
-        format!("{}-{name}", env.run),
-    );
+    let (incidents, outcomes, dlq, approvals, group, prefix) = worker_names(env, &name);
     create_topics(
         env,
         &[(&incidents, partitions), (&outcomes, 1), (&dlq, 1), (&approvals, 1)],
@@ -2516,14 +2523,7 @@ async fn ttr_in(
 
     // The worker starts while the Deployments come up. Its own topics, group and key prefix.
     let name = "ttr";
-    let (incidents, outcomes, dlq, approvals, group, prefix) = (
-        format!("{}-{name}-incidents", env.run),
-        format!("{}-{name}-outcomes", env.run),
-        format!("{}-{name}-dlq", env.run),
-        format!("{}-{name}-approvals", env.run),
-        format!("{}-{name}-group", env.run),
-        format!("{}-{name}", env.run),
-    );
+    let (incidents, outcomes, dlq, approvals, group, prefix) = worker_names(env, name);
     let partitions = env.opts.partitions.unwrap_or(TTR_PARTITIONS);
     create_topics(
         env,

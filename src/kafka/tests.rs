@@ -244,6 +244,19 @@ async fn next_outcome(reader: &StreamConsumer) -> (Option<Vec<u8>>, serde_json::
     (m.key().map(<[u8]>::to_vec), v)
 }
 
+/// Shut a [`run`] down and return its figures (within 40 s).
+async fn stop(
+    trigger: crate::shutdown::Trigger,
+    worker: tokio::task::JoinHandle<Result<RunStats, KafkaError>>,
+) -> RunStats {
+    trigger.fire();
+    tokio::time::timeout(Duration::from_secs(40), worker)
+        .await
+        .expect("run returns after shutdown")
+        .expect("task")
+        .expect("run ok")
+}
+
 /// The embedded demo's setup: librdkafka's mock cluster (no CreateTopics; topics come from
 /// `MockCluster::create_topic`), the in-memory store, the simulated executor. Three
 /// incidents in, three outcomes out, a clean shutdown.
@@ -282,12 +295,7 @@ async fn mock_round_trip(properties: BTreeMap<String, String>) {
         decisions.insert(id, v["decision"].as_str().unwrap_or_default().to_string());
     }
     assert!(health.snapshot().0, "kafka marked healthy once assigned");
-    trigger.fire();
-    let stats = tokio::time::timeout(Duration::from_secs(40), worker)
-        .await
-        .expect("run returns after shutdown")
-        .expect("task")
-        .expect("run ok");
+    let stats = stop(trigger, worker).await;
     assert_eq!(
         stats,
         RunStats {
@@ -355,12 +363,7 @@ async fn a_refused_outcome_is_sent_again_with_every_outcome_after_it() {
         engine.metrics().delivery_retries.get() >= 1,
         "the refused records were sent again ({read} outcomes read)"
     );
-    trigger.fire();
-    let stats = tokio::time::timeout(Duration::from_secs(40), worker)
-        .await
-        .expect("run returns after shutdown")
-        .expect("task")
-        .expect("run ok");
+    let stats = stop(trigger, worker).await;
     assert_eq!(stats.handled, N as u64, "every message finished once");
     let committed = committed_offset(&settings);
     assert_eq!(committed, Some(N as i64), "every offset committed");
