@@ -227,6 +227,17 @@ fn rejections_say_what_is_wrong_word_for_word() {
         let r = rejected(json);
         assert_eq!((r.field.as_str(), r.message.as_str()), (field, message), "{json}");
     }
+    // At the length limit exactly (128 characters), a control character is the problem, not the
+    // length.
+    let at_limit = format!(
+        r#"{{"id":"{}\u0001","root_cause":"x","confidence":0.5,"service":"a"}}"#,
+        "i".repeat(127)
+    );
+    let r = rejected(&at_limit);
+    assert_eq!(
+        (r.field.as_str(), r.message.as_str()),
+        ("id", "must not contain control characters")
+    );
     // A services list, or a single service, agreeing with its first entry.
     let i = parse(br#"{"id":"a","root_cause":"x","confidence":0.5,"services":["a","b"],"service":"a"}"#).unwrap();
     assert_eq!((i.service(), i.services.len()), ("a", 2));

@@ -89,6 +89,21 @@ runbooks:
         vec![r#"f.yaml:4:28: runbook "b": triggers: trigger "pod_restarts" is also a symptom of runbook "a""#],
         "a trigger that is another runbook's symptom is a `triggers` problem"
     );
+
+    // The same string as a runbook's own trigger and symptom selects that runbook either way: no
+    // conflict.
+    let own = Catalogue::from_yaml(
+        r#"
+runbooks:
+  a: {risk: LOW, triggers: [pod_restarts], symptoms: [pod_restarts], min_confidence: 0.5, action: "kubectl delete pod {pod_name}"}
+"#,
+        "f.yaml",
+    );
+    assert!(
+        own.is_ok(),
+        "a runbook's own trigger may also be its symptom: {:?}",
+        own.err()
+    );
 }
 
 #[test]
