@@ -116,8 +116,8 @@ const PUBLISH_DEPTH: usize = 64;
 /// waiting for the broker, storing each offset once that message's outcomes, and those of every
 /// message before it, are acknowledged. So while the broker acknowledges message `N`, messages
 /// `N+1`, `N+2`, ... are being decided and published; outcomes keep the partition's order, and
-/// offsets are stored strictly in order. A message whose publishing was abandoned (a fatal Kafka error)
-/// stops the partition: nothing after it is published or acknowledged.
+/// offsets are stored strictly in order. A message whose publishing was abandoned (a fatal Kafka
+/// error) stops the partition: nothing after it is published or acknowledged.
 pub(super) async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::UnboundedReceiver<Work>) {
     let (decided_tx, decided_rx) = mpsc::channel::<(Work, Decided)>(PUBLISH_DEPTH);
     let publisher = shared.tasks.spawn(publish_in_order(shared.clone(), decided_rx));
