@@ -93,6 +93,14 @@ async fn unreachable_store_fails_closed_within_timeout() {
         "took {:?}",
         started.elapsed()
     );
+    assert_unavailable(
+        "decide_batch",
+        store
+            .decide_batch(&[reserve("i", "a", &s, &open_limits(), LONG_LEASE)])
+            .await,
+    );
+    // An empty batch asks Redis nothing, so it cannot fail.
+    assert_eq!(store.decide_batch(&[]).await.expect("nothing asked"), Vec::new());
     assert_unavailable("ping", store.ping().await);
     assert_unavailable("renew", store.renew(&renewal("i", "a", "rb", 1_000, 1)).await);
     assert_unavailable(
