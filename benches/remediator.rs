@@ -1375,7 +1375,7 @@ fn reference_incident(i: usize) -> String {
 async fn time_replay(incidents: &std::path::Path) -> Res<f64> {
     let started = Instant::now();
     let catalogue = Catalogue::from_yaml(SEED_RUNBOOKS_YAML, "seed-runbooks.yaml")?;
-    let input = std::io::BufReader::new(std::fs::File::open(incidents)?);
+    let input = std::fs::File::open(incidents)?;
     let out = std::io::BufWriter::new(std::io::sink());
     remediator::replay::replay(catalogue, input, chrono::Utc::now(), out).await?;
     Ok(started.elapsed().as_secs_f64())

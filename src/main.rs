@@ -63,11 +63,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 None => chrono::Utc::now(),
             };
             let catalogue = load_catalogue(&runbooks)?;
-            let input: Box<dyn std::io::BufRead + Send> = if incidents == Path::new("-") {
-                Box::new(std::io::BufReader::new(std::io::stdin()))
+            // Unbuffered: replay buffers its input itself.
+            let input: Box<dyn std::io::Read + Send> = if incidents == Path::new("-") {
+                Box::new(std::io::stdin())
             } else {
-                let f = std::fs::File::open(&incidents).with_context(|| format!("{}", incidents.display()))?;
-                Box::new(std::io::BufReader::new(f))
+                Box::new(std::fs::File::open(&incidents).with_context(|| format!("{}", incidents.display()))?)
             };
             // Buffered: stdout alone flushes at every line.
             let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());

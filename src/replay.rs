@@ -19,16 +19,18 @@ use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::runbook::Catalogue;
 use chrono::{DateTime, Utc};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Lines handed between the stages at a time (each hand-over costs a wake-up; a batch costs a
-/// few hundred microseconds of work).
-const BATCH: usize = 256;
 /// Batches that may wait between two stages.
-const DEPTH: usize = 8;
+const DEPTH: usize = 16;
+/// Lines handed from the reader to the engine at most at a time (fewer when the input has no more
+/// for now: see [`read_and_parse`]).
+const BATCH: usize = 256;
+/// The reader's buffer.
+const READ_BUFFER: usize = 64 * 1024;
 
 type Parsed = Result<Incident, (Rejection, Partial)>;
 
@@ -36,7 +38,7 @@ type Parsed = Result<Incident, (Rejection, Partial)>;
 /// line of JSON, in input order. Returns the number of lines read.
 pub async fn replay<R, W>(catalogue: Catalogue, input: R, now: DateTime<Utc>, out: W) -> std::io::Result<usize>
 where
-    R: BufRead + Send + 'static,
+    R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
     let engine = engine(catalogue, now);
@@ -44,20 +46,26 @@ where
     let (decided_tx, decided_rx) = mpsc::channel::<Vec<Outcome>>(DEPTH);
     let reader = std::thread::Builder::new()
         .name("replay-read".into())
-        .spawn(move || read_and_parse(input, parsed_tx))?;
+        .spawn(move || read_and_parse(BufReader::with_capacity(READ_BUFFER, input), parsed_tx))?;
     let writer = std::thread::Builder::new()
         .name("replay-write".into())
         .spawn(move || write_outcomes(out, decided_rx))?;
 
     let mut lines = 0;
     let mut decided = Ok(());
-    'batches: while let Some(batch) = parsed_rx.recv().await {
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                decided = Err(e);
-                break;
-            }
+    'batches: loop {
+        let batch = tokio::select! {
+            biased;
+            // The writer stopped (its error is reported below): nothing more can be written.
+            () = decided_tx.closed() => break,
+            next = parsed_rx.recv() => match next {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    decided = Err(e);
+                    break;
+                }
+                None => break,
+            },
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         for parsed in batch {
@@ -73,22 +81,22 @@ where
             }
         }
         if decided_tx.send(outcomes).await.is_err() {
-            // The writer stopped: its error is reported below.
             break;
         }
     }
-    // Stop the reader (it sees the closed channel) and let the writer finish what it has.
-    drop(parsed_rx);
+    // Let the writer finish what it has.
     drop(decided_tx);
     let written = writer
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the output thread panicked")));
-    // The reader's own error (if any) came through the channel; a panic is a bug.
+    decided?;
+    written?;
+    // Every line was read: the reader has finished (its own error came through the channel; a
+    // panic is a bug). After an error it is not waited for: it may be blocked reading a stdin
+    // that stays open, and it stops at its next line, when it finds the channel closed.
     if reader.join().is_err() {
         return Err(std::io::Error::other("the input thread panicked"));
     }
-    decided?;
-    written?;
     Ok(lines)
 }
 
@@ -112,20 +120,31 @@ fn engine(catalogue: Catalogue, now: DateTime<Utc>) -> Engine {
     )
 }
 
-/// Read `input` line by line (a trailing `\r` is dropped) and parse each, in batches.
-fn read_and_parse<R: BufRead>(input: R, tx: mpsc::Sender<std::io::Result<Vec<Parsed>>>) {
+/// Read `input` line by line (a trailing `\r` is dropped) and parse each, handing the lines
+/// over in batches: when [`BATCH`] are ready, or when the input has nothing more buffered (so a
+/// line fed on its own, from a `tail -f`, is decided at once instead of waiting for company).
+fn read_and_parse<R: Read>(mut input: BufReader<R>, tx: mpsc::Sender<std::io::Result<Vec<Parsed>>>) {
     let mut batch = Vec::with_capacity(BATCH);
-    for line in input.split(b'\n') {
-        let line = match line {
-            Ok(l) => l,
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                let l = line.strip_suffix(b"\n").unwrap_or(&line);
+                batch.push(incident::parse(l.strip_suffix(b"\r").unwrap_or(l)));
+            }
             Err(e) => {
+                let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        batch.push(incident::parse(line));
-        if batch.len() == BATCH && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+        }
+        if (batch.len() == BATCH || input.buffer().is_empty())
+            && tx
+                .blocking_send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))
+                .is_err()
+        {
             return;
         }
     }
@@ -134,12 +153,24 @@ fn read_and_parse<R: BufRead>(input: R, tx: mpsc::Sender<std::io::Result<Vec<Par
     }
 }
 
-/// Write each outcome as a line of JSON, then flush. Stops at the first error, which it names
-/// as an output error.
+/// Write each outcome as a line of JSON, flushing whenever it has caught up with the engine (so
+/// a replay fed line by line, `tail -f … | remediator replay --incidents -`, answers each line
+/// at once). Stops at the first error, which it names as an output error.
 fn write_outcomes<W: Write>(mut out: W, mut rx: mpsc::Receiver<Vec<Outcome>>) -> std::io::Result<()> {
     let mut write = || -> std::io::Result<()> {
-        while let Some(batch) = rx.blocking_recv() {
-            for o in &batch {
+        loop {
+            let outcomes = match rx.try_recv() {
+                Ok(o) => o,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    out.flush()?;
+                    match rx.blocking_recv() {
+                        Some(o) => o,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            for o in &outcomes {
                 serde_json::to_writer(&mut out, o)?;
                 out.write_all(b"\n")?;
             }
@@ -186,9 +217,9 @@ mod tests {
         }
     }
 
-    /// Several batches of lines whose decisions depend on the lines before (duplicates, rate
-    /// limits, cooldowns, blast radius), with invalid, empty and CRLF lines among them: the
-    /// overlapping stages write exactly what deciding each line in turn writes.
+    /// Lines (several batches) whose decisions depend on the lines before (duplicates, rate limits, cooldowns,
+    /// blast radius), with invalid, empty and CRLF lines among them: the overlapping stages
+    /// write exactly what deciding each line in turn writes.
     #[tokio::test]
     async fn overlapping_stages_write_what_one_line_at_a_time_writes() {
         let yaml = include_str!("../tests/data/seed-runbooks.yaml");

@@ -294,3 +294,101 @@ fn replay_refuses_a_scale_to_zero_or_past_the_cap() {
         assert_eq!(outcomes[3]["action"]["params"]["max_replicas"], 10);
     }
 }
+
+/// A reader that goes away (`remediator replay ... | head`) ends the replay with an error naming
+/// the output, at once, even while its input is still open (a `tail -f` feeding stdin).
+#[test]
+fn a_closed_output_ends_replay_while_the_input_stays_open() {
+    use std::io::Write;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .args([
+            "replay",
+            "--runbooks",
+            "tests/data/seed-runbooks.yaml",
+            "--incidents",
+            "-",
+            "--now",
+            NOW,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start remediator");
+    // Nobody reads the output.
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().expect("stdin");
+    let line = r#"{"id":"x","root_cause":"cosmic_rays","confidence":0.8,"service":"svc","context":{}}"#;
+    // More than the output buffer holds, so a write to the closed pipe happens; then the input
+    // stays open with nothing more to read.
+    for _ in 0..400 {
+        if writeln!(stdin, "{line}").is_err() {
+            break;
+        }
+    }
+    let _ = stdin.flush();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "replay did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(!status.success());
+    assert!(err.contains("writing output"), "{err}");
+    drop(stdin);
+}
+
+/// Fed line by line (`tail -f … | remediator replay --incidents -`), replay answers each line at
+/// once, while its input stays open.
+#[test]
+fn each_line_of_an_open_input_is_answered_at_once() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remediator"))
+        .args([
+            "replay",
+            "--runbooks",
+            "tests/data/seed-runbooks.yaml",
+            "--incidents",
+            "-",
+            "--now",
+            NOW,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start remediator");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.expect("output line")).is_err() {
+                return;
+            }
+        }
+    });
+    for i in 0..3 {
+        writeln!(
+            stdin,
+            r#"{{"id":"open-{i}","root_cause":"cosmic_rays","confidence":0.8,"service":"svc","context":{{}}}}"#
+        )
+        .expect("write a line");
+        stdin.flush().expect("flush");
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no answer to line {i} while the input is open"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON outcome");
+        assert_eq!(v["incident_id"], format!("open-{i}"));
+    }
+    drop(stdin);
+    assert!(child.wait().expect("exit").success());
+}
