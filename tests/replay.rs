@@ -295,14 +295,10 @@ fn replay_refuses_a_scale_to_zero_or_past_the_cap() {
     }
 }
 
-/// A reader that goes away (`remediator replay ... | head`) ends the replay with an error naming
-/// the output, at once, even while its input is still open (a `tail -f` feeding stdin).
-#[test]
-fn a_closed_output_ends_replay_while_the_input_stays_open() {
-    use std::io::Write;
+/// `remediator replay --incidents -` with its stdin, stdout and stderr on pipes.
+fn replay_on_pipes() -> std::process::Child {
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_remediator"))
+    Command::new(env!("CARGO_BIN_EXE_remediator"))
         .args([
             "replay",
             "--runbooks",
@@ -317,7 +313,16 @@ fn a_closed_output_ends_replay_while_the_input_stays_open() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start remediator");
+        .expect("start remediator")
+}
+
+/// A reader that goes away (`remediator replay ... | head`) ends the replay with an error naming
+/// the output, at once, even while its input is still open (a `tail -f` feeding stdin).
+#[test]
+fn a_closed_output_ends_replay_while_the_input_stays_open() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let mut child = replay_on_pipes();
     // Nobody reads the output.
     drop(child.stdout.take());
     let mut stdin = child.stdin.take().expect("stdin");
@@ -350,22 +355,7 @@ fn a_closed_output_ends_replay_while_the_input_stays_open() {
 #[test]
 fn each_line_of_an_open_input_is_answered_at_once() {
     use std::io::{BufRead, Write};
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_remediator"))
-        .args([
-            "replay",
-            "--runbooks",
-            "tests/data/seed-runbooks.yaml",
-            "--incidents",
-            "-",
-            "--now",
-            NOW,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start remediator");
+    let mut child = replay_on_pipes();
     let mut stdin = child.stdin.take().expect("stdin");
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
