@@ -440,6 +440,7 @@ fn admission_request(i: usize) -> DecideRequest {
                 limits: limits(),
             }
         },
+        on_block: None,
     }
 }
 
@@ -486,6 +487,10 @@ fn benchmark_args(tag: &str, sha: &str, check: bool, epoch: &str) -> Vec<String>
         l.conservative_ms.to_string(),
         epoch.into(),
         "bench-candidate".into(),
+        String::new(),
+        // No outcome to record on a block (ARGV 24-26): the single-call ceiling of the script.
+        String::new(),
+        String::new(),
         String::new(),
     ];
     a.extend(args);

@@ -7,9 +7,7 @@
 mod kafka_common;
 
 use kafka_common::{bootstrap, committed, produce, read, redis_url, unique, Msg, Topics};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,18 +47,12 @@ fn free_port() -> u16 {
 }
 
 async fn create_topic(brokers: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(&[NewTopic::new(name, 1, TopicReplication::Fixed(1))], &opts)
-        .await
-        .expect("create")
-    {
-        r.expect("topic created");
-    }
+    kafka_common::create_topics(
+        brokers,
+        vec![NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 fn incident(id: &str, svc: &str) -> String {

@@ -5,7 +5,7 @@ mod common;
 
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use remediator::clock::{Clock, ManualClock};
-use remediator::engine::{Engine, EngineError, EventIds, Settings, Source};
+use remediator::engine::{Engine, EngineError, EventIds, Message, Settings, Source};
 use remediator::executor::simulated::{Faults, SimulatedExecutor};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{
@@ -344,6 +344,187 @@ async fn redelivery_republishes_and_a_second_message_is_a_duplicate() {
         dup.outcomes[0].reason
     );
     assert_eq!(r.executor.journal().len(), 1, "executed exactly once");
+}
+
+/// A guardrail's block is recorded by the store in the call that finds it: with every `record`
+/// call failing, a blocked incident is still decided at once (it needs none), and its
+/// redelivery re-publishes exactly the outcome published the first time (same event id), the
+/// guardrail and the store's detail filled in.
+#[tokio::test]
+async fn a_block_is_recorded_in_the_call_that_finds_it() {
+    let r = rig(SEED, Faults::default(), Settings::default());
+    assert_eq!(r.send(&crash("K1", "api")).await.decision, Decision::Executed);
+    r.store.fail_records.store(true, Ordering::SeqCst);
+    let src = Source {
+        topic: "incidents".into(),
+        partition: 0,
+        offset: 7,
+    };
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.engine.handle(crash("K2", "api").as_bytes(), Some(&src), "k2-a"),
+    )
+    .await
+    .expect("a block needs no record call")
+    .expect("decided");
+    let o = &first.outcomes[0];
+    assert_eq!(o.decision, Decision::Blocked);
+    assert_eq!(o.guardrail, Some(remediator::guardrails::Guardrail::Cooldown));
+    assert!(o.reason.starts_with("cooldown active ("), "{}", o.reason);
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.engine.handle(crash("K2", "api").as_bytes(), Some(&src), "k2-b"),
+    )
+    .await
+    .expect("answered from the record")
+    .expect("decided");
+    assert!(again.republished, "{:?}", again.outcomes);
+    assert_eq!(again.outcomes, first.outcomes, "the recorded outcome, same event id");
+}
+
+/// `text` with every UUID (an approval's id, random in each rig) replaced by `<id>`.
+fn without_ids(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let candidate = rest.get(..36).filter(|c| uuid::Uuid::parse_str(c).is_ok());
+        match candidate {
+            Some(_) => {
+                out.push_str("<id>");
+                rest = &rest[36..];
+            }
+            None => {
+                let c = rest.chars().next().unwrap_or_default();
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    out
+}
+
+/// The worker decides a partition's waiting messages in batches (`Engine::handle_batch`, one
+/// store call for several): every outcome is the one deciding them one message at a time gives,
+/// through executions (a batch ends at each, which runs before the next message is decided),
+/// rollbacks opening the circuit, cooldowns, duplicates, approvals, manual decisions and
+/// rejected events, and the same actions run in the same order.
+#[tokio::test]
+async fn a_batch_decides_like_one_message_at_a_time() {
+    let faults = || Faults {
+        fail_post_checks_for: ["b1", "b2", "b3"].map(String::from).into(),
+        ..Faults::default()
+    };
+    let seed: Vec<&str> = include_str!("data/seed-incidents.jsonl").lines().take(4).collect();
+    let mut messages: Vec<String> = Vec::new();
+    for i in 0..3 {
+        messages.extend(seed.iter().map(|l| l.replace("\"INC00", &format!("\"R{i}-INC00"))));
+        messages.push(crash(&format!("C{i}"), "api"));
+        messages.push(scale(&format!("F{i}"), &format!("b{}", i + 1)));
+        messages.push(r#"{"id":"bad","confidence":7}"#.to_string());
+        messages.push(crash("C0", "api"));
+        messages.push(scale(&format!("G{i}"), "ok"));
+    }
+    let sources: Vec<Source> = (0..messages.len())
+        .map(|i| Source {
+            topic: "incidents".into(),
+            partition: 0,
+            offset: i as i64,
+        })
+        .collect();
+    let attempts: Vec<String> = (0..messages.len()).map(|i| format!("attempt-{i}")).collect();
+
+    let alone = rig(SEED, faults(), Settings::default());
+    let mut one_by_one = Vec::new();
+    for ((m, src), attempt) in messages.iter().zip(&sources).zip(&attempts) {
+        one_by_one.push(
+            alone
+                .engine
+                .handle(m.as_bytes(), Some(src), attempt)
+                .await
+                .expect("handled"),
+        );
+    }
+
+    let batched = rig(SEED, faults(), Settings::default());
+    let batch: Vec<Message<'_>> = messages
+        .iter()
+        .zip(&sources)
+        .zip(&attempts)
+        .map(|((m, src), attempt)| Message {
+            payload: m.as_bytes(),
+            source: Some(src),
+            attempt,
+        })
+        .collect();
+    let mut together = Vec::new();
+    let mut calls = 0;
+    while together.len() < batch.len() {
+        let handled = batched
+            .engine
+            .handle_batch(&batch[together.len()..])
+            .await
+            .expect("handled");
+        assert!(!handled.is_empty(), "a batch handles at least its first message");
+        calls += 1;
+        // A batch ends at an execution: nothing after it in the same call.
+        for h in &handled[..handled.len() - 1] {
+            assert!(
+                h.outcomes.iter().all(|o| o.decision != Decision::Executed),
+                "a batch went on after an execution: {:?}",
+                h.outcomes
+            );
+        }
+        together.extend(handled);
+    }
+    let what = |h: &remediator::engine::Handled| {
+        let o: Vec<_> = h
+            .outcomes
+            .iter()
+            .map(|o| {
+                (
+                    o.decision,
+                    without_ids(&o.reason),
+                    o.guardrail,
+                    o.success,
+                    o.rolled_back,
+                    o.action.clone(),
+                )
+            })
+            .collect();
+        (o, h.dead_letter.clone(), h.republished)
+    };
+    for (i, (a, b)) in one_by_one.iter().zip(&together).enumerate() {
+        assert_eq!(what(b), what(a), "message {i}: {}", messages[i]);
+    }
+    assert_eq!(
+        batched.executor.journal(),
+        alone.executor.journal(),
+        "the same actions, in order"
+    );
+    let executed = one_by_one
+        .iter()
+        .filter(|h| h.outcomes.iter().any(|o| o.decision == Decision::Executed))
+        .count();
+    assert!(executed >= 5, "the mix executes something ({executed})");
+    assert!(
+        calls <= executed + 1,
+        "{calls} calls for {} messages: batches end only at executions",
+        messages.len()
+    );
+    let kinds: std::collections::BTreeSet<&str> = one_by_one
+        .iter()
+        .flat_map(|h| h.outcomes.iter().map(|o| o.decision.as_str()))
+        .collect();
+    for d in [
+        Decision::Executed,
+        Decision::Blocked,
+        Decision::Duplicate,
+        Decision::ApprovalRequired,
+        Decision::Manual,
+        Decision::Rejected,
+    ] {
+        assert!(kinds.contains(d.as_str()), "the mix never reached {d:?}: {kinds:?}");
+    }
 }
 
 #[tokio::test]

@@ -133,6 +133,10 @@ pub struct KafkaConfig {
     pub approvals_topic: String,
     /// Incidents processed concurrently (across partitions; each partition stays in order).
     pub max_in_flight: usize,
+    /// At most this many of a partition's waiting incidents are decided with one question to
+    /// the guardrail store (one round trip); 1 decides them one at a time. A lone incident never
+    /// waits for company.
+    pub decide_batch: usize,
     /// Extra librdkafka properties for both clients (TLS, SASL, ...).
     pub properties: BTreeMap<String, String>,
 }
@@ -147,6 +151,7 @@ impl Default for KafkaConfig {
             dlq_topic: "incidents-dlq".into(),
             approvals_topic: "remediation-approvals".into(),
             max_in_flight: 16,
+            decide_batch: 16,
             properties: BTreeMap::new(),
         }
     }

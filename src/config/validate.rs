@@ -76,6 +76,9 @@ impl Config {
         if self.kafka.max_in_flight == 0 || self.kafka.max_in_flight > 10_000 {
             return Err(invalid("kafka.max_in_flight", "must be between 1 and 10000"));
         }
+        if self.kafka.decide_batch == 0 || self.kafka.decide_batch > 256 {
+            return Err(invalid("kafka.decide_batch", "must be between 1 and 256"));
+        }
         if !(1..=60_000).contains(&self.redis.timeout_ms) {
             return Err(invalid("redis.timeout_ms", "must be between 1 and 60000"));
         }

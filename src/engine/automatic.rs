@@ -4,12 +4,14 @@
 
 use super::approvals::pending_note;
 use super::execution::Reserved;
-use super::{guard_scope, render, runbook_facts, Engine, EngineError, Handled, Report, Source, Subject};
+use super::{guard_scope, render, runbook_facts, to_json, Engine, EngineError, Handled, Report, Source, Subject};
 use crate::decision::{self, Facts, GuardrailFact, Intent, Previous, RunbookFacts, Seen, Verdict};
-use crate::guardrails::{Admission, DecideAnswer, ExecResult, FinishRequest, Guardrail};
+use crate::guardrails::{
+    Admission, BlockedRecord, DecideAnswer, DecideRequest, ExecResult, FinishRequest, Guardrail, Limits, Scope,
+};
 use crate::incident::Incident;
 use crate::outcome::{Decision, Outcome};
-use crate::runbook::template::Vars;
+use crate::runbook::template::{RenderError, Vars};
 use crate::runbook::{Action, Runbook};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -32,15 +34,64 @@ pub(super) struct Run<'a> {
     pub operator: Option<&'a str>,
 }
 
+/// An incident decided up to its one question to the store ([`Engine::prepare`]); with the
+/// store's answer, [`Engine::complete`] takes it to its outcome.
+pub(super) struct Prepared<'a> {
+    incident: &'a Incident,
+    rb: Option<&'a Runbook>,
+    vars: Vars,
+    rendered: Option<Result<Action, RenderError>>,
+    source: Option<&'a Source>,
+    attempt: &'a str,
+    subject: Subject,
+    facts: Facts,
+    decided_at: DateTime<Utc>,
+    next: Next,
+}
+
+/// What the question was for.
+// One per message being decided, moved, never stored in bulk: boxing the large variant would
+// cost an allocation per decision for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A final decision without guardrails: the claim records these outcomes.
+    Recorded(Vec<Outcome>),
+    /// The guardrails of an intent.
+    Guarded(Guard),
+}
+
+/// The guardrails asked for an intent, and what carrying it out needs with the answer.
+pub(super) struct Guard {
+    intent: Intent,
+    reason: String,
+    scope: Scope,
+    limits: Limits,
+    /// The outcome of a block, which the store records in the same call (`on_block`).
+    blocked: Option<Outcome>,
+}
+
 impl Engine {
-    /// Decide an incident that parsed: the decision order up to the guardrails, then
-    /// [`Engine::proceed`] with the intent.
+    /// Decide an incident that parsed: [`Engine::prepare`], one question to the store, then
+    /// [`Engine::complete`] with its answer.
     pub(super) async fn process(
         &self,
         incident: &Incident,
         source: Option<&Source>,
         attempt: &str,
     ) -> Result<Handled, EngineError> {
+        let (prepared, request) = self.prepare(incident, source, attempt).await;
+        let answer = self.claim(&request).await?;
+        self.complete(prepared, answer).await
+    }
+
+    /// The decision order up to the store: the facts, the verdict, and the question to ask (a
+    /// claim that records a final decision, or the guardrails of the intent).
+    pub(super) async fn prepare<'a>(
+        &'a self,
+        incident: &'a Incident,
+        source: Option<&'a Source>,
+        attempt: &'a str,
+    ) -> (Prepared<'a>, DecideRequest) {
         let now = self.clock.now();
         let matched = self.catalogue.match_incident(incident).map(|(rb, _)| rb);
         let vars = Vars::from_incident(incident);
@@ -52,7 +103,7 @@ impl Engine {
             }),
             None => None,
         };
-        let mut facts = Facts {
+        let facts = Facts {
             invalid: None,
             seen: Seen::New,
             age: incident
@@ -79,19 +130,11 @@ impl Engine {
             mode: matched.map(|rb| self.effective_mode(rb)),
             ..Subject::of(incident, matched)
         };
-        match decision::decide(&facts) {
+        let (next, subject, facts, request) = match decision::decide(&facts) {
             Verdict::Final(fin) => {
                 let outcomes = vec![self.outcome(&subject, now, fin.into())];
-                match self
-                    .claim(&self.record_request(&incident.id, source, attempt, &outcomes))
-                    .await?
-                {
-                    DecideAnswer::Recorded => Ok(Handled::new(outcomes)),
-                    answer => {
-                        let bare = Subject::of(incident, matched);
-                        self.settle(answer, &mut facts, &bare, now, &incident.id, attempt).await
-                    }
-                }
+                let request = self.record_request(&incident.id, source, attempt, &outcomes);
+                (Next::Recorded(outcomes), subject, facts, request)
             }
             Verdict::Proceed(intent, reason) => {
                 let (Some(rb), Some(action)) = (matched, action) else {
@@ -109,7 +152,66 @@ impl Engine {
                     facts,
                     operator: None,
                 };
-                self.proceed(run, intent, reason).await
+                let (guard, request) = self.guard(&run, intent, reason);
+                (Next::Guarded(guard), run.subject, run.facts, request)
+            }
+        };
+        let prepared = Prepared {
+            incident,
+            rb: matched,
+            vars,
+            rendered,
+            source,
+            attempt,
+            subject,
+            facts,
+            decided_at: now,
+            next,
+        };
+        (prepared, request)
+    }
+
+    /// An incident [`Engine::prepare`]d, taken to its outcome with the store's `answer` to its
+    /// question.
+    pub(super) async fn complete(&self, prepared: Prepared<'_>, answer: DecideAnswer) -> Result<Handled, EngineError> {
+        let Prepared {
+            incident,
+            rb,
+            vars,
+            rendered,
+            source,
+            attempt,
+            subject,
+            mut facts,
+            decided_at,
+            next,
+        } = prepared;
+        match next {
+            Next::Recorded(outcomes) => match answer {
+                DecideAnswer::Recorded => Ok(Handled::new(outcomes)),
+                answer => {
+                    let bare = Subject::of(incident, rb);
+                    self.settle(answer, &mut facts, &bare, decided_at, &incident.id, attempt)
+                        .await
+                }
+            },
+            Next::Guarded(guard) => {
+                let (Some(rb), Some(Ok(action))) = (rb, rendered.as_ref()) else {
+                    unreachable!("guardrails are asked only for a matched runbook and a rendered action")
+                };
+                let run = Run {
+                    incident,
+                    rb,
+                    action,
+                    vars: &vars,
+                    source,
+                    attempt,
+                    subject,
+                    decided_at,
+                    facts,
+                    operator: None,
+                };
+                self.proceed_with(run, guard, answer).await
             }
         }
     }
@@ -117,20 +219,16 @@ impl Engine {
     /// Rules 6-10 for a runbook and its rendered action: the guardrails, then approval,
     /// suggestion, dry run or execution. `reason` is the outcome's reason when nothing intervenes.
     pub(super) async fn proceed(&self, run: Run<'_>, intent: Intent, reason: String) -> Result<Handled, EngineError> {
-        let Run {
-            incident,
-            rb,
-            action,
-            vars,
-            source,
-            attempt,
-            mut subject,
-            decided_at,
-            mut facts,
-            operator,
-        } = run;
-        let scope = guard_scope(rb, incident, action);
-        let limits = self.limits(rb);
+        let (guard, request) = self.guard(&run, intent, reason);
+        let answer = self.claim(&request).await?;
+        self.proceed_with(run, guard, answer).await
+    }
+
+    /// The question for the guardrails of `intent`: check them (approval, suggestion), or check
+    /// and reserve them (execution, dry run), with the outcome of a block for the store to record.
+    fn guard(&self, run: &Run<'_>, intent: Intent, reason: String) -> (Guard, DecideRequest) {
+        let scope = guard_scope(run.rb, run.incident, run.action);
+        let limits = self.limits(run.rb);
         // A dry run holds the slots a real run would, but never the circuit's probe (it proves
         // nothing about the action, so it must neither close nor count for the circuit).
         let admission = if intent == Intent::DryRun {
@@ -149,10 +247,45 @@ impl Engine {
                 limits: limits.clone(),
             }
         };
-        let probe = match self
-            .claim(&self.request(&incident.id, source, attempt, admission))
-            .await?
-        {
+        // A block is recorded by the store in the same call that finds it.
+        let template = self.blocked_template(&run.subject, run.decided_at, &run.facts);
+        let mut request = self.request(&run.incident.id, run.source, run.attempt, admission);
+        let blocked = template.map(|(outcome, record)| {
+            request.on_block = Some(record);
+            outcome
+        });
+        let guard = Guard {
+            intent,
+            reason,
+            scope,
+            limits,
+            blocked,
+        };
+        (guard, request)
+    }
+
+    /// [`Engine::proceed`] once the store answered its question.
+    async fn proceed_with(&self, run: Run<'_>, guard: Guard, answer: DecideAnswer) -> Result<Handled, EngineError> {
+        let Run {
+            incident,
+            rb,
+            action,
+            vars,
+            attempt,
+            mut subject,
+            decided_at,
+            mut facts,
+            operator,
+            ..
+        } = run;
+        let Guard {
+            intent,
+            reason,
+            scope,
+            limits,
+            blocked,
+        } = guard;
+        let probe = match answer {
             DecideAnswer::Allowed { probe, conservative } => {
                 if conservative {
                     warn!(runbook = %rb.id, "guardrail store lost its state recently: running conservatively");
@@ -160,6 +293,16 @@ impl Engine {
                 probe
             }
             answer => {
+                if let (DecideAnswer::Blocked { guardrail, detail }, Some(skeleton)) = (&answer, blocked) {
+                    // Recorded already: the outcome the store completed, built here the same way.
+                    facts.guardrail = GuardrailFact::Blocked(*guardrail, detail.clone());
+                    let report = final_report(&facts);
+                    return Ok(Handled::new(vec![Outcome {
+                        reason: report.reason,
+                        guardrail: report.guardrail,
+                        ..skeleton
+                    }]));
+                }
                 let bare = Subject {
                     action: None,
                     mode: None,
@@ -293,6 +436,28 @@ impl Engine {
                 "unexpected store answer {other:?}"
             ))),
         }
+    }
+}
+
+impl Engine {
+    /// The outcome a guardrail's block would give `subject`, and the store's template of it
+    /// ([`DecideRequest::on_block`]): everything but the block's detail and guardrail, which only
+    /// the store knows, written now by the decision order. `None` (the caller records a block
+    /// itself) if the outcome cannot be split at the mark, e.g. a value in it holds the mark.
+    ///
+    /// [`DecideRequest::on_block`]: crate::guardrails::DecideRequest::on_block
+    pub(super) fn blocked_template(
+        &self,
+        subject: &Subject,
+        decided_at: DateTime<Utc>,
+        facts: &Facts,
+    ) -> Option<(Outcome, BlockedRecord)> {
+        const MARK: &str = "@@remediator:block-detail@@";
+        let mut marked = facts.clone();
+        marked.guardrail = GuardrailFact::Blocked(Guardrail::RateLimit, MARK.to_owned());
+        let skeleton = self.outcome(subject, decided_at, final_report(&marked));
+        let record = BlockedRecord::split(&to_json(std::slice::from_ref(&skeleton)), MARK, Guardrail::RateLimit)?;
+        Some((skeleton, record))
     }
 }
 

@@ -40,7 +40,7 @@ use crate::clock::{millis, Clock};
 use crate::config::GuardrailsConfig;
 use crate::decision::{self, RunbookFacts};
 use crate::executor::Executor;
-use crate::guardrails::{Guardrail, Limits, Scope, Store, StoreError};
+use crate::guardrails::{DecideAnswer, Guardrail, Limits, Scope, Store, StoreError};
 use crate::incident::{self, Incident, Partial};
 use crate::metrics::Metrics;
 use crate::outcome::{ActionView, CheckOutcome, Decision, Mode, Outcome, TrustView, SCHEMA_VERSION};
@@ -69,6 +69,18 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
     }
+}
+
+/// One message of [`Engine::handle_batch`]: its bytes, where it came from, and its attempt id
+/// (unique per delivery, reused when the same delivery is tried again).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The raw event.
+    pub payload: &'a [u8],
+    /// Where it came from, if from Kafka.
+    pub source: Option<&'a Source>,
+    /// The attempt id.
+    pub attempt: &'a str,
 }
 
 /// What handling one message produced.
@@ -348,26 +360,91 @@ impl Engine {
         attempt: &str,
     ) -> Result<Handled, EngineError> {
         let result = match parsed {
-            Err((rejection, partial)) => {
-                warn!(field = %rejection.field, reason = %rejection, source = ?source.map(|s| s.to_string()), "incident rejected");
-                // Rule 1: nothing else about the event counts.
-                let verdict = decision::decide(&decision::Facts::rejected(rejection.to_string()));
-                let decision::Verdict::Final(rejected) = verdict else {
-                    unreachable!("decide() rejects an invalid event")
-                };
-                let o = self.outcome(&Subject::partial(&partial), self.clock.now(), rejected.into());
-                Ok(Handled {
-                    outcomes: vec![o],
-                    dead_letter: Some(rejection),
-                    republished: false,
-                })
-            }
+            Err((rejection, partial)) => Ok(self.rejected(rejection, &partial, source)),
             Ok(incident) => {
                 let span = tracing::info_span!("incident", id = %incident.id);
                 self.process(&incident, source, attempt).instrument(span).await
             }
         };
-        if let Ok(h) = &result {
+        self.handled(started, &result);
+        result
+    }
+
+    /// Handle several messages of one partition, in order, with one question to the store for
+    /// all of them ([`GuardrailStore::decide_batch`](crate::guardrails::GuardrailStore::decide_batch)):
+    /// the outcomes are those [`Engine::handle`] gives them one after another.
+    ///
+    /// Returns the outcomes of the messages handled, in order: the first ones of `messages`, at
+    /// least one. Those after the store's batch ended (at an action reserved, which runs first,
+    /// or at an incident another replica holds) are left: handle them in a later call, with the
+    /// same attempts. [`EngineError`] only when none could be handled (the store is unavailable):
+    /// retry them all with the same attempts.
+    pub async fn handle_batch(&self, messages: &[Message<'_>]) -> Result<Vec<Handled>, EngineError> {
+        let started = Instant::now();
+        let parsed: Vec<_> = messages.iter().map(|m| incident::parse(m.payload)).collect();
+        let mut prepared = Vec::with_capacity(messages.len());
+        let mut requests = Vec::with_capacity(messages.len());
+        for (m, p) in messages.iter().zip(&parsed) {
+            prepared.push(match p {
+                Ok(incident) => {
+                    let (p, request) = self.prepare(incident, m.source, m.attempt).await;
+                    requests.push(request);
+                    Some(p)
+                }
+                Err(_) => None,
+            });
+        }
+        let answers = self.claim_batch(&requests).await?;
+        // The store stopped at an answer that ends the batch: nothing after it is handled now.
+        let stopped = answers.len() < requests.len();
+        let mut answers = answers.into_iter();
+        let mut handled = Vec::with_capacity(messages.len());
+        for ((m, parsed), prepared) in messages.iter().zip(&parsed).zip(prepared) {
+            let result = match (parsed, prepared) {
+                (Err((rejection, partial)), _) => Ok(self.rejected(rejection.clone(), partial, m.source)),
+                (Ok(incident), Some(prepared)) => match answers.next() {
+                    // Held by another replica: waited for at the start of a later call.
+                    None | Some(DecideAnswer::InProgress { .. }) => break,
+                    Some(answer) => {
+                        let span = tracing::info_span!("incident", id = %incident.id);
+                        self.complete(prepared, answer).instrument(span).await
+                    }
+                },
+                (Ok(_), None) => unreachable!("every incident that parsed was prepared"),
+            };
+            self.handled(started, &result);
+            match result {
+                Ok(h) => handled.push(h),
+                // What was handled stands (its outcomes are final); this one is retried.
+                Err(e) if handled.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+            if stopped && answers.len() == 0 {
+                break;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// The outcome of an event that failed validation (rule 1: nothing else about it counts).
+    fn rejected(&self, rejection: incident::Rejection, partial: &Partial, source: Option<&Source>) -> Handled {
+        warn!(field = %rejection.field, reason = %rejection, source = ?source.map(|s| s.to_string()), "incident rejected");
+        let verdict = decision::decide(&decision::Facts::rejected(rejection.to_string()));
+        let decision::Verdict::Final(rejected) = verdict else {
+            unreachable!("decide() rejects an invalid event")
+        };
+        let o = self.outcome(&Subject::partial(partial), self.clock.now(), rejected.into());
+        Handled {
+            outcomes: vec![o],
+            dead_letter: Some(rejection),
+            republished: false,
+        }
+    }
+
+    /// A message was handled (or failed): `remediator_decision_duration_seconds`, and its new
+    /// outcomes [`Engine::emit`]ted.
+    fn handled(&self, started: Instant, result: &Result<Handled, EngineError>) {
+        if let Ok(h) = result {
             self.metrics
                 .decision_seconds
                 .with_label_values(&[] as &[&str])
@@ -376,7 +453,6 @@ impl Engine {
                 self.emit(&h.outcomes);
             }
         }
-        result
     }
 
     /// New outcomes leave the engine: counted (`remediator_incidents_total`, and

@@ -38,6 +38,7 @@ impl Engine {
             source: source.map(ToString::to_string),
             lease_ms: ms(self.settings.guardrails.lease),
             admission,
+            on_block: None,
         }
     }
 
@@ -69,6 +70,38 @@ impl Engine {
                     tokio::time::sleep(Duration::from_millis(retry_after_ms.clamp(50, 1000))).await;
                 }
                 Ok(a) => return Ok(a),
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    return Err(match e {
+                        StoreError::Unavailable(m) | StoreError::Protocol(m) => EngineError::StoreUnavailable(m),
+                    });
+                }
+            }
+        }
+    }
+
+    /// [`Engine::claim`] for several requests in one call to the store, in order: the answers up
+    /// to the first that ends a batch ([`DecideAnswer::ends_batch`]). When the first one is a
+    /// claim another replica holds, waits for it like [`Engine::claim`] does, so the answers are
+    /// never empty unless `requests` is.
+    pub(super) async fn claim_batch(&self, requests: &[DecideRequest]) -> Result<Vec<DecideAnswer>, EngineError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        loop {
+            match self.store.decide_batch(requests).await {
+                Ok(answers) => match answers.first() {
+                    Some(DecideAnswer::InProgress { worker, retry_after_ms }) => {
+                        info!(%worker, retry_after_ms, "incident claimed by another replica; waiting");
+                        tokio::time::sleep(Duration::from_millis((*retry_after_ms).clamp(50, 1000))).await;
+                    }
+                    Some(_) => return Ok(answers),
+                    None => {
+                        return Err(EngineError::StoreUnavailable(
+                            "the store answered none of a batch".into(),
+                        ))
+                    }
+                },
                 Err(e) => {
                     self.metrics.store_errors.inc();
                     return Err(match e {

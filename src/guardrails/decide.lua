@@ -36,6 +36,9 @@ ARGV
   20 conservative_ms      21 remembered epoch ('' = none yet)
   22 candidate epoch (a fresh uuid, used if this call creates the epoch)
   23 target: what the action touches, `<namespace>/<kind>/<name>` ('' = none: KEYS[10] unused)
+  24 25 26  the outcome to record if a guardrail blocks, in three pieces (head, mid, tail; '' =
+     none: a block leaves the incident claimed for the caller to record): the record's outcomes
+     are head .. detail (JSON-escaped) .. mid .. guardrail .. tail, and the incident is done.
 
 Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless this call read it:
   { epoch, 'recorded' }
@@ -176,7 +179,16 @@ local services_window, rb_max_services = tonumber(ARGV[18]), tonumber(ARGV[19])
 local conservative_ms = tonumber(ARGV[20])
 local remembered, candidate = ARGV[21], ARGV[22]
 
+-- A block is the final word: with an outcome to record (ARGV 24-26) the incident is done now,
+-- as `record` would make it, so the caller needs no second call.
+local on_block_head, on_block_mid, on_block_tail = ARGV[24] or '', ARGV[25] or '', ARGV[26] or ''
 local function blocked(guardrail, detail)
+  if on_block_head ~= '' then
+    local escaped = string.sub(cjson.encode(detail), 2, -2)
+    redis.call('HSET', K_INC, 'state', 'done', 'outcomes',
+      on_block_head .. escaped .. on_block_mid .. guardrail .. on_block_tail)
+    redis.call('PEXPIRE', K_INC, ttl)
+  end
   return reply({ 'blocked', guardrail, detail })
 end
 

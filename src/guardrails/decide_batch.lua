@@ -9,16 +9,22 @@ in between, for one round trip.
 
 KEYS  request i's 10 keys (decide.lua's KEYS) at 10*(i-1)+1 .. 10*i
 ARGV  1  n, the number of requests
-      then request i's 23 arguments (decide.lua's ARGV) at 1+23*(i-1)+1 .. 1+23*i
+      then request i's 26 arguments (decide.lua's ARGV) at 1+26*(i-1)+1 .. 1+26*i
+
+It stops after the first answer the caller must act on before it goes on: a reservation (an
+`allowed` answer to a reserve or dry_run: the caller runs that action and releases it first) or
+`in_progress` (another replica holds that claim: the caller waits for it first). Exactly as one
+call at a time would, the requests after it are decided only then: left untouched, not answered.
 
 Between two requests it does what the client does between two calls: when a reply carries the
 stored epoch (its first field is not ''), the worker adopts it, so the later requests remember
 that epoch (ARGV 21) instead of the one the client sent.
 
-Returns a flat array: for each request in order, the length of decide.lua's reply, then the reply.
+Returns a flat array: for each request decided, in order, the length of decide.lua's reply, then
+the reply.
 ]]
 
-local KEYS_PER, ARGS_PER = 10, 23
+local KEYS_PER, ARGS_PER = 10, 26
 local n = tonumber(ARGV[1])
 local out = {}
 local adopted = nil
@@ -40,6 +46,9 @@ for i = 0, n - 1 do
   out[#out + 1] = tostring(#r)
   for j = 1, #r do
     out[#out + 1] = r[j]
+  end
+  if (r[2] == 'allowed' and (args[8] == 'reserve' or args[8] == 'dry_run')) or r[2] == 'in_progress' then
+    break
   end
 end
 return out

@@ -260,6 +260,59 @@ pub struct DecideRequest {
     pub lease_ms: u64,
     /// What to check or reserve.
     pub admission: Admission,
+    /// For `Check`, `Reserve` and `DryRun`: the outcome to record if a guardrail blocks, so the
+    /// store marks the incident done in the same call (no second round trip to record it).
+    /// `None`: a block leaves the incident claimed, and the caller records its outcome with
+    /// [`GuardrailStore::record`]. Ignored for `Record`.
+    pub on_block: Option<BlockedRecord>,
+}
+
+/// The outcome events of a blocked decision, as the store completes them: their JSON array with
+/// the block's detail and guardrail left out, so that
+/// `head + detail (JSON-escaped) + mid + guardrail name + tail` is the array
+/// ([`BlockedRecord::render`]). The caller writes everything else (event id, times, the reason's
+/// wording around the detail); the store adds only the two facts it alone knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedRecord {
+    /// The array up to the detail (it ends inside the reason's JSON string).
+    pub head: String,
+    /// From after the detail up to the guardrail's name (it ends inside that JSON string).
+    pub mid: String,
+    /// From after the guardrail's name to the end of the array.
+    pub tail: String,
+}
+
+impl BlockedRecord {
+    /// Split `json`, the outcome array as a block by `guardrail` would read with `detail_mark`
+    /// for the store's detail, into the pieces around the detail and the guardrail's name.
+    /// `None` unless the mark and the `"guardrail":"<name>"` field each occur exactly once, the
+    /// field after the mark (inside JSON strings quotes are escaped, so a hostile value cannot
+    /// fake the field; a value holding the mark only makes the split fail).
+    pub fn split(json: &str, detail_mark: &str, guardrail: Guardrail) -> Option<Self> {
+        let field = format!("\"guardrail\":\"{}\"", guardrail.as_str());
+        let once = |pat: &str| json.find(pat).filter(|&at| json[at + pat.len()..].find(pat).is_none());
+        let (d, f) = (once(detail_mark)?, once(&field)?);
+        let name_at = f + field.len() - guardrail.as_str().len() - 1;
+        (d + detail_mark.len() <= f).then(|| BlockedRecord {
+            head: json[..d].to_owned(),
+            mid: json[d + detail_mark.len()..name_at].to_owned(),
+            tail: json[name_at + guardrail.as_str().len()..].to_owned(),
+        })
+    }
+
+    /// The outcome array of a block by `guardrail` with `detail` (what `decide.lua` stores).
+    pub fn render(&self, guardrail: Guardrail, detail: &str) -> String {
+        let quoted = serde_json::to_string(detail).unwrap_or_else(|_| "\"\"".to_owned());
+        let escaped = &quoted[1..quoted.len() - 1];
+        [
+            self.head.as_str(),
+            escaped,
+            self.mid.as_str(),
+            guardrail.as_str(),
+            self.tail.as_str(),
+        ]
+        .concat()
+    }
 }
 
 /// The store's answer to [`GuardrailStore::decide`].
@@ -306,6 +359,20 @@ pub enum DecideAnswer {
         /// The replica whose action was interrupted.
         worker: String,
     },
+}
+
+impl DecideAnswer {
+    /// A batch ends at this answer ([`GuardrailStore::decide_batch`]): it holds a reservation
+    /// the caller must use and release before deciding anything after it (`Allowed` to a
+    /// `Reserve` or a `DryRun`), or the incident is claimed by another replica and the caller
+    /// waits for it first (`InProgress`).
+    pub fn ends_batch(&self, admission: &Admission) -> bool {
+        match self {
+            DecideAnswer::Allowed { .. } => matches!(admission, Admission::Reserve { .. } | Admission::DryRun { .. }),
+            DecideAnswer::InProgress { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// One call of [`GuardrailStore::renew`]: keep a running attempt's claim, lease and probe.
@@ -410,15 +477,25 @@ pub trait GuardrailStore: Send + Sync {
     /// Claim the incident and check (and possibly reserve) its guardrails, atomically.
     async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError>;
 
-    /// [`GuardrailStore::decide`] for several requests, in order: the answers are those of
-    /// deciding them one after another. The Redis store decides them in one script call (one
-    /// round trip, nothing from another replica in between); this default asks one at a time.
+    /// [`GuardrailStore::decide`] for several requests, in order, up to and including the first
+    /// answer the caller must act on before it goes on ([`DecideAnswer::ends_batch`]: a
+    /// reservation, or a claim another replica holds): the answers are those of deciding them
+    /// one after another, and the requests after that one are left undecided, so the caller
+    /// runs that action (or waits for that claim) before it asks for them, as it would one at a
+    /// time. The Redis store decides them in one script call (one round trip, nothing from
+    /// another replica in between); this default asks one at a time.
+    ///
     /// After an error some of them may have been decided: retrying the same requests (same
     /// attempts) is safe, since a store replays an attempt's answer instead of deciding again.
     async fn decide_batch(&self, reqs: &[DecideRequest]) -> Result<Vec<DecideAnswer>, StoreError> {
         let mut answers = Vec::with_capacity(reqs.len());
         for req in reqs {
-            answers.push(self.decide(req).await?);
+            let answer = self.decide(req).await?;
+            let ends = answer.ends_batch(&req.admission);
+            answers.push(answer);
+            if ends {
+                break;
+            }
         }
         Ok(answers)
     }

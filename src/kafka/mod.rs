@@ -210,6 +210,7 @@ pub async fn run(
         consumer: consumer.clone(),
         producer: producer.clone(),
         outcomes_topic: settings.outcomes_topic.clone(),
+        decide_batch: settings.decide_batch.max(1),
         dlq_topic: settings.dlq_topic.clone(),
         stop: stop_rx,
         fatal: Mutex::new(None),

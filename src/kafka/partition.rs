@@ -11,7 +11,7 @@ use super::publish::Outstanding;
 use super::shared::{Decided, Shared, Work};
 use super::trace::TraceParent;
 use super::{KafkaError, BACKOFF_MAX, BACKOFF_MIN};
-use crate::engine::{EngineError, Handled};
+use crate::engine::{EngineError, Handled, Message};
 use crate::incident::Rejection;
 use crate::outcome::Decision;
 use crate::retry::Backoff;
@@ -25,61 +25,87 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 impl Shared {
-    /// Decide one message (the guardrail store is asked, the decision recorded, any action run):
-    /// what [`Shared::publish`] must then get out. `None` when the worker stopped first (nothing
-    /// was decided; the message is redelivered).
-    async fn decide(&self, w: &Work) -> Option<Decided> {
-        let trace = w.headers.as_ref().and_then(TraceParent::from_headers);
-        let span = match &trace {
-            Some(t) => tracing::info_span!("message", trace_id = %t.trace_id, parent_id = %t.parent_id),
-            None => tracing::info_span!("message"),
-        };
-        let traceparent = trace.map(|t| t.child());
-        let handled = self.decide_traced(w).instrument(span.clone()).await?;
-        Some(Decided {
-            handled,
-            traceparent,
-            span,
-        })
+    /// Decide the first of `ready` and, with it, as many of the next ones as one question to
+    /// the guardrail store answers ([`Engine::handle_batch`]: the store is asked, the decisions
+    /// recorded, any action run), in order: what [`publish_in_order`] must then get out, one
+    /// [`Decided`] for each of the first messages of `ready`. `None` when the worker stopped
+    /// first (nothing was decided; the messages are redelivered).
+    ///
+    /// [`Engine::handle_batch`]: crate::engine::Engine::handle_batch
+    async fn decide(&self, ready: &[(Work, String)]) -> Option<Vec<Decided>> {
+        let traces: Vec<Option<TraceParent>> = ready
+            .iter()
+            .map(|(w, _)| w.headers.as_ref().and_then(TraceParent::from_headers))
+            .collect();
+        let spans: Vec<tracing::Span> = traces
+            .iter()
+            .map(|trace| match trace {
+                Some(t) => tracing::info_span!("message", trace_id = %t.trace_id, parent_id = %t.parent_id),
+                None => tracing::info_span!("message"),
+            })
+            .collect();
+        // The decision runs in the first message's span (a lone message: its own).
+        let handled = self.decide_traced(ready).instrument(spans[0].clone()).await?;
+        Some(
+            handled
+                .into_iter()
+                .zip(traces.into_iter().zip(spans))
+                .map(|(handled, (trace, span))| Decided {
+                    handled,
+                    traceparent: trace.map(|t| t.child()),
+                    span,
+                })
+                .collect(),
+        )
     }
 
-    async fn decide_traced(&self, w: &Work) -> Option<Handled> {
-        // One attempt id per delivery, reused on retries so the store never reserves twice.
-        let attempt = uuid::Uuid::new_v4().to_string();
-        let payload = w.payload.as_deref().unwrap_or_default();
+    async fn decide_traced(&self, ready: &[(Work, String)]) -> Option<Vec<Handled>> {
+        // One attempt id per delivery, kept with the message and reused on retries (and in a
+        // later batch) so the store never reserves twice.
+        let messages: Vec<Message<'_>> = ready
+            .iter()
+            .map(|(w, attempt)| Message {
+                payload: w.payload.as_deref().unwrap_or_default(),
+                source: Some(&w.source),
+                attempt,
+            })
+            .collect();
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut handled = loop {
-            match self.engine.handle(payload, Some(&w.source), &attempt).await {
+            match self.engine.handle_batch(&messages).await {
                 Ok(h) => {
                     // A rejected message never reaches the store, so it says nothing about it.
-                    if h.dead_letter.is_none() {
+                    if h.iter().any(|h| h.dead_letter.is_none()) {
                         self.health.set_store(true);
                     }
                     break h;
                 }
                 Err(EngineError::StoreUnavailable(reason)) => {
                     // Fail closed: nothing was executed; hold the partition on this message.
+                    let source = &ready[0].0.source;
                     self.health.set_store(false);
                     let wait = backoff.next_wait();
-                    warn!(source = %w.source, %reason, retry_in_ms = wait.as_millis() as u64,
+                    warn!(%source, %reason, retry_in_ms = wait.as_millis() as u64,
                         "guardrail store unavailable: partition paused on this incident");
                     if !self.backoff(wait).await {
-                        info!(source = %w.source, "stopping while the store is unavailable; left for redelivery");
+                        info!(%source, "stopping while the store is unavailable; left for redelivery");
                         return None;
                     }
                 }
             }
         };
-        if w.payload.is_none() {
-            // The engine saw an empty payload; name the real problem in the DLQ and the audit.
-            let rejection = Rejection {
-                field: "$".into(),
-                message: "null payload (tombstone) is not an incident".into(),
-            };
-            for o in handled.outcomes.iter_mut().filter(|o| o.decision == Decision::Rejected) {
-                o.reason = format!("invalid incident: {rejection}");
+        for ((w, _), h) in ready.iter().zip(handled.iter_mut()) {
+            if w.payload.is_none() {
+                // The engine saw an empty payload; name the real problem in the DLQ and the audit.
+                let rejection = Rejection {
+                    field: "$".into(),
+                    message: "null payload (tombstone) is not an incident".into(),
+                };
+                for o in h.outcomes.iter_mut().filter(|o| o.decision == Decision::Rejected) {
+                    o.reason = format!("invalid incident: {rejection}");
+                }
+                h.dead_letter = Some(rejection);
             }
-            handled.dead_letter = Some(rejection);
         }
         Some(handled)
     }
@@ -111,7 +137,10 @@ const PUBLISH_DEPTH: usize = 64;
 
 /// One partition's messages, in two stages that overlap: this task decides each message after
 /// the one before it was decided (so the store sees a partition's incidents in order, and a
-/// redelivered duplicate finds the record of its original), and a publisher task of its own
+/// redelivered duplicate finds the record of its original) — the messages already waiting, up
+/// to `kafka.decide_batch`, with one question to the store, which answers them as it would one
+/// at a time and stops at an action to run, which runs before the next are decided — and a
+/// publisher task of its own
 /// hands the decided messages' outcomes to the producer in the same order as they come, without
 /// waiting for the broker, storing each offset once that message's outcomes, and those of every
 /// message before it, are acknowledged. So while the broker acknowledges message `N`, messages
@@ -121,31 +150,64 @@ const PUBLISH_DEPTH: usize = 64;
 pub(super) async fn partition_task(shared: Arc<Shared>, partition: i32, mut rx: mpsc::UnboundedReceiver<Work>) {
     let (decided_tx, decided_rx) = mpsc::channel::<(Work, Decided)>(PUBLISH_DEPTH);
     let publisher = shared.tasks.spawn(publish_in_order(shared.clone(), decided_rx));
-    while let Some(work) = rx.recv().await {
+    // Messages received and not decided yet, each with its attempt id.
+    let mut ready: VecDeque<(Work, String)> = VecDeque::new();
+    loop {
+        if ready.is_empty() {
+            match rx.recv().await {
+                Some(work) => ready.push_back((work, uuid::Uuid::new_v4().to_string())),
+                None => break,
+            }
+        }
+        // Whatever else is already waiting, up to a batch; a lone message does not wait.
+        while ready.len() < shared.decide_batch {
+            match rx.try_recv() {
+                Ok(work) => ready.push_back((work, uuid::Uuid::new_v4().to_string())),
+                Err(_) => break,
+            }
+        }
         if shared.stopping() {
             // Not started: left for redelivery (after a restart or to the next owner).
+            ready.clear();
             continue;
         }
-        if !shared.consumer.context().owns(partition, work.generation) {
-            debug!(source = %work.source, "partition revoked before this message started; skipped");
+        ready.retain(|(work, _)| {
+            let owned = shared.consumer.context().owns(partition, work.generation);
+            if !owned {
+                debug!(source = %work.source, "partition revoked before this message started; skipped");
+            }
+            owned
+        });
+        if ready.is_empty() {
             continue;
         }
         if publisher.is_finished() {
             // Publishing stopped: nothing after its last message may be acknowledged.
             break;
         }
-        let decided = match AssertUnwindSafe(shared.decide(&work)).catch_unwind().await {
+        let decided = match AssertUnwindSafe(shared.decide(ready.make_contiguous()))
+            .catch_unwind()
+            .await
+        {
             Ok(Some(d)) => d,
             // Stopping before it was decided: left for redelivery, and so is everything after.
             Ok(None) => break,
             Err(_) => {
-                shared.fail(KafkaError::Panicked(work.source.to_string()));
+                shared.fail(KafkaError::Panicked(ready[0].0.source.to_string()));
                 break;
             }
         };
         // A decided message whose publisher is gone is redelivered and re-published from the
         // store's record.
-        if decided_tx.send((work, decided)).await.is_err() {
+        let mut gone = false;
+        for d in decided {
+            let Some((work, _)) = ready.pop_front() else { break };
+            if decided_tx.send((work, d)).await.is_err() {
+                gone = true;
+                break;
+            }
+        }
+        if gone {
             break;
         }
     }

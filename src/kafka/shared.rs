@@ -59,6 +59,8 @@ pub(super) struct Shared {
     pub(super) consumer: Arc<StreamConsumer<ConsumerCtx>>,
     pub(super) producer: FutureProducer<ProducerCtx>,
     pub(super) outcomes_topic: String,
+    /// `kafka.decide_batch`: a partition's waiting messages decided with one store call.
+    pub(super) decide_batch: usize,
     pub(super) dlq_topic: String,
     /// Shutdown in progress: finish the current message, start no other.
     pub(super) stop: watch::Receiver<bool>,

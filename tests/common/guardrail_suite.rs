@@ -9,8 +9,8 @@
 //! [`guardrail_suite_tests!`](crate::guardrail_suite_tests) turns every case into a `#[tokio::test]` for one store factory.
 
 use remediator::guardrails::{
-    Admission, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer, FinishRequest,
-    Guardrail, GuardrailStore, Limits, RenewRequest, Renewal, Scope,
+    Admission, BlockedRecord, CircuitSnapshot, CircuitState, DecideAnswer, DecideRequest, ExecResult, FinishAnswer,
+    FinishRequest, Guardrail, GuardrailStore, Limits, RenewRequest, Renewal, Scope,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +63,8 @@ macro_rules! guardrail_suite_tests {
             dry_run_lease_is_released_when_the_attempt_asks_in_another_mode,
             lapsed_probe_nobody_took_no_longer_moves_the_circuit,
             renew_after_finish_is_stale_and_takes_nothing_back,
+            a_block_with_its_outcome_is_recorded_in_the_same_call,
+            a_batch_stops_at_its_first_reservation,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -126,6 +128,7 @@ pub fn request(incident: &str, attempt: &str, worker: &str, lease_ms: u64, admis
         source: Some(format!("incidents/0/{incident}")),
         lease_ms,
         admission,
+        on_block: None,
     }
 }
 
@@ -1748,26 +1751,40 @@ impl Rng {
 }
 
 /// An answer without what depends on the instant it was given (two stores are asked
-/// milliseconds apart): a block's seconds left (every run of digits before an `s` becomes `#`)
-/// and an in-progress claim's wait (0, once checked to be within the claim's lease).
+/// milliseconds apart): a block's seconds left (every run of digits before an `s` becomes `#`),
+/// also inside recorded outcomes (compared as JSON, so `\/` and `/` are one), and an
+/// in-progress claim's wait (0, once checked to be within the claim's lease).
 fn without_seconds(answer: DecideAnswer) -> DecideAnswer {
-    let (guardrail, detail) = match answer {
-        DecideAnswer::Blocked { guardrail, detail } => (guardrail, detail),
+    match answer {
+        DecideAnswer::Blocked { guardrail, detail } => DecideAnswer::Blocked {
+            guardrail,
+            detail: seconds_hidden(&detail),
+        },
+        DecideAnswer::Duplicate { outcomes, same_source } => DecideAnswer::Duplicate {
+            outcomes: seconds_hidden(
+                &serde_json::from_str::<serde_json::Value>(&outcomes).map_or(outcomes, |v| v.to_string()),
+            ),
+            same_source,
+        },
         DecideAnswer::InProgress { worker, retry_after_ms } => {
             assert!(
                 retry_after_ms <= LONG_LEASE,
                 "{worker}: retry after {retry_after_ms} ms"
             );
-            return DecideAnswer::InProgress {
+            DecideAnswer::InProgress {
                 worker,
                 retry_after_ms: 0,
-            };
+            }
         }
-        other => return other,
-    };
-    let mut out = String::with_capacity(detail.len());
+        other => other,
+    }
+}
+
+/// `text` with every run of digits before an `s` replaced by `#`.
+fn seconds_hidden(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
     let mut digits = String::new();
-    for c in detail.chars() {
+    for c in text.chars() {
         if c.is_ascii_digit() {
             digits.push(c);
             continue;
@@ -1777,7 +1794,19 @@ fn without_seconds(answer: DecideAnswer) -> DecideAnswer {
         out.push(c);
     }
     out.push_str(&digits);
-    DecideAnswer::Blocked { guardrail, detail: out }
+    out
+}
+
+/// The outcome a caller asks the store to record if `incident` is blocked (a stand-in for the
+/// engine's outcome: the store only fills in the detail and the guardrail).
+pub fn on_block(incident: &str, note: &str) -> BlockedRecord {
+    // Written field by field: the reason comes before the guardrail, as in an outcome event.
+    let json = format!(
+        r#"[{{"incident_id":{},"decision":"blocked","reason":"blocked: @@detail@@","guardrail":"rate_limit","note":{}}}]"#,
+        serde_json::Value::from(incident),
+        serde_json::Value::from(note)
+    );
+    BlockedRecord::split(&json, "@@detail@@", Guardrail::RateLimit).expect("marks found once")
 }
 
 /// Randomized histories decided twice: by `batched` with [`GuardrailStore::decide_batch`] (one
@@ -1872,10 +1901,37 @@ async fn history(batched: &Store, single: &Store, seed: u64) -> std::collections
                     ttl_ms: 3_600_000,
                 },
             };
-            batch.push(request(&incident, &attempt, "w1", LONG_LEASE, admission));
+            let mut req = request(&incident, &attempt, "w1", LONG_LEASE, admission);
+            // Half of them have a block recorded in the same call (ignored for a Record).
+            if rng.below(2) == 0 {
+                req.on_block = Some(on_block(&incident, &attempt));
+            }
+            batch.push(req);
         }
-        let together = batched.decide_batch(&batch).await.expect("batch decided");
-        assert_eq!(together.len(), batch.len(), "one answer per request");
+        // The store answers up to the first reservation or claim held; the rest is asked again.
+        let mut together = Vec::new();
+        while together.len() < batch.len() {
+            let rest = &batch[together.len()..];
+            let answers = batched.decide_batch(rest).await.expect("batch decided");
+            assert!(
+                !answers.is_empty() && answers.len() <= rest.len(),
+                "{} answers",
+                answers.len()
+            );
+            let last = answers.len() - 1;
+            assert!(
+                answers.len() == rest.len() || answers[last].ends_batch(&rest[last].admission),
+                "seed {seed}, step {step}: a batch stopped at {:?}, not at a reservation or a claim held",
+                answers[last]
+            );
+            for (i, a) in answers.iter().enumerate().take(last) {
+                assert!(
+                    !a.ends_batch(&rest[i].admission),
+                    "seed {seed}, step {step}: went on after {a:?}"
+                );
+            }
+            together.extend(answers);
+        }
         for (i, (req, answer)) in batch.iter().zip(together).enumerate() {
             let alone = decide(single, req).await;
             assert_eq!(
@@ -1909,4 +1965,162 @@ async fn history(batched: &Store, single: &Store, seed: u64) -> std::collections
     }
     assert!(decided > 200, "history {seed} decided {decided} requests");
     seen
+}
+
+/// A block with the outcome to record (`DecideRequest::on_block`) is recorded in the same call:
+/// the incident is done, and a redelivery of the same message gets exactly that outcome back,
+/// completed with the guardrail and its detail. Without it a block leaves the incident claimed
+/// for the caller to record.
+pub async fn a_block_with_its_outcome_is_recorded_in_the_same_call(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 1,
+        ..open_limits()
+    };
+    assert_eq!(
+        decide(&store, &reserve("first", "a0", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    let mut blocked = reserve("second", "a1", &s, &limits, LONG_LEASE);
+    blocked.on_block = Some(on_block("second", "note with \"quotes\" / slash"));
+    let DecideAnswer::Blocked { guardrail, detail } = decide(&store, &blocked).await else {
+        panic!("the second reservation within the hour must be blocked");
+    };
+    assert_eq!(guardrail, Guardrail::RateLimit);
+    // The same attempt asking again gets the same answer (its call timed out, say).
+    assert_eq!(
+        without_seconds(decide(&store, &blocked).await),
+        without_seconds(DecideAnswer::Blocked {
+            guardrail,
+            detail: detail.clone()
+        })
+    );
+    // A redelivery (another attempt, same message) finds it done, with the completed outcome.
+    let again = reserve("second", "a2", &s, &limits, LONG_LEASE);
+    let DecideAnswer::Duplicate { outcomes, same_source } = decide(&store, &again).await else {
+        panic!("a block recorded in the same call makes the incident done");
+    };
+    assert!(same_source, "the same message");
+    let recorded: serde_json::Value = serde_json::from_str(&outcomes).expect("the record is a JSON array");
+    let expected: serde_json::Value =
+        serde_json::from_str(&on_block("second", "note with \"quotes\" / slash").render(guardrail, &detail))
+            .expect("rendered JSON");
+    assert_eq!(recorded, expected);
+    assert_eq!(recorded[0]["reason"], format!("blocked: {detail}"));
+    assert_eq!(recorded[0]["guardrail"], "rate_limit");
+    assert_eq!(recorded[0]["note"], "note with \"quotes\" / slash");
+
+    // Without an outcome to record, a block leaves the incident claimed (the caller records it).
+    let bare = reserve("third", "a3", &s, &limits, LONG_LEASE);
+    assert!(matches!(decide(&store, &bare).await, DecideAnswer::Blocked { .. }));
+    assert!(
+        matches!(
+            decide(&store, &reserve("third", "a4", &s, &limits, LONG_LEASE)).await,
+            DecideAnswer::InProgress { .. }
+        ),
+        "a block without its outcome is not recorded"
+    );
+    // An allowed request with an outcome for a block records nothing: it proceeds.
+    let mut fresh = check("fourth", "a5", &scope("rb", "other"), &limits, LONG_LEASE);
+    fresh.on_block = Some(on_block("fourth", ""));
+    assert_eq!(decide(&store, &fresh).await, ALLOWED);
+    assert!(matches!(
+        decide(
+            &store,
+            &check("fourth", "a6", &scope("rb", "other"), &limits, LONG_LEASE)
+        )
+        .await,
+        DecideAnswer::InProgress { .. }
+    ));
+}
+
+/// A batch is answered up to and including its first reservation (an `Allowed` Reserve or dry
+/// run) or claim held by another replica (`InProgress`), and no further: the requests after it
+/// are not decided at all, so the caller can run that action, or wait for that claim, before
+/// they are, as one call at a time would.
+pub async fn a_batch_stops_at_its_first_reservation(store: Store) {
+    let limits = open_limits();
+    let record = |incident: &str, attempt: &str| {
+        request(
+            incident,
+            attempt,
+            "w1",
+            LONG_LEASE,
+            Admission::Record {
+                outcomes: "[]".into(),
+                ttl_ms: 60_000,
+            },
+        )
+    };
+    let dry_run = request(
+        "b-dry",
+        "a-dry",
+        "w1",
+        LONG_LEASE,
+        Admission::DryRun {
+            scope: scope("rb", "svc-d"),
+            limits: limits.clone(),
+        },
+    );
+    let batch = [
+        check("b-check", "a-check", &scope("rb", "svc-c"), &limits, LONG_LEASE),
+        record("b-record", "a-record"),
+        reserve("b-reserve", "a-reserve", &scope("rb", "svc-r"), &limits, LONG_LEASE),
+        record("b-after", "a-after"),
+        dry_run.clone(),
+    ];
+    let answers = store.decide_batch(&batch).await.expect("decided");
+    assert_eq!(
+        answers,
+        vec![ALLOWED, DecideAnswer::Recorded, ALLOWED],
+        "up to the reservation"
+    );
+    // Not claimed: another attempt records it as new, it is no duplicate nor in progress.
+    assert_eq!(
+        decide(&store, &record("b-after", "a-other")).await,
+        DecideAnswer::Recorded
+    );
+    // A dry run ends a batch too; a blocked reservation does not.
+    let limits_one = Limits {
+        max_per_hour: 1,
+        ..limits.clone()
+    };
+    let batch = [
+        reserve("c-blocked", "c1", &scope("rb", "svc-r"), &limits_one, LONG_LEASE),
+        dry_run,
+        record("c-after", "c2"),
+    ];
+    let answers = store.decide_batch(&batch).await.expect("decided");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(
+        matches!(
+            answers[0],
+            DecideAnswer::Blocked {
+                guardrail: Guardrail::RateLimit,
+                ..
+            }
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], ALLOWED);
+    // A claim held by another attempt ends a batch (b-check is claimed by a-check).
+    let batch = [
+        record("e-1", "e1"),
+        check("b-check", "e2", &scope("rb", "svc-c"), &limits, LONG_LEASE),
+        record("e-3", "e3"),
+    ];
+    let answers = store.decide_batch(&batch).await.expect("decided");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(matches!(answers[1], DecideAnswer::InProgress { .. }), "{answers:?}");
+    assert_eq!(
+        decide(&store, &record("e-3", "e-other")).await,
+        DecideAnswer::Recorded,
+        "e-3 untouched"
+    );
+    // Nothing reserved nor held: everything answered.
+    let batch = [
+        record("d-1", "d1"),
+        check("d-2", "d2", &scope("rb", "svc-x"), &limits, LONG_LEASE),
+    ];
+    assert_eq!(store.decide_batch(&batch).await.expect("decided").len(), 2);
 }

@@ -10,6 +10,7 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -90,19 +91,12 @@ impl Topics {
             dlq: unique("dlq"),
             partitions,
         };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .expect("admin client");
-        let new = [
+        let new = vec![
             NewTopic::new(&t.incidents, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&t.outcomes, 1, TopicReplication::Fixed(1)),
             NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
         ];
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for r in admin.create_topics(&new, &opts).await.expect("CreateTopics") {
-            r.unwrap_or_else(|(topic, code)| panic!("creating {topic}: {code}"));
-        }
+        create_topics(bootstrap, new, Duration::from_secs(10)).await;
         t
     }
 
@@ -118,6 +112,51 @@ impl Topics {
             ..KafkaSettings::default()
         }
     }
+}
+
+/// Create `topics`, panicking with the topic and error code on a refusal.
+///
+/// A test broker starved of CPU (a loaded 2-core CI machine) can miss a heartbeat and be fenced
+/// for a few seconds, during which CreateTopics answers "no broker available"
+/// (InvalidReplicationFactor) or times out. Those refusals are retried for up to a minute; a topic
+/// that an earlier, timed-out attempt did create counts as created. Any other refusal fails at once.
+pub async fn create_topics(bootstrap: &str, mut pending: Vec<NewTopic<'_>>, operation_timeout: Duration) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let opts = AdminOptions::new().operation_timeout(Some(operation_timeout));
+    while !pending.is_empty() {
+        let results = admin.create_topics(&pending, &opts).await.expect("CreateTopics");
+        let mut again = Vec::new();
+        for (topic, r) in pending.into_iter().zip(results) {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) if retriable_create(code) && Instant::now() < deadline => {
+                    eprintln!("creating {name}: {code}; retrying (the broker may be fenced)");
+                    again.push(topic);
+                }
+                Err((name, code)) => panic!("creating {name}: {code}"),
+            }
+        }
+        pending = again;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// CreateTopics refusals that mean "the broker is not (yet) able to", not "never".
+fn retriable_create(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+    )
 }
 
 /// A message to produce.

@@ -1622,27 +1622,20 @@ impl OwnCluster {
     /// Unique topics for a test, every one with replication factor 3; `min.insync.replicas` 2,
     /// except the outcomes topic's, which is `outcomes_min_isr`.
     pub async fn topics(&self, partitions: i32, outcomes_min_isr: u8) -> Topics {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::admin::{NewTopic, TopicReplication};
         let t = Topics {
             incidents: kafka_common::unique("incidents"),
             outcomes: kafka_common::unique("outcomes"),
             dlq: kafka_common::unique("dlq"),
             partitions,
         };
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .expect("admin client");
         let out_isr = outcomes_min_isr.to_string();
-        let new = [
+        let new = vec![
             NewTopic::new(&t.incidents, partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
             NewTopic::new(&t.outcomes, 1, TopicReplication::Fixed(3)).set("min.insync.replicas", &out_isr),
             NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
         ];
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-        for r in admin.create_topics(&new, &opts).await.expect("CreateTopics") {
-            r.unwrap_or_else(|(topic, code)| panic!("creating {topic}: {code}"));
-        }
+        kafka_common::create_topics(&self.brokers, new, Duration::from_secs(20)).await;
         let names = [t.incidents.as_str(), t.outcomes.as_str(), t.dlq.as_str()];
         if let Err(e) = self.wait_isr(&names, 3, Duration::from_secs(30)).await {
             panic!("new topics not fully replicated: {e}");

@@ -112,6 +112,14 @@ impl MemoryStore {
             | Admission::DryRun { scope, limits } => (scope, limits),
         };
         let answer = Self::check_and_reserve(st, now, req, scope, limits, ttl);
+        if let (DecideAnswer::Blocked { guardrail, detail }, Some(record)) = (&answer, &req.on_block) {
+            // `blocked`: the block is the final word, recorded in the same step.
+            if let Some(rec) = st.incidents.get_mut(id) {
+                rec.state = ClaimState::Done;
+                rec.outcomes = Some(record.render(*guardrail, detail));
+                rec.expires_at = now.saturating_add(ttl);
+            }
+        }
         st.reply(id, mode, answer)
     }
 

@@ -302,7 +302,7 @@ impl RedisStore {
             .clone()
     }
 
-    /// Add one decide.lua request (its 10 keys and 23 arguments, in the order the script's
+    /// Add one decide.lua request (its 10 keys and 26 arguments, in the order the script's
     /// header lists them) to `inv`.
     fn push_decide(&self, inv: &mut ScriptInvocation<'_>, req: &DecideRequest, remembered: &str) {
         let mode = req.admission.mode();
@@ -353,6 +353,10 @@ impl RedisStore {
             None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
         };
         inv.arg(remembered).arg(&self.candidate_epoch).arg(target);
+        match req.on_block.as_ref().filter(|_| scope.is_some()) {
+            Some(b) => inv.arg(&b.head).arg(&b.mid).arg(&b.tail),
+            None => inv.arg("").arg("").arg(""),
+        };
     }
 
     /// Run one plain command within the timeout.
@@ -399,7 +403,13 @@ impl GuardrailStore for RedisStore {
             answers.push(answer);
             rest = after;
         }
-        if answers.len() != reqs.len() {
+        // Every request is answered, or those up to the first that ends a batch (the script
+        // stops there).
+        let ended = answers
+            .last()
+            .zip(reqs.get(answers.len().wrapping_sub(1)))
+            .is_some_and(|(a, r)| a.ends_batch(&r.admission));
+        if answers.len() > reqs.len() || (answers.len() < reqs.len() && !ended) {
             return Err(StoreError::Protocol(format!(
                 "{OP}: {} answers for {} requests",
                 answers.len(),
