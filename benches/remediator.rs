@@ -42,7 +42,9 @@ use remediator::engine::{Engine, EventIds, Settings, Source};
 use remediator::executor::simulated::SimulatedExecutor;
 use remediator::guardrails::memory::{MemoryStore, CLAIM_GRACE_MS};
 use remediator::guardrails::redis::RedisStore;
-use remediator::guardrails::{Admission, DecideAnswer, DecideRequest, Guardrail, GuardrailStore, Limits, Scope, Store};
+use remediator::guardrails::{
+    Admission, BlockedRecord, DecideAnswer, DecideRequest, Guardrail, GuardrailStore, Limits, Scope, Store,
+};
 use remediator::health::Health;
 use remediator::incident::{self, Incident};
 use remediator::kafka::{self, KafkaSettings};
@@ -76,7 +78,7 @@ const ADMISSION_BATCH: usize = 16;
 const PARTITIONS: i32 = 6;
 /// The shipped catalogue: the pipeline benchmark decides against the real runbooks.
 const RUNBOOKS_YAML: &str = include_str!("../config/runbooks.yaml");
-const DECIDE_LUA: &str = include_str!("../src/guardrails/decide.lua");
+const DECIDE_LUA: &str = remediator::guardrails::redis::DECIDE_SCRIPT;
 /// Production's `redis.timeout_ms`.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 /// Sizes of one run.
@@ -440,8 +442,24 @@ fn admission_request(i: usize) -> DecideRequest {
                 limits: limits(),
             }
         },
-        on_block: None,
+        // As the worker sends it: the outcome of a block, recorded in the same call.
+        on_block: Some(storm_outcome().clone()),
     }
+}
+
+/// A blocked outcome as the engine writes it for a storm incident (about 600 bytes), split for
+/// the store ([`BlockedRecord`]).
+fn storm_outcome() -> &'static BlockedRecord {
+    static RECORD: std::sync::OnceLock<BlockedRecord> = std::sync::OnceLock::new();
+    RECORD.get_or_init(|| {
+        let json = format!(
+            r#"[{{"schema_version":1,"event_id":"{}","incident_id":"storm","service":"{svc}","root_cause":"CrashLoopBackOff","confidence":0.95,"runbook_id":"{rb}","decision":"blocked","success":null,"rolled_back":false,"reason":"@@detail@@","guardrail":"rate_limit","action":{{"kind":"delete_pod","target":"pod/{svc}-7d9f8-x1","namespace":"production","display":"kubectl delete pod {svc}-7d9f8-x1 -n production"}},"checks":[],"mode":"auto","worker":"bench-worker","decided_at":"2026-12-07T03:00:00Z","finished_at":"2026-12-07T03:00:00Z","duration_ms":0}}]"#,
+            uuid::Uuid::new_v4(),
+            rb = STORM_SCOPE.0,
+            svc = STORM_SCOPE.1,
+        );
+        BlockedRecord::split(&json, "@@detail@@", Guardrail::RateLimit).expect("the sample splits")
+    })
 }
 
 /// `redis-benchmark` arguments for one request kind, exactly as `RedisStore::decide` sends them,

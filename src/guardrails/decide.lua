@@ -40,6 +40,17 @@ ARGV
      none: a block leaves the incident claimed for the caller to record): the record's outcomes
      are head .. detail (JSON-escaped) .. mid .. guardrail .. tail, and the incident is done.
 
+`shared` is a table the caller declares before this text: `local shared = {}` for one decision,
+one table for every request of a batch (decide_batch.lua), so a batch asks Redis `TIME` once and
+checks the epoch and the primary once (the requests are decided at one instant, in order).
+
+Commands: every step reads what it needs in one command where it can (the rate window and the
+cooldown of a key in one ZRANGEBYSCORE; actions in flight and services in the window by ZCOUNT
+over what is still live) and never trims on a read: old entries are trimmed when a reservation
+adds to the same key (and every key expires). The claim and the answer are written once, at the
+end (one HSET and one PEXPIRE). A blocked decision thus costs about six commands, a recorded one
+three, plus TIME, the epoch and the primary once per call.
+
 Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless this call read it:
   { epoch, 'recorded' }
   { epoch, 'allowed', probe 0|1, conservative 0|1 }
@@ -49,8 +60,12 @@ Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless 
   { epoch, 'interrupted', worker }
 ]]
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = shared.now
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  shared.now = now
+end
 
 local function fmt(n)
   return string.format('%d', n)
@@ -70,12 +85,33 @@ local mode = ARGV[8]
 local ttl = tonumber(ARGV[10])
 local epoch = ''
 
+-- The claim this call makes (step 2 on), written at once by `reply`: its fields in order, and
+-- how long the record lives. A record that existed is replaced whole (DEL first), as a fresh
+-- claim must not inherit an older attempt's fields.
+local claim_fields, claim_ttl, existed = nil, 0, false
+local function set(field, value)
+  for i = 1, #claim_fields, 2 do
+    if claim_fields[i] == field then
+      claim_fields[i + 1] = value
+      return
+    end
+  end
+  claim_fields[#claim_fields + 1] = field
+  claim_fields[#claim_fields + 1] = value
+end
+
 -- Every answer of this attempt is cached in its record with the mode it answered, so a retry of
 -- the same attempt in the same mode (after a timeout whose effect is unknown) gets the same
 -- answer and never reserves twice. A cached `allowed` of a Reserve or dry run stands for the
 -- lease it took, so it is replayed only while that lease lives (see step 1).
 local function reply(answer)
-  redis.call('HSET', K_INC, 'answer', cjson.encode(answer), 'answer_mode', mode)
+  set('answer', cjson.encode(answer))
+  set('answer_mode', mode)
+  if existed then
+    redis.call('DEL', K_INC)
+  end
+  redis.call('HSET', K_INC, unpack(claim_fields))
+  redis.call('PEXPIRE', K_INC, claim_ttl)
   local out = { epoch }
   for i = 1, #answer do
     out[#out + 1] = answer[i]
@@ -89,6 +125,7 @@ local rec = redis.call('HMGET', K_INC, 'state', 'worker', 'attempt', 'lease_unti
 local r_state, r_worker, r_attempt, r_lease, r_source, r_outcomes, r_answer, r_mode, r_acted =
   rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7], rec[8], rec[9]
 local interrupted = nil
+existed = r_state ~= nil or r_attempt ~= nil
 if r_state then
   local same = r_attempt == attempt and r_answer
   if same and r_mode == mode then
@@ -140,31 +177,27 @@ if r_state then
   end
 end
 
--- Claim (fresh, or take over an expired claim). A claim lives lease + grace; an interrupted one
--- (an action may have run) at least the idempotency TTL, so a redelivery however late within it
--- still finds it and is Interrupted.
-redis.call('DEL', K_INC)
-local state = interrupted and 'interrupted' or 'claimed'
+-- 2. Claim (fresh, or take over an expired claim). A claim lives lease + grace; an interrupted
+-- one (an action may have run) at least the idempotency TTL, so a redelivery however late
+-- within it still finds it and is Interrupted.
+claim_fields = { 'state', interrupted and 'interrupted' or 'claimed', 'worker', worker, 'attempt', attempt,
+  'lease_until', fmt(now + lease_ms) }
 if has_source then
-  redis.call('HSET', K_INC, 'state', state, 'worker', worker, 'attempt', attempt,
-    'lease_until', fmt(now + lease_ms), 'source', source)
-else
-  redis.call('HSET', K_INC, 'state', state, 'worker', worker, 'attempt', attempt,
-    'lease_until', fmt(now + lease_ms))
+  set('source', source)
 end
+claim_ttl = lease_ms + grace
 if interrupted then
-  redis.call('HSET', K_INC, 'acted_by', interrupted)
-  redis.call('PEXPIRE', K_INC, math.max(lease_ms + grace, ttl))
+  set('acted_by', interrupted)
+  claim_ttl = math.max(lease_ms + grace, ttl)
   return reply({ 'interrupted', interrupted })
 end
-redis.call('PEXPIRE', K_INC, lease_ms + grace)
 
 -- 3. Record: the decision is final without guardrails.
 if mode == 'record' then
-  redis.call('HSET', K_INC, 'state', 'done', 'outcomes', ARGV[9])
-  local r = reply({ 'recorded' })
-  redis.call('PEXPIRE', K_INC, ttl)
-  return r
+  set('state', 'done')
+  set('outcomes', ARGV[9])
+  claim_ttl = ttl
+  return reply({ 'recorded' })
 end
 
 -- A dry run takes the slots a real run would (so shadow mode shows what would be blocked) but
@@ -185,9 +218,9 @@ local on_block_head, on_block_mid, on_block_tail = ARGV[24] or '', ARGV[25] or '
 local function blocked(guardrail, detail)
   if on_block_head ~= '' then
     local escaped = string.sub(cjson.encode(detail), 2, -2)
-    redis.call('HSET', K_INC, 'state', 'done', 'outcomes',
-      on_block_head .. escaped .. on_block_mid .. guardrail .. on_block_tail)
-    redis.call('PEXPIRE', K_INC, ttl)
+    set('state', 'done')
+    set('outcomes', on_block_head .. escaped .. on_block_mid .. guardrail .. on_block_tail)
+    claim_ttl = ttl
   end
   return reply({ 'blocked', guardrail, detail })
 end
@@ -201,41 +234,50 @@ end
 -- exists; it has no TTL and only a data loss removes it), then adopts the stored epoch. A worker
 -- that remembers nothing (Redis was down when it started) cannot tell a fresh deployment from a
 -- loss and assumes fresh, like SET NX at connect.
-local stored = redis.call('GET', K_EPOCH)
-if not stored then
-  if remembered ~= '' then
-    stored = remembered
-    redis.call('SET', K_CONS, fmt(now + conservative_ms))
-  else
-    stored = candidate
-  end
-  redis.call('SET', K_EPOCH, stored)
-elseif remembered ~= '' and stored ~= remembered and redis.call('EXISTS', K_CONS) == 0 then
-  redis.call('SET', K_CONS, fmt(now + conservative_ms))
-end
-epoch = stored
-
--- 4a'. Failover. A replica promoted to primary (Sentinel, Cluster failover, a manual REPLICAOF NO
--- ONE) keeps the data it had received, epoch included, so the epoch alone cannot tell that the
--- writes the old primary acknowledged last may be gone. The promoted node starts a new replication
--- history, though: its `master_replid` differs from the one stored by the decisions it inherited.
--- A changed id therefore means "possibly lost writes": conservative mode, as after a wipe. A
--- missing id is a first decision (or a wipe, handled above). A primary restarted from its own
--- persistence may also start a new id; being conservative then costs an hour of one-at-a-time
--- probes, never an extra execution.
--- pcall: a server that refuses INFO (renamed or denied by ACL) only loses this check.
-local info = redis.pcall('INFO', 'replication')
-local replid = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
-if replid ~= '' then
-  local seen = redis.call('GET', K_PRIMARY)
-  if seen ~= replid then
-    if seen then
+local function check_epoch()
+  local stored = redis.call('GET', K_EPOCH)
+  if not stored then
+    if remembered ~= '' then
+      stored = remembered
       redis.call('SET', K_CONS, fmt(now + conservative_ms))
+    else
+      stored = candidate
     end
-    redis.call('SET', K_PRIMARY, replid)
+    redis.call('SET', K_EPOCH, stored)
+  elseif remembered ~= '' and stored ~= remembered and redis.call('EXISTS', K_CONS) == 0 then
+    redis.call('SET', K_CONS, fmt(now + conservative_ms))
   end
+  epoch = stored
+
+  -- 4a'. Failover. A replica promoted to primary (Sentinel, Cluster failover, a manual REPLICAOF NO
+  -- ONE) keeps the data it had received, epoch included, so the epoch alone cannot tell that the
+  -- writes the old primary acknowledged last may be gone. The promoted node starts a new replication
+  -- history, though: its `master_replid` differs from the one stored by the decisions it inherited.
+  -- A changed id therefore means "possibly lost writes": conservative mode, as after a wipe. A
+  -- missing id is a first decision (or a wipe, handled above). A primary restarted from its own
+  -- persistence may also start a new id; being conservative then costs an hour of one-at-a-time
+  -- probes, never an extra execution.
+  -- pcall: a server that refuses INFO (renamed or denied by ACL) only loses this check.
+  local info = redis.pcall('INFO', 'replication')
+  local replid = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
+  if replid ~= '' then
+    local seen = redis.call('GET', K_PRIMARY)
+    if seen ~= replid then
+      if seen then
+        redis.call('SET', K_CONS, fmt(now + conservative_ms))
+      end
+      redis.call('SET', K_PRIMARY, replid)
+    end
+  end
+  return (tonumber(redis.call('GET', K_CONS)) or 0) > now
 end
-local conservative = (tonumber(redis.call('GET', K_CONS)) or 0) > now
+-- Once per call: a later request of a batch was decided at the same instant, by the same primary
+-- (its reply carries no epoch; the first one's did).
+local conservative = shared.conservative
+if conservative == nil then
+  conservative = check_epoch()
+  shared.conservative = conservative
+end
 
 -- 4b. Circuit breaker.
 local cb = redis.call('HMGET', K_CB, 'state', 'opened_at', 'probe')
@@ -276,30 +318,30 @@ end
 local keep = math.max(window, cooldown, 1)
 local target = ARGV[23] or ''
 local function limit(key)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - keep))
-  local count = redis.call('ZCOUNT', key, '(' .. fmt(now - window), '+inf')
+  -- Every entry that still counts for the window or the cooldown, oldest first (scores are
+  -- reservation times: an entry counts for the window while now - score < window).
+  local e = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - keep), '+inf', 'WITHSCORES')
+  local first, count = nil, 0
+  for i = 2, #e, 2 do
+    if tonumber(e[i]) > now - window then
+      first = first or i
+      count = count + 1
+    end
+  end
   if count >= max_per_hour then
     if max_per_hour <= 0 then
       return blocked('rate_limit', 'rate limit 0/hour reached (no executions allowed)')
     end
     -- The next slot frees when the entry that would bring the count below the limit leaves.
-    local e = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - window), '+inf', 'WITHSCORES',
-      'LIMIT', count - max_per_hour, 1)
-    local next_ms = window
-    if e[2] then
-      next_ms = tonumber(e[2]) + window - now
-    end
+    local next_ms = tonumber(e[first + 2 * (count - max_per_hour)]) + window - now
     return blocked('rate_limit', 'rate limit ' .. fmt(max_per_hour) .. '/hour reached (next slot in '
       .. ceil_s(next_ms) .. 's)')
   end
   -- Cooldown since the newest execution.
-  if cooldown > 0 then
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if newest[2] then
-      local remaining = tonumber(newest[2]) + cooldown - now
-      if remaining > 0 then
-        return blocked('cooldown', 'cooldown active (' .. ceil_s(remaining) .. 's remaining)')
-      end
+  if cooldown > 0 and #e > 0 then
+    local remaining = tonumber(e[#e]) + cooldown - now
+    if remaining > 0 then
+      return blocked('cooldown', 'cooldown active (' .. ceil_s(remaining) .. 's remaining)')
     end
   end
   return nil
@@ -317,21 +359,22 @@ end
 
 -- 4e. Blast radius: actions in flight (live leases), distinct services in the window, then
 -- distinct services this runbook touched in the same window.
-redis.call('ZREMRANGEBYSCORE', K_LEASES, '-inf', fmt(now))
-if redis.call('ZCARD', K_LEASES) >= max_concurrent then
+-- A lease is live while its expiry is in the future; a service counts while it was touched
+-- within the window.
+local since = '(' .. fmt(now - services_window)
+local function touched(key)
+  local at = tonumber(redis.call('ZSCORE', key, service))
+  return at ~= nil and at > now - services_window
+end
+if redis.call('ZCOUNT', K_LEASES, '(' .. fmt(now), '+inf') >= max_concurrent then
   return blocked('blast_radius', 'max concurrent actions (' .. fmt(max_concurrent) .. ') in flight')
 end
-redis.call('ZREMRANGEBYSCORE', K_SERVICES, '-inf', fmt(now - services_window))
-if not redis.call('ZSCORE', K_SERVICES, service)
-    and redis.call('ZCARD', K_SERVICES) >= max_services then
+if not touched(K_SERVICES) and redis.call('ZCOUNT', K_SERVICES, since, '+inf') >= max_services then
   return blocked('blast_radius', 'max affected services (' .. fmt(max_services)
     .. ') in window reached')
 end
--- Trimmed and (on Reserve) touched whatever the limit, so a limit added to a runbook counts the
--- services it touched before the change.
-redis.call('ZREMRANGEBYSCORE', K_RBSVC, '-inf', fmt(now - services_window))
-if rb_max_services > 0 and not redis.call('ZSCORE', K_RBSVC, service)
-    and redis.call('ZCARD', K_RBSVC) >= rb_max_services then
+if rb_max_services > 0 and not touched(K_RBSVC)
+    and redis.call('ZCOUNT', K_RBSVC, since, '+inf') >= rb_max_services then
   local unit = rb_max_services == 1 and ' service' or ' services'
   return blocked('blast_radius', 'runbook blast radius (' .. fmt(rb_max_services) .. unit
     .. ' per window) reached')
@@ -341,15 +384,23 @@ end
 -- claimed only.
 if reserve then
   -- Member is the incident id: re-reserving the same incident (after a NotRun finish) moves its
-  -- entry instead of adding one, since it is still at most one execution.
+  -- entry instead of adding one, since it is still at most one execution. What no longer counts
+  -- is trimmed where something is added, so no key grows without bound.
+  redis.call('ZREMRANGEBYSCORE', K_RATE, '-inf', fmt(now - keep))
   redis.call('ZADD', K_RATE, now, incident)
   redis.call('PEXPIRE', K_RATE, keep)
   if target ~= '' then
+    redis.call('ZREMRANGEBYSCORE', K_TRATE, '-inf', fmt(now - keep))
     redis.call('ZADD', K_TRATE, now, incident)
     redis.call('PEXPIRE', K_TRATE, keep)
   end
+  redis.call('ZREMRANGEBYSCORE', K_LEASES, '-inf', fmt(now))
   redis.call('ZADD', K_LEASES, now + lease_ms, attempt)
+  redis.call('ZREMRANGEBYSCORE', K_SERVICES, '-inf', fmt(now - services_window))
   redis.call('ZADD', K_SERVICES, now, service)
+  -- Touched whatever the runbook's limit, so a limit added to a runbook counts the services it
+  -- touched before the change.
+  redis.call('ZREMRANGEBYSCORE', K_RBSVC, '-inf', fmt(now - services_window))
   redis.call('ZADD', K_RBSVC, now, service)
   redis.call('PEXPIRE', K_RBSVC, math.max(services_window, 1))
   if take_probe then
@@ -362,8 +413,8 @@ if reserve then
   -- Only a real action makes the incident `executing`: from now on its record lives at least the
   -- idempotency TTL, so however late a redelivery comes, it never runs the action again.
   if real then
-    redis.call('HSET', K_INC, 'state', 'executing')
-    redis.call('PEXPIRE', K_INC, math.max(lease_ms + grace, ttl))
+    set('state', 'executing')
+    claim_ttl = math.max(lease_ms + grace, ttl)
   end
 end
 return reply({ 'allowed', take_probe and '1' or '0', conservative and '1' or '0' })

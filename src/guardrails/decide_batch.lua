@@ -1,7 +1,7 @@
 --[[
 decide_batch.lua: decide.lua for several requests in one call, in order.
 
-The Redis store prepends `local function decide_one(KEYS, ARGV)`, the text of decide.lua and
+The Redis store prepends `local function decide_one(KEYS, ARGV, shared)`, the text of decide.lua and
 `end` (src/guardrails/redis/mod.rs), so each request runs exactly the code a single `decide` call
 runs, with its own KEYS and ARGV, one after another inside one atomic script: the answers are
 those of calling decide.lua once per request in the same order, with nothing from another client
@@ -28,6 +28,8 @@ local KEYS_PER, ARGS_PER = 10, 26
 local n = tonumber(ARGV[1])
 local out = {}
 local adopted = nil
+-- One instant and one epoch check for the whole call (see decide.lua, `shared`).
+local shared = {}
 for i = 0, n - 1 do
   local keys, args = {}, {}
   for k = 1, KEYS_PER do
@@ -39,7 +41,7 @@ for i = 0, n - 1 do
   if adopted then
     args[21] = adopted
   end
-  local r = decide_one(keys, args)
+  local r = decide_one(keys, args, shared)
   if r[1] ~= '' then
     adopted = r[1]
   end

@@ -47,6 +47,7 @@ macro_rules! guardrail_suite_tests {
             force_open_opens_at_once,
             blast_radius_concurrency_and_crashed_lease,
             affected_services_window,
+            a_service_touched_before_the_window_is_new_in_it,
             runbook_blast_radius_limit,
             runbook_blast_radius_zero_is_unlimited,
             runbook_blast_radius_after_global_services,
@@ -1180,6 +1181,30 @@ pub async fn affected_services_window(store: Store) {
         decide(&store, &reserve("i5", "a5", &scope("rb1", "s3"), &limits, LONG_LEASE)).await,
         ALLOWED
     );
+}
+
+/// A service touched before the window is a new service in it, even while its old entry is
+/// still stored (no reservation has trimmed it since): with the window full under a limit
+/// lowered meanwhile (a configuration rolled out between two decisions), it is blocked.
+pub async fn a_service_touched_before_the_window_is_new_in_it(store: Store) {
+    let limits = |max| Limits {
+        max_affected_services: max,
+        services_window_ms: 1_500,
+        ..open_limits()
+    };
+    let at = |i: &str, svc: &str, max| reserve(i, i, &scope("rb", svc), &limits(max), LONG_LEASE);
+    assert_eq!(decide(&store, &at("i1", "s1", 3)).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(decide(&store, &at("i2", "s2", 3)).await, ALLOWED);
+    assert_eq!(decide(&store, &at("i3", "s3", 3)).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // s1 left the window; s2 and s3 fill it under the new limit of 2.
+    assert_blocked(
+        &decide(&store, &at("i4", "s1", 2)).await,
+        Guardrail::BlastRadius,
+        "max affected services (2) in window reached",
+    );
+    assert_eq!(decide(&store, &at("i5", "s2", 2)).await, ALLOWED, "s2 is in the window");
 }
 
 /// At most runbook_max_services distinct services touched by one runbook per window: a service

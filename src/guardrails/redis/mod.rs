@@ -67,7 +67,12 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The four scripts, hashed once (their SHA1 is what `EVALSHA` sends).
+/// The text `RedisStore::decide` runs: decide.lua with the `shared` table it expects, declared
+/// for one decision (decide_batch.lua shares one across a batch). Public so the benchmark's
+/// `redis-benchmark` ceiling runs exactly this script.
+pub const DECIDE_SCRIPT: &str = concat!("local shared = {}\n", include_str!("../decide.lua"));
+
+/// The scripts, hashed once (their SHA1 is what `EVALSHA` sends).
 struct Scripts {
     decide: Script,
     /// decide.lua as a function, called once per request (see decide_batch.lua).
@@ -86,9 +91,9 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            decide: Script::new(include_str!("../decide.lua")),
+            decide: Script::new(DECIDE_SCRIPT),
             decide_batch: Script::new(concat!(
-                "local function decide_one(KEYS, ARGV)\n",
+                "local function decide_one(KEYS, ARGV, shared)\n",
                 include_str!("../decide.lua"),
                 "\nend\n",
                 include_str!("../decide_batch.lua"),
