@@ -5,8 +5,8 @@
 //! other or with a process-global registry.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// All metrics of one worker.
@@ -63,6 +63,9 @@ pub struct Metrics {
     /// they ran (renewals failed for longer than the lease), by what the renewal then did:
     /// `reacquired` (the limit still allowed it) or `lost` (the action ran outside the limit).
     pub lease_lapses: IntCounterVec,
+    /// `remediator_store_decisions_per_call`: decisions the guardrail store answered in one call
+    /// (a partition's waiting incidents are asked together, up to `kafka.decide_batch`).
+    pub store_decisions_per_call: Histogram,
 }
 
 impl Default for Metrics {
@@ -168,6 +171,17 @@ impl Metrics {
             "Alerts received by the Alertmanager intake, by what became of them.",
             &["status"],
         );
+        let store_decisions_per_call = Histogram::with_opts(
+            HistogramOpts::new(
+                "remediator_store_decisions_per_call",
+                "Decisions the guardrail store answered in one call (kafka.decide_batch).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(store_decisions_per_call.clone()))
+            .expect("unique metric name");
         let lease_lapses = counter_vec(
             "remediator_lease_lapses_total",
             "Executions whose lease lapsed while they ran, by result (reacquired, lost).",
@@ -243,6 +257,7 @@ impl Metrics {
             delivery_retries,
             alertmanager_alerts,
             lease_lapses,
+            store_decisions_per_call,
         }
     }
 

@@ -64,7 +64,11 @@ impl Engine {
     /// Ask the store, waiting while another replica holds a live claim on the incident.
     pub(super) async fn claim(&self, req: &DecideRequest) -> Result<DecideAnswer, EngineError> {
         loop {
-            match self.store.decide(req).await {
+            let answer = self.store.decide(req).await;
+            if answer.is_ok() {
+                self.metrics.store_decisions_per_call.observe(1.0);
+            }
+            match answer {
                 Ok(DecideAnswer::InProgress { worker, retry_after_ms }) => {
                     info!(%worker, retry_after_ms, "incident claimed by another replica; waiting");
                     tokio::time::sleep(Duration::from_millis(retry_after_ms.clamp(50, 1000))).await;
@@ -89,7 +93,11 @@ impl Engine {
             return Ok(Vec::new());
         }
         loop {
-            match self.store.decide_batch(requests).await {
+            let answers = self.store.decide_batch(requests).await;
+            if let Ok(a) = &answers {
+                self.metrics.store_decisions_per_call.observe(a.len() as f64);
+            }
+            match answers {
                 Ok(answers) => match answers.first() {
                     Some(DecideAnswer::InProgress { worker, retry_after_ms }) => {
                         info!(%worker, retry_after_ms, "incident claimed by another replica; waiting");

@@ -44,12 +44,13 @@ ARGV
 one table for every request of a batch (decide_batch.lua), so a batch asks Redis `TIME` once and
 checks the epoch and the primary once (the requests are decided at one instant, in order).
 
-Commands: every step reads what it needs in one command where it can (the rate window and the
-cooldown of a key in one ZRANGEBYSCORE; actions in flight and services in the window by ZCOUNT
-over what is still live) and never trims on a read: old entries are trimmed when a reservation
-adds to the same key (and every key expires). The claim and the answer are written once, at the
-end (one HSET and one PEXPIRE). A blocked decision thus costs about six commands, a recorded one
-three, plus TIME, the epoch and the primary once per call.
+Commands: every step reads what it needs in one command (the rate window and the cooldown of a
+key in one ZRANGEBYSCORE; the actions in flight by ZCOUNT over the live leases; the services in
+the window, and whether this one is among them, in one ZRANGEBYSCORE) and never trims on a read:
+old entries are trimmed when a reservation adds to the same key (and every key expires). The
+claim and the answer are written once, at the end (one HSET and one PEXPIRE). A blocked decision
+thus costs five to eight commands, a recorded one three, plus TIME, the epoch and the primary
+once per call.
 
 Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless this call read it:
   { epoch, 'recorded' }
@@ -360,21 +361,30 @@ end
 -- 4e. Blast radius: actions in flight (live leases), distinct services in the window, then
 -- distinct services this runbook touched in the same window.
 -- A lease is live while its expiry is in the future; a service counts while it was touched
--- within the window.
-local since = '(' .. fmt(now - services_window)
-local function touched(key)
-  local at = tonumber(redis.call('ZSCORE', key, service))
-  return at ~= nil and at > now - services_window
+-- within the window. One read gives both whether this service is among them and how many
+-- there are (at most about the limit: only allowed actions add to them).
+local function in_window(key)
+  local live = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - services_window), '+inf')
+  for i = 1, #live do
+    if live[i] == service then
+      return true, #live
+    end
+  end
+  return false, #live
 end
 if redis.call('ZCOUNT', K_LEASES, '(' .. fmt(now), '+inf') >= max_concurrent then
   return blocked('blast_radius', 'max concurrent actions (' .. fmt(max_concurrent) .. ') in flight')
 end
-if not touched(K_SERVICES) and redis.call('ZCOUNT', K_SERVICES, since, '+inf') >= max_services then
+local touched, services_in_window = in_window(K_SERVICES)
+if not touched and services_in_window >= max_services then
   return blocked('blast_radius', 'max affected services (' .. fmt(max_services)
     .. ') in window reached')
 end
-if rb_max_services > 0 and not touched(K_RBSVC)
-    and redis.call('ZCOUNT', K_RBSVC, since, '+inf') >= rb_max_services then
+local rb_touched, rb_in_window = false, 0
+if rb_max_services > 0 then
+  rb_touched, rb_in_window = in_window(K_RBSVC)
+end
+if rb_max_services > 0 and not rb_touched and rb_in_window >= rb_max_services then
   local unit = rb_max_services == 1 and ' service' or ' services'
   return blocked('blast_radius', 'runbook blast radius (' .. fmt(rb_max_services) .. unit
     .. ' per window) reached')

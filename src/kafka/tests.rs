@@ -369,6 +369,49 @@ async fn a_refused_outcome_is_sent_again_with_every_outcome_after_it() {
     assert_eq!(committed, Some(N as i64), "every offset committed");
 }
 
+/// Incidents already waiting in a partition are decided together: one store call answers
+/// several of them (`remediator_store_decisions_per_call`), and every one is decided once, its
+/// outcome published in the partition's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_incidents_are_decided_with_one_store_call_for_several() {
+    const N: usize = 48;
+    let (_cluster, settings) = mock_cluster(BTreeMap::new(), 1);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let incidents: Vec<(String, &str)> = (0..N)
+        .map(|i| {
+            (
+                format!("{run_id}-{i:03}"),
+                r#""root_cause":"unknown_issue","confidence":0.60,"service":"auth","context":{}"#,
+            )
+        })
+        .collect();
+    produce_incidents(&settings, &incidents).await;
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let engine = engine();
+    let worker = {
+        let (settings, engine) = (settings.clone(), engine.clone());
+        tokio::spawn(async move { run(&settings, engine, Arc::new(Health::new()), shutdown).await })
+    };
+    let reader = outcome_reader(&settings);
+    let mut seen = Vec::new();
+    while seen.len() < N {
+        let (_, v) = next_outcome(&reader).await;
+        assert_eq!(v["decision"], "manual", "{v}");
+        seen.push(v["incident_id"].as_str().unwrap_or_default().to_string());
+    }
+    let want: Vec<String> = incidents.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(seen, want, "one outcome each, in the partition's order");
+    let stats = stop(trigger, worker).await;
+    assert_eq!(stats.handled, N as u64);
+    let per_call = &engine.metrics().store_decisions_per_call;
+    assert_eq!(per_call.get_sample_sum() as usize, N, "every incident decided once");
+    assert!(
+        (per_call.get_sample_count() as usize) < N,
+        "{} store calls for {N} waiting incidents: none decided together",
+        per_call.get_sample_count()
+    );
+}
+
 /// The worker group's committed offset of incidents partition 0.
 fn committed_offset(settings: &KafkaSettings) -> Option<i64> {
     let c: BaseConsumer = ClientConfig::new()
