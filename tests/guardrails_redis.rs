@@ -437,6 +437,63 @@ async fn conservative_mode_after_epoch_loss() {
     );
 }
 
+/// A store remembers the epoch from the moment it connects: Redis losing its data before this
+/// replica's first decision is noticed too (conservative mode), not taken for a fresh start.
+#[tokio::test]
+async fn a_wipe_before_the_first_decision_is_noticed() {
+    let Some(url) = common::redis_url() else { return };
+    let prefix = fresh_prefix();
+    let store = connect(&url, &prefix).await;
+    let mut conn = raw(&url).await;
+    let epoch: Option<String> = raw_cmd(&mut conn, redis::cmd("GET").arg(format!("{{{prefix}}}:epoch"))).await;
+    assert!(epoch.is_some_and(|e| !e.is_empty()), "the epoch is written at connect");
+    raw_cmd::<()>(&mut conn, redis::cmd("DEL").arg(format!("{{{prefix}}}:epoch"))).await;
+    assert_eq!(
+        store
+            .decide(&reserve(
+                "i0",
+                "a0",
+                &scope("rb", "svc"),
+                &conservative_limits(),
+                LONG_LEASE
+            ))
+            .await
+            .expect("d"),
+        CONSERVATIVE_PROBE
+    );
+}
+
+/// The store says how it reaches Redis and under which prefix, and its `Debug` output names
+/// both but never the URL's password.
+#[tokio::test]
+async fn the_store_names_its_topology_and_prefix_but_never_the_password() {
+    let prefix = fresh_prefix();
+    // Nothing listens on port 1: the lazy connection is never made, the store still is.
+    let store = RedisStore::connect("redis://:hunter2-secret@127.0.0.1:1/0", &prefix, TIMEOUT)
+        .await
+        .expect("a store, connected lazily");
+    assert_eq!(store.topology(), "single");
+    assert_eq!(store.key_prefix(), prefix);
+    let shown = format!("{store:?}");
+    assert!(shown.contains("single") && shown.contains(&prefix), "{shown}");
+    assert!(!shown.contains("hunter2"), "the password leaked: {shown}");
+}
+
+/// The key prefix is the hash tag of every key: an empty one, or one with a brace, is refused
+/// at connect with the reason named.
+#[tokio::test]
+async fn a_key_prefix_that_cannot_be_a_hash_tag_is_refused() {
+    for bad in ["", "a{b", "a}b", "{x}"] {
+        let err = RedisStore::connect("redis://127.0.0.1:1/0", bad, TIMEOUT)
+            .await
+            .expect_err(bad);
+        assert!(
+            err.to_string().contains("invalid guardrail key prefix"),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
 /// A promoted replica keeps the epoch but not necessarily the old primary's last writes; it has a
 /// new replication id, though. A `primary` key naming another replication id than the server's
 /// is what a promotion looks like to the script: conservative mode for everyone, once.

@@ -95,3 +95,35 @@ fn finish_replies_parse_and_reject_bad_shapes() {
         Err(StoreError::Protocol(_))
     ));
 }
+
+/// A Redis error as the server sends it (`-CODE detail`), decoded like the client decodes it.
+fn server_error(line: &str) -> RedisError {
+    redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+        .expect("a RESP error parses")
+        .extract_error()
+        .expect_err("an error reply")
+}
+
+/// Only a script that broke on data it did not expect is a protocol error (this version cannot
+/// use this store); a demoted primary refusing a script's write, a server loading or out of
+/// memory, an unknown command: the store is unusable right now, and callers wait and retry.
+#[test]
+fn errors_are_protocol_errors_only_when_a_script_broke() {
+    let protocol = |line: &str| matches!(classify("decide", server_error(line)), StoreError::Protocol(_));
+    assert!(protocol(
+        "ERR user_script:40: Script attempted to access nonexistent global variable 'x' script: 1f0a"
+    ));
+    assert!(protocol(
+        "WRONGTYPE Operation against a key holding the wrong kind of value script: 1f0a"
+    ));
+    for unusable in [
+        "ERR Error running script (call to f_1f0a): @user_script:12: READONLY You can't write against a read only replica. script: 1f0a",
+        "READONLY You can't write against a read only replica.",
+        "LOADING Redis is loading the dataset in memory",
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "ERR unknown command 'EVALSHA', with args beginning with:",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    ] {
+        assert!(!protocol(unusable), "{unusable}");
+    }
+}
