@@ -50,7 +50,7 @@ the window, and whether this one is among them, in one ZRANGEBYSCORE) and never 
 old entries are trimmed when a reservation adds to the same key (and every key expires). The
 claim and the answer are written once, at the end (one HSET and one PEXPIRE). A blocked decision
 thus costs five to eight commands, a recorded one three, plus TIME, the epoch and the primary
-once per call.
+once per call (TIME, one MGET of the epoch, the conservative deadline and the primary, and INFO).
 
 Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless this call read it:
   { epoch, 'recorded' }
@@ -236,17 +236,23 @@ end
 -- that remembers nothing (Redis was down when it started) cannot tell a fresh deployment from a
 -- loss and assumes fresh, like SET NX at connect.
 local function check_epoch()
-  local stored = redis.call('GET', K_EPOCH)
+  -- One read of the three (false when missing).
+  local got = redis.call('MGET', K_EPOCH, K_CONS, K_PRIMARY)
+  local stored, cons_until, seen = got[1], got[2], got[3]
+  local function declare()
+    cons_until = fmt(now + conservative_ms)
+    redis.call('SET', K_CONS, cons_until)
+  end
   if not stored then
     if remembered ~= '' then
       stored = remembered
-      redis.call('SET', K_CONS, fmt(now + conservative_ms))
+      declare()
     else
       stored = candidate
     end
     redis.call('SET', K_EPOCH, stored)
-  elseif remembered ~= '' and stored ~= remembered and redis.call('EXISTS', K_CONS) == 0 then
-    redis.call('SET', K_CONS, fmt(now + conservative_ms))
+  elseif remembered ~= '' and stored ~= remembered and not cons_until then
+    declare()
   end
   epoch = stored
 
@@ -261,16 +267,13 @@ local function check_epoch()
   -- pcall: a server that refuses INFO (renamed or denied by ACL) only loses this check.
   local info = redis.pcall('INFO', 'replication')
   local replid = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
-  if replid ~= '' then
-    local seen = redis.call('GET', K_PRIMARY)
-    if seen ~= replid then
-      if seen then
-        redis.call('SET', K_CONS, fmt(now + conservative_ms))
-      end
-      redis.call('SET', K_PRIMARY, replid)
+  if replid ~= '' and seen ~= replid then
+    if seen then
+      declare()
     end
+    redis.call('SET', K_PRIMARY, replid)
   end
-  return (tonumber(redis.call('GET', K_CONS)) or 0) > now
+  return (tonumber(cons_until) or 0) > now
 end
 -- Once per call: a later request of a batch was decided at the same instant, by the same primary
 -- (its reply carries no epoch; the first one's did).

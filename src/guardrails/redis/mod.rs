@@ -62,7 +62,7 @@ use super::{
     GuardrailStore, RenewRequest, Renewal, StoreError,
 };
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
-use reply::{flag, number, parse_decide, parse_finish, parse_status, strings};
+use reply::{number, parse_decide, parse_finish, parse_renew, parse_status, strings};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -434,16 +434,7 @@ impl GuardrailStore for RedisStore {
             .arg(req.lease_ms)
             .arg(CLAIM_GRACE_MS)
             .arg(req.max_concurrent_actions);
-        let reply = self.run(OP, &inv).await?;
-        let renewal = match reply.as_slice() {
-            [s] if s == "renewed" => Renewal::Renewed,
-            [s, probe] if s == "reacquired" => Renewal::Reacquired {
-                probe: flag(OP, probe)?,
-            },
-            [s] if s == "lapsed" => Renewal::Lapsed,
-            [s] if s == "stale" => Renewal::Stale,
-            _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
-        };
+        let renewal = parse_renew(&self.run(OP, &inv).await?)?;
         if renewal == Renewal::Stale {
             tracing::debug!(incident_id = %req.incident_id, attempt = %req.attempt, "guardrail renew of a stale attempt ignored");
         }

@@ -2,7 +2,7 @@
 //! the store's types. Anything of an unexpected shape is a [`StoreError::Protocol`] (a script and
 //! a worker of different versions), never a guess.
 
-use crate::guardrails::{CircuitState, DecideAnswer, FinishAnswer, Guardrail, StoreError};
+use crate::guardrails::{CircuitState, DecideAnswer, FinishAnswer, Guardrail, Renewal, StoreError};
 use redis::Value;
 
 /// A script's reply as the flat array of strings every script returns.
@@ -89,7 +89,21 @@ pub(super) fn parse_finish(reply: &[String]) -> Result<(FinishAnswer, bool), Sto
     ))
 }
 
-/// The `renewed`/`recorded` or `stale` status of `renew.lua` and `record.lua`.
+/// `renew.lua`'s reply.
+pub(super) fn parse_renew(reply: &[String]) -> Result<Renewal, StoreError> {
+    const OP: &str = "renew";
+    Ok(match reply {
+        [s] if s == "renewed" => Renewal::Renewed,
+        [s, probe] if s == "reacquired" => Renewal::Reacquired {
+            probe: flag(OP, probe)?,
+        },
+        [s] if s == "lapsed" => Renewal::Lapsed,
+        [s] if s == "stale" => Renewal::Stale,
+        _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
+    })
+}
+
+/// The `recorded` or `stale` status of `record.lua`.
 pub(super) fn parse_status(op: &str, ok: &str, reply: &[String]) -> Result<bool, StoreError> {
     match reply {
         [s] if s == ok => Ok(true),

@@ -127,3 +127,29 @@ fn errors_are_protocol_errors_only_when_a_script_broke() {
         assert!(!protocol(unusable), "{unusable}");
     }
 }
+
+#[test]
+fn renew_replies_parse_and_reject_bad_shapes() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(parse_renew(&s(&["renewed"])).expect("r"), Renewal::Renewed);
+    assert_eq!(
+        parse_renew(&s(&["reacquired", "1"])).expect("r"),
+        Renewal::Reacquired { probe: true }
+    );
+    assert_eq!(
+        parse_renew(&s(&["reacquired", "0"])).expect("r"),
+        Renewal::Reacquired { probe: false }
+    );
+    assert_eq!(parse_renew(&s(&["lapsed"])).expect("r"), Renewal::Lapsed);
+    assert_eq!(parse_renew(&s(&["stale"])).expect("r"), Renewal::Stale);
+    for bad in [
+        s(&[]),
+        s(&["renewed", "1"]),
+        s(&["lapsed", "0"]),
+        s(&["reacquired"]),
+        s(&["reacquired", "yes"]),
+        s(&["renewed!"]),
+    ] {
+        assert!(matches!(parse_renew(&bad), Err(StoreError::Protocol(_))), "{bad:?}");
+    }
+}
