@@ -175,29 +175,6 @@ pub struct RevisionPin {
     pub to: i64,
 }
 impl ActionSpec {
-    /// Every template this action uses (for load-time checks and scope validation).
-    pub fn templates(&self) -> Vec<&Template> {
-        match self {
-            ActionSpec::DeletePod { namespace, pod } => vec![namespace, pod],
-            ActionSpec::ScaleDeployment {
-                namespace,
-                deployment,
-                replicas,
-            } => {
-                let mut v = vec![namespace, deployment];
-                if let ReplicaSpec::To { count, .. } = replicas {
-                    v.push(count);
-                }
-                v
-            }
-            ActionSpec::RolloutRestart { namespace, deployment }
-            | ActionSpec::RolloutUndo { namespace, deployment }
-            | ActionSpec::ScaleToZero { namespace, deployment } => vec![namespace, deployment],
-            ActionSpec::Patch { namespace, name, .. } => vec![namespace, name],
-            ActionSpec::Webhook { url, .. } => vec![url],
-        }
-    }
-
     /// The action kind's wire name.
     pub fn kind(&self) -> &'static str {
         match self {
