@@ -244,6 +244,19 @@ async fn next_outcome(reader: &StreamConsumer) -> (Option<Vec<u8>>, serde_json::
     (m.key().map(<[u8]>::to_vec), v)
 }
 
+/// `n` incidents of a fresh run that no runbook matches (each decided `manual`), ids in order.
+fn manual_incidents(n: usize) -> Vec<(String, &'static str)> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    (0..n)
+        .map(|i| {
+            (
+                format!("{run_id}-{i:03}"),
+                r#""root_cause":"unknown_issue","confidence":0.60,"service":"auth","context":{}"#,
+            )
+        })
+        .collect()
+}
+
 /// Shut a [`run`] down and return its figures (within 40 s).
 async fn stop(
     trigger: crate::shutdown::Trigger,
@@ -320,15 +333,7 @@ async fn mock_round_trip(properties: BTreeMap<String, String>) {
 async fn a_refused_outcome_is_sent_again_with_every_outcome_after_it() {
     const N: usize = 40;
     let (cluster, settings) = mock_cluster([("group.protocol".to_string(), "consumer".to_string())].into(), 1);
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let incidents: Vec<(String, &str)> = (0..N)
-        .map(|i| {
-            (
-                format!("{run_id}-{i:03}"),
-                r#""root_cause":"unknown_issue","confidence":0.60,"service":"auth","context":{}"#,
-            )
-        })
-        .collect();
+    let incidents = manual_incidents(N);
     produce_incidents(&settings, &incidents).await;
     cluster.request_errors(
         RDKafkaApiKey::Produce,
@@ -376,15 +381,7 @@ async fn a_refused_outcome_is_sent_again_with_every_outcome_after_it() {
 async fn waiting_incidents_are_decided_with_one_store_call_for_several() {
     const N: usize = 48;
     let (_cluster, settings) = mock_cluster(BTreeMap::new(), 1);
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let incidents: Vec<(String, &str)> = (0..N)
-        .map(|i| {
-            (
-                format!("{run_id}-{i:03}"),
-                r#""root_cause":"unknown_issue","confidence":0.60,"service":"auth","context":{}"#,
-            )
-        })
-        .collect();
+    let incidents = manual_incidents(N);
     produce_incidents(&settings, &incidents).await;
     let (trigger, shutdown) = crate::shutdown::channel();
     let engine = engine();
