@@ -126,7 +126,10 @@ local rec = redis.call('HMGET', K_INC, 'state', 'worker', 'attempt', 'lease_unti
 local r_state, r_worker, r_attempt, r_lease, r_source, r_outcomes, r_answer, r_mode, r_acted =
   rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7], rec[8], rec[9]
 local interrupted = nil
-existed = r_state ~= nil or r_attempt ~= nil
+-- (A missing hash field reads as false in a script.)
+if r_state or r_attempt then
+  existed = true
+end
 if r_state then
   local same = r_attempt == attempt and r_answer
   if same and r_mode == mode then
