@@ -32,6 +32,7 @@ macro_rules! guardrail_suite_tests {
             claimed_lease_expired_is_taken_over,
             executing_lease_expired_is_interrupted,
             finished_then_crashed_is_interrupted_not_run_is_not,
+            a_claim_taken_over_starts_clean,
             interrupted_is_sticky_until_recorded,
             same_attempt_in_another_mode_decides_afresh,
             dry_run_never_takes_the_probe_nor_moves_the_circuit,
@@ -496,6 +497,39 @@ pub async fn finished_then_crashed_is_interrupted_not_run_is_not(store: Store) {
     assert_eq!(
         decide(&store, &reserve("inc-2", "b2", &s, &limits, LONG_LEASE)).await,
         ALLOWED
+    );
+}
+
+/// A claim taken over starts clean: nothing of the attempt before it survives into the new
+/// claim. Here the first attempt released its reservation unused (NotRun) and died; the attempt
+/// that takes over renews its own lease and its finish feeds the circuit, instead of being taken
+/// for the attempt that already finished (and answered with that one's finish).
+pub async fn a_claim_taken_over_starts_clean(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        failure_threshold: 1,
+        ..open_limits()
+    };
+    assert_eq!(decide(&store, &reserve("inc-1", "a1", &s, &limits, 200)).await, ALLOWED);
+    fin(&store, &finish("inc-1", "a1", &s, &limits, ExecResult::NotRun)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        decide(&store, &reserve("inc-1", "a2", &s, &limits, LONG_LEASE)).await,
+        ALLOWED
+    );
+    assert_eq!(
+        store
+            .renew(&renewal("inc-1", "a2", "rb", LONG_LEASE, 10))
+            .await
+            .expect("renew"),
+        Renewal::Renewed,
+        "the new attempt's lease is its own"
+    );
+    let failed = fin(&store, &finish("inc-1", "a2", &s, &limits, ExecResult::Failure)).await;
+    assert_eq!(
+        (failed.circuit, failed.opened),
+        (CircuitState::Open, true),
+        "the new attempt's failure counts: {failed:?}"
     );
 }
 
