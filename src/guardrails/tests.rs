@@ -54,3 +54,37 @@ fn trust_rate_is_successes_over_executions() {
     assert_eq!(rate(0, 2), 0.0);
     assert_eq!(rate(5, 5), 1.0);
 }
+
+/// A blocked outcome's template splits only around one detail mark that comes before one
+/// `"guardrail"` field, and renders back to the outcome with the store's two facts in place;
+/// anything else is refused (the caller then records the block itself), never mis-cut.
+#[test]
+fn a_blocked_record_splits_only_around_one_mark_before_its_guardrail() {
+    const MARK: &str = "@@remediator:block-detail@@";
+    let json = format!(
+        r#"[{{"service":"a \"guardrail\":\"rate_limit\" b","reason":"x: {MARK}","guardrail":"rate_limit","n":1}}]"#
+    );
+    let record = BlockedRecord::split(&json, MARK, Guardrail::RateLimit).expect("splits");
+    let rendered = record.render(Guardrail::Cooldown, "cooldown \"active\" (3s remaining)");
+    let v: serde_json::Value = serde_json::from_str(&rendered).expect("valid JSON");
+    assert_eq!(v[0]["reason"], "x: cooldown \"active\" (3s remaining)");
+    assert_eq!(v[0]["guardrail"], "cooldown");
+    assert_eq!(
+        v[0]["service"], "a \"guardrail\":\"rate_limit\" b",
+        "a value's escaped copy is left alone"
+    );
+    assert_eq!(v[0]["n"], 1);
+    for bad in [
+        // the mark twice, the field twice, the mark after the field (right after it, too)
+        format!(r#"[{{"reason":"{MARK}","note":"{MARK}","guardrail":"rate_limit"}}]"#),
+        format!(r#"[{{"reason":"{MARK}","guardrail":"rate_limit"}},{{"guardrail":"rate_limit"}}]"#),
+        format!(r#"[{{"guardrail":"rate_limit","reason":"{MARK}"}}]"#),
+        format!(r#"[{{"guardrail":"rate_limit","z":1,"reason":"later {MARK}"}}]"#),
+        format!(r#""guardrail":"rate_limit"{MARK}"#),
+        // no mark, no field of that guardrail
+        r#"[{"reason":"x","guardrail":"rate_limit"}]"#.to_string(),
+        format!(r#"[{{"reason":"{MARK}","guardrail":"cooldown"}}]"#),
+    ] {
+        assert_eq!(BlockedRecord::split(&bad, MARK, Guardrail::RateLimit), None, "{bad}");
+    }
+}
