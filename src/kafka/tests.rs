@@ -257,6 +257,23 @@ fn manual_incidents(n: usize) -> Vec<(String, &'static str)> {
         .collect()
 }
 
+/// A [`run`] of a fresh [`engine`] in the background: the engine, its stop trigger, its task.
+fn start_worker(
+    settings: &KafkaSettings,
+) -> (
+    Arc<Engine>,
+    crate::shutdown::Trigger,
+    tokio::task::JoinHandle<Result<RunStats, KafkaError>>,
+) {
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let engine = engine();
+    let worker = {
+        let (settings, engine) = (settings.clone(), engine.clone());
+        tokio::spawn(async move { run(&settings, engine, Arc::new(Health::new()), shutdown).await })
+    };
+    (engine, trigger, worker)
+}
+
 /// Shut a [`run`] down and return its figures (within 40 s).
 async fn stop(
     trigger: crate::shutdown::Trigger,
@@ -340,12 +357,7 @@ async fn a_refused_outcome_is_sent_again_with_every_outcome_after_it() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
     );
 
-    let (trigger, shutdown) = crate::shutdown::channel();
-    let engine = engine();
-    let worker = {
-        let (settings, engine) = (settings.clone(), engine.clone());
-        tokio::spawn(async move { run(&settings, engine, Arc::new(Health::new()), shutdown).await })
-    };
+    let (engine, trigger, worker) = start_worker(&settings);
     let reader = outcome_reader(&settings);
     // Each incident's latest position on the topic; done once the last incident's outcome came
     // after every other's.
@@ -383,12 +395,7 @@ async fn waiting_incidents_are_decided_with_one_store_call_for_several() {
     let (_cluster, settings) = mock_cluster(BTreeMap::new(), 1);
     let incidents = manual_incidents(N);
     produce_incidents(&settings, &incidents).await;
-    let (trigger, shutdown) = crate::shutdown::channel();
-    let engine = engine();
-    let worker = {
-        let (settings, engine) = (settings.clone(), engine.clone());
-        tokio::spawn(async move { run(&settings, engine, Arc::new(Health::new()), shutdown).await })
-    };
+    let (engine, trigger, worker) = start_worker(&settings);
     let reader = outcome_reader(&settings);
     let mut seen = Vec::new();
     while seen.len() < N {
