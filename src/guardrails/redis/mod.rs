@@ -62,7 +62,7 @@ use super::{
     GuardrailStore, RenewRequest, Renewal, StoreError,
 };
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, Value};
-use reply::{number, parse_decide, parse_finish, parse_renew, parse_status, strings};
+use reply::{number, parse_decide, parse_decide_batch, parse_finish, parse_renew, parse_status, strings};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -384,7 +384,6 @@ impl GuardrailStore for RedisStore {
     }
 
     async fn decide_batch(&self, reqs: &[DecideRequest]) -> Result<Vec<DecideAnswer>, StoreError> {
-        const OP: &str = "decide_batch";
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -394,32 +393,12 @@ impl GuardrailStore for RedisStore {
         for req in reqs {
             self.push_decide(&mut inv, req, remembered.as_deref().unwrap_or(""));
         }
-        let reply = self.run(OP, &inv).await?;
+        let reply = self.run("decide_batch", &inv).await?;
         let mut answers = Vec::with_capacity(reqs.len());
-        let mut rest = reply.as_slice();
-        while let [len, tail @ ..] = rest {
-            let len = Some(number::<usize>(OP, len)?)
-                .filter(|l| *l <= tail.len())
-                .ok_or_else(|| StoreError::Protocol(format!("{OP}: reply length {len} past the end")))?;
-            let (one, after) = tail.split_at(len);
-            let (epoch, answer) = parse_decide(one)?;
+        for (epoch, answer) in parse_decide_batch(&reply, reqs)? {
             // In order, as the script did between two requests.
             self.adopt_epoch(epoch);
             answers.push(answer);
-            rest = after;
-        }
-        // Every request is answered, or those up to the first that ends a batch (the script
-        // stops there).
-        let ended = answers
-            .last()
-            .zip(reqs.get(answers.len().wrapping_sub(1)))
-            .is_some_and(|(a, r)| a.ends_batch(&r.admission));
-        if answers.len() > reqs.len() || (answers.len() < reqs.len() && !ended) {
-            return Err(StoreError::Protocol(format!(
-                "{OP}: {} answers for {} requests",
-                answers.len(),
-                reqs.len()
-            )));
         }
         Ok(answers)
     }

@@ -2,7 +2,7 @@
 //! the store's types. Anything of an unexpected shape is a [`StoreError::Protocol`] (a script and
 //! a worker of different versions), never a guess.
 
-use crate::guardrails::{CircuitState, DecideAnswer, FinishAnswer, Guardrail, Renewal, StoreError};
+use crate::guardrails::{CircuitState, DecideAnswer, DecideRequest, FinishAnswer, Guardrail, Renewal, StoreError};
 use redis::Value;
 
 /// A script's reply as the flat array of strings every script returns.
@@ -64,6 +64,45 @@ pub(super) fn parse_decide(reply: &[String]) -> Result<(&str, DecideAnswer), Sto
         _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
     };
     Ok((epoch, answer))
+}
+
+/// `decide_batch.lua`'s reply: each answer as its length followed by a `decide.lua` reply, in
+/// request order. The script answers every request, or those up to the first whose answer ends a
+/// batch ([`DecideAnswer::ends_batch`]) and stops there; any other count, or an answer after one
+/// that ends the batch, is a protocol error (the worker would otherwise act on a request the
+/// script never decided, or skip one it did).
+pub(super) fn parse_decide_batch<'a>(
+    reply: &'a [String],
+    reqs: &[DecideRequest],
+) -> Result<Vec<(&'a str, DecideAnswer)>, StoreError> {
+    const OP: &str = "decide_batch";
+    let mut answers = Vec::with_capacity(reqs.len());
+    let mut rest = reply;
+    let mut ended = false;
+    while let [len, tail @ ..] = rest {
+        let Some(req) = reqs.get(answers.len()).filter(|_| !ended) else {
+            return Err(StoreError::Protocol(format!(
+                "{OP}: more answers than the {} requests it decided",
+                answers.len()
+            )));
+        };
+        let len = Some(number::<usize>(OP, len)?)
+            .filter(|l| *l <= tail.len())
+            .ok_or_else(|| StoreError::Protocol(format!("{OP}: reply length {len} past the end")))?;
+        let (one, after) = tail.split_at(len);
+        let (epoch, answer) = parse_decide(one)?;
+        ended = answer.ends_batch(&req.admission);
+        answers.push((epoch, answer));
+        rest = after;
+    }
+    if answers.len() < reqs.len() && !ended {
+        return Err(StoreError::Protocol(format!(
+            "{OP}: {} answers for {} requests",
+            answers.len(),
+            reqs.len()
+        )));
+    }
+    Ok(answers)
 }
 
 /// `finish.lua`'s reply: the answer and whether the attempt still owned the incident.

@@ -153,3 +153,70 @@ fn renew_replies_parse_and_reject_bad_shapes() {
         assert!(matches!(parse_renew(&bad), Err(StoreError::Protocol(_))), "{bad:?}");
     }
 }
+
+/// A batch reply answers every request, or those up to the first answer that ends the batch;
+/// more answers, fewer without an end, or an answer after the end are refused.
+#[test]
+fn batch_replies_answer_each_request_up_to_the_first_that_ends_the_batch() {
+    let req = |id: &str| DecideRequest {
+        incident_id: id.to_owned(),
+        attempt: format!("{id}-a"),
+        worker: "w".to_owned(),
+        source: None,
+        lease_ms: 1_000,
+        admission: Admission::Record {
+            outcomes: "[]".to_owned(),
+            ttl_ms: 1_000,
+        },
+        on_block: None,
+    };
+    let reqs = [req("i1"), req("i2"), req("i3")];
+    let recorded = |epoch: &str| vec!["2".to_owned(), epoch.to_owned(), "recorded".to_owned()];
+    let waiting = || ["4", "e", "in_progress", "w2", "250"].map(str::to_owned).to_vec();
+    let reply = |parts: &[Vec<String>]| parts.concat();
+
+    let three = reply(&[recorded("e1"), recorded("e2"), recorded("e3")]);
+    let all = parse_decide_batch(&three, &reqs).expect("all");
+    assert_eq!(
+        all,
+        vec![
+            ("e1", DecideAnswer::Recorded),
+            ("e2", DecideAnswer::Recorded),
+            ("e3", DecideAnswer::Recorded)
+        ]
+    );
+    let two = reply(&[recorded("e"), waiting()]);
+    let stopped = parse_decide_batch(&two, &reqs).expect("stopped");
+    assert_eq!(stopped.len(), 2);
+    assert!(matches!(
+        stopped[1].1,
+        DecideAnswer::InProgress {
+            retry_after_ms: 250,
+            ..
+        }
+    ));
+    assert_eq!(parse_decide_batch(&[], &[]).expect("none"), vec![]);
+
+    for (what, bad) in [
+        (
+            "too many",
+            reply(&[recorded("e"), recorded("e"), recorded("e"), recorded("e")]),
+        ),
+        ("too few", reply(&[recorded("e"), recorded("e")])),
+        ("none", Vec::new()),
+        ("past the end", reply(&[recorded("e"), waiting(), recorded("e")])),
+        (
+            "a length past the end",
+            ["9", "e", "recorded"].map(str::to_owned).to_vec(),
+        ),
+        (
+            "a length that is no number",
+            ["x", "e", "recorded"].map(str::to_owned).to_vec(),
+        ),
+    ] {
+        assert!(
+            matches!(parse_decide_batch(&bad, &reqs), Err(StoreError::Protocol(_))),
+            "{what}: {bad:?}"
+        );
+    }
+}
