@@ -24,6 +24,39 @@ async fn batch_decides_like_one_at_a_time() {
     }
 }
 
+/// A retried reservation replays its first answer while its lease lives, to its last
+/// millisecond; at the lease's end the attempt decides afresh (as `decide.lua`: a lease whose
+/// score is `<= now` has lapsed), and here finds the cooldown its first answer started.
+#[tokio::test]
+async fn a_retry_replays_its_answer_until_the_last_millisecond_of_its_lease() {
+    let clock = ManualClock::new(chrono::DateTime::from_timestamp_millis(1_700_000_000_000).expect("time"));
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let limits = Limits {
+        cooldown_ms: 600_000,
+        ..open_limits()
+    };
+    let a = reserve("i0", "a0", &scope("rb", "svc"), &limits, 5_000);
+    let allowed = DecideAnswer::Allowed {
+        probe: false,
+        conservative: false,
+    };
+    assert_eq!(store.decide(&a).await.expect("d"), allowed);
+    clock.advance(chrono::Duration::milliseconds(4_999));
+    assert_eq!(
+        store.decide(&a).await.expect("d"),
+        allowed,
+        "the lease's last millisecond"
+    );
+    clock.advance(chrono::Duration::milliseconds(1));
+    match store.decide(&a).await.expect("d") {
+        DecideAnswer::Blocked {
+            guardrail: Guardrail::Cooldown,
+            ..
+        } => {}
+        other => panic!("at the lease's end the retry decides afresh: {other:?}"),
+    }
+}
+
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops
 /// counting exactly `rate_window_ms` after it was taken.
 #[tokio::test]

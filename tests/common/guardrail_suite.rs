@@ -349,14 +349,27 @@ pub async fn record_after_check_then_duplicate(store: Store) {
 }
 
 /// A retry of the same attempt (after a timeout of unknown effect) gets the first answer and
-/// reserves nothing more.
+/// reserves nothing more: while its lease lives it is not decided again (which would find the
+/// cooldown its own first answer started).
 pub async fn idempotent_retry_same_attempt(store: Store) {
     let s = scope("rb", "svc");
     let limits = Limits {
         max_per_hour: 2,
         ..open_limits()
     };
-    let a = reserve("inc-a", "a1", &s, &limits, LONG_LEASE);
+    let cooled = Limits {
+        cooldown_ms: 600_000,
+        ..limits.clone()
+    };
+    let a = reserve("inc-a", "a1", &scope("rb", "svc-a"), &cooled, LONG_LEASE);
+    for _ in 0..4 {
+        assert_eq!(
+            decide(&store, &a).await,
+            ALLOWED,
+            "a retry within its lease replays the first answer"
+        );
+    }
+    let a = reserve("inc-a2", "a2", &s, &limits, LONG_LEASE);
     for _ in 0..4 {
         assert_eq!(decide(&store, &a).await, ALLOWED);
     }
