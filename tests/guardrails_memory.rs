@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::guardrail_suite::{open_limits, renewal, reserve, scope, Store, LONG_LEASE};
+use common::guardrail_suite::{check, open_limits, renewal, reserve, scope, Store, LONG_LEASE};
 use remediator::clock::{ManualClock, SystemClock};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{DecideAnswer, Guardrail, GuardrailStore, Limits};
@@ -55,6 +55,127 @@ async fn a_retry_replays_its_answer_until_the_last_millisecond_of_its_lease() {
         } => {}
         other => panic!("at the lease's end the retry decides afresh: {other:?}"),
     }
+}
+
+fn manual_store() -> (ManualClock, MemoryStore) {
+    let clock = ManualClock::new(chrono::DateTime::from_timestamp_millis(1_700_000_000_000).expect("time"));
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    (clock, store)
+}
+
+const ALLOWED: DecideAnswer = DecideAnswer::Allowed {
+    probe: false,
+    conservative: false,
+};
+
+fn guardrail_of(answer: &DecideAnswer) -> Option<Guardrail> {
+    match answer {
+        DecideAnswer::Blocked { guardrail, .. } => Some(*guardrail),
+        _ => None,
+    }
+}
+
+/// Another replica's claim holds to the last millisecond of its lease, and says how long is
+/// left; at the lease's end it is taken over.
+#[tokio::test]
+async fn a_claim_holds_to_the_last_millisecond_of_its_lease() {
+    let (clock, store) = manual_store();
+    let s = scope("rb", "svc");
+    let limits = open_limits();
+    assert_eq!(
+        store.decide(&check("i1", "a1", &s, &limits, 5_000)).await.expect("d"),
+        ALLOWED
+    );
+    clock.advance(chrono::Duration::milliseconds(1_234));
+    assert_eq!(
+        store.decide(&check("i1", "a2", &s, &limits, 5_000)).await.expect("d"),
+        DecideAnswer::InProgress {
+            worker: "w1".into(),
+            retry_after_ms: 3_766
+        }
+    );
+    clock.advance(chrono::Duration::milliseconds(3_765));
+    assert_eq!(
+        store.decide(&check("i1", "a3", &s, &limits, 5_000)).await.expect("d"),
+        DecideAnswer::InProgress {
+            worker: "w1".into(),
+            retry_after_ms: 1
+        }
+    );
+    clock.advance(chrono::Duration::milliseconds(1));
+    assert_eq!(
+        store.decide(&check("i1", "a4", &s, &limits, 5_000)).await.expect("d"),
+        ALLOWED,
+        "at the lease's end the claim is taken over"
+    );
+}
+
+/// The cooldown holds to its last millisecond and frees at its end, also when it is shorter
+/// than the rate window (its entries are then kept for the window).
+#[tokio::test]
+async fn a_cooldown_shorter_than_the_window_frees_at_its_exact_end() {
+    let (clock, store) = manual_store();
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 10,
+        rate_window_ms: 3_600_000,
+        cooldown_ms: 10_000,
+        ..open_limits()
+    };
+    assert_eq!(
+        store
+            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        ALLOWED
+    );
+    clock.advance(chrono::Duration::milliseconds(9_999));
+    let held = store
+        .decide(&reserve("i1", "a1", &s, &limits, LONG_LEASE))
+        .await
+        .expect("d");
+    assert_eq!(guardrail_of(&held), Some(Guardrail::Cooldown), "{held:?}");
+    clock.advance(chrono::Duration::milliseconds(1));
+    assert_eq!(
+        store
+            .decide(&reserve("i2", "a2", &s, &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        ALLOWED
+    );
+}
+
+/// With a cooldown longer than the rate window, an entry exactly one window old no longer
+/// counts for the rate limit (so what blocks is the cooldown, and says so).
+#[tokio::test]
+async fn a_rate_entry_one_window_old_no_longer_counts_under_a_longer_cooldown() {
+    let (clock, store) = manual_store();
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_per_hour: 1,
+        rate_window_ms: 60_000,
+        cooldown_ms: 120_000,
+        ..open_limits()
+    };
+    assert_eq!(
+        store
+            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        ALLOWED
+    );
+    clock.advance(chrono::Duration::milliseconds(59_999));
+    let rate = store
+        .decide(&reserve("i1", "a1", &s, &limits, LONG_LEASE))
+        .await
+        .expect("d");
+    assert_eq!(guardrail_of(&rate), Some(Guardrail::RateLimit), "{rate:?}");
+    clock.advance(chrono::Duration::milliseconds(1));
+    let cooldown = store
+        .decide(&reserve("i2", "a2", &s, &limits, LONG_LEASE))
+        .await
+        .expect("d");
+    assert_eq!(guardrail_of(&cooldown), Some(Guardrail::Cooldown), "{cooldown:?}");
 }
 
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops

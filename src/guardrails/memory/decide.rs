@@ -135,7 +135,9 @@ impl MemoryStore {
         let window = ms(limits.rate_window_ms);
         let cooldown = ms(limits.cooldown_ms);
         let entries = rates.entry(key.clone()).or_default();
-        entries.retain(|_, at| *at > now.saturating_sub(keep));
+        // Entries older than `keep` matter to nothing below (phrased as an age, like the
+        // script's trim).
+        entries.retain(|_, at| now.saturating_sub(*at) < keep);
         let mut in_window: Vec<i64> = entries
             .values()
             .copied()
