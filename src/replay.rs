@@ -101,8 +101,9 @@ where
 }
 
 /// The engine replay decides with: in-memory store, simulated executor, dry run, the clock
-/// stopped at `now`, deterministic event ids.
-fn engine(catalogue: Catalogue, now: DateTime<Utc>) -> Engine {
+/// stopped at `now`, deterministic event ids. Public for the benchmark, which times replay's
+/// stages one by one.
+pub fn engine(catalogue: Catalogue, now: DateTime<Utc>) -> Engine {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(now));
     let settings = Settings {
         worker: "replay".into(),

@@ -247,8 +247,13 @@ impl Engine {
                 limits: limits.clone(),
             }
         };
-        // A block is recorded by the store in the same call that finds it.
-        let template = self.blocked_template(&run.subject, run.decided_at, &run.facts);
+        // A block is recorded by the store in the same call that finds it (unless the store is
+        // in process, where a second call costs nothing and the outcome is built only if needed).
+        let template = self
+            .store
+            .wants_block_outcomes()
+            .then(|| self.blocked_template(&run.subject, run.decided_at, &run.facts))
+            .flatten();
         let mut request = self.request(&run.incident.id, run.source, run.attempt, admission);
         let blocked = template.map(|(outcome, record)| {
             request.on_block = Some(record);

@@ -477,6 +477,17 @@ pub trait GuardrailStore: Send + Sync {
     /// Claim the incident and check (and possibly reserve) its guardrails, atomically.
     async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError>;
 
+    /// Whether a caller should give its requests the outcome of a block
+    /// ([`DecideRequest::on_block`]), so that the store records it in the call that finds it.
+    /// Worth it for a store across the network (it saves the second round trip of
+    /// [`GuardrailStore::record`]); a store in the same process answers both calls at the cost of a
+    /// function call, and building the outcome for every guarded decision would cost more than it
+    /// saves. Either way the store honours `on_block` when it is given, and the outcomes are the
+    /// same.
+    fn wants_block_outcomes(&self) -> bool {
+        true
+    }
+
     /// [`GuardrailStore::decide`] for several requests, in order, up to and including the first
     /// answer the caller must act on before it goes on ([`DecideAnswer::ends_batch`]: a
     /// reservation, or a claim another replica holds): the answers are those of deciding them

@@ -197,6 +197,11 @@ impl MemoryStore {
 
 #[async_trait::async_trait]
 impl GuardrailStore for MemoryStore {
+    /// In process, a block recorded by a second call costs no round trip.
+    fn wants_block_outcomes(&self) -> bool {
+        false
+    }
+
     async fn decide(&self, req: &DecideRequest) -> Result<DecideAnswer, StoreError> {
         let now = self.now();
         Ok(Self::decide_at(&mut self.lock(), now, req))
