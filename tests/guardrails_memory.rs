@@ -178,6 +178,48 @@ async fn a_rate_entry_one_window_old_no_longer_counts_under_a_longer_cooldown() 
     assert_eq!(guardrail_of(&cooldown), Some(Guardrail::Cooldown), "{cooldown:?}");
 }
 
+/// The blast radius to the millisecond: a lease counts to its last millisecond, a service
+/// touched counts for the whole window (against the worker-wide and the runbook's limit), and
+/// each frees at its exact end.
+#[tokio::test]
+async fn blast_radius_frees_at_the_exact_end_of_a_lease_or_window() {
+    let leases = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    let services = Limits {
+        max_affected_services: 1,
+        services_window_ms: 60_000,
+        ..open_limits()
+    };
+    let runbook_services = Limits {
+        runbook_max_services: 1,
+        services_window_ms: 60_000,
+        ..open_limits()
+    };
+    for (what, limits, first_lease, frees_after) in [
+        ("a lease", leases, 5_000, 5_000),
+        ("the services window", services, LONG_LEASE, 60_000),
+        ("the runbook's services window", runbook_services, LONG_LEASE, 60_000),
+    ] {
+        let (clock, store) = manual_store();
+        let first = reserve("i0", "a0", &scope("rb", "svc-0"), &limits, first_lease);
+        assert_eq!(store.decide(&first).await.expect("d"), ALLOWED, "{what}");
+        clock.advance(chrono::Duration::milliseconds(frees_after - 1));
+        let held = store
+            .decide(&reserve("i1", "a1", &scope("rb", "svc-1"), &limits, LONG_LEASE))
+            .await
+            .expect("d");
+        assert_eq!(guardrail_of(&held), Some(Guardrail::BlastRadius), "{what}: {held:?}");
+        clock.advance(chrono::Duration::milliseconds(1));
+        let freed = store
+            .decide(&reserve("i2", "a2", &scope("rb", "svc-2"), &limits, 1_000))
+            .await
+            .expect("d");
+        assert_eq!(freed, ALLOWED, "{what} frees at its exact end");
+    }
+}
+
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops
 /// counting exactly `rate_window_ms` after it was taken.
 #[tokio::test]

@@ -30,6 +30,7 @@ macro_rules! guardrail_suite_tests {
             finish_retry_is_idempotent,
             in_progress_while_leased,
             claimed_lease_expired_is_taken_over,
+            a_stale_finish_leaves_the_new_owner_alone,
             executing_lease_expired_is_interrupted,
             finished_then_crashed_is_interrupted_not_run_is_not,
             a_claim_taken_over_starts_clean,
@@ -463,6 +464,34 @@ pub async fn claimed_lease_expired_is_taken_over(store: Store) {
     assert!(
         matches!(decide(&store, &third).await, DecideAnswer::InProgress { worker, .. } if worker == "w2"),
         "the new owner holds the claim"
+    );
+}
+
+/// The finish of an attempt whose claim was taken over feeds the circuit (its action ran) but
+/// leaves the new owner's claim alone: the owner's own finish is its own, and releases its lease.
+pub async fn a_stale_finish_leaves_the_new_owner_alone(store: Store) {
+    let s = scope("rb", "svc");
+    let limits = Limits {
+        max_concurrent_actions: 1,
+        ..open_limits()
+    };
+    assert_eq!(decide(&store, &check("inc-1", "a1", &s, &limits, 200)).await, ALLOWED);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut next = reserve("inc-1", "a2", &s, &limits, LONG_LEASE);
+    next.worker = "w2".into();
+    assert_eq!(decide(&store, &next).await, ALLOWED);
+    let stale = fin(&store, &finish("inc-1", "a1", &s, &limits, ExecResult::Failure)).await;
+    assert_eq!(stale.failures, 1, "the stale attempt's failure counts for the circuit");
+    let own = fin(&store, &finish("inc-1", "a2", &s, &limits, ExecResult::Success)).await;
+    assert_eq!(
+        (own.circuit, own.failures),
+        (CircuitState::Closed, 0),
+        "the owner's success is its own answer"
+    );
+    assert_eq!(
+        decide(&store, &reserve("inc-2", "b1", &s, &limits, LONG_LEASE)).await,
+        ALLOWED,
+        "the owner's finish released its lease"
     );
 }
 
