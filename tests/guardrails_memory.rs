@@ -7,7 +7,7 @@ mod common;
 use common::guardrail_suite::{check, open_limits, renewal, reserve, scope, Store, LONG_LEASE};
 use remediator::clock::{ManualClock, SystemClock};
 use remediator::guardrails::memory::MemoryStore;
-use remediator::guardrails::{DecideAnswer, Guardrail, GuardrailStore, Limits};
+use remediator::guardrails::{DecideAnswer, Guardrail, GuardrailStore, Limits, Renewal};
 use std::sync::Arc;
 
 async fn memory_store() -> Option<Store> {
@@ -218,6 +218,25 @@ async fn blast_radius_frees_at_the_exact_end_of_a_lease_or_window() {
             .expect("d");
         assert_eq!(freed, ALLOWED, "{what} frees at its exact end");
     }
+}
+
+/// A renewal keeps a lease only while it lives, to its last millisecond; at its end the lease
+/// has lapsed and is taken back (`Reacquired`, its own lapsed lease not counted against the
+/// limit), never reported renewed.
+#[tokio::test]
+async fn a_renewal_at_the_lease_s_end_reacquires_it() {
+    let (clock, store) = manual_store();
+    let limits = open_limits();
+    let a = reserve("i0", "a0", &scope("rb", "svc"), &limits, 5_000);
+    assert_eq!(store.decide(&a).await.expect("d"), ALLOWED);
+    clock.advance(chrono::Duration::milliseconds(4_999));
+    let renew = renewal("i0", "a0", "rb", 5_000, 1);
+    assert_eq!(store.renew(&renew).await.expect("r"), Renewal::Renewed);
+    clock.advance(chrono::Duration::milliseconds(5_000));
+    assert_eq!(
+        store.renew(&renew).await.expect("r"),
+        Renewal::Reacquired { probe: false }
+    );
 }
 
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops
