@@ -7,7 +7,9 @@ mod common;
 use common::guardrail_suite::{check, open_limits, renewal, reserve, scope, Store, LONG_LEASE};
 use remediator::clock::{ManualClock, SystemClock};
 use remediator::guardrails::memory::MemoryStore;
-use remediator::guardrails::{DecideAnswer, Guardrail, GuardrailStore, Limits, Renewal};
+use remediator::guardrails::{
+    Answer, AnswerResult, DecideAnswer, Guardrail, GuardrailStore, LedgerStore, Limits, Renewal,
+};
 use std::sync::Arc;
 
 async fn memory_store() -> Option<Store> {
@@ -237,6 +239,31 @@ async fn a_renewal_at_the_lease_s_end_reacquires_it() {
         store.renew(&renew).await.expect("r"),
         Renewal::Reacquired { probe: false }
     );
+}
+
+/// An approval can be answered to the last millisecond of its expiry, not after.
+#[tokio::test]
+async fn an_approval_is_answerable_to_its_last_millisecond() {
+    let (clock, store) = manual_store();
+    let yes = Answer {
+        approve: true,
+        approver: "alice".into(),
+        action_hash: None,
+    };
+    store
+        .create_approval(&common::ledger_suite::approval("a1"), 5_000)
+        .await
+        .expect("create");
+    store
+        .create_approval(&common::ledger_suite::approval("a2"), 5_000)
+        .await
+        .expect("create");
+    clock.advance(chrono::Duration::milliseconds(5_000));
+    let last = store.answer_approval("a1", &yes).await.expect("answer");
+    assert!(matches!(last, AnswerResult::Accepted(_)), "{last:?}");
+    clock.advance(chrono::Duration::milliseconds(1));
+    let late = store.answer_approval("a2", &yes).await.expect("answer");
+    assert!(matches!(late, AnswerResult::Expired(_)), "{late:?}");
 }
 
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops

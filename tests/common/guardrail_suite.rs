@@ -31,6 +31,7 @@ macro_rules! guardrail_suite_tests {
             in_progress_while_leased,
             claimed_lease_expired_is_taken_over,
             a_stale_finish_leaves_the_new_owner_alone,
+            a_stale_record_leaves_the_new_owner_alone,
             executing_lease_expired_is_interrupted,
             finished_then_crashed_is_interrupted_not_run_is_not,
             a_claim_taken_over_starts_clean,
@@ -492,6 +493,39 @@ pub async fn a_stale_finish_leaves_the_new_owner_alone(store: Store) {
         decide(&store, &reserve("inc-2", "b1", &s, &limits, LONG_LEASE)).await,
         ALLOWED,
         "the owner's finish released its lease"
+    );
+}
+
+/// The outcome an attempt records after its claim was taken over is not the incident's: the new
+/// owner still holds it, and its own record is the one a duplicate finds.
+pub async fn a_stale_record_leaves_the_new_owner_alone(store: Store) {
+    let s = scope("rb", "svc");
+    assert_eq!(
+        decide(&store, &check("inc-1", "a1", &s, &open_limits(), 200)).await,
+        ALLOWED
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut next = check("inc-1", "a2", &s, &open_limits(), LONG_LEASE);
+    next.worker = "w2".into();
+    assert_eq!(decide(&store, &next).await, ALLOWED);
+    store
+        .record("inc-1", "a1", r#"[{"decision":"stale"}]"#, 60_000)
+        .await
+        .expect("record");
+    let mut third = check("inc-1", "a3", &s, &open_limits(), LONG_LEASE);
+    third.worker = "w3".into();
+    assert!(
+        matches!(decide(&store, &third).await, DecideAnswer::InProgress { worker, .. } if worker == "w2"),
+        "the stale record did not finish the incident"
+    );
+    store.record("inc-1", "a2", OUTCOMES, 60_000).await.expect("record");
+    third.attempt = "a4".into();
+    assert_eq!(
+        decide(&store, &third).await,
+        DecideAnswer::Duplicate {
+            outcomes: OUTCOMES.to_owned(),
+            same_source: true
+        }
     );
 }
 

@@ -24,6 +24,7 @@ macro_rules! ledger_suite_tests {
             a_repeat_after_expiry_is_not_a_retry,
             one_pending_approval_per_group,
             pending_summary_counts_and_finds_the_oldest,
+            every_pending_approval_is_listed,
             trust_keeps_a_rolling_window,
             demotion_is_sticky_until_promoted,
         );
@@ -321,6 +322,20 @@ pub async fn trust_keeps_a_rolling_window(s: Ledger) {
     assert_eq!((t.successes, t.total), (4, 4), "the two old failures left the window");
     let t = s.record_trust(&rb, false, 4).await.unwrap();
     assert_eq!((t.successes, t.total), (3, 4));
+    let t = s.trust(&rb, 2).await.unwrap();
+    assert_eq!((t.successes, t.total), (1, 2), "a smaller window reads the newest only");
+}
+
+/// The listing has every pending approval, however many.
+pub async fn every_pending_approval_is_listed(s: Ledger) {
+    let ids: Vec<String> = (0..5).map(|_| unique()).collect();
+    for id in &ids {
+        s.create_approval(&approval(id), 60_000).await.unwrap();
+    }
+    let pending: Vec<String> = s.pending_approvals().await.unwrap().into_iter().map(|a| a.id).collect();
+    for id in &ids {
+        assert!(pending.contains(id), "{id} missing from {pending:?}");
+    }
 }
 
 pub async fn demotion_is_sticky_until_promoted(s: Ledger) {
