@@ -197,8 +197,33 @@ pub struct Outcome {
     pub duration_ms: u64,
 }
 
+/// `2026-12-07T14:34:24.123Z`: what `to_rfc3339_opts(SecondsFormat::Millis, true)` writes,
+/// without its allocation and formatting machinery (every outcome is serialised once for its
+/// record and once for the topic, with two instants each). Years outside 0-9999 and leap
+/// seconds, which that format writes differently, are left to chrono.
 fn rfc3339_millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999);
+    let (Some(year), false) = (year, t.nanosecond() >= 1_000_000_000) else {
+        return s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
+    };
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    for (at, width, value) in [
+        (0, 4, year),
+        (5, 2, t.month()),
+        (8, 2, t.day()),
+        (11, 2, t.hour()),
+        (14, 2, t.minute()),
+        (17, 2, t.second()),
+        (20, 3, t.nanosecond() / 1_000_000),
+    ] {
+        let mut v = value;
+        for digit in text[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
 }
 
 impl Outcome {
@@ -206,5 +231,58 @@ impl Outcome {
     pub fn to_json(&self) -> String {
         // Serialising these plain types cannot fail (no maps with non-string keys, finite floats).
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"outcome serialisation failed: {e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// The instants of an outcome read exactly as chrono's RFC 3339 with milliseconds, across
+    /// the range of years and at every field's edges (and chrono's own text where it differs).
+    #[test]
+    fn instants_are_written_as_chrono_writes_them() {
+        let write = |t: DateTime<Utc>| {
+            let mut out = Vec::new();
+            rfc3339_millis(&t, &mut serde_json::Serializer::new(&mut out)).expect("serialised");
+            String::from_utf8(out).expect("UTF-8")
+        };
+        let mut instants: Vec<DateTime<Utc>> = [
+            "0000-01-01T00:00:00Z",
+            "0009-02-03T04:05:06.007Z",
+            "1970-01-01T00:00:00Z",
+            "1999-12-31T23:59:59.999999999Z",
+            "2026-12-07T14:34:24.123456Z",
+            "2028-02-29T12:00:00.5Z",
+            "9999-12-31T23:59:59.999Z",
+            "2016-12-31T23:59:60.250Z",
+        ]
+        .iter()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        })
+        .collect();
+        instants.push(
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0)
+                .single()
+                .expect("year 10000"),
+        );
+        instants.push(Utc.with_ymd_and_hms(-1, 6, 15, 10, 20, 30).single().expect("year -1"));
+        // And a spread of ordinary instants, a prime number of milliseconds apart.
+        let mut t = DateTime::from_timestamp_millis(-62_000_000_000_000).expect("t");
+        while t.timestamp() < 253_402_300_799 {
+            instants.push(t);
+            t += chrono::Duration::milliseconds(9_999_999_967);
+        }
+        for t in instants {
+            assert_eq!(
+                write(t),
+                format!("\"{}\"", t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                "{t:?}"
+            );
+        }
     }
 }

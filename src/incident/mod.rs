@@ -152,8 +152,16 @@ fn duplicate_key(bytes: &[u8]) -> Option<String> {
     use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
     use std::cell::RefCell;
 
+    /// One step from the document's root towards the value being walked.
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+    /// The walk keeps the steps to where it is and writes a path only for the key it finds
+    /// repeated (most documents have none, and writing one per value cost more than the parse).
+    #[derive(Clone, Copy)]
     struct Walk<'a> {
-        path: String,
+        steps: &'a RefCell<Vec<Step>>,
         found: &'a RefCell<Option<String>>,
     }
     impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -186,49 +194,55 @@ fn duplicate_key(bytes: &[u8]) -> Option<String> {
             Ok(())
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let mut i = 0;
-            while seq
-                .next_element_seed(Walk {
-                    path: format!("{}[{i}]", self.path),
-                    found: self.found,
-                })?
-                .is_some()
-            {
-                i += 1;
+            for i in 0.. {
+                self.steps.borrow_mut().push(Step::Index(i));
+                let more = seq.next_element_seed(self)?.is_some();
+                self.steps.borrow_mut().pop();
+                if !more {
+                    break;
+                }
             }
             Ok(())
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut seen = std::collections::HashSet::new();
             while let Some(key) = map.next_key::<String>()? {
-                // An empty key still needs a visible name in the path.
-                let name = if key.is_empty() {
-                    "\"\"".to_string()
-                } else {
-                    shorten(&key)
-                };
-                let path = if self.path.is_empty() {
-                    name
-                } else {
-                    format!("{}.{name}", self.path)
-                };
-                if !seen.insert(key) {
-                    *self.found.borrow_mut() = Some(path);
+                if seen.contains(&key) {
+                    *self.found.borrow_mut() = Some(path_to(&self.steps.borrow(), &key));
                     return Err(A::Error::custom("duplicate key"));
                 }
-                map.next_value_seed(Walk {
-                    path,
-                    found: self.found,
-                })?;
+                self.steps.borrow_mut().push(Step::Key(key));
+                map.next_value_seed(self)?;
+                if let Some(Step::Key(key)) = self.steps.borrow_mut().pop() {
+                    seen.insert(key);
+                }
             }
             Ok(())
         }
     }
+    /// `confidence`, `context.pod_name`, `services[1].x`: the steps, then the repeated key.
+    fn path_to(steps: &[Step], key: &str) -> String {
+        // An empty key still needs a visible name in the path.
+        let name = |k: &str| if k.is_empty() { "\"\"".to_owned() } else { shorten(k) };
+        let mut path = String::new();
+        for step in steps {
+            match step {
+                Step::Key(k) if path.is_empty() => path.push_str(&name(k)),
+                Step::Key(k) => path.push_str(&format!(".{}", name(k))),
+                Step::Index(i) => path.push_str(&format!("[{i}]")),
+            }
+        }
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(&name(key));
+        path
+    }
 
-    let found = RefCell::new(None);
+    let (steps, found) = (RefCell::new(Vec::new()), RefCell::new(None));
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let _ = Walk {
-        path: String::new(),
+        steps: &steps,
         found: &found,
     }
     .deserialize(&mut de);

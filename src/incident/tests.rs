@@ -321,6 +321,8 @@ fn repeated_keys_are_rejected_with_their_path() {
         // Found by `cargo fuzz` (fuzz/fuzz_targets/incident_parse.rs): an empty key repeated.
         (r#"{"kd":"Iffk","":0.95,"skd":"Iffk","":0.95,"ervice":"er"}"#, r#""""#),
         (r#"{"id":"a","context":{"":1,"":2}}"#, r#"context."""#),
+        (r#"{"id":"a","x":[[1,{"k":1}],[{"k":1,"k":2}]]}"#, "x[1][0].k"),
+        (r#"{"id":"a","x":[{"k":1},{"j":[{"k":1}],"k":2,"k":3}]}"#, "x[1].k"),
     ];
     for (json, field) in cases {
         let r = rejected(json);
@@ -330,6 +332,10 @@ fn repeated_keys_are_rejected_with_their_path() {
     let (r, p) = parse(br#"{"id":"a","id":"b","root_cause":"x","confidence":0.9,"service":"s"}"#).unwrap_err();
     assert_eq!(r.field, "id");
     assert_eq!(p.id, None, "an ambiguous id names no incident");
+    // Long keys are shortened in the path, as everywhere a value is named.
+    let long = "k".repeat(70);
+    let r = rejected(&format!(r#"{{"id":"a","{long}":{{"{long}":1,"{long}":2}}}}"#));
+    assert_eq!(r.field, format!("{0}….{0}…", "k".repeat(64)));
     // The same key in different objects is not a repetition.
     parse(br#"{"id":"a","root_cause":"x","confidence":0.9,"service":"s","context":{"id":"b"}}"#).unwrap();
 }
