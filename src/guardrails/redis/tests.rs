@@ -86,6 +86,15 @@ fn finish_replies_parse_and_reject_bad_shapes() {
         }
     );
     assert!(current);
+    let (a, current) = parse_finish(&s(&["CLOSED", "0", "0", "stale"])).expect("finish");
+    assert_eq!(
+        (a.circuit, a.failures, a.opened, current),
+        (CircuitState::Closed, 0, false, false)
+    );
+    assert!(matches!(
+        parse_finish(&s(&["OPEN", "3", "1", "mine"])),
+        Err(StoreError::Protocol(_))
+    ));
     assert!(matches!(
         parse_finish(&s(&["AJAR", "3", "1", "current"])),
         Err(StoreError::Protocol(_))
@@ -217,6 +226,21 @@ fn batch_replies_answer_each_request_up_to_the_first_that_ends_the_batch() {
         assert!(
             matches!(parse_decide_batch(&bad, &reqs), Err(StoreError::Protocol(_))),
             "{what}: {bad:?}"
+        );
+    }
+}
+
+/// `record.lua`'s status: the expected word is `true`, `stale` is `false`, anything else a
+/// protocol error (never read as either).
+#[test]
+fn status_replies_parse_and_reject_bad_shapes() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert!(parse_status("record", "recorded", &s(&["recorded"])).expect("status"));
+    assert!(!parse_status("record", "recorded", &s(&["stale"])).expect("status"));
+    for bad in [s(&[]), s(&["done"]), s(&["recorded", "1"]), s(&["stale", "x"])] {
+        assert!(
+            matches!(parse_status("record", "recorded", &bad), Err(StoreError::Protocol(_))),
+            "{bad:?}"
         );
     }
 }
