@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::guardrail_suite::{check, open_limits, renewal, reserve, scope, Store, LONG_LEASE};
+use common::guardrail_suite::{check, finish, open_limits, renewal, reserve, scope, Store, LONG_LEASE};
 use remediator::clock::{ManualClock, SystemClock};
 use remediator::guardrails::memory::MemoryStore;
 use remediator::guardrails::{
-    Answer, AnswerResult, DecideAnswer, Guardrail, GuardrailStore, LedgerStore, Limits, Renewal,
+    Answer, AnswerResult, DecideAnswer, ExecResult, Guardrail, GuardrailStore, LedgerStore, Limits, Renewal,
 };
 use std::sync::Arc;
 
@@ -264,6 +264,43 @@ async fn an_approval_is_answerable_to_its_last_millisecond() {
     clock.advance(chrono::Duration::milliseconds(1));
     let late = store.answer_approval("a2", &yes).await.expect("answer");
     assert!(matches!(late, AnswerResult::Expired(_)), "{late:?}");
+}
+
+/// The half-open circuit's one probe holds it to the last millisecond of its lease; at its end
+/// the next decision takes the probe.
+#[tokio::test]
+async fn a_probe_holds_the_half_open_circuit_to_the_end_of_its_lease() {
+    let (clock, store) = manual_store();
+    let s = scope("rb", "svc");
+    let limits = open_limits();
+    assert_eq!(
+        store
+            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
+            .await
+            .expect("d"),
+        ALLOWED
+    );
+    store
+        .finish(&finish("i0", "a0", &s, &limits, ExecResult::ForceOpen))
+        .await
+        .expect("finish");
+    clock.advance(chrono::Duration::milliseconds(limits.recovery_ms as i64));
+    let probe = DecideAnswer::Allowed {
+        probe: true,
+        conservative: false,
+    };
+    assert_eq!(
+        store.decide(&reserve("i1", "a1", &s, &limits, 5_000)).await.expect("d"),
+        probe
+    );
+    clock.advance(chrono::Duration::milliseconds(4_999));
+    let held = store.decide(&reserve("i2", "a2", &s, &limits, 5_000)).await.expect("d");
+    assert_eq!(guardrail_of(&held), Some(Guardrail::CircuitOpen), "{held:?}");
+    clock.advance(chrono::Duration::milliseconds(1));
+    assert_eq!(
+        store.decide(&reserve("i3", "a3", &s, &limits, 5_000)).await.expect("d"),
+        probe
+    );
 }
 
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops
