@@ -1535,7 +1535,7 @@ async fn replay_vs_reference(n: usize, t: &mut Table, j: &mut serde_json::Map<St
         "ratio these stages allow",
         format!("{:.2}", reference_us / bound_us),
         format!(
-            "reference engine {reference_us:.2} us per incident; replay at best max(slowest stage, sum / {cores} cores)"
+            "reference engine {reference_us:.2} us per incident; replay takes about max(slowest stage, sum / {cores} cores), one pass each"
         ),
     );
     j.insert("replay_parse_us".into(), json!(round(stages.parse_us, 2)));
