@@ -42,15 +42,11 @@ async fn a_retry_replays_its_answer_until_the_last_millisecond_of_its_lease() {
         probe: false,
         conservative: false,
     };
-    assert_eq!(store.decide(&a).await.expect("d"), allowed);
+    assert_eq!(d(&store, &a).await, allowed);
     clock.advance(chrono::Duration::milliseconds(4_999));
-    assert_eq!(
-        store.decide(&a).await.expect("d"),
-        allowed,
-        "the lease's last millisecond"
-    );
+    assert_eq!(d(&store, &a).await, allowed, "the lease's last millisecond");
     clock.advance(chrono::Duration::milliseconds(1));
-    match store.decide(&a).await.expect("d") {
+    match d(&store, &a).await {
         DecideAnswer::Blocked {
             guardrail: Guardrail::Cooldown,
             ..
@@ -70,6 +66,11 @@ const ALLOWED: DecideAnswer = DecideAnswer::Allowed {
     conservative: false,
 };
 
+/// The memory store's answer to `req` (it never fails).
+async fn d(store: &MemoryStore, req: &remediator::guardrails::DecideRequest) -> DecideAnswer {
+    store.decide(req).await.expect("decide")
+}
+
 fn guardrail_of(answer: &DecideAnswer) -> Option<Guardrail> {
     match answer {
         DecideAnswer::Blocked { guardrail, .. } => Some(*guardrail),
@@ -84,13 +85,10 @@ async fn a_claim_holds_to_the_last_millisecond_of_its_lease() {
     let (clock, store) = manual_store();
     let s = scope("rb", "svc");
     let limits = open_limits();
-    assert_eq!(
-        store.decide(&check("i1", "a1", &s, &limits, 5_000)).await.expect("d"),
-        ALLOWED
-    );
+    assert_eq!(d(&store, &check("i1", "a1", &s, &limits, 5_000)).await, ALLOWED);
     clock.advance(chrono::Duration::milliseconds(1_234));
     assert_eq!(
-        store.decide(&check("i1", "a2", &s, &limits, 5_000)).await.expect("d"),
+        d(&store, &check("i1", "a2", &s, &limits, 5_000)).await,
         DecideAnswer::InProgress {
             worker: "w1".into(),
             retry_after_ms: 3_766
@@ -98,7 +96,7 @@ async fn a_claim_holds_to_the_last_millisecond_of_its_lease() {
     );
     clock.advance(chrono::Duration::milliseconds(3_765));
     assert_eq!(
-        store.decide(&check("i1", "a3", &s, &limits, 5_000)).await.expect("d"),
+        d(&store, &check("i1", "a3", &s, &limits, 5_000)).await,
         DecideAnswer::InProgress {
             worker: "w1".into(),
             retry_after_ms: 1
@@ -106,7 +104,7 @@ async fn a_claim_holds_to_the_last_millisecond_of_its_lease() {
     );
     clock.advance(chrono::Duration::milliseconds(1));
     assert_eq!(
-        store.decide(&check("i1", "a4", &s, &limits, 5_000)).await.expect("d"),
+        d(&store, &check("i1", "a4", &s, &limits, 5_000)).await,
         ALLOWED,
         "at the lease's end the claim is taken over"
     );
@@ -124,27 +122,12 @@ async fn a_cooldown_shorter_than_the_window_frees_at_its_exact_end() {
         cooldown_ms: 10_000,
         ..open_limits()
     };
-    assert_eq!(
-        store
-            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        ALLOWED
-    );
+    assert_eq!(d(&store, &reserve("i0", "a0", &s, &limits, LONG_LEASE)).await, ALLOWED);
     clock.advance(chrono::Duration::milliseconds(9_999));
-    let held = store
-        .decide(&reserve("i1", "a1", &s, &limits, LONG_LEASE))
-        .await
-        .expect("d");
+    let held = d(&store, &reserve("i1", "a1", &s, &limits, LONG_LEASE)).await;
     assert_eq!(guardrail_of(&held), Some(Guardrail::Cooldown), "{held:?}");
     clock.advance(chrono::Duration::milliseconds(1));
-    assert_eq!(
-        store
-            .decide(&reserve("i2", "a2", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        ALLOWED
-    );
+    assert_eq!(d(&store, &reserve("i2", "a2", &s, &limits, LONG_LEASE)).await, ALLOWED);
 }
 
 /// With a cooldown longer than the rate window, an entry exactly one window old no longer
@@ -159,24 +142,12 @@ async fn a_rate_entry_one_window_old_no_longer_counts_under_a_longer_cooldown() 
         cooldown_ms: 120_000,
         ..open_limits()
     };
-    assert_eq!(
-        store
-            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        ALLOWED
-    );
+    assert_eq!(d(&store, &reserve("i0", "a0", &s, &limits, LONG_LEASE)).await, ALLOWED);
     clock.advance(chrono::Duration::milliseconds(59_999));
-    let rate = store
-        .decide(&reserve("i1", "a1", &s, &limits, LONG_LEASE))
-        .await
-        .expect("d");
+    let rate = d(&store, &reserve("i1", "a1", &s, &limits, LONG_LEASE)).await;
     assert_eq!(guardrail_of(&rate), Some(Guardrail::RateLimit), "{rate:?}");
     clock.advance(chrono::Duration::milliseconds(1));
-    let cooldown = store
-        .decide(&reserve("i2", "a2", &s, &limits, LONG_LEASE))
-        .await
-        .expect("d");
+    let cooldown = d(&store, &reserve("i2", "a2", &s, &limits, LONG_LEASE)).await;
     assert_eq!(guardrail_of(&cooldown), Some(Guardrail::Cooldown), "{cooldown:?}");
 }
 
@@ -206,18 +177,12 @@ async fn blast_radius_frees_at_the_exact_end_of_a_lease_or_window() {
     ] {
         let (clock, store) = manual_store();
         let first = reserve("i0", "a0", &scope("rb", "svc-0"), &limits, first_lease);
-        assert_eq!(store.decide(&first).await.expect("d"), ALLOWED, "{what}");
+        assert_eq!(d(&store, &first).await, ALLOWED, "{what}");
         clock.advance(chrono::Duration::milliseconds(frees_after - 1));
-        let held = store
-            .decide(&reserve("i1", "a1", &scope("rb", "svc-1"), &limits, LONG_LEASE))
-            .await
-            .expect("d");
+        let held = d(&store, &reserve("i1", "a1", &scope("rb", "svc-1"), &limits, LONG_LEASE)).await;
         assert_eq!(guardrail_of(&held), Some(Guardrail::BlastRadius), "{what}: {held:?}");
         clock.advance(chrono::Duration::milliseconds(1));
-        let freed = store
-            .decide(&reserve("i2", "a2", &scope("rb", "svc-2"), &limits, 1_000))
-            .await
-            .expect("d");
+        let freed = d(&store, &reserve("i2", "a2", &scope("rb", "svc-2"), &limits, 1_000)).await;
         assert_eq!(freed, ALLOWED, "{what} frees at its exact end");
     }
 }
@@ -230,7 +195,7 @@ async fn a_renewal_at_the_lease_s_end_reacquires_it() {
     let (clock, store) = manual_store();
     let limits = open_limits();
     let a = reserve("i0", "a0", &scope("rb", "svc"), &limits, 5_000);
-    assert_eq!(store.decide(&a).await.expect("d"), ALLOWED);
+    assert_eq!(d(&store, &a).await, ALLOWED);
     clock.advance(chrono::Duration::milliseconds(4_999));
     let renew = renewal("i0", "a0", "rb", 5_000, 1);
     assert_eq!(store.renew(&renew).await.expect("r"), Renewal::Renewed);
@@ -273,13 +238,7 @@ async fn a_probe_holds_the_half_open_circuit_to_the_end_of_its_lease() {
     let (clock, store) = manual_store();
     let s = scope("rb", "svc");
     let limits = open_limits();
-    assert_eq!(
-        store
-            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        ALLOWED
-    );
+    assert_eq!(d(&store, &reserve("i0", "a0", &s, &limits, LONG_LEASE)).await, ALLOWED);
     store
         .finish(&finish("i0", "a0", &s, &limits, ExecResult::ForceOpen))
         .await
@@ -289,18 +248,12 @@ async fn a_probe_holds_the_half_open_circuit_to_the_end_of_its_lease() {
         probe: true,
         conservative: false,
     };
-    assert_eq!(
-        store.decide(&reserve("i1", "a1", &s, &limits, 5_000)).await.expect("d"),
-        probe
-    );
+    assert_eq!(d(&store, &reserve("i1", "a1", &s, &limits, 5_000)).await, probe);
     clock.advance(chrono::Duration::milliseconds(4_999));
-    let held = store.decide(&reserve("i2", "a2", &s, &limits, 5_000)).await.expect("d");
+    let held = d(&store, &reserve("i2", "a2", &s, &limits, 5_000)).await;
     assert_eq!(guardrail_of(&held), Some(Guardrail::CircuitOpen), "{held:?}");
     clock.advance(chrono::Duration::milliseconds(1));
-    assert_eq!(
-        store.decide(&reserve("i3", "a3", &s, &limits, 5_000)).await.expect("d"),
-        probe
-    );
+    assert_eq!(d(&store, &reserve("i3", "a3", &s, &limits, 5_000)).await, probe);
 }
 
 /// With a manual clock the sliding window is exact to the millisecond: the oldest entry stops
@@ -319,40 +272,19 @@ async fn manual_clock_rate_window_is_exact_to_the_millisecond() {
         probe: false,
         conservative: false,
     };
-    assert_eq!(
-        store
-            .decide(&reserve("i0", "a0", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        allowed
-    );
+    assert_eq!(d(&store, &reserve("i0", "a0", &s, &limits, LONG_LEASE)).await, allowed);
     clock.advance(chrono::Duration::minutes(10));
-    assert_eq!(
-        store
-            .decide(&reserve("i1", "a1", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        allowed
-    );
+    assert_eq!(d(&store, &reserve("i1", "a1", &s, &limits, LONG_LEASE)).await, allowed);
     clock.advance(chrono::Duration::milliseconds(50 * 60_000 - 1));
     assert_eq!(
-        store
-            .decide(&reserve("i2", "a2", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
+        d(&store, &reserve("i2", "a2", &s, &limits, LONG_LEASE)).await,
         DecideAnswer::Blocked {
             guardrail: Guardrail::RateLimit,
             detail: "rate limit 2/hour reached (next slot in 1s)".into()
         }
     );
     clock.advance(chrono::Duration::milliseconds(1));
-    assert_eq!(
-        store
-            .decide(&reserve("i3", "a3", &s, &limits, LONG_LEASE))
-            .await
-            .expect("d"),
-        allowed
-    );
+    assert_eq!(d(&store, &reserve("i3", "a3", &s, &limits, LONG_LEASE)).await, allowed);
 }
 
 /// The record of an action that started lives the idempotency TTL, not lease + claim grace: a
@@ -373,37 +305,19 @@ async fn started_action_record_lives_the_idempotency_ttl() {
         conservative: false,
     };
     let interrupted = DecideAnswer::Interrupted { worker: "w1".into() };
-    assert_eq!(
-        store
-            .decide(&reserve("i1", "a1", &s, &limits, 60_000))
-            .await
-            .expect("d"),
-        allowed
-    );
+    assert_eq!(d(&store, &reserve("i1", "a1", &s, &limits, 60_000)).await, allowed);
     store.renew(&renewal("i1", "a1", "rb", 60_000, 1)).await.expect("renew");
     clock.advance(chrono::Duration::hours(2));
-    assert_eq!(
-        store
-            .decide(&reserve("i1", "a2", &s, &limits, 60_000))
-            .await
-            .expect("d"),
-        interrupted
-    );
+    assert_eq!(d(&store, &reserve("i1", "a2", &s, &limits, 60_000)).await, interrupted);
     clock.advance(chrono::Duration::hours(2));
     assert_eq!(
-        store
-            .decide(&reserve("i1", "a3", &s, &limits, 60_000))
-            .await
-            .expect("d"),
+        d(&store, &reserve("i1", "a3", &s, &limits, 60_000)).await,
         interrupted,
         "the interrupted claim lives as long"
     );
     clock.advance(chrono::Duration::hours(25));
     assert_eq!(
-        store
-            .decide(&reserve("i1", "a4", &s, &limits, 60_000))
-            .await
-            .expect("d"),
+        d(&store, &reserve("i1", "a4", &s, &limits, 60_000)).await,
         allowed,
         "past the idempotency TTL the id is new again"
     );

@@ -158,7 +158,7 @@ fn duplicate_key(bytes: &[u8]) -> Option<String> {
         Index(usize),
     }
     /// The walk keeps the steps to where it is and writes a path only for the key it finds
-    /// repeated (most documents have none, and writing one per value cost more than the parse).
+    /// repeated (most documents have none; it used to format one for every key and element).
     #[derive(Clone, Copy)]
     struct Walk<'a> {
         steps: &'a RefCell<Vec<Step>>,
