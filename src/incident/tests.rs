@@ -322,6 +322,10 @@ fn repeated_keys_are_rejected_with_their_path() {
         (r#"{"kd":"Iffk","":0.95,"skd":"Iffk","":0.95,"ervice":"er"}"#, r#""""#),
         (r#"{"id":"a","context":{"":1,"":2}}"#, r#"context."""#),
         (r#"{"id":"a","x":[[1,{"k":1}],[{"k":1,"k":2}]]}"#, "x[1][0].k"),
+        (
+            r#"{"id":"a","context":{"deep":{"er":{"k":1,"k":2}}}}"#,
+            "context.deep.er.k",
+        ),
         (r#"{"id":"a","x":[{"k":1},{"j":[{"k":1}],"k":2,"k":3}]}"#, "x[1].k"),
     ];
     for (json, field) in cases {
