@@ -130,6 +130,18 @@ async fn a_cooldown_shorter_than_the_window_frees_at_its_exact_end() {
     assert_eq!(d(&store, &reserve("i2", "a2", &s, &limits, LONG_LEASE)).await, ALLOWED);
 }
 
+/// Without a cooldown nothing is ever blocked by one, even when the clock steps back behind the
+/// last execution (a newest entry "in the future" starts no cooldown of zero length).
+#[tokio::test]
+async fn no_cooldown_blocks_nothing_even_after_the_clock_steps_back() {
+    let (clock, store) = manual_store();
+    let s = scope("rb", "svc");
+    let limits = open_limits();
+    assert_eq!(d(&store, &reserve("i0", "a0", &s, &limits, LONG_LEASE)).await, ALLOWED);
+    clock.advance(chrono::Duration::milliseconds(-1_000));
+    assert_eq!(d(&store, &reserve("i1", "a1", &s, &limits, LONG_LEASE)).await, ALLOWED);
+}
+
 /// With a cooldown longer than the rate window, an entry exactly one window old no longer
 /// counts for the rate limit (so what blocks is the cooldown, and says so).
 #[tokio::test]
