@@ -16,6 +16,8 @@
 #   4. promtool (apt: Debian's `prometheus` package, only when missing) and scripts/helm.sh install
 #      (helm built once from the Go module proxy, cached in ~/.cache/remediator/helm): for
 #      tests/observability_assets.rs and tests/helm.rs
+#      chromium + chromedriver (apt: Debian's `chromium` and `chromium-driver`, only when missing): the
+#      real browser of tests/console.rs
 #   5. cargo-nextest (built once from crates.io into ~/.cache/remediator/cargo-nextest-<version>)
 #   6. cargo-deny (built once from crates.io by scripts/cargo-tool.sh into ~/.cache/remediator/cargo-deny-<version>)
 #   7. cargo fmt --all -- --check
@@ -177,6 +179,20 @@ promtool_prereq() {
 }
 
 step "promtool (apt)" promtool_prereq
+
+# --- hook: a real browser ---------------------------------------------------------------------------
+# tests/console.rs drives the approvals console in headless Chromium through ChromeDriver (Debian's
+# `chromium` and `chromium-driver`, ~20 s to install; only when missing).
+browser_prereq() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then log "chromium and chromedriver present"; return 0; fi
+  local sudo=()
+  if [ "$EUID" -ne 0 ] && command -v sudo >/dev/null; then sudo=(sudo); fi
+  log "apt-get install chromium chromium-driver (for tests/console.rs)"
+  "${sudo[@]}" apt-get update -qq >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2
+}
+step "chromium + chromedriver (apt)" browser_prereq
 step "helm.sh install" bash scripts/helm.sh install
 
 # --- hook: cargo-nextest ------------------------------------------------------------------------

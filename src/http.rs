@@ -1,7 +1,8 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
 //! `/readyz` (Kafka, the guardrail store and the executor are all reachable), plus the
 //! Alertmanager webhook (`POST /v1/alertmanager`, see `crate::alertmanager`) when it is enabled, and
-//! the approval API (`/v1/approvals`, see `crate::approval`) when a token is configured.
+//! the approval API (`/v1/approvals`, see `crate::approval`) and the approvals console
+//! (`/console`, see `crate::console`) when a token is configured.
 
 use crate::alertmanager::Intake;
 use crate::health::Health;
@@ -22,13 +23,9 @@ struct AppState {
 }
 
 /// The router, separate from serving so tests can call it directly. `intake` adds the
-/// Alertmanager webhook route (`None`: the route does not exist, 404).
-pub fn router(
-    metrics: Metrics,
-    health: Arc<Health>,
-    intake: Option<Arc<Intake>>,
-    approvals: Option<Arc<crate::approval::Api>>,
-) -> Router {
+/// Alertmanager webhook route (`None`: the route does not exist, 404); `humans` the routes of
+/// the approval API and the console.
+pub fn router(metrics: Metrics, health: Arc<Health>, intake: Option<Arc<Intake>>, humans: Option<Router>) -> Router {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -38,10 +35,18 @@ pub fn router(
         Some(intake) => app.merge(intake.routes()),
         None => app,
     };
-    match approvals {
-        Some(api) => app.merge(api.routes()),
+    match humans {
+        Some(routes) => app.merge(routes),
         None => app,
     }
+}
+
+/// The bearer token of an `Authorization: Bearer <token>` header, if the request has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -81,12 +86,12 @@ pub async fn serve(
     metrics: Metrics,
     health: Arc<Health>,
     intake: Option<Arc<Intake>>,
-    approvals: Option<Arc<crate::approval::Api>>,
+    humans: Option<Router>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(metrics, health, intake, approvals);
+    let app = router(metrics, health, intake, humans);
     // Owned by the shutdown tracker: in-flight requests (an approval answer) finish first.
     let task = shutdown.clone().spawn(async move {
         let served = axum::serve(listener, app)

@@ -10,6 +10,7 @@ pub mod approval;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod decision;
 pub mod demo;
 pub mod engine;

@@ -26,8 +26,10 @@ const ATTEMPTS: u32 = 3;
 /// A handle that queues outcomes for the webhook.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<Outcome>,
+    tx: mpsc::Sender<(Outcome, Option<String>)>,
     metrics: Metrics,
+    /// `console.public_url`: approval requests link to their page there.
+    console: Option<String>,
 }
 
 impl Notifier {
@@ -54,11 +56,15 @@ impl Notifier {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("notify webhook client: {e}"))?;
-        let (tx, mut rx) = mpsc::channel::<Outcome>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(Outcome, Option<String>)>(QUEUE);
         let m = metrics.clone();
         let sender = async move {
-            while let Some(o) = rx.recv().await {
-                let body = serde_json::json!({ "text": text(&o) });
+            while let Some((o, link)) = rx.recv().await {
+                let mut line = text(&o);
+                if let Some(link) = link {
+                    line.push_str(&format!(" — review: {link}"));
+                }
+                let body = serde_json::json!({ "text": line });
                 let mut sent = false;
                 let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
                 for attempt in 0..ATTEMPTS {
@@ -80,16 +86,48 @@ impl Notifier {
                     .inc();
             }
         };
-        Ok((Self { tx, metrics }, sender))
+        Ok((
+            Self {
+                tx,
+                metrics,
+                console: None,
+            },
+            sender,
+        ))
+    }
+
+    /// Link approval requests to their page in the console at `public_url`
+    /// (`console.public_url`; "" = no link).
+    pub fn with_console(mut self, public_url: &str) -> Self {
+        self.console = Some(public_url.to_string()).filter(|u| !u.is_empty());
+        self
     }
 
     /// Queue an outcome; never waits.
     pub fn notify(&self, o: &Outcome) {
-        if self.tx.try_send(o.clone()).is_err() {
+        let link = match (&self.console, o.decision, &o.approval_id) {
+            (Some(base), Decision::ApprovalRequired, Some(id)) => Some(approval_link(base, id)),
+            _ => None,
+        };
+        if self.tx.try_send((o.clone(), link)).is_err() {
             warn!(incident_id = ?o.incident_id, "notification queue full; notification dropped");
             self.metrics.notifications.with_label_values(&["dropped"]).inc();
         }
     }
+}
+
+/// The console page of approval `id` under `public_url`: `<public_url>#approval/<id>`, the id
+/// percent-encoded (approval ids are UUIDs the worker made, but a link is no place to trust that).
+pub fn approval_link(public_url: &str, id: &str) -> String {
+    let mut link = format!("{public_url}#approval/");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            link.push(char::from(b));
+        } else {
+            link.push_str(&format!("%{b:02X}"));
+        }
+    }
+    link
 }
 
 /// One line a human reads in a chat channel.

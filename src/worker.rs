@@ -297,7 +297,9 @@ pub async fn run(config: Config) -> Result<()> {
     );
     if let Some(url) = crate::config::secret(crate::notify::URL_ENV, &config.notify.webhook_url_file)? {
         engine = engine.with_notifier(
-            crate::notify::Notifier::spawn_tracked(&url, metrics.clone(), &shutdown).map_err(|e| anyhow!(e))?,
+            crate::notify::Notifier::spawn_tracked(&url, metrics.clone(), &shutdown)
+                .map_err(|e| anyhow!(e))?
+                .with_console(&config.console.public_url),
         );
         info!("notifications: every outcome also goes to the configured webhook");
     }
@@ -315,11 +317,12 @@ pub async fn run(config: Config) -> Result<()> {
         None
     };
     let publisher = crate::approval::Publisher::new(&config.kafka).map_err(|e| anyhow!(e))?;
-    let approvals = match crate::config::secret(crate::approval::TOKEN_ENV, &config.approvals.token_file)? {
+    let token_of_api = crate::config::secret(crate::approval::TOKEN_ENV, &config.approvals.token_file)?;
+    let approvals = match &token_of_api {
         Some(token) => Some(Arc::new(crate::approval::Api::new(
             Arc::clone(&engine),
             publisher.clone(),
-            token,
+            token.clone(),
             shutdown.clone(),
         ))),
         None => {
@@ -341,12 +344,28 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         info!("approvals topic not consumed (approvals.topic_enabled is false)");
     }
+    // The approvals console rides on the approval API: same token, same answers.
+    let humans = approvals.zip(token_of_api).map(|(api, token)| {
+        let routes = api.routes();
+        if !config.console.enabled {
+            return routes;
+        }
+        let recent = crate::console::Recent::new(config.console.recent_outcomes);
+        shutdown.clone().spawn(recent.clone().tail(
+            config.kafka.clone(),
+            config.kafka.outcomes_topic.clone(),
+            shutdown.clone(),
+        ));
+        let console = crate::console::Console::new(Arc::clone(&engine), token, recent);
+        info!("approvals console at /console");
+        routes.merge(Arc::new(console).routes())
+    });
     let (addr, http_task) = crate::http::serve(
         &config.http.listen,
         metrics,
         Arc::clone(&health),
         intake,
-        approvals,
+        humans,
         shutdown.clone(),
     )
     .await
@@ -426,42 +445,38 @@ pub async fn runbooks_report(config: &Config) -> Result<String> {
     use std::fmt::Write;
     let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
     let store = store(config).await?;
+    let statuses = crate::console::runbook_statuses(&catalogue, store.as_ref())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let mut out = format!(
         "{:<22} {:<6} {:<9} {:<9} {:>8} {:>10}  {}\n",
         "RUNBOOK", "RISK", "MODE", "CIRCUIT", "SUCCESS", "EXECUTIONS", "TRUST"
     );
-    for rb in catalogue.runbooks() {
-        let window = rb.trust.map(|t| t.window).unwrap_or(20);
-        let stats = store.trust(&rb.id, window).await.map_err(|e| anyhow!("{e}"))?;
-        let circuit = store.circuit(&rb.id).await.map_err(|e| anyhow!("{e}"))?;
-        let demoted = store.demotion(&rb.id).await.map_err(|e| anyhow!("{e}"))?;
-        let mode = match (&demoted, rb.mode) {
+    for s in statuses {
+        let mode = match (&s.demoted, s.mode) {
             (Some(_), crate::outcome::Mode::Auto) => "approval*",
             (_, m) => m.as_str(),
         };
-        let success = if stats.total == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.0}%", stats.rate() * 100.0)
+        let success = s
+            .success_rate
+            .map_or_else(|| "-".to_string(), |r| format!("{:.0}%", r * 100.0));
+        let mut policy = match &s.demoted {
+            Some(why) => format!("DEMOTED from auto: {why} (remediator promote {})", s.id),
+            None => s.policy,
         };
-        let mut policy = match (rb.trust, &demoted) {
-            (_, Some(why)) => format!("DEMOTED from auto: {why} (remediator promote {})", rb.id),
-            (Some(t), None) => format!("floor {:.0}% after {} runs", t.floor * 100.0, t.min_runs),
-            (None, None) => "no automatic demotion".to_string(),
-        };
-        if let Some(why) = &rb.irreversible_override {
+        if let Some(why) = &s.irreversible_override {
             let _ = write!(policy, "; OVERRIDE auto without rollback: {why}");
         }
-        let risk = format!("{:?}", rb.risk).to_uppercase();
+        let risk = format!("{:?}", s.risk).to_uppercase();
         let _ = writeln!(
             out,
             "{:<22} {:<6} {:<9} {:<9} {:>8} {:>10}  {policy}",
-            rb.id,
+            s.id,
             risk,
             mode,
-            circuit.state.as_str(),
+            s.circuit.as_str(),
             success,
-            format!("{}/{window}", stats.total)
+            format!("{}/{}", s.executions, s.window)
         );
     }
     Ok(out)

@@ -77,7 +77,10 @@ fn engine(notifier: Notifier, metrics: Metrics) -> Engine {
 async fn every_outcome_is_posted_with_retries() {
     let (url, bodies) = webhook().await;
     let metrics = Metrics::new();
-    let e = engine(Notifier::spawn(&url, metrics.clone()).unwrap(), metrics.clone());
+    let notifier = Notifier::spawn(&url, metrics.clone())
+        .unwrap()
+        .with_console("https://remediator.example.com/console");
+    let e = engine(notifier, metrics.clone());
     for line in include_str!("data/seed-incidents.jsonl").lines().take(4) {
         e.handle(line.as_bytes(), None, &uuid::Uuid::new_v4().to_string())
             .await
@@ -109,6 +112,18 @@ async fn every_outcome_is_posted_with_retries() {
     assert!(texts
         .iter()
         .any(|t| t.contains("INC003") && t.contains("approval required") && t.contains("approval ")));
+    // The approval request links to its page in the console; nothing else has a link.
+    let asking = texts.iter().find(|t| t.contains("INC003")).unwrap();
+    let link = asking
+        .split(" — review: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no console link: {asking}"));
+    let id = link
+        .strip_prefix("https://remediator.example.com/console#approval/")
+        .unwrap_or_else(|| panic!("{link}"));
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{link}");
+    assert!(asking.contains(&format!("approval {id}")), "{asking}");
+    assert_eq!(texts.iter().filter(|t| t.contains("review:")).count(), 1, "{texts:?}");
     assert!(texts.iter().any(|t| t.contains("INC004") && t.contains("manual")));
     assert!(
         metrics
@@ -152,4 +167,46 @@ fn bad_webhook_urls_are_refused() {
             assert!(Notifier::spawn(bad, Metrics::new()).is_err(), "{bad}");
         }
     });
+}
+
+/// The link to an approval's page keeps only what cannot change its meaning.
+#[test]
+fn an_approval_link_encodes_the_id() {
+    use remediator::notify::approval_link;
+    let base = "https://r.example.com/console";
+    assert_eq!(
+        approval_link(base, "4a062866-57f8-4fe8-98ea-a17991d39cf8"),
+        "https://r.example.com/console#approval/4a062866-57f8-4fe8-98ea-a17991d39cf8"
+    );
+    assert_eq!(
+        approval_link(base, "a/../b?c=d#e f"),
+        "https://r.example.com/console#approval/a%2F%2E%2E%2Fb%3Fc%3Dd%23e%20f"
+    );
+    assert_eq!(
+        approval_link(base, "é"),
+        "https://r.example.com/console#approval/%C3%A9"
+    );
+}
+
+/// Without a console address, nothing links anywhere (and an empty one is no address).
+#[tokio::test]
+async fn without_a_console_address_no_link_is_added() {
+    let (url, bodies) = webhook().await;
+    let metrics = Metrics::new();
+    let e = engine(
+        Notifier::spawn(&url, metrics.clone()).unwrap().with_console(""),
+        metrics,
+    );
+    let line = include_str!("data/seed-incidents.jsonl").lines().nth(2).unwrap();
+    e.handle(line.as_bytes(), None, "a1").await.unwrap();
+    let t0 = Instant::now();
+    while bodies.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "nothing posted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = bodies.lock().unwrap()[0].clone();
+    assert!(
+        body.contains("approval required") && !body.contains("review:"),
+        "{body}"
+    );
 }

@@ -326,6 +326,32 @@ impl Default for ApprovalsConfig {
     }
 }
 
+/// The approvals console (`GET /console`, README "Approvals console"): served with the approval
+/// API, so only when its token is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console beside the approval API.
+    pub enabled: bool,
+    /// How many of the newest outcomes on the audit topic each replica keeps for the console's
+    /// list (0: none, and the topic is not read).
+    pub recent_outcomes: usize,
+    /// The console's address as humans reach it (`https://remediator.example.com/console`);
+    /// when set, notifications of an approval request link to the approval's page. "" = no
+    /// link.
+    pub public_url: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            recent_outcomes: 200,
+            public_url: String::new(),
+        }
+    }
+}
+
 /// Notification settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -469,6 +495,8 @@ pub struct Config {
     pub guardrails: GuardrailsConfig,
     /// Approvals.
     pub approvals: ApprovalsConfig,
+    /// The approvals console.
+    pub console: ConsoleConfig,
     /// Notifications.
     pub notify: NotifyConfig,
     /// Logging.
@@ -493,6 +521,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             guardrails: GuardrailsConfig::default(),
             approvals: ApprovalsConfig::default(),
+            console: ConsoleConfig::default(),
             notify: NotifyConfig::default(),
             log: LogConfig::default(),
             alertmanager: AlertmanagerConfig::default(),

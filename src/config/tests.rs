@@ -285,6 +285,52 @@ fn durations_parse() {
     assert!(parse_duration("-1s").is_err());
 }
 
+/// The console's keys: its defaults, and addresses a notification link can be built on.
+#[test]
+fn console_keys_have_defaults_and_a_checked_address() {
+    let c = Config::load(None, &env(&[]), &[]).unwrap();
+    assert!(c.console.enabled);
+    assert_eq!(c.console.recent_outcomes, 200);
+    assert_eq!(c.console.public_url, "");
+    let load = |k: &str, v: &str| Config::load(None, &env(&[(k, v)]), &[]);
+    for good in [
+        "https://remediator.example.com/console",
+        "http://127.0.0.1:8080/console",
+    ] {
+        let c = load("REMEDIATOR_CONSOLE_PUBLIC_URL", good).expect(good);
+        assert_eq!(c.console.public_url, good);
+    }
+    for bad in [
+        "remediator.example.com/console",
+        "javascript:alert(1)",
+        "https://example.com/console#x",
+        "https://example.com/con sole",
+        "https://example.com/\nconsole",
+    ] {
+        let e = load("REMEDIATOR_CONSOLE_PUBLIC_URL", bad).unwrap_err().to_string();
+        assert!(e.starts_with("console.public_url: must"), "{bad:?}: {e}");
+    }
+    assert_eq!(
+        load("REMEDIATOR_CONSOLE_RECENT_OUTCOMES", "10000")
+            .unwrap()
+            .console
+            .recent_outcomes,
+        10_000
+    );
+    assert_eq!(
+        load("REMEDIATOR_CONSOLE_RECENT_OUTCOMES", "0")
+            .unwrap()
+            .console
+            .recent_outcomes,
+        0
+    );
+    let e = load("REMEDIATOR_CONSOLE_RECENT_OUTCOMES", "10001")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "console.recent_outcomes: must be at most 10000");
+    assert!(!load("REMEDIATOR_CONSOLE_ENABLED", "false").unwrap().console.enabled);
+}
+
 mod docs {
     use super::*;
 

@@ -106,6 +106,22 @@ impl Config {
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return Err(invalid("redis.key_prefix", "must be non-empty and contain no braces"));
         }
+        if self.console.recent_outcomes > 10_000 {
+            return Err(invalid("console.recent_outcomes", "must be at most 10000"));
+        }
+        let url = &self.console.public_url;
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(invalid(
+                "console.public_url",
+                "must be an http:// or https:// address (or empty: no link)",
+            ));
+        }
+        if url.contains(|c: char| c.is_whitespace() || c.is_control() || c == '#') {
+            return Err(invalid(
+                "console.public_url",
+                "must not contain spaces, control characters or '#' (the approval's page is added after '#')",
+            ));
+        }
         // The scheme chooses the topology; the message never repeats the URL (it may hold a
         // password).
         crate::guardrails::topology::Topology::parse(&self.redis.url).map_err(|m| invalid("redis.url", m))?;

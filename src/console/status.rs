@@ -1,0 +1,88 @@
+//! What each runbook is allowed to do right now, and why: one reading for `remediator runbooks`
+//! and the console.
+
+use crate::guardrails::{CircuitState, Store, StoreError};
+use crate::outcome::Mode;
+use crate::runbook::{Catalogue, Risk};
+use serde::Serialize;
+
+/// Trust window of a runbook without a trust policy (its record is still kept and shown).
+pub const DEFAULT_WINDOW: u32 = 20;
+
+/// One runbook's state in the store, beside what its catalogue entry says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunbookStatus {
+    /// Runbook id.
+    pub id: String,
+    /// Risk level.
+    pub risk: Risk,
+    /// The mode the catalogue gives it.
+    pub mode: Mode,
+    /// The mode decisions use now: `approval` while an `auto` runbook is demoted.
+    pub effective_mode: Mode,
+    /// Why it was demoted from auto (`remediator promote` lifts it); `None` when it is not.
+    pub demoted: Option<String>,
+    /// Its circuit breaker.
+    pub circuit: CircuitState,
+    /// Consecutive failures the circuit counts.
+    pub consecutive_failures: u32,
+    /// Verified successes over the executions counted; `None` before the first execution.
+    pub success_rate: Option<f64>,
+    /// Executions counted (the most recent, at most `window`).
+    pub executions: u32,
+    /// How many recent executions the rate is computed over.
+    pub window: u32,
+    /// The trust policy, in words (`floor 80% after 5 runs`), or that there is none.
+    pub policy: String,
+    /// Why it may run `auto` without a rollback, when its catalogue entry says so.
+    pub irreversible_override: Option<String>,
+    /// Lowest RCA confidence it acts on.
+    pub min_confidence: f64,
+    /// What it does (`restart_deployment`, `scale_deployment`, ...).
+    pub action: &'static str,
+    /// Checks run before the action.
+    pub pre_checks: Vec<&'static str>,
+    /// Checks that verify it.
+    pub post_checks: Vec<&'static str>,
+    /// What undoes it when verification fails (`None`: nothing).
+    pub rollback: Option<&'static str>,
+}
+
+/// Every runbook of `catalogue`, in catalogue order, as `store` sees it now.
+pub async fn runbook_statuses(catalogue: &Catalogue, store: &dyn Store) -> Result<Vec<RunbookStatus>, StoreError> {
+    let mut out = Vec::with_capacity(catalogue.len());
+    for rb in catalogue.runbooks() {
+        let window = rb.trust.map(|t| t.window).unwrap_or(DEFAULT_WINDOW);
+        let stats = store.trust(&rb.id, window).await?;
+        let circuit = store.circuit(&rb.id).await?;
+        let demoted = store.demotion(&rb.id).await?;
+        let effective_mode = match (&demoted, rb.mode) {
+            (Some(_), Mode::Auto) => Mode::Approval,
+            (_, m) => m,
+        };
+        let policy = match rb.trust {
+            Some(t) => format!("floor {:.0}% after {} runs", t.floor * 100.0, t.min_runs),
+            None => "no automatic demotion".to_string(),
+        };
+        out.push(RunbookStatus {
+            id: rb.id.clone(),
+            risk: rb.risk,
+            mode: rb.mode,
+            effective_mode,
+            demoted,
+            circuit: circuit.state,
+            consecutive_failures: circuit.failures,
+            success_rate: (stats.total > 0).then(|| stats.rate()),
+            executions: stats.total,
+            window,
+            policy,
+            irreversible_override: rb.irreversible_override.clone(),
+            min_confidence: rb.min_confidence,
+            action: rb.action.kind(),
+            pre_checks: rb.pre_checks.iter().map(|c| c.name.as_str()).collect(),
+            post_checks: rb.post_checks.iter().map(|c| c.name.as_str()).collect(),
+            rollback: rb.rollback.as_ref().map(|a| a.kind()),
+        });
+    }
+    Ok(out)
+}
