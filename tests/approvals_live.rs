@@ -8,8 +8,8 @@ mod kafka_common;
 #[path = "common/live_worker.rs"]
 mod live_worker;
 
-use kafka_common::{bootstrap, committed, produce, read, redis_url, unique, Msg, Topics};
-use live_worker::{create_topic, free_port, incident, ready, text, worker_env, Child};
+use kafka_common::{bootstrap, committed, produce, read, redis_url, unique, Msg};
+use live_worker::{incident, ready, text, Setup};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -36,22 +36,16 @@ async fn approvals_over_http_and_kafka_with_refusals_and_manual_runs() {
     let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
         return;
     };
-    let topics = Topics::create(&brokers, 1).await;
-    let approvals_topic = unique("approvals");
-    create_topic(&brokers, &approvals_topic).await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut env = worker_env(&brokers, &redis, &topics, &approvals_topic, port);
+    let Setup {
+        topics,
+        approvals_topic,
+        url,
+        mut env,
+    } = Setup::new(&brokers, &redis).await;
     env.vars
         .push(("REMEDIATOR_APPROVALS_TOPIC_ENABLED".into(), "true".into()));
     env.vars.push(("REMEDIATOR_APPROVAL_HMAC_KEY".into(), HMAC_KEY.into()));
-    let _worker = Child(
-        env.command(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run"),
-    );
+    let _worker = env.spawn_run(&[]);
     ready(&url).await;
 
     // Three HIGH-risk incidents ask for approval.
@@ -292,12 +286,12 @@ async fn the_approvals_topic_is_off_by_default_and_needs_a_key() {
     let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
         return;
     };
-    let topics = Topics::create(&brokers, 1).await;
-    let approvals_topic = unique("approvals");
-    create_topic(&brokers, &approvals_topic).await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let env = worker_env(&brokers, &redis, &topics, &approvals_topic, port);
+    let Setup {
+        topics,
+        approvals_topic,
+        url,
+        env,
+    } = Setup::new(&brokers, &redis).await;
 
     // Enabled without a key: refused at start, naming what is missing.
     let mut keyless = env.command(&["run"]);
@@ -329,14 +323,7 @@ async fn the_approvals_topic_is_off_by_default_and_needs_a_key() {
         .find(|(k, _)| k == "REMEDIATOR_KAFKA_GROUP_ID")
         .map(|(_, v)| v.clone())
         .unwrap();
-    let _worker = Child(
-        env.command(&["run"])
-            .env("REMEDIATOR_APPROVAL_HMAC_KEY", HMAC_KEY)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run"),
-    );
+    let _worker = env.spawn_run(&[("REMEDIATOR_APPROVAL_HMAC_KEY", HMAC_KEY)]);
     ready(&url).await;
     let id = unique("OFF");
     produce(

@@ -12,9 +12,8 @@ mod live_worker;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use kafka_common::{bootstrap, produce, read, redis_url, unique, Msg, Topics};
-use live_worker::{create_topic, free_port, ready, worker_env, Child};
-use std::process::Stdio;
+use kafka_common::{bootstrap, produce, read, redis_url, unique, Msg};
+use live_worker::{free_port, ready, Setup};
 use std::time::Duration;
 use webdriver::Browser;
 
@@ -38,19 +37,8 @@ async fn a_human_approves_an_action_through_the_console() {
     let (Some(brokers), Some(redis), Some(driver)) = (bootstrap(), redis_url(), webdriver::driver_binary()) else {
         return;
     };
-    let topics = Topics::create(&brokers, 1).await;
-    let approvals_topic = unique("approvals");
-    create_topic(&brokers, &approvals_topic).await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let env = worker_env(&brokers, &redis, &topics, &approvals_topic, port);
-    let _worker = Child(
-        env.command(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run"),
-    );
+    let Setup { topics, url, env, .. } = Setup::new(&brokers, &redis).await;
+    let _worker = env.spawn_run(&[]);
     ready(&url).await;
 
     let id = unique("CONSOLE");

@@ -7,7 +7,7 @@
 
 use crate::kafka_common::{unique, Topics};
 use rdkafka::admin::{NewTopic, TopicReplication};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Child(pub std::process::Child);
@@ -31,6 +31,15 @@ impl Env {
             c.env(k, v);
         }
         c
+    }
+
+    /// `remediator run` in the background with `extra` variables, its output discarded.
+    pub fn spawn_run(&self, extra: &[(&str, &str)]) -> Child {
+        let mut c = self.command(&["run"]);
+        c.envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Child(c.spawn().expect("run"))
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -106,4 +115,29 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// One worker's fresh topics (one partition each), approvals topic and free port, with its
+/// environment ([`worker_env`]).
+pub struct Setup {
+    pub topics: Topics,
+    pub approvals_topic: String,
+    pub url: String,
+    pub env: Env,
+}
+
+impl Setup {
+    pub async fn new(brokers: &str, redis: &str) -> Self {
+        let topics = Topics::create(brokers, 1).await;
+        let approvals_topic = unique("approvals");
+        create_topic(brokers, &approvals_topic).await;
+        let port = free_port();
+        let env = worker_env(brokers, redis, &topics, &approvals_topic, port);
+        Self {
+            topics,
+            approvals_topic,
+            url: format!("http://127.0.0.1:{port}"),
+            env,
+        }
+    }
 }

@@ -202,19 +202,18 @@ impl Browser {
 
     /// Click `e`.
     pub async fn click(&self, e: &Element) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{}/click", e.0),
-            Some(json!({})),
-        )
-        .await;
+        self.act(e, "click").await;
     }
 
     /// Empty the input `e`.
     pub async fn clear(&self, e: &Element) {
+        self.act(e, "clear").await;
+    }
+
+    async fn act(&self, e: &Element, what: &str) {
         self.call(
             reqwest::Method::POST,
-            &format!("/element/{}/clear", e.0),
+            &format!("/element/{}/{what}", e.0),
             Some(json!({})),
         )
         .await;
