@@ -318,6 +318,15 @@ fn kubectl_scales_get_safe_directions_and_bounded_steps() {
         "kubectl delete node n",
         "helm delete x",
         "kubectl delete service/s",
+        // Only a deployment is scaled: another kind is never taken for one.
+        "kubectl scale statefulset web --replicas=3",
+        "kubectl scale statefulset/web --replicas=3",
+        "kubectl scale rs web --replicas=2",
+        // Only `<kind>/<name>` of a kind it acts on is split: a slash anywhere else is no
+        // way to spell a verb.
+        "kubectl delete/pod p",
+        "kubectl rollout restart/deployment d",
+        "kubectl rollout/undo deployment d",
     ] {
         assert!(
             ActionSpec::from_kubectl(bad)
