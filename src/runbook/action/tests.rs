@@ -279,6 +279,10 @@ fn kubectl_scales_get_safe_directions_and_bounded_steps() {
         Err("--replicas=-0 must be a non-zero step of at most 1000".into())
     );
     assert_eq!(
+        replicas("kubectl scale deployment d --replicas=+0"),
+        Err("--replicas=+0 must be a non-zero step of at most 1000".into())
+    );
+    assert_eq!(
         replicas("kubectl scale deployments d --replicas={old_replicas}"),
         Ok(ReplicaSpec::Restore)
     );
@@ -355,4 +359,76 @@ fn kubectl_scales_get_safe_directions_and_bounded_steps() {
             .kind(),
         "rollout_restart"
     );
+}
+
+/// A typed scale keeps its declared direction when rendered, and a step's view says which way
+/// it goes.
+#[test]
+fn a_scale_renders_its_direction_and_a_step_shows_its_way() {
+    let b = Bounds { min: 1, max: 8 };
+    let spec = |direction| ActionSpec::ScaleDeployment {
+        namespace: Template::parse("prod").unwrap(),
+        deployment: Template::parse("web").unwrap(),
+        replicas: ReplicaSpec::To {
+            count: Template::parse("{new_replicas}").unwrap(),
+            direction,
+            bounds: b,
+        },
+    };
+    let mut v = Vars::default();
+    v.set("new_replicas", "3");
+    let replicas = |direction| match spec(direction).render(&v, &[]).unwrap() {
+        Action::ScaleDeployment { replicas, .. } => replicas,
+        other => panic!("not a scale: {other:?}"),
+    };
+    assert_eq!(replicas(Direction::Down), Replicas::Down(3, b));
+    assert_eq!(replicas(Direction::Up), Replicas::Up(3, b));
+    let step = |n| {
+        Action::ScaleDeployment {
+            namespace: "prod".into(),
+            deployment: "web".into(),
+            replicas: Replicas::By(n, b),
+        }
+        .view()
+    };
+    for (n, way, flag) in [(2, "up", "+2"), (1, "up", "+1"), (-1, "down", "-1"), (-3, "down", "-3")] {
+        let view = step(n);
+        assert_eq!(view.params["direction"], way, "{n}");
+        assert_eq!(view.params["replicas_delta"], n, "{n}");
+        assert!(view.display.contains(&format!("--replicas={flag}")), "{}", view.display);
+    }
+}
+
+/// The template strings inside a patch or a webhook body are rendered, at any depth; keys and
+/// other values stay as written.
+#[test]
+fn json_templates_render_at_every_depth() {
+    let mut v = Vars::default();
+    v.set("container", "app-1");
+    v.set("service", "checkout");
+    let patch = ActionSpec::Patch {
+        resource: PATCHABLE[0].to_string(),
+        namespace: Template::parse("prod").unwrap(),
+        name: Template::parse("{service}").unwrap(),
+        patch: serde_json::json!({"spec": {"image": "{container}", "list": ["{service}", 3, true, null]}, "{literal}": 1}),
+    };
+    let Action::Patch { patch, name, .. } = patch.render(&v, &[]).unwrap() else {
+        panic!("not a patch")
+    };
+    assert_eq!(name, "checkout");
+    assert_eq!(
+        patch,
+        serde_json::json!({"spec": {"image": "app-1", "list": ["checkout", 3, true, null]}, "{literal}": 1})
+    );
+    let hook = ActionSpec::Webhook {
+        url: Template::parse("https://hooks.example.com/{service}").unwrap(),
+        method: "POST".into(),
+        body: Some(serde_json::json!({"service": "{service}", "n": 1})),
+        timeout_seconds: 5,
+    };
+    let Action::Webhook { url, body, .. } = hook.render(&v, &[]).unwrap() else {
+        panic!("not a webhook")
+    };
+    assert_eq!(url, "https://hooks.example.com/checkout");
+    assert_eq!(body, Some(serde_json::json!({"service": "checkout", "n": 1})));
 }

@@ -244,6 +244,10 @@ fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
             r#"f.yaml:7:15: runbook "s": rollback: a restore (`{old_replicas}`) needs an action that captures the count"#,
         ),
         (
+            rb("LOW", "{kind: scale_deployment, by: 0}", "null"),
+            r#"f.yaml:6:42: runbook "s": action.by: must be a non-zero integer step, got 0"#,
+        ),
+        (
             rb("LOW", "{kind: scale_deployment, by: 2, direction: down}", "null"),
             r#"f.yaml:6:56: runbook "s": action.direction: a step of +2 goes up, not down"#,
         ),
