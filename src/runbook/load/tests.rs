@@ -290,6 +290,55 @@ fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
     .unwrap();
 }
 
+/// A merge patch names a resource it may patch and a mapping; anything else is refused, naming
+/// the key.
+#[test]
+fn a_patch_needs_a_patchable_resource_and_a_mapping() {
+    let rb = |action: &str| {
+        format!(
+            "runbooks:\n  p:\n    risk: LOW\n    triggers: [x]\n    min_confidence: 0.5\n    action: {action}\n    rollback: null\n"
+        )
+    };
+    let c = Catalogue::from_yaml(
+        &rb("{kind: patch, resource: configmaps, name: \"{service}-cfg\", patch: {data: {mode: \"{service}\"}}}"),
+        "f",
+    )
+    .unwrap();
+    let crate::runbook::ActionSpec::Patch { resource, patch, .. } = &c.get("p").unwrap().action else {
+        panic!("not a patch")
+    };
+    assert_eq!(resource, "configmaps");
+    assert_eq!(patch, &serde_json::json!({"data": {"mode": "{service}"}}));
+    for (action, want) in [
+        (
+            "{kind: patch, resource: secrets, name: x, patch: {a: 1}}",
+            "action.resource: must be one of deployments, statefulsets",
+        ),
+        (
+            "{kind: patch, name: x, patch: {a: 1}}",
+            "action.resource: must be one of",
+        ),
+        (
+            "{kind: patch, resource: configmaps, name: x, patch: \"{a: 1}\"}",
+            "action.patch: is required: a mapping (JSON merge patch)",
+        ),
+        (
+            "{kind: patch, resource: configmaps, name: x, patch: [1]}",
+            "action.patch: is required: a mapping (JSON merge patch)",
+        ),
+        (
+            "{kind: patch, resource: configmaps, name: x}",
+            "action.patch: is required",
+        ),
+    ] {
+        let errs = errors(&rb(action));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{action}: missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
 #[test]
 fn high_risk_auto_without_rollback_needs_a_stated_override() {
     let rb = |extra: &str| {
