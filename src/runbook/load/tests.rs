@@ -339,6 +339,56 @@ fn a_patch_needs_a_patchable_resource_and_a_mapping() {
     }
 }
 
+/// A webhook takes an http(s) URL, POST (the default) or PUT in any case, and a bounded timeout.
+#[test]
+fn a_webhook_takes_only_http_post_or_put_and_a_bounded_timeout() {
+    let rb = |action: &str| {
+        format!(
+            "runbooks:\n  w:\n    risk: LOW\n    triggers: [x]\n    min_confidence: 0.5\n    action: {action}\n    rollback: null\n"
+        )
+    };
+    for (method, want) in [("", "POST"), ("method: put, ", "PUT"), ("method: Post, ", "POST")] {
+        let yaml = rb(&format!(
+            "{{kind: webhook, {method}url: \"https://hooks.example.com/{{service}}\", body: {{s: \"{{service}}\"}}}}"
+        ));
+        let c = Catalogue::from_yaml(&yaml, "f").unwrap();
+        let crate::runbook::ActionSpec::Webhook {
+            method,
+            timeout_seconds,
+            ..
+        } = &c.get("w").unwrap().action
+        else {
+            panic!("not a webhook")
+        };
+        assert_eq!(method, want);
+        assert_eq!(*timeout_seconds, 10);
+    }
+    for (action, want) in [
+        (
+            "{kind: webhook, method: DELETE, url: \"https://h.example.com/x\"}",
+            "action.method: must be POST or PUT, got \"DELETE\"",
+        ),
+        (
+            "{kind: webhook, method: GET, url: \"https://h.example.com/x\"}",
+            "action.method: must be POST or PUT, got \"GET\"",
+        ),
+        (
+            "{kind: webhook, url: \"ftp://h.example.com/x\"}",
+            "action.url: must start with http:// or https://",
+        ),
+        (
+            "{kind: webhook, url: \"https://h.example.com/x\", timeout_seconds: 301}",
+            "action.timeout_seconds",
+        ),
+    ] {
+        let errs = errors(&rb(action));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{action}: missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
 #[test]
 fn high_risk_auto_without_rollback_needs_a_stated_override() {
     let rb = |extra: &str| {
