@@ -244,6 +244,10 @@ fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
             r#"f.yaml:7:15: runbook "s": rollback: a restore (`{old_replicas}`) needs an action that captures the count"#,
         ),
         (
+            rb("LOW", "{kind: scale_deployment, replicas: 1, min_replicas: 2}", "null"),
+            r#"f.yaml:6:48: runbook "s": action.replicas: must lie within min_replicas..max_replicas (2..10), got 1"#,
+        ),
+        (
             rb("LOW", "{kind: scale_deployment, by: 0}", "null"),
             r#"f.yaml:6:42: runbook "s": action.by: must be a non-zero integer step, got 0"#,
         ),
@@ -277,6 +281,14 @@ fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
             errs.iter().any(|e| e.starts_with(want)),
             "missing {want:?} in {errs:#?}"
         );
+    }
+    // A count at either bound, and bounds that meet, are within them.
+    for action in [
+        "{kind: scale_deployment, replicas: 2, min_replicas: 2, max_replicas: 4}",
+        "{kind: scale_deployment, replicas: 4, min_replicas: 2, max_replicas: 4}",
+        "{kind: scale_deployment, replicas: 3, min_replicas: 3, max_replicas: 3}",
+    ] {
+        Catalogue::from_yaml(&rb("LOW", action, "null"), "f").unwrap_or_else(|e| panic!("{action}: {e}"));
     }
     // HIGH risk may stop every pod (approval by default), and restore the count it captured.
     Catalogue::from_yaml(
