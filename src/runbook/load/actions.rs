@@ -281,7 +281,11 @@ impl Parser<'_> {
                         return None;
                     }
                 };
-                let implied = if step > 0 { Direction::Up } else { Direction::Down };
+                let implied = if step.is_negative() {
+                    Direction::Down
+                } else {
+                    Direction::Up
+                };
                 if direction.is_some_and(|d| d != implied) {
                     self.err(
                         &dk,

@@ -282,6 +282,21 @@ fn zero_restore_outside_a_rollback_and_contradictions_are_load_errors() {
             "missing {want:?} in {errs:#?}"
         );
     }
+    // `{old_replicas}` is the captured count: put back as it was, never a direction of its own.
+    for direction in ["up", "down"] {
+        let yaml = rb(
+            "LOW",
+            "{kind: scale_deployment, replicas: \"{new_replicas}\"}",
+            &format!("{{kind: scale_deployment, replicas: \"{{old_replicas}}\", direction: {direction}}}"),
+        );
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter().any(|e| e.contains(
+                "rollback.replicas: {old_replicas} is the count captured before the action: use it with `direction: restore`"
+            )),
+            "{direction}: {errs:#?}"
+        );
+    }
     // A count at either bound, and bounds that meet, are within them.
     for action in [
         "{kind: scale_deployment, replicas: 2, min_replicas: 2, max_replicas: 4}",
