@@ -70,19 +70,18 @@ impl fmt::Display for LoadErrors {
     }
 }
 /// Where the problem under `key` (`pre_checks[1].timeout_seconds`) of a runbook lies: the value
-/// at that path (its key, with `want_key`), or the deepest part of the path the file has (so a
-/// missing key points at the mapping that lacks it); `id_at` (the runbook's id) when none.
-pub(super) fn locate(body: &Value, id_at: Option<Pos>, key: &str, want_key: bool) -> Option<Pos> {
+/// at that path, or the deepest part of the path the file has (so a missing key points at the
+/// mapping that lacks it); `id_at` (the runbook's id) when none. (An unknown key is located at
+/// the key itself by `Parser::unknown_keys`, which knows it.)
+pub(super) fn locate(body: &Value, id_at: Option<Pos>, key: &str) -> Option<Pos> {
     let mut cur = body;
     let mut at = id_at;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (n, part) in parts.iter().enumerate() {
+    for part in key.split('.') {
         let mut pieces = part.split('[');
         let name = pieces.next().unwrap_or_default();
         let Value::Mapping(m) = cur else { return at };
         let Some(entry) = m.entry(name) else { return at };
-        let last = n + 1 == parts.len() && !part.contains('[');
-        at = if last && want_key { entry.key_at } else { entry.value_at }.or(at);
+        at = entry.value_at.or(at);
         cur = &entry.value;
         for index in pieces {
             let Some(i) = index.strip_suffix(']').and_then(|i| i.parse::<usize>().ok()) else {

@@ -114,7 +114,7 @@ pub(super) fn parse_catalogue(text: &str, file: &str) -> Result<Catalogue, LoadE
                     .entries()
                     .iter()
                     .find(|b| key_name(&b.key) == *id)
-                    .and_then(|b| locate(&b.value, b.key_at, key, false));
+                    .and_then(|b| locate(&b.value, b.key_at, key));
             }
         }
         LoadErrors(errors)

@@ -491,3 +491,36 @@ fn garbage_is_an_error_not_a_panic() {
         assert!(Catalogue::from_yaml(text, "f").is_err(), "{text:?}");
     }
 }
+
+/// A runbook id is 1 to 63 characters of `[a-z0-9-_]`: it names keys in the store and metric
+/// labels.
+#[test]
+fn runbook_ids_are_short_lower_case_words() {
+    let rb = |id: &str| {
+        format!("runbooks:\n  \"{id}\":\n    risk: LOW\n    triggers: [x]\n    min_confidence: 0.5\n    action: kubectl delete pod {{pod_name}}\n    rollback: null\n")
+    };
+    let longest = "a".repeat(63);
+    for good in ["a", "restart-pod_2", longest.as_str()] {
+        Catalogue::from_yaml(&rb(good), "f").unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    let too_long = "a".repeat(64);
+    for bad in ["", too_long.as_str(), "Restart", "restart pod", "a/b", "a.b", "é"] {
+        let errs = errors(&rb(bad));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(": id: runbook ids must be 1..63 characters of [a-z0-9-_]")),
+            "{bad:?}: {errs:#?}"
+        );
+    }
+}
+
+/// Every problem is one line, in the order found, none dropped and no blank line.
+#[test]
+fn every_problem_is_one_line_of_the_error() {
+    let yaml = "runbooks:\n  a:\n    risk: LOW\n    triggers: [x]\n    min_confidence: 1.5\n    colour: red\n    action: kubectl delete pod {pod_name}\n    rollback: null\n";
+    let e = Catalogue::from_yaml(yaml, "f.yaml").unwrap_err();
+    assert!(e.0.len() >= 2, "{e:?}");
+    let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+    assert_eq!(e.to_string(), lines.join("\n"));
+    assert!(!e.to_string().starts_with('\n') && !e.to_string().ends_with('\n'));
+}
