@@ -524,3 +524,55 @@ fn every_problem_is_one_line_of_the_error() {
     assert_eq!(e.to_string(), lines.join("\n"));
     assert!(!e.to_string().starts_with('\n') && !e.to_string().ends_with('\n'));
 }
+
+/// The runbook keys' own rules, each refused with its key named: a mode that is a flag, a trigger
+/// list that is empty, checks of a rollback that does not exist, a trust window shorter than the
+/// runs it needs.
+#[test]
+fn runbook_keys_refuse_what_cannot_work() {
+    let rb = |extra: &str| {
+        format!("runbooks:\n  r:\n    risk: LOW\n    min_confidence: 0.5\n    action: kubectl delete pod {{pod_name}}\n{extra}")
+    };
+    let triggers = "    triggers: [x]\n";
+    for (extra, want) in [
+        (
+            format!("{triggers}    mode: dry_run\n"),
+            "mode: use `dry_run: true` for shadow mode; mode is auto, approval or suggest",
+        ),
+        (
+            "    triggers: []\n".to_string(),
+            "triggers: must list at least one root cause",
+        ),
+        (
+            String::new(),
+            "triggers: is required: the root causes this runbook fixes",
+        ),
+        (
+            format!("{triggers}    rollback: null\n    rollback_checks: [pod_becomes_ready]\n"),
+            "rollback_checks: given without a rollback action",
+        ),
+        (
+            format!("{triggers}    trust: {{floor: 0.8, min_runs: 10, window: 5}}\n"),
+            "trust.window: must be at least min_runs (10), got 5",
+        ),
+    ] {
+        let errs = errors(&rb(&extra));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{extra}: missing {want:?} in {errs:#?}"
+        );
+        assert_eq!(
+            errs.iter().filter(|e| e.contains("triggers")).count(),
+            usize::from(want.starts_with("triggers")),
+            "{extra}: {errs:#?}"
+        );
+    }
+    // An empty list of rollback checks without a rollback says nothing; a window as long as
+    // the runs it needs is enough.
+    for extra in [
+        format!("{triggers}    rollback: null\n    rollback_checks: []\n"),
+        format!("{triggers}    rollback: null\n    trust: {{floor: 0.8, min_runs: 10, window: 10}}\n"),
+    ] {
+        Catalogue::from_yaml(&rb(&extra), "f").unwrap_or_else(|e| panic!("{extra}: {e}"));
+    }
+}
