@@ -357,6 +357,19 @@ fn a_patch_needs_a_patchable_resource_and_a_mapping() {
             "{kind: patch, resource: configmaps, name: x}",
             "action.patch: is required",
         ),
+        // Every string leaf is a template checked at load, at any depth.
+        (
+            "{kind: patch, resource: configmaps, name: x, patch: {a: \"{nope}\"}}",
+            "action.patch: unknown template variable {nope}",
+        ),
+        (
+            "{kind: patch, resource: configmaps, name: x, patch: {a: [1, \"{nope}\"]}}",
+            "action.patch: unknown template variable {nope}",
+        ),
+        (
+            "{kind: patch, resource: configmaps, name: x, patch: {a: {b: \"{nope}\"}}}",
+            "action.patch: unknown template variable {nope}",
+        ),
     ] {
         let errs = errors(&rb(action));
         assert!(
