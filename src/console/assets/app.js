@@ -265,7 +265,12 @@ async function showRunbooks() {
 // --- routing: #approvals, #approval/<id>, #outcomes, #runbooks -------------------------------------
 
 function page() {
-  const h = decodeURIComponent(location.hash.slice(1));
+  let h = location.hash.slice(1);
+  try {
+    h = decodeURIComponent(h);
+  } catch (_) {
+    // A malformed %-sequence: the address is used as given (it names no approval then).
+  }
   if (h.startsWith("approval/")) return { name: "approval", id: h.slice("approval/".length) };
   if (h === "outcomes" || h === "runbooks") return { name: h };
   return { name: "approvals" };
