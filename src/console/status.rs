@@ -6,9 +6,6 @@ use crate::outcome::Mode;
 use crate::runbook::{Catalogue, Risk};
 use serde::Serialize;
 
-/// Trust window of a runbook without a trust policy (its record is still kept and shown).
-pub const DEFAULT_WINDOW: u32 = 20;
-
 /// One runbook's state in the store, beside what its catalogue entry says.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunbookStatus {
@@ -52,7 +49,7 @@ pub struct RunbookStatus {
 pub async fn runbook_statuses(catalogue: &Catalogue, store: &dyn Store) -> Result<Vec<RunbookStatus>, StoreError> {
     let mut out = Vec::with_capacity(catalogue.len());
     for rb in catalogue.runbooks() {
-        let window = rb.trust.map(|t| t.window).unwrap_or(DEFAULT_WINDOW);
+        let window = crate::engine::trust_window(rb);
         let stats = store.trust(&rb.id, window).await?;
         let circuit = store.circuit(&rb.id).await?;
         let demoted = store.demotion(&rb.id).await?;

@@ -35,6 +35,7 @@ mod trust;
 
 pub use approvals::{action_hash, Answered};
 pub use manual::ManualError;
+pub(crate) use trust::window as trust_window;
 
 use crate::clock::{millis, Clock};
 use crate::config::GuardrailsConfig;

@@ -13,7 +13,9 @@ const DEFAULT_TRUST_WINDOW: u32 = 20;
 /// How long a replica trusts its cached view of a runbook's demotion.
 const DEMOTION_CACHE: Duration = Duration::from_secs(5);
 
-fn window(rb: &Runbook) -> u32 {
+/// How many recent executions a runbook's verified success rate is computed over: its trust
+/// policy's window, or [`DEFAULT_TRUST_WINDOW`].
+pub(crate) fn window(rb: &Runbook) -> u32 {
     rb.trust.map(|t| t.window).unwrap_or(DEFAULT_TRUST_WINDOW)
 }
 
