@@ -18,8 +18,10 @@
 #                    it requires a password from now on (connections already made are unaffected) and
 #                    drops its replica links, so the replicas cannot resync. Writes it takes from then
 #                    on are lost if it dies and a replica is promoted.
-#   revive PORT      start the node on PORT again, empty (a killed Sentinel-managed node rejoins and is
-#                    made a replica of the current primary by the Sentinels)
+#   revive PORT      start the node on PORT again, empty (a killed Sentinel-managed node rejoins as a
+#                    replica of the current primary); returns once the Sentinels agree on a primary
+#                    and list the other data node as a healthy replica, whichever of the two that is
+#                    (a loaded machine can make them fail over again meanwhile; this is logged)
 #
 # Layout: cluster = 3 primaries on REDIS_CLUSTER_PORT..+2 (with REDIS_CLUSTER_REPLICAS=1: 3 primaries and
 # 3 replicas on ..+5; cluster-node-timeout 2000 ms, so a killed primary's replica takes over in ~3 s),
@@ -151,26 +153,35 @@ start_sentinel() {
   for _ in $(seq 100); do
     cli "$primary" info replication | grep -q 'state=online' && break; sleep 0.1
   done
-  for p in $DATA_PORTS; do [ "$p" = "$primary" ] || replica_known "$p"; done
+  replicas_known
   log "sentinel ready after $((SECONDS - t0)) s: primary $primary, Sentinels on $SENTINEL_PORTS"
 }
-replica_known() {   # PORT is in sync with the primary and every Sentinel lists it as a healthy replica
-  local p flags ok      # (flags exactly "slave"); 60 s
-  for _ in $(seq 600); do
-    ok=1
-    cli "$(sentinel_primary)" info replication | grep -q "port=$1,state=online" || ok=0
-    for p in $SENTINEL_PORTS; do
-      flags=$(cli "$p" sentinel replicas "$MASTER" | awk -v want="$1" '
-        $0 == "port" { getline; port = $0 } $0 == "flags" { getline; if (port == want) print }')
-      [ "$flags" = slave ] || ok=0
-    done
+replicas_known() {   # the Sentinels agree on a primary, and the other data node is in sync with it
+  local p prim other flags ok   # and listed by every Sentinel as a healthy replica (flags exactly
+  for _ in $(seq 600); do       # "slave"); 60 s. Which node is primary does not matter: a second
+    ok=1                        # failover on a loaded machine may have swapped them again.
+    if sentinel_ok; then
+      prim=$(sentinel_primary)
+      for p in $DATA_PORTS; do [ "$p" = "$prim" ] || other=$p; done
+      cli "$prim" info replication | grep -q "port=$other,state=online" || ok=0
+      for p in $SENTINEL_PORTS; do
+        flags=$(cli "$p" sentinel replicas "$MASTER" | awk -v want="$other" '
+          $0 == "port" { getline; port = $0 } $0 == "flags" { getline; if (port == want) print }')
+        [ "$flags" = slave ] || ok=0
+      done
+    else
+      ok=0
+    fi
     [ "$ok" = 1 ] && return 0; sleep 0.1
   done
   for p in $SENTINEL_PORTS; do
-    log "Sentinel $p: replicas $(cli "$p" sentinel replicas "$MASTER" | tr '\n' ' ' | grep -o 'port [0-9]* [^|]*flags [a-z_,]*' | sed 's/ runid.*flags/ flags/' | tr '\n' ';')"
+    log "Sentinel $p: primary $(cli "$p" sentinel get-master-addr-by-name "$MASTER" | sed -n 2p);" \
+      "replicas $(cli "$p" sentinel replicas "$MASTER" | tr '\n' ' ' | grep -o 'port [0-9]* [^|]*flags [a-z_,]*' | sed 's/ runid.*flags/ flags/' | tr '\n' ';')"
   done
-  log "primary $(sentinel_primary): $(cli "$(sentinel_primary)" info replication | grep -E '^(role|slave[0-9])' | tr '\r\n' '  ')"
-  die "the Sentinels do not list node $1 as a healthy replica after 60 s"
+  for p in $DATA_PORTS; do
+    log "node $p: $(cli "$p" info replication | grep -E '^(role|master_port|master_link_status|slave[0-9])' | tr '\r\n' '  ')"
+  done
+  die "the Sentinels do not agree on a primary with a healthy replica after 60 s"
 }
 sentinel_env() {
   local s; s=$(for p in $SENTINEL_PORTS; do printf '%s:%s,' "$HOST" "$p"; done)
@@ -235,7 +246,9 @@ case "$CMD" in
   revive)
     [ -n "${2:-}" ] || die "usage: $0 revive PORT"
     case " $DATA_PORTS " in
-      *" $2 "*) node "$2" --replicaof "$HOST" "$(sentinel_primary)"; wait_ping "$2"; replica_known "$2" ;;
+      *" $2 "*)
+        node "$2" --replicaof "$HOST" "$(sentinel_primary)"; wait_ping "$2"; replicas_known
+        [ "$(sentinel_primary)" = "$2" ] && log "node $2 is the primary again: the Sentinels failed over once more" ;;
       *) case " $CLUSTER_PORTS " in
            *" $2 "*) die "a killed cluster node has lost its slots' data: stop and start the cluster" ;;
            *) sentinel_node "$2"; wait_ping "$2" ;;

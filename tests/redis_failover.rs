@@ -137,8 +137,10 @@ impl OwnHa {
         self.script(&["cut", &port.to_string()]);
     }
 
-    /// Start the killed node again as a replica of the current primary, in sync and known to
-    /// every Sentinel, so the next failover has a replica to promote.
+    /// Start the killed node again as a replica of the current primary; returns once the
+    /// Sentinels agree on a primary and know an in-sync replica of it, so the next failover has
+    /// one to promote (which node is which can change meanwhile on a loaded machine: callers ask
+    /// `primary()` afresh).
     fn revive(&self, port: u16) {
         self.script(&["revive", &port.to_string()]);
     }
