@@ -444,6 +444,7 @@ fn admission_request(i: usize) -> DecideRequest {
         },
         // As the worker sends it: the outcome of a block, recorded in the same call.
         on_block: Some(storm_outcome().clone()),
+        rollout_version: None,
     }
 }
 

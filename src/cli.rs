@@ -106,7 +106,9 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Give a demoted runbook back its automatic mode (a human decision; starts a fresh record).
+    /// Give a demoted runbook back its automatic mode (a human decision; starts a fresh record),
+    /// or move a runbook with a rollout policy one stage right once its evidence allows
+    /// (docs/rollout.md).
     Promote {
         /// Runbook id.
         runbook: String,

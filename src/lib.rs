@@ -25,6 +25,7 @@ pub mod notify;
 pub mod outcome;
 pub mod replay;
 pub(crate) mod retry;
+pub mod rollout;
 pub mod runbook;
 pub mod shutdown;
 pub mod worker;

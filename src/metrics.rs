@@ -47,6 +47,14 @@ pub struct Metrics {
     pub trust_executions: IntGaugeVec,
     /// `remediator_runbook_demoted{runbook}`: 1 when the runbook is demoted from auto to approval.
     pub trust_demoted: IntGaugeVec,
+    /// `remediator_rollout_stage{runbook}`: a runbook's rollout stage (0 shadow, 1 approval,
+    /// 2 canary, 3 auto), for runbooks with a rollout policy, from the shared record.
+    pub rollout_stage: IntGaugeVec,
+    /// `remediator_rollout_canary_share{runbook}`: the percent of targets acting automatically
+    /// (0 outside the canary stage, 100 at auto).
+    pub rollout_share: IntGaugeVec,
+    /// `remediator_rollout_changes_total{runbook,from,to}`: stage changes this replica made.
+    pub rollout_changes: IntCounterVec,
     /// `remediator_approvals_total{result}`: approval answers (`approved`, `denied`, `refused`).
     pub approvals: IntCounterVec,
     /// `remediator_notifications_total{result}`: webhook notifications (`sent`, `failed`, `dropped`).
@@ -211,6 +219,19 @@ impl Metrics {
             "remediator_runbook_demoted",
             "1 when a runbook is demoted from auto to approval.",
         );
+        let rollout_stage = int_gauge_vec(
+            "remediator_rollout_stage",
+            "Rollout stage of a runbook with a rollout policy: 0 shadow, 1 approval, 2 canary, 3 auto.",
+        );
+        let rollout_share = int_gauge_vec(
+            "remediator_rollout_canary_share",
+            "Percent of a runbook's targets acting automatically (0 before canary, 100 at auto).",
+        );
+        let rollout_changes = counter_vec(
+            "remediator_rollout_changes_total",
+            "Rollout stage changes made by this replica.",
+            &["runbook", "from", "to"],
+        );
         let approvals = counter_vec("remediator_approvals_total", "Approval answers by result.", &["result"]);
         let notifications = counter_vec(
             "remediator_notifications_total",
@@ -240,6 +261,9 @@ impl Metrics {
             trust_rate,
             trust_executions,
             trust_demoted,
+            rollout_stage,
+            rollout_share,
+            rollout_changes,
             approvals,
             notifications,
             incidents,

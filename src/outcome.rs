@@ -4,6 +4,7 @@
 //! is what the idempotency record keeps and what a redelivery re-publishes.
 
 use crate::guardrails::Guardrail;
+use crate::rollout::Stage;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -144,6 +145,42 @@ pub struct TrustView {
     pub demoted: bool,
 }
 
+/// Where a runbook with a rollout policy stood for this decision, and what the outcome did to it
+/// (docs/rollout.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// The stage the decision was taken in.
+    pub stage: Stage,
+    /// In `canary`: the percent of targets acting automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u8>,
+    /// In `canary`: this incident's target is in that share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_canary: Option<bool>,
+    /// Successes counted toward the next stage after this outcome (when it recorded one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<u32>,
+    /// Successes the policy needs (`promote_after`).
+    pub needed: u32,
+    /// The stage change this outcome caused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<RolloutChange>,
+}
+
+/// A runbook's rollout moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutChange {
+    /// The stage it left.
+    pub from: Stage,
+    /// The stage it is in now.
+    pub to: Stage,
+    /// The canary share it is at now, in `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u8>,
+    /// Why, for humans: the evidence, the failure or the human.
+    pub why: String,
+}
+
 /// One outcome event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -183,6 +220,9 @@ pub struct Outcome {
     /// The runbook's verified track record after this execution (the trust ladder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustView>,
+    /// The runbook's rollout stage for this decision, and any change this outcome caused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
     /// The runbook's mode for this decision.
     pub mode: Option<Mode>,
     /// Replica identity.

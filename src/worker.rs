@@ -449,11 +449,12 @@ pub async fn runbooks_report(config: &Config) -> Result<String> {
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let mut out = format!(
-        "{:<22} {:<6} {:<9} {:<9} {:>8} {:>10}  {}\n",
-        "RUNBOOK", "RISK", "MODE", "CIRCUIT", "SUCCESS", "EXECUTIONS", "TRUST"
+        "{:<22} {:<6} {:<9} {:<11} {:<9} {:>8} {:>10}  {}\n",
+        "RUNBOOK", "RISK", "MODE", "STAGE", "CIRCUIT", "SUCCESS", "EXECUTIONS", "TRUST / ROLLOUT"
     );
     for s in statuses {
         let mode = match (&s.demoted, s.mode) {
+            _ if s.rollout.is_some() => s.effective_mode.as_str(),
             (Some(_), crate::outcome::Mode::Auto) => "approval*",
             (_, m) => m.as_str(),
         };
@@ -467,13 +468,24 @@ pub async fn runbooks_report(config: &Config) -> Result<String> {
         if let Some(why) = &s.irreversible_override {
             let _ = write!(policy, "; OVERRIDE auto without rollback: {why}");
         }
+        let stage = match &s.rollout {
+            Some(r) => {
+                policy = format!(
+                    "rollout {}/{} verified successes; next: {}",
+                    r.evidence, r.needed, r.needs
+                );
+                r.describe.clone()
+            }
+            None => "-".to_string(),
+        };
         let risk = format!("{:?}", s.risk).to_uppercase();
         let _ = writeln!(
             out,
-            "{:<22} {:<6} {:<9} {:<9} {:>8} {:>10}  {policy}",
+            "{:<22} {:<6} {:<9} {:<11} {:<9} {:>8} {:>10}  {policy}",
             s.id,
             risk,
             mode,
+            stage,
             s.circuit.as_str(),
             success,
             format!("{}/{}", s.executions, s.window)

@@ -172,3 +172,101 @@ async fn a_human_approves_an_action_through_the_console() {
         "{body}"
     );
 }
+
+/// A runbook with a rollout policy in approval: one approved, verified execution makes it
+/// eligible for auto (beyond `automatic_until`, so a human's step); the runbooks page shows its
+/// stage, its evidence and a Promote button; clicking it moves it to auto, and the next incident
+/// runs on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_promotes_a_rollout_runbook_through_the_console() {
+    let (Some(brokers), Some(redis), Some(driver)) = (bootstrap(), redis_url(), webdriver::driver_binary()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let runbooks = dir.path().join("runbooks.yaml");
+    std::fs::write(
+        &runbooks,
+        "runbooks:
+  restart-rollout:
+    risk: LOW
+    triggers: [CrashLoopBackOff]
+    min_confidence: 0.5
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: kubectl rollout restart deployment {deployment} -n {namespace}
+    post_checks: [deployment_rolled_out]
+    rollout: {start: approval, promote_after: 1}
+",
+    )
+    .expect("write runbooks");
+    let Setup { topics, url, env, .. } = Setup::new(&brokers, &redis).await;
+    let _worker = env.spawn_run(&[("REMEDIATOR_RUNBOOKS", runbooks.to_str().expect("utf-8"))]);
+    ready(&url).await;
+    let crash = |id: &str, svc: &str| {
+        format!(
+            r#"{{"id":"{id}","root_cause":"CrashLoopBackOff","confidence":0.95,"service":"{svc}","context":{{"deployment":"{svc}","namespace":"production"}}}}"#
+        )
+    };
+    let first = unique("ROLL");
+    produce(
+        &brokers,
+        &topics.incidents,
+        &[Msg::incident(&first, &crash(&first, "web"))],
+    )
+    .await;
+    let asked = read(&brokers, &topics.outcomes, 1, Duration::from_secs(30)).await[0].json();
+    assert_eq!(asked["decision"], "approval_required", "{asked}");
+    assert_eq!(asked["rollout"]["stage"], "approval", "{asked}");
+    let approval = asked["approval_id"].as_str().expect("approval id").to_string();
+    let answered = reqwest::Client::new()
+        .post(format!("{url}/v1/approvals/{approval}/approve"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "approver": "alice-console" }))
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(answered.status().as_u16(), 200);
+    let executed = read(&brokers, &topics.outcomes, 2, Duration::from_secs(30)).await[1].json();
+    assert_eq!(
+        (&executed["decision"], &executed["success"]),
+        (&"executed".into(), &true.into()),
+        "{executed}"
+    );
+    assert_eq!(executed["rollout"]["evidence"], 1, "{executed}");
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let b = Browser::start(&driver, free_port(), profile.path()).await;
+    b.go(&format!("{url}/console#runbooks")).await;
+    b.type_into(&b.find("#token", WAIT).await, TOKEN).await;
+    b.type_into(&b.find("#approver", WAIT).await, "alice-console").await;
+    b.click(&b.find("#sign-in", WAIT).await).await;
+    let row = "#runbooks-table tr[data-runbook=\"restart-rollout\"]";
+    let shown = b.wait_text(row, WAIT, |t| t.contains("Promote to auto")).await;
+    assert!(
+        shown.contains("approval") && shown.contains("1/1 verified successes"),
+        "{shown}"
+    );
+    b.screenshot(&shots().join("console-rollout.png")).await;
+    b.click(&b.find("button.promote[data-runbook=\"restart-rollout\"]", WAIT).await)
+        .await;
+    let result = b.wait_text("#runbooks-result", WAIT, |t| !t.is_empty()).await;
+    assert_eq!(result, "restart-rollout: promoted from approval to auto");
+    b.find(&format!("{row}[data-stage=\"auto\"]"), WAIT).await;
+    assert!(b.all("button.promote").await.is_empty(), "nothing left to promote");
+
+    // Every replica decides in the new stage at once: the next incident runs on its own.
+    let second = unique("ROLL");
+    produce(
+        &brokers,
+        &topics.incidents,
+        &[Msg::incident(&second, &crash(&second, "api"))],
+    )
+    .await;
+    let third = read(&brokers, &topics.outcomes, 3, Duration::from_secs(30)).await[2].json();
+    assert_eq!(third["incident_id"], second.as_str());
+    assert_eq!(
+        (&third["decision"], &third["rollout"]["stage"]),
+        (&"executed".into(), &"auto".into()),
+        "{third}"
+    );
+}

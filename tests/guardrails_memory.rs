@@ -340,3 +340,10 @@ async fn memory_ledger() -> Option<common::ledger_suite::Ledger> {
 }
 
 ledger_suite_tests!(memory_ledger);
+
+/// A decision in a rollout stage the record has left is refused and writes nothing.
+#[tokio::test]
+async fn a_decision_in_a_left_rollout_stage_writes_nothing() {
+    let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    common::guardrail_suite::a_decision_in_a_left_rollout_stage_writes_nothing(store.clone(), store).await;
+}

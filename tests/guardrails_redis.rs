@@ -681,3 +681,11 @@ async fn an_answer_given_by_an_older_version_is_never_a_retry() {
     let again = store.answer_approval("old", &alice).await.unwrap();
     assert!(matches!(again, AnswerResult::AlreadyAnswered(_)), "{again:?}");
 }
+
+/// A decision in a rollout stage the record has left is refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_in_a_left_rollout_stage_writes_nothing() {
+    let Some(url) = common::redis_url() else { return };
+    let store = Arc::new(connect(&url, &fresh_prefix()).await);
+    common::guardrail_suite::a_decision_in_a_left_rollout_stage_writes_nothing(store.clone(), store).await;
+}

@@ -46,6 +46,11 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     m.trust_rate.with_label_values(&["restart-pod"]).set(1.0);
     m.trust_executions.with_label_values(&["restart-pod"]).set(0);
     m.trust_demoted.with_label_values(&["restart-pod"]).set(0);
+    m.rollout_stage.with_label_values(&["restart-pod"]).set(2);
+    m.rollout_share.with_label_values(&["restart-pod"]).set(50);
+    m.rollout_changes
+        .with_label_values(&["restart-pod", "approval", "canary"])
+        .inc();
     m.approvals.with_label_values(&["approved"]).inc_by(0);
     m.notifications.with_label_values(&["sent"]).inc_by(0);
     m.lease_lapses.with_label_values(&["lost"]).inc_by(0);

@@ -130,6 +130,22 @@ impl LedgerStore for Faulty {
     async fn promote(&self, runbook: &str) -> Result<bool, StoreError> {
         self.inner.promote(runbook).await
     }
+    async fn rollout(
+        &self,
+        runbook: &str,
+        policy: &remediator::rollout::RolloutPolicy,
+    ) -> Result<remediator::rollout::RolloutRecord, StoreError> {
+        self.inner.rollout(runbook, policy).await
+    }
+    async fn rollout_apply(
+        &self,
+        runbook: &str,
+        policy: &remediator::rollout::RolloutPolicy,
+        transition: remediator::rollout::Transition,
+        evidence_id: &str,
+    ) -> Result<Result<remediator::rollout::RolloutRecord, remediator::rollout::PromoteRefusal>, StoreError> {
+        self.inner.rollout_apply(runbook, policy, transition, evidence_id).await
+    }
 }
 
 impl Rig {
@@ -955,4 +971,122 @@ async fn a_lost_allowed_is_not_replayed_after_its_lease_expired() {
     assert_eq!(second.outcomes[0].decision, Decision::Executed, "{:?}", second.outcomes);
     assert_ne!(retry.outcomes[0].decision, Decision::Executed, "{:?}", retry.outcomes);
     assert_eq!(executor.journal().len(), 1, "only B acted: {:?}", executor.journal());
+}
+
+const ROLLOUT: &str = r#"
+runbooks:
+  restart-rollout:
+    risk: LOW
+    triggers: [CrashLoopBackOff]
+    min_confidence: 0.5
+    max_per_hour: 100
+    cooldown_minutes: 0
+    action: kubectl delete pod {pod_name} -n {namespace}
+    post_checks: [pod_becomes_ready]
+    rollout:
+      start: shadow
+      promote_after: 2
+      automatic_until: approval
+"#;
+
+/// A second engine on the same store: another replica.
+fn replica(r: &Rig, runbooks: &str) -> Engine {
+    let clock: Arc<dyn Clock> = Arc::new(r.clock.clone());
+    Engine::new(
+        Arc::new(Catalogue::from_yaml(runbooks, "test").expect("runbooks load")),
+        r.store.clone(),
+        r.executor.clone(),
+        clock,
+        Settings::default(),
+        Metrics::new(),
+        EventIds::Random,
+    )
+}
+
+/// Shadow runs are dry runs that count as evidence; the one that completes `promote_after`
+/// moves the runbook to approval and says so. A replica that still holds the old stage in its
+/// cache does not decide in it: the store refuses the claim and the replica decides again in the
+/// new stage, without a trace of the refused attempt.
+#[tokio::test]
+async fn a_replica_never_decides_in_a_rollout_stage_another_replica_left() {
+    let r = rig(ROLLOUT, Faults::default(), Settings::default());
+    let b = replica(&r, ROLLOUT);
+    let o = r.send(&crash("ro-1", "s1")).await;
+    assert_eq!(o.decision, Decision::DryRun, "{}", o.reason);
+    let view = o.rollout.clone().expect("a rollout runbook's outcome says its stage");
+    assert_eq!(
+        (view.stage.as_str(), view.evidence, view.needed),
+        ("shadow", Some(1), 2)
+    );
+    assert!(view.change.is_none());
+    assert!(o.reason.contains("rollout stage shadow"), "{}", o.reason);
+    // Replica b reads (and caches) shadow with its own shadow run: the evidence completes.
+    let h = b
+        .handle(crash("ro-2", "s2").as_bytes(), None, "b-1")
+        .await
+        .expect("handled");
+    let o = &h.outcomes[0];
+    assert_eq!(o.decision, Decision::DryRun);
+    let change = o.rollout.as_ref().and_then(|v| v.change.clone()).expect("the change");
+    assert_eq!((change.from.as_str(), change.to.as_str()), ("shadow", "approval"));
+    assert!(o.reason.contains("moved from shadow to approval"), "{}", o.reason);
+    // Replica r cached shadow at its first decision; its next one is taken in approval.
+    let o = r.send(&crash("ro-3", "s3")).await;
+    assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+    assert_eq!(o.rollout.as_ref().map(|v| v.stage.as_str()), Some("approval"));
+    assert!(
+        o.reason.contains("rollout stage approval: human approval required"),
+        "{}",
+        o.reason
+    );
+    assert_eq!(r.executor.journal().len(), 0, "nothing ran");
+}
+
+/// A failed verification steps an automatic rollout runbook back (auto → approval without canary
+/// shares) on the outcome that failed; the next incident asks a human.
+#[tokio::test]
+async fn a_failed_verification_steps_the_rollout_back() {
+    let runbooks = ROLLOUT
+        .replace("start: shadow", "start: approval")
+        .replace("automatic_until: approval", "automatic_until: auto");
+    let faults = Faults {
+        fail_post_checks_for: ["bad"].map(String::from).into(),
+        ..Faults::default()
+    };
+    let r = rig(&runbooks, faults, Settings::default());
+    let catalogue = Catalogue::from_yaml(&runbooks, "t").unwrap();
+    let policy = catalogue.get("restart-rollout").unwrap().rollout.clone().unwrap();
+    // Another replica's approved executions made it automatic.
+    for id in ["x", "y"] {
+        r.store
+            .rollout_apply("restart-rollout", &policy, remediator::rollout::Transition::Success, id)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let o = r.send(&crash("ra-1", "good")).await;
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{}",
+        o.reason
+    );
+    assert_eq!(o.rollout.as_ref().map(|v| v.stage.as_str()), Some("auto"));
+    let o = r.send(&crash("ra-2", "bad")).await;
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(false)),
+        "{}",
+        o.reason
+    );
+    let change = o.rollout.as_ref().and_then(|v| v.change.clone()).expect("stepped back");
+    assert_eq!((change.from.as_str(), change.to.as_str()), ("auto", "approval"));
+    assert!(
+        o.reason.contains("a failed verification steps the rollout back"),
+        "{}",
+        o.reason
+    );
+    let o = r.send(&crash("ra-3", "good2")).await;
+    assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+    assert_eq!(r.executor.journal().len(), 2);
 }

@@ -469,6 +469,22 @@ mod api {
         async fn promote(&self, _: &str) -> Result<bool, StoreError> {
             down()
         }
+        async fn rollout(
+            &self,
+            _: &str,
+            _: &crate::rollout::RolloutPolicy,
+        ) -> Result<crate::rollout::RolloutRecord, StoreError> {
+            down()
+        }
+        async fn rollout_apply(
+            &self,
+            _: &str,
+            _: &crate::rollout::RolloutPolicy,
+            _: crate::rollout::Transition,
+            _: &str,
+        ) -> Result<Result<crate::rollout::RolloutRecord, crate::rollout::PromoteRefusal>, StoreError> {
+            down()
+        }
     }
 
     /// While the store is down an answer is tried again until its deadline (waits of 500 ms,

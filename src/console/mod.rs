@@ -8,6 +8,9 @@
 //!   success rate and the checks an execution runs ([`RunbookStatus`]).
 //! - `GET /v1/console/outcomes?runbook=&service=&decision=&limit=`: the newest outcomes on the
 //!   audit topic, filtered ([`Recent`]).
+//! - `POST /v1/console/runbooks/{id}/promote` (`{"by": "<name>"}`): a human promotes a runbook
+//!   with a rollout policy one stage right, as `remediator promote` does: refused (409, with the
+//!   evidence it lacks) until its policy's evidence is there (docs/rollout.md).
 //! - Pending approvals and the answers go through the approval API (`GET /v1/approvals`,
 //!   `POST /v1/approvals/{id}/approve|deny`, `crate::approval`), with its rules: the same bearer
 //!   token, the action hash the page showed must still be the approval's, an answer is taken once,
@@ -26,10 +29,10 @@ pub use recent::Recent;
 pub use status::{runbook_statuses, RunbookStatus};
 
 use crate::engine::Engine;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -84,6 +87,7 @@ impl Console {
                 get(|| async { page("text/css; charset=utf-8", APP_CSS) }),
             )
             .route("/v1/console/runbooks", get(runbooks))
+            .route("/v1/console/runbooks/{id}/promote", post(promote))
             .route("/v1/console/outcomes", get(outcomes))
             .with_state(ConsoleState(self))
     }
@@ -129,6 +133,52 @@ async fn runbooks(State(ConsoleState(c)): State<ConsoleState>, headers: HeaderMa
     }
     match runbook_statuses(c.engine.catalogue(), c.engine.store().as_ref()).await {
         Ok(list) => json_reply(StatusCode::OK, list),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// The body of `POST /v1/console/runbooks/{id}/promote`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    /// Who promotes (audited in the logs and the change's `why`).
+    by: String,
+}
+
+async fn promote(
+    State(ConsoleState(c)): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<PromoteBody>>,
+) -> Response {
+    if !c.authorized(&headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Some(Json(PromoteBody { by })) = body else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON {\"by\": \"<who promotes>\"}",
+        );
+    };
+    let by = by.trim();
+    if by.is_empty() || by.len() > 200 || by.chars().any(char::is_control) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "by: 1..200 printable characters naming who promotes",
+        );
+    }
+    let Some(rb) = c.engine.catalogue().get(&id) else {
+        return refuse(StatusCode::NOT_FOUND, "no such runbook");
+    };
+    if rb.rollout.is_none() {
+        return refuse(StatusCode::CONFLICT, "the runbook has no rollout policy");
+    }
+    match c.engine.promote_rollout(rb, by).await {
+        Ok(Ok(change)) => json_reply(
+            StatusCode::OK,
+            serde_json::json!({ "promoted": true, "change": change }),
+        ),
+        Ok(Err(refusal)) => refuse(StatusCode::CONFLICT, &format!("not promoted: {refusal}")),
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }

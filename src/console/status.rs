@@ -3,6 +3,7 @@
 
 use crate::guardrails::{CircuitState, Store, StoreError};
 use crate::outcome::Mode;
+use crate::rollout::{RolloutPolicy, RolloutRecord, Stage};
 use crate::runbook::{Catalogue, Risk};
 use serde::Serialize;
 
@@ -43,6 +44,61 @@ pub struct RunbookStatus {
     pub post_checks: Vec<&'static str>,
     /// What undoes it when verification fails (`None`: nothing).
     pub rollback: Option<&'static str>,
+    /// Its progressive rollout, when it has a policy.
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where a runbook's rollout stands and what its next stage needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutStatus {
+    /// The stage its shared record holds.
+    pub stage: Stage,
+    /// `shadow`, `approval`, `canary 25%`, `auto`.
+    pub describe: String,
+    /// Verified successes counted toward the next stage.
+    pub evidence: u32,
+    /// How many the policy needs.
+    pub needed: u32,
+    /// The next stage (`None` at auto).
+    pub next: Option<String>,
+    /// The next stage is reached on evidence alone (else a human promotes).
+    pub next_automatic: bool,
+    /// A human may promote it now (`remediator promote`, the console).
+    pub promotable: bool,
+    /// What the next stage needs, in words.
+    pub needs: String,
+}
+
+impl RolloutStatus {
+    fn of(id: &str, policy: &RolloutPolicy, rec: &RolloutRecord) -> Self {
+        let next = rec.position.next(policy);
+        let next_automatic = next.is_some_and(|n| n.stage <= policy.automatic_until);
+        let enough = rec.evidence >= policy.promote_after;
+        let needs = match next {
+            None => "nothing: it runs automatically".to_string(),
+            Some(n) if next_automatic => format!(
+                "{} more verified success(es), then {} on its own",
+                policy.promote_after.saturating_sub(rec.evidence),
+                n.describe(policy)
+            ),
+            Some(n) if enough => format!("a human: `remediator promote {id}` moves it to {}", n.describe(policy)),
+            Some(n) => format!(
+                "{} more verified success(es), then a human promotes it to {}",
+                policy.promote_after - rec.evidence,
+                n.describe(policy)
+            ),
+        };
+        RolloutStatus {
+            stage: rec.position.stage,
+            describe: rec.position.describe(policy),
+            evidence: rec.evidence,
+            needed: policy.promote_after,
+            next: next.map(|n| n.describe(policy)),
+            next_automatic,
+            promotable: next.is_some() && enough,
+            needs,
+        }
+    }
 }
 
 /// Every runbook of `catalogue`, in catalogue order, as `store` sees it now.
@@ -53,13 +109,19 @@ pub async fn runbook_statuses(catalogue: &Catalogue, store: &dyn Store) -> Resul
         let stats = store.trust(&rb.id, window).await?;
         let circuit = store.circuit(&rb.id).await?;
         let demoted = store.demotion(&rb.id).await?;
-        let effective_mode = match (&demoted, rb.mode) {
-            (Some(_), Mode::Auto) => Mode::Approval,
-            (_, m) => m,
+        let rollout = match &rb.rollout {
+            Some(policy) => Some(RolloutStatus::of(&rb.id, policy, &store.rollout(&rb.id, policy).await?)),
+            None => None,
         };
-        let policy = match rb.trust {
-            Some(t) => format!("floor {:.0}% after {} runs", t.floor * 100.0, t.min_runs),
-            None => "no automatic demotion".to_string(),
+        let effective_mode = match (&demoted, rb.mode, rollout.as_ref().map(|r| r.stage)) {
+            (_, Mode::Auto, Some(Stage::Shadow)) => Mode::DryRun,
+            (_, Mode::Auto, Some(Stage::Approval)) | (Some(_), Mode::Auto, _) => Mode::Approval,
+            (_, m, _) => m,
+        };
+        let policy = match (rb.trust, &rb.rollout) {
+            (Some(t), _) => format!("floor {:.0}% after {} runs", t.floor * 100.0, t.min_runs),
+            (None, Some(_)) => "rollout: a failed verification steps it back".to_string(),
+            (None, None) => "no automatic demotion".to_string(),
         };
         out.push(RunbookStatus {
             id: rb.id.clone(),
@@ -79,6 +141,7 @@ pub async fn runbook_statuses(catalogue: &Catalogue, store: &dyn Store) -> Resul
             pre_checks: rb.pre_checks.iter().map(|c| c.name.as_str()).collect(),
             post_checks: rb.post_checks.iter().map(|c| c.name.as_str()).collect(),
             rollback: rb.rollback.as_ref().map(|a| a.kind()),
+            rollout,
         });
     }
     Ok(out)

@@ -17,8 +17,11 @@ use std::time::Duration;
 const TOKEN: &str = "console-token";
 
 fn engine() -> (Arc<Engine>, Arc<dyn Store>) {
-    let catalogue = Catalogue::from_yaml(include_str!("../../config/runbooks.yaml"), "config/runbooks.yaml")
-        .expect("the shipped catalogue loads");
+    engine_of(include_str!("../../config/runbooks.yaml"))
+}
+
+fn engine_of(runbooks: &str) -> (Arc<Engine>, Arc<dyn Store>) {
+    let catalogue = Catalogue::from_yaml(runbooks, "runbooks.yaml").expect("the catalogue loads");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
     let engine = Engine::new(
         Arc::new(catalogue),
@@ -34,7 +37,10 @@ fn engine() -> (Arc<Engine>, Arc<dyn Store>) {
 
 /// The console's routes on a free local port; its base URL.
 async fn serve(recent: Recent) -> (String, Arc<dyn Store>) {
-    let (engine, store) = engine();
+    serve_engine(engine(), recent).await
+}
+
+async fn serve_engine((engine, store): (Arc<Engine>, Arc<dyn Store>), recent: Recent) -> (String, Arc<dyn Store>) {
     let console = Arc::new(Console::new(engine, TOKEN.into(), recent));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -70,6 +76,7 @@ fn outcome(incident: &str, runbook: &str, service: &str, decision: Decision, fin
         approval_id: None,
         approver: None,
         trust: None,
+        rollout: None,
         mode: None,
         worker: "w1".into(),
         decided_at: at,
@@ -356,4 +363,115 @@ async fn the_tail_reads_the_end_of_every_partition_then_what_arrives() {
         .await
         .expect("the tail stops at shutdown")
         .expect("tail task");
+}
+
+/// A human promotes a rollout runbook through the console as `remediator promote` does: with
+/// the token, naming who promotes, only once the evidence is there, one stage at a time; the
+/// runbooks route shows the stage, the evidence and whether it may be promoted.
+#[tokio::test]
+async fn a_rollout_runbook_is_promoted_only_with_its_evidence() {
+    use crate::rollout::Transition;
+    let yaml = "runbooks:\n  r:\n    risk: LOW\n    triggers: [x]\n    min_confidence: 0.5\n    action: kubectl delete pod {pod_name}\n    \
+                rollout: {start: approval, promote_after: 2, canary: {shares: [25]}}\n  plain:\n    risk: LOW\n    \
+                triggers: [y]\n    min_confidence: 0.5\n    action: kubectl delete pod {pod_name}\n";
+    let (engine, store) = engine_of(yaml);
+    let rb = engine.catalogue().get("r").expect("r").clone();
+    let (url, _) = serve_engine((engine, Arc::clone(&store)), Recent::new(10)).await;
+    let promote = |id: &'static str, token: &'static str, body: serde_json::Value| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/console/runbooks/{id}/promote"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let by = serde_json::json!({"by": "alice"});
+    assert_eq!(promote("r", "wrong", by.clone()).await.0, 401);
+    let (code, body) = promote("r", TOKEN, by.clone()).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["reason"],
+        "not promoted: 0 of the 2 verified successes its policy needs since the last stage change or failure"
+    );
+    assert_eq!(promote("nope", TOKEN, by.clone()).await.0, 404);
+    assert_eq!(
+        promote("plain", TOKEN, by.clone()).await.1["reason"],
+        "the runbook has no rollout policy"
+    );
+    for who in ["", "  ", "a\nb"] {
+        assert_eq!(
+            promote("r", TOKEN, serde_json::json!({"by": who})).await.0,
+            400,
+            "{who:?}"
+        );
+    }
+    let policy = rb.rollout.clone().expect("policy");
+    let status = |list: &serde_json::Value| list.as_array().expect("list")[0]["rollout"].clone();
+    let runbooks = || async {
+        get(&format!("{url}/v1/console/runbooks"), Some(TOKEN))
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .expect("json")
+    };
+    store
+        .rollout_apply("r", &policy, Transition::Success, "i1")
+        .await
+        .expect("store")
+        .expect("counted");
+    let s = status(&runbooks().await);
+    assert_eq!(
+        (
+            s["describe"].as_str(),
+            s["evidence"].as_u64(),
+            s["promotable"].as_bool()
+        ),
+        (Some("approval"), Some(1), Some(false))
+    );
+    assert_eq!(s["needs"], "1 more verified success(es), then canary 25% on its own");
+    // The second success moves it on its own (automatic_until defaults to canary with shares).
+    store
+        .rollout_apply("r", &policy, Transition::Success, "i2")
+        .await
+        .expect("store")
+        .expect("counted");
+    for id in ["i3", "i4"] {
+        store
+            .rollout_apply("r", &policy, Transition::Success, id)
+            .await
+            .expect("store")
+            .expect("counted");
+    }
+    let s = status(&runbooks().await);
+    assert_eq!(
+        (
+            s["describe"].as_str(),
+            s["evidence"].as_u64(),
+            s["promotable"].as_bool()
+        ),
+        (Some("canary 25%"), Some(2), Some(true))
+    );
+    assert_eq!(s["needs"], "a human: `remediator promote r` moves it to auto");
+    let (code, body) = promote("r", TOKEN, by.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["change"]["from"], "canary");
+    assert_eq!(body["change"]["to"], "auto");
+    assert_eq!(body["change"]["why"], "promoted by alice");
+    let s = status(&runbooks().await);
+    assert_eq!(
+        (s["describe"].as_str(), s["promotable"].as_bool()),
+        (Some("auto"), Some(false))
+    );
+    assert_eq!(s["needs"], "nothing: it runs automatically");
+    let (code, body) = promote("r", TOKEN, by).await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("not promoted: it runs automatically already (stage auto)"))
+    );
 }

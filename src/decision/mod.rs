@@ -19,6 +19,7 @@
 
 use crate::guardrails::Guardrail;
 use crate::outcome::{Decision, Mode};
+use crate::rollout::Stage;
 use std::time::Duration;
 
 /// What the store said about the guardrails, when it has been asked.
@@ -70,6 +71,19 @@ pub struct RunbookFacts {
     pub risk: &'static str,
     /// Why the trust ladder demoted it from auto to approval, if it did.
     pub demoted: Option<String>,
+    /// Its rollout stage, if it has a rollout policy (docs/rollout.md).
+    pub rollout: Option<RolloutFact>,
+}
+
+/// Where a runbook with a rollout policy stands for this incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutFact {
+    /// The stage its shared record holds.
+    pub stage: Stage,
+    /// In `canary`: the share of targets acting automatically.
+    pub share: Option<u8>,
+    /// In `canary`: this incident's target is in that share.
+    pub in_canary: bool,
 }
 
 /// Every fact a decision depends on.
@@ -276,6 +290,16 @@ pub fn decide(f: &Facts) -> Verdict {
         return Verdict::Final(Final::blocked(*g, detail.clone()));
     }
     let intent = match rb.mode {
+        // A rollout decides by stage: shadow is a dry run, approval and the targets outside a
+        // canary ask a human, the canary's targets and auto run (in dry run where one is set).
+        Mode::Auto if rb.rollout.is_some_and(|r| r.stage == Stage::Shadow) => Intent::DryRun,
+        Mode::Auto
+            if rb
+                .rollout
+                .is_some_and(|r| r.stage == Stage::Approval || (r.stage == Stage::Canary && !r.in_canary)) =>
+        {
+            Intent::Approval
+        }
         Mode::Approval => Intent::Approval,
         Mode::Auto if rb.demoted.is_some() => Intent::Approval,
         Mode::Suggest => Intent::Suggest,
@@ -287,6 +311,9 @@ pub fn decide(f: &Facts) -> Verdict {
 
 /// The reason text for an intent that proceeded.
 pub fn intent_reason(intent: Intent, rb: &RunbookFacts) -> String {
+    if let Some(text) = rb.rollout.and_then(|r| rollout_reason(intent, &rb.id, r)) {
+        return text;
+    }
     match intent {
         Intent::Approval if rb.mode == Mode::Auto => format!(
             "runbook {} was demoted from auto to approval ({}): human approval required",
@@ -299,6 +326,29 @@ pub fn intent_reason(intent: Intent, rb: &RunbookFacts) -> String {
         Intent::DryRun => "dry run: guardrails checked and reserved, action rendered but not executed".into(),
         Intent::Execute => format!("runbook {} executed", rb.id),
     }
+}
+
+/// The reason text of an intent a rollout stage chose (`None`: the plain one).
+fn rollout_reason(intent: Intent, id: &str, r: RolloutFact) -> Option<String> {
+    let stage = match r.share {
+        Some(share) => format!("{} {share}%", r.stage),
+        None => r.stage.to_string(),
+    };
+    Some(match (intent, r.stage) {
+        (Intent::DryRun, Stage::Shadow) => format!(
+            "runbook {id} is in rollout stage shadow: guardrails checked and reserved, action rendered, \
+             not executed (it would have run)"
+        ),
+        (Intent::Approval, Stage::Canary) => format!(
+            "runbook {id} is in rollout stage {stage} and this target is outside the canary: \
+             human approval required"
+        ),
+        (Intent::Approval, _) => format!("runbook {id} is in rollout stage {stage}: human approval required"),
+        (Intent::Execute, Stage::Canary) => {
+            format!("runbook {id} executed (rollout stage {stage}: this target is in the canary)")
+        }
+        _ => return None,
+    })
 }
 
 /// Every fact the execution of an answered (approved) approval depends on. What was safe when

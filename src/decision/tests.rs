@@ -11,6 +11,7 @@ fn rb(mode: Mode, dry_run: bool) -> RunbookFacts {
         dry_run,
         risk: "LOW",
         demoted: None,
+        rollout: None,
     }
 }
 
@@ -396,4 +397,73 @@ fn an_approved_action_is_checked_again_first_failure_wins() {
                 .into()
         )
     );
+}
+
+/// A rollout runbook is decided by its stage: shadow is a dry run, approval and the targets
+/// outside a canary ask a human, the canary's targets and auto run (a dry run where one is set);
+/// each reason names the stage.
+#[test]
+fn a_rollout_stage_chooses_the_intent_and_says_so() {
+    let with = |stage, share, in_canary, dry| {
+        let mut f = base();
+        f.global_dry_run = dry;
+        f.runbook = Some(RunbookFacts {
+            rollout: Some(RolloutFact {
+                stage,
+                share,
+                in_canary,
+            }),
+            ..rb(Mode::Auto, false)
+        });
+        match decide(&f) {
+            Verdict::Proceed(i, reason) => (i, reason),
+            Verdict::Final(f) => panic!("final {f:?}"),
+        }
+    };
+    let cases = [
+        (
+            (Stage::Shadow, None, false, false),
+            Intent::DryRun,
+            "runbook restart-pod is in rollout stage shadow: guardrails checked and reserved, action rendered, \
+             not executed (it would have run)",
+        ),
+        (
+            (Stage::Approval, None, false, false),
+            Intent::Approval,
+            "runbook restart-pod is in rollout stage approval: human approval required",
+        ),
+        (
+            (Stage::Canary, Some(25), false, false),
+            Intent::Approval,
+            "runbook restart-pod is in rollout stage canary 25% and this target is outside the canary: \
+             human approval required",
+        ),
+        (
+            (Stage::Canary, Some(25), true, false),
+            Intent::Execute,
+            "runbook restart-pod executed (rollout stage canary 25%: this target is in the canary)",
+        ),
+        (
+            (Stage::Auto, None, false, false),
+            Intent::Execute,
+            "runbook restart-pod executed",
+        ),
+        (
+            (Stage::Canary, Some(25), true, true),
+            Intent::DryRun,
+            "dry run: guardrails checked and reserved, action rendered but not executed",
+        ),
+        (
+            (Stage::Auto, None, false, true),
+            Intent::DryRun,
+            "dry run: guardrails checked and reserved, action rendered but not executed",
+        ),
+    ];
+    for ((stage, share, member, dry), intent, reason) in cases {
+        assert_eq!(
+            with(stage, share, member, dry),
+            (intent, reason.to_string()),
+            "{stage:?} {share:?} in_canary={member} dry_run={dry}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use crate::guardrails::{
 };
 use crate::incident::Incident;
 use crate::outcome::{Decision, Outcome};
+use crate::rollout::{Stage, Transition};
 use crate::runbook::template::{RenderError, Vars};
 use crate::runbook::{Action, Runbook};
 use chrono::{DateTime, Utc};
@@ -96,9 +97,28 @@ impl Engine {
         let matched = self.catalogue.match_incident(incident).map(|(rb, _)| rb);
         let vars = Vars::from_incident(incident);
         let rendered = matched.map(|rb| render(rb, incident, &vars));
+        // A rollout runbook is decided in the stage its shared record holds (for its canary:
+        // whether this target is in it); the store checks the record's version at the claim.
+        let rollout = match (matched, rendered.as_ref().and_then(|r| r.as_ref().ok())) {
+            (Some(rb), Some(action)) => match &rb.rollout {
+                Some(policy) => {
+                    let rec = self.rollout_record(rb, policy).await;
+                    let scope = guard_scope(rb, incident, action);
+                    let target = if scope.target.is_empty() {
+                        &scope.service
+                    } else {
+                        &scope.target
+                    };
+                    Some((rec.version, Self::rollout_fact(rb, policy, &rec, target)))
+                }
+                None => None,
+            },
+            _ => None,
+        };
         let runbook = match matched {
             Some(rb) => Some(RunbookFacts {
                 demoted: self.demotion(rb).await,
+                rollout: rollout.as_ref().map(|(_, (fact, _))| *fact),
                 ..runbook_facts(rb)
             }),
             None => None,
@@ -125,9 +145,14 @@ impl Engine {
             global_dry_run: self.settings.dry_run,
         };
         let action = rendered.as_ref().and_then(|r| r.as_ref().ok());
+        let (rollout_version, rollout_view) = match rollout {
+            Some((version, (_, view))) => (Some(version), Some(view)),
+            None => (None, None),
+        };
         let subject = Subject {
             action: action.map(Action::view),
             mode: matched.map(|rb| self.effective_mode(rb)),
+            rollout: rollout_view,
             ..Subject::of(incident, matched)
         };
         let (next, subject, facts, request) = match decision::decide(&facts) {
@@ -152,7 +177,8 @@ impl Engine {
                     facts,
                     operator: None,
                 };
-                let (guard, request) = self.guard(&run, intent, reason);
+                let (guard, mut request) = self.guard(&run, intent, reason);
+                request.rollout_version = rollout_version;
                 (Next::Guarded(guard), run.subject, run.facts, request)
             }
         };
@@ -186,6 +212,12 @@ impl Engine {
             decided_at,
             next,
         } = prepared;
+        if let (DecideAnswer::StageChanged, Some(rb)) = (&answer, rb) {
+            // Decided in a stage the runbook's rollout has left: nothing was claimed. Decide
+            // again in the stage the store holds now.
+            self.reload_rollout(rb).await?;
+            return Box::pin(self.process(incident, source, attempt)).await;
+        }
         match next {
             Next::Recorded(outcomes) => match answer {
                 DecideAnswer::Recorded => Ok(Handled::new(outcomes)),
@@ -358,7 +390,25 @@ impl Engine {
                     result: ExecResult::NotRun,
                 })
                 .await;
-                Report::new(intent.decision(), reason)
+                let mut report = Report::new(intent.decision(), reason);
+                // A shadow run the guardrails allowed is the evidence shadow collects.
+                if facts
+                    .runbook
+                    .as_ref()
+                    .and_then(|r| r.rollout)
+                    .is_some_and(|r| r.stage == Stage::Shadow)
+                {
+                    report.rollout = self
+                        .rollout_result(
+                            rb,
+                            Transition::Success,
+                            &incident.id,
+                            subject.rollout.as_ref(),
+                            &mut report.reason,
+                        )
+                        .await;
+                }
+                report
             }
             Intent::Execute => {
                 let reserved = Reserved {

@@ -9,6 +9,7 @@ use crate::guardrails::{ExecResult, FinishRequest, Limits, RenewRequest, Renewal
 use crate::incident::Incident;
 use crate::outcome::{CheckOutcome, Decision, Phase};
 use crate::retry::Backoff;
+use crate::rollout::Transition;
 use crate::runbook::template::Vars;
 use crate::runbook::{Action, CheckSpec, Runbook};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,9 +125,19 @@ impl Engine {
                 if fin.failures == 1 { "" } else { "s" }
             ));
         }
-        let trust = match exec.result {
-            ExecResult::NotRun => None,
-            _ => self.update_trust(rb, exec.success == Some(true), &mut reason).await,
+        let (trust, rollout) = match exec.result {
+            ExecResult::NotRun => (None, None),
+            _ => {
+                let verified = exec.success == Some(true);
+                let trust = self.update_trust(rb, verified, &mut reason).await;
+                let result = if verified {
+                    Transition::Success
+                } else {
+                    Transition::Failure
+                };
+                let rollout = self.rollout_result(rb, result, &incident.id, None, &mut reason).await;
+                (trust, rollout)
+            }
         };
         Ok(Report {
             decision: exec.decision,
@@ -136,6 +147,7 @@ impl Engine {
             rolled_back: exec.rolled_back,
             checks: exec.checks,
             trust,
+            rollout,
         })
     }
 

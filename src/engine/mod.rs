@@ -30,6 +30,7 @@ mod automatic;
 mod ceiling;
 mod execution;
 mod manual;
+mod rollout;
 mod store;
 mod trust;
 
@@ -44,7 +45,7 @@ use crate::executor::Executor;
 use crate::guardrails::{DecideAnswer, Guardrail, Limits, Scope, Store, StoreError};
 use crate::incident::{self, Incident, Partial};
 use crate::metrics::Metrics;
-use crate::outcome::{ActionView, CheckOutcome, Decision, Mode, Outcome, TrustView, SCHEMA_VERSION};
+use crate::outcome::{ActionView, CheckOutcome, Decision, Mode, Outcome, RolloutView, TrustView, SCHEMA_VERSION};
 use crate::runbook::template::{RenderError, Vars};
 use crate::runbook::{Action, Catalogue, Risk, Runbook};
 use chrono::{DateTime, Utc};
@@ -188,6 +189,8 @@ pub struct Engine {
     ids: EventIds,
     ceiling: ceiling::LocalCeiling,
     demotions: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    /// Each rollout runbook's record as last read or written (see `rollout.rs`).
+    rollouts: Mutex<HashMap<String, (crate::rollout::RolloutRecord, Instant)>>,
     notifier: Option<crate::notify::Notifier>,
 }
 
@@ -204,6 +207,8 @@ struct Subject {
     mode: Option<Mode>,
     approval_id: Option<String>,
     approver: Option<String>,
+    /// The runbook's rollout stage for this decision (docs/rollout.md).
+    rollout: Option<RolloutView>,
 }
 
 impl Subject {
@@ -240,6 +245,8 @@ struct Report {
     rolled_back: bool,
     checks: Vec<CheckOutcome>,
     trust: Option<TrustView>,
+    /// What the result did to the runbook's rollout (it replaces the subject's view).
+    rollout: Option<RolloutView>,
 }
 
 impl Report {
@@ -252,6 +259,7 @@ impl Report {
             rolled_back: false,
             checks: Vec::new(),
             trust: None,
+            rollout: None,
         }
     }
 }
@@ -286,6 +294,7 @@ impl Engine {
             ids,
             ceiling: ceiling::LocalCeiling::default(),
             demotions: Mutex::new(HashMap::new()),
+            rollouts: Mutex::new(HashMap::new()),
             notifier: None,
         }
     }
@@ -494,6 +503,15 @@ impl Engine {
             approval_id: s.approval_id,
             approver: s.approver,
             trust: report.trust,
+            // The decision's view, with what the result did to the rollout.
+            rollout: match (s.rollout, report.rollout) {
+                (Some(decided), Some(result)) => Some(RolloutView {
+                    evidence: result.evidence,
+                    change: result.change,
+                    ..decided
+                }),
+                (decided, result) => result.or(decided),
+            },
             mode: s.mode,
             worker: self.settings.worker.clone(),
             decided_at,
@@ -549,6 +567,7 @@ fn runbook_facts(rb: &Runbook) -> RunbookFacts {
             Risk::High => "HIGH",
         },
         demoted: None,
+        rollout: None,
     }
 }
 

@@ -39,6 +39,7 @@ impl Engine {
             lease_ms: ms(self.settings.guardrails.lease),
             admission,
             on_block: None,
+            rollout_version: None,
         }
     }
 

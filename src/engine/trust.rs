@@ -21,7 +21,7 @@ pub(crate) fn window(rb: &Runbook) -> u32 {
 
 impl Engine {
     /// Set the trust-ladder gauges (`remediator_runbook_success_rate`, `_executions`, `_demoted`)
-    /// of every runbook from the shared store, so every replica reports the same record, a
+    /// and the rollout gauges of every runbook from the shared store, so every replica reports the same record, a
     /// promotion included, not only the replica that last executed the runbook.
     pub async fn refresh_trust_gauges(&self) -> Result<(), StoreError> {
         for rb in self.catalogue.runbooks() {
@@ -30,7 +30,7 @@ impl Engine {
             let demoted = rb.trust.is_some() && self.store.demotion(&rb.id).await?.is_some();
             self.set_trust_gauges(&rb.id, stats.rate(), stats.total, demoted);
         }
-        Ok(())
+        self.refresh_rollout_gauges().await
     }
 
     fn set_trust_gauges(&self, runbook: &str, rate: f64, total: u32, demoted: bool) {

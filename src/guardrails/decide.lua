@@ -19,6 +19,7 @@ KEYS (all under the one hash tag `{<key_prefix>}:`, so this is a single-slot scr
   8  conservative_until        string  ms; also marks "this generation's loss was noticed"
   9  primary                   string  replication id of the primary that served the last decision
   10 trate:<runbook>:<target>  zset    like rate:, per the action's target (namespace/kind/name)
+  11 rollout:<runbook>         hash    the runbook's rollout record (rollout.lua); only `version` is read
 
 ARGV
   1  incident id          2  attempt              3  worker
@@ -39,6 +40,9 @@ ARGV
   24 25 26  the outcome to record if a guardrail blocks, in three pieces (head, mid, tail; '' =
      none: a block leaves the incident claimed for the caller to record): the record's outcomes
      are head .. detail (JSON-escaped) .. mid .. guardrail .. tail, and the incident is done.
+  27 the rollout record's version the decision was taken in ('' = the runbook has no rollout
+     policy): if KEYS[11] holds another version (a missing one is '0'), the answer is
+     `stage_changed` and nothing is written; the caller decides again in the new stage.
 
 `shared` is a table the caller declares before this text: `local shared = {}` for one decision,
 one table for every request of a batch (decide_batch.lua), so a batch asks Redis `TIME` once and
@@ -59,6 +63,7 @@ Returns a flat array of strings, { epoch, kind, fields... }; epoch is '' unless 
   { epoch, 'duplicate', outcomes, same_source 0|1 }
   { epoch, 'in_progress', worker, retry_after_ms }
   { epoch, 'interrupted', worker }
+  { epoch, 'stage_changed' }
 ]]
 
 local now = shared.now
@@ -194,6 +199,12 @@ if interrupted then
   set('acted_by', interrupted)
   claim_ttl = math.max(lease_ms + grace, ttl)
   return reply({ 'interrupted', interrupted })
+end
+
+-- 2b. Rollout: a decision taken in a rollout stage stands only in that stage. Nothing is written:
+-- the caller decides again in the stage the record holds now.
+if mode ~= 'record' and ARGV[27] ~= '' and (redis.call('HGET', KEYS[11], 'version') or '0') ~= ARGV[27] then
+  return { epoch, 'stage_changed' }
 end
 
 -- 3. Record: the decision is final without guardrails.

@@ -7,13 +7,14 @@ runs, with its own KEYS and ARGV, one after another inside one atomic script: th
 those of calling decide.lua once per request in the same order, with nothing from another client
 in between, for one round trip.
 
-KEYS  request i's 10 keys (decide.lua's KEYS) at 10*(i-1)+1 .. 10*i
+KEYS  request i's 11 keys (decide.lua's KEYS) at 11*(i-1)+1 .. 11*i
 ARGV  1  n, the number of requests
-      then request i's 26 arguments (decide.lua's ARGV) at 1+26*(i-1)+1 .. 1+26*i
+      then request i's 27 arguments (decide.lua's ARGV) at 1+27*(i-1)+1 .. 1+27*i
 
 It stops after the first answer the caller must act on before it goes on: a reservation (an
 `allowed` answer to a reserve or dry_run: the caller runs that action and releases it first) or
-`in_progress` (another replica holds that claim: the caller waits for it first). Exactly as one
+`in_progress` (another replica holds that claim: the caller waits for it first) or
+`stage_changed` (the caller decides that request again, in order, first). Exactly as one
 call at a time would, the requests after it are decided only then: left untouched, not answered.
 
 Between two requests it does what the client does between two calls: when a reply carries the
@@ -24,7 +25,7 @@ Returns a flat array: for each request decided, in order, the length of decide.l
 the reply.
 ]]
 
-local KEYS_PER, ARGS_PER = 10, 26
+local KEYS_PER, ARGS_PER = 11, 27
 local n = tonumber(ARGV[1])
 local out = {}
 local adopted = nil
@@ -49,7 +50,7 @@ for i = 0, n - 1 do
   for j = 1, #r do
     out[#out + 1] = r[j]
   end
-  if (r[2] == 'allowed' and (args[8] == 'reserve' or args[8] == 'dry_run')) or r[2] == 'in_progress' then
+  if (r[2] == 'allowed' and (args[8] == 'reserve' or args[8] == 'dry_run')) or r[2] == 'in_progress' or r[2] == 'stage_changed' then
     break
   end
 end

@@ -7,6 +7,7 @@
 //! sees the same pending approvals, answers and demotions.
 
 use super::StoreError;
+use crate::rollout::{PromoteRefusal, RolloutPolicy, RolloutRecord, Transition};
 use serde::{Deserialize, Serialize};
 
 /// Where an approval stands.
@@ -170,4 +171,20 @@ pub trait LedgerStore: Send + Sync {
 
     /// Undo a demotion (a human decision); `true` if it was demoted.
     async fn promote(&self, runbook: &str) -> Result<bool, StoreError>;
+
+    /// A runbook's rollout record (docs/rollout.md): where it stands (its policy's first stage
+    /// while nothing moved it), the record's version, and the successes counted in the policy's
+    /// window. Reads only.
+    async fn rollout(&self, runbook: &str, policy: &RolloutPolicy) -> Result<RolloutRecord, StoreError>;
+
+    /// Apply one transition ([`crate::rollout::apply`]) to a runbook's rollout record in one
+    /// atomic step: a success (counted once per `evidence_id`, the incident), a failure, or a
+    /// human's promotion (`Ok(Err(_))`: refused, nothing changed).
+    async fn rollout_apply(
+        &self,
+        runbook: &str,
+        policy: &RolloutPolicy,
+        transition: Transition,
+        evidence_id: &str,
+    ) -> Result<Result<RolloutRecord, PromoteRefusal>, StoreError>;
 }

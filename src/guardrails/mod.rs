@@ -228,6 +228,16 @@ impl Admission {
         }
     }
 
+    /// What a `Check`, `Reserve` or `DryRun` is about; `None` for a `Record`.
+    pub fn scope(&self) -> Option<&Scope> {
+        match self {
+            Admission::Record { .. } => None,
+            Admission::Check { scope, .. } | Admission::Reserve { scope, .. } | Admission::DryRun { scope, .. } => {
+                Some(scope)
+            }
+        }
+    }
+
     /// The idempotency TTL this request carries (see [`Limits::record_ttl_ms`]).
     pub fn record_ttl_ms(&self) -> u64 {
         match self {
@@ -265,6 +275,10 @@ pub struct DecideRequest {
     /// `None`: a block leaves the incident claimed, and the caller records its outcome with
     /// [`GuardrailStore::record`]. Ignored for `Record`.
     pub on_block: Option<BlockedRecord>,
+    /// For `Check`, `Reserve` and `DryRun` of a runbook with a rollout policy: the version of
+    /// its rollout record the decision was taken in. If the record holds another one now, the
+    /// store answers [`DecideAnswer::StageChanged`] and writes nothing.
+    pub rollout_version: Option<u64>,
 }
 
 /// The outcome events of a blocked decision, as the store completes them: their JSON array with
@@ -359,17 +373,22 @@ pub enum DecideAnswer {
         /// The replica whose action was interrupted.
         worker: String,
     },
+    /// The runbook's rollout stage changed since the decision was taken
+    /// ([`DecideRequest::rollout_version`]): nothing was claimed or reserved; the caller reads
+    /// the record again and decides afresh.
+    StageChanged,
 }
 
 impl DecideAnswer {
     /// A batch ends at this answer ([`GuardrailStore::decide_batch`]): it holds a reservation
     /// the caller must use and release before deciding anything after it (`Allowed` to a
     /// `Reserve` or a `DryRun`), or the incident is claimed by another replica and the caller
-    /// waits for it first (`InProgress`).
+    /// waits for it first (`InProgress`), or the caller decides it again in its runbook's new
+    /// rollout stage, in order, before the requests after it (`StageChanged`).
     pub fn ends_batch(&self, admission: &Admission) -> bool {
         match self {
             DecideAnswer::Allowed { .. } => matches!(admission, Admission::Reserve { .. } | Admission::DryRun { .. }),
-            DecideAnswer::InProgress { .. } => true,
+            DecideAnswer::InProgress { .. } | DecideAnswer::StageChanged => true,
             _ => false,
         }
     }

@@ -98,6 +98,8 @@ pub struct Runbook {
     pub dry_run: bool,
     /// Automatic demotion policy (`None`: the runbook is never demoted automatically).
     pub trust: Option<TrustPolicy>,
+    /// Progressive rollout policy (`None`: the runbook is decided in its mode as written).
+    pub rollout: Option<crate::rollout::RolloutPolicy>,
     /// `allow_irreversible_auto`: why a HIGH-risk runbook may act automatically without a
     /// rollback. Without it such a runbook does not load; with it, every execution's outcome and
     /// `remediator runbooks` say so.

@@ -133,6 +133,7 @@ pub fn request(incident: &str, attempt: &str, worker: &str, lease_ms: u64, admis
         lease_ms,
         admission,
         on_block: None,
+        rollout_version: None,
     }
 }
 
@@ -2084,6 +2085,7 @@ async fn history(batched: &Store, single: &Store, seed: u64) -> std::collections
                 DecideAnswer::InProgress { .. } => "in_progress",
                 DecideAnswer::Recorded => "recorded",
                 DecideAnswer::Interrupted { .. } => "interrupted",
+                DecideAnswer::StageChanged => "stage_changed",
             });
             if let (DecideAnswer::Allowed { .. }, Admission::Reserve { scope, limits }) = (&answer, &req.admission) {
                 if !open.iter().any(|(_, a, ..)| *a == req.attempt) {
@@ -2258,4 +2260,79 @@ pub async fn a_batch_stops_at_its_first_reservation(store: Store) {
         check("d-2", "d2", &scope("rb", "svc-x"), &limits, LONG_LEASE),
     ];
     assert_eq!(store.decide_batch(&batch).await.expect("decided").len(), 2);
+}
+
+/// A decision carries the version of its runbook's rollout record it was taken in: while the
+/// record holds it (a runbook without a record is at 0) the decision stands; once the stage
+/// moved on, the store answers `StageChanged` and writes nothing (no claim, no reservation: the
+/// same attempt decided again in the new stage is a first decision); a batch ends at it, so
+/// the requests after it are decided only after it; a `Record` does not depend on a stage.
+pub async fn a_decision_in_a_left_rollout_stage_writes_nothing(
+    store: Store,
+    ledger: Arc<dyn remediator::guardrails::LedgerStore>,
+) {
+    use remediator::rollout::{Stage, Transition};
+    let rb = format!("rollout-{}", uuid_like());
+    let policy = crate::common::ledger_suite::rollout_policy(Stage::Shadow, &[50], Stage::Canary);
+    let s = scope(&rb, "svc");
+    let limits = Limits {
+        max_per_hour: 1,
+        ..open_limits()
+    };
+    let mut first = check("r0", "r0-a", &s, &limits, LONG_LEASE);
+    first.rollout_version = Some(0);
+    assert!(matches!(decide(&store, &first).await, DecideAnswer::Allowed { .. }));
+    for id in ["x", "y"] {
+        ledger
+            .rollout_apply(&rb, &policy, Transition::Success, id)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut stale = reserve("r1", "r1-a", &s, &limits, LONG_LEASE);
+    stale.rollout_version = Some(0);
+    assert_eq!(decide(&store, &stale).await, DecideAnswer::StageChanged);
+    assert_eq!(
+        decide(&store, &stale).await,
+        DecideAnswer::StageChanged,
+        "and again: nothing was cached"
+    );
+    // Nothing was written: the rate slot (max_per_hour 1) is still free for the same attempt.
+    let mut fresh = stale.clone();
+    fresh.rollout_version = Some(1);
+    assert!(matches!(decide(&store, &fresh).await, DecideAnswer::Allowed { .. }));
+    // A batch ends at a stale request.
+    let mut ok = check("r2", "r2-a", &scope(&rb, "other"), &limits, LONG_LEASE);
+    ok.rollout_version = Some(1);
+    let mut stale2 = check("r3", "r3-a", &scope(&rb, "third"), &limits, LONG_LEASE);
+    stale2.rollout_version = Some(0);
+    let mut after = check("r4", "r4-a", &scope(&rb, "fourth"), &limits, LONG_LEASE);
+    after.rollout_version = Some(1);
+    let answers = store.decide_batch(&[ok, stale2, after]).await.expect("batch");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(matches!(answers[0], DecideAnswer::Allowed { .. }), "{answers:?}");
+    assert_eq!(answers[1], DecideAnswer::StageChanged);
+    // A final decision is recorded whatever the stage.
+    let mut record = request(
+        "r5",
+        "r5-a",
+        "w1",
+        LONG_LEASE,
+        Admission::Record {
+            outcomes: OUTCOMES.to_owned(),
+            ttl_ms: 60_000,
+        },
+    );
+    record.rollout_version = Some(0);
+    assert_eq!(decide(&store, &record).await, DecideAnswer::Recorded);
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }

@@ -3,6 +3,7 @@
 //! [`ledger_suite_tests!`](crate::ledger_suite_tests) turns every case into a `#[tokio::test]`.
 
 use remediator::guardrails::{Answer, AnswerResult, Approval, ApprovalState, LedgerStore, PendingSummary};
+use remediator::rollout::{Position, PromoteRefusal, RolloutPolicy, Stage, Transition};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ macro_rules! ledger_suite_tests {
             every_pending_approval_is_listed,
             trust_keeps_a_rolling_window,
             demotion_is_sticky_until_promoted,
+            rollout_moves_on_evidence_and_steps_back_on_failure,
+            rollout_promotion_needs_the_evidence,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -353,4 +356,138 @@ pub async fn demotion_is_sticky_until_promoted(s: Ledger) {
         "promotion starts a fresh record"
     );
     assert!(!s.promote(&rb).await.unwrap());
+}
+
+/// A rollout policy: `start`, 2 successes per stage, canary shares `shares`, evidence alone up
+/// to `until`.
+pub fn rollout_policy(start: Stage, shares: &[u8], until: Stage) -> RolloutPolicy {
+    RolloutPolicy {
+        start,
+        promote_after: 2,
+        window: Duration::from_secs(3600),
+        canary_shares: shares.to_vec(),
+        automatic_until: until,
+    }
+}
+
+fn at(stage: Stage, step: u32) -> Position {
+    Position { stage, step }
+}
+
+/// Where the record stands after one transition: (position, version, evidence, changed from).
+async fn step(
+    s: &Ledger,
+    rb: &str,
+    p: &RolloutPolicy,
+    t: Transition,
+    id: &str,
+) -> (Position, u64, u32, Option<Position>) {
+    let r = s.rollout_apply(rb, p, t, id).await.unwrap().expect("not refused");
+    (r.position, r.version, r.evidence, r.changed_from)
+}
+
+/// Shadow to approval to each canary share on evidence, no further than `automatic_until`; a
+/// human promotes past it; a failure steps back one stage and clears the evidence; the same
+/// incident counts once; reads change nothing.
+pub async fn rollout_moves_on_evidence_and_steps_back_on_failure(s: Ledger) {
+    use Stage::*;
+    use Transition::*;
+    let rb = unique();
+    let p = rollout_policy(Shadow, &[10, 50], Canary);
+    let r = s.rollout(&rb, &p).await.unwrap();
+    assert_eq!(
+        (r.position, r.version, r.evidence, r.changed_from),
+        (at(Shadow, 0), 0, 0, None)
+    );
+    assert_eq!(step(&s, &rb, &p, Success, "i1").await, (at(Shadow, 0), 0, 1, None));
+    assert_eq!(
+        step(&s, &rb, &p, Success, "i1").await,
+        (at(Shadow, 0), 0, 1, None),
+        "the same incident counts once"
+    );
+    assert_eq!(s.rollout(&rb, &p).await.unwrap().evidence, 1, "a read changes nothing");
+    assert_eq!(
+        step(&s, &rb, &p, Success, "i2").await,
+        (at(Approval, 0), 1, 0, Some(at(Shadow, 0))),
+        "exactly promote_after successes move it, and the evidence restarts"
+    );
+    step(&s, &rb, &p, Success, "i3").await;
+    assert_eq!(
+        step(&s, &rb, &p, Success, "i4").await,
+        (at(Canary, 0), 2, 0, Some(at(Approval, 0)))
+    );
+    step(&s, &rb, &p, Success, "i5").await;
+    assert_eq!(
+        step(&s, &rb, &p, Success, "i6").await,
+        (at(Canary, 1), 3, 0, Some(at(Canary, 0)))
+    );
+    step(&s, &rb, &p, Success, "i7").await;
+    assert_eq!(
+        step(&s, &rb, &p, Success, "i8").await,
+        (at(Canary, 1), 3, 2, None),
+        "auto is beyond automatic_until: evidence alone does not reach it"
+    );
+    assert_eq!(
+        step(&s, &rb, &p, Promote, "").await,
+        (at(Auto, 0), 4, 0, Some(at(Canary, 1)))
+    );
+    assert_eq!(
+        step(&s, &rb, &p, Success, "i9").await,
+        (at(Auto, 0), 4, 0, None),
+        "nothing counts at auto"
+    );
+    assert_eq!(
+        s.rollout_apply(&rb, &p, Promote, "").await.unwrap(),
+        Err(PromoteRefusal::AtTheEnd)
+    );
+    assert_eq!(
+        step(&s, &rb, &p, Failure, "").await,
+        (at(Canary, 0), 5, 0, Some(at(Auto, 0)))
+    );
+    step(&s, &rb, &p, Success, "i10").await;
+    assert_eq!(
+        step(&s, &rb, &p, Failure, "").await,
+        (at(Approval, 0), 6, 0, Some(at(Canary, 0)))
+    );
+    step(&s, &rb, &p, Success, "i11").await;
+    assert_eq!(
+        step(&s, &rb, &p, Failure, "").await,
+        (at(Approval, 0), 6, 0, None),
+        "approval stays approval, its evidence cleared, the version unchanged"
+    );
+    let r = s.rollout(&rb, &p).await.unwrap();
+    assert_eq!((r.position, r.version, r.evidence), (at(Approval, 0), 6, 0));
+    // Another runbook's record is its own.
+    let other = unique();
+    assert_eq!(s.rollout(&other, &p).await.unwrap().position, at(Shadow, 0));
+}
+
+/// A human's promotion is refused (nothing changes) until the evidence is there; without canary
+/// shares approval is followed by auto.
+pub async fn rollout_promotion_needs_the_evidence(s: Ledger) {
+    let rb = unique();
+    let p = rollout_policy(Stage::Approval, &[], Stage::Approval);
+    assert_eq!(
+        s.rollout_apply(&rb, &p, Transition::Promote, "").await.unwrap(),
+        Err(PromoteRefusal::Evidence(0, 2))
+    );
+    step(&s, &rb, &p, Transition::Success, "a").await;
+    assert_eq!(
+        s.rollout_apply(&rb, &p, Transition::Promote, "").await.unwrap(),
+        Err(PromoteRefusal::Evidence(1, 2))
+    );
+    assert_eq!(
+        step(&s, &rb, &p, Transition::Success, "b").await,
+        (at(Stage::Approval, 0), 0, 2, None),
+        "auto is beyond automatic_until"
+    );
+    assert_eq!(
+        step(&s, &rb, &p, Transition::Promote, "").await,
+        (at(Stage::Auto, 0), 1, 0, Some(at(Stage::Approval, 0)))
+    );
+    assert_eq!(
+        step(&s, &rb, &p, Transition::Failure, "").await,
+        (at(Stage::Approval, 0), 2, 0, Some(at(Stage::Auto, 0))),
+        "without shares auto steps back to approval"
+    );
 }

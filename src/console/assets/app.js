@@ -251,15 +251,55 @@ async function showRunbooks() {
       rb.id,
       rb.risk,
       rb.effective_mode + (rb.demoted ? " (demoted from auto: " + rb.demoted + ")" : ""),
+      rolloutCell(rb),
       rb.circuit,
       percent(rb.success_rate) + " (" + rb.executions + "/" + rb.window + ")",
       rb.policy,
       list(rb.post_checks),
     ]);
     tr.dataset.runbook = rb.id;
+    tr.dataset.stage = rb.rollout ? rb.rollout.stage : "";
     return tr;
   });
   fill($("runbooks-table").tBodies[0], rows);
+}
+
+// A runbook's rollout: its stage, its evidence, what the next stage needs, and a Promote button
+// when a human may move it on (the server checks the evidence again).
+function rolloutCell(rb) {
+  const r = rb.rollout;
+  if (!r) return "-";
+  const cell = document.createElement("div");
+  const stage = el("strong", r.describe);
+  stage.className = "stage";
+  cell.append(stage, el("div", r.evidence + "/" + r.needed + " verified successes; next: " + r.needs));
+  if (r.promotable) {
+    const b = el("button", "Promote to " + r.next);
+    b.type = "button";
+    b.className = "promote";
+    b.dataset.runbook = rb.id;
+    b.addEventListener("click", () => promote(rb.id, b));
+    cell.appendChild(b);
+  }
+  return cell;
+}
+
+async function promote(id, button) {
+  const s = session();
+  if (!s) return;
+  button.disabled = true;
+  const r = await api("/v1/console/runbooks/" + encodeURIComponent(id) + "/promote", {
+    method: "POST",
+    body: JSON.stringify({ by: s.approver }),
+  });
+  const b = r.body || {};
+  const out = $("runbooks-result");
+  out.dataset.runbook = id;
+  out.className = r.status === 200 ? "ok" : "error";
+  out.textContent = r.status === 200
+    ? id + ": promoted from " + b.change.from + " to " + b.change.to + (b.change.share ? " " + b.change.share + "%" : "")
+    : id + ": " + (b.reason || r.status);
+  await showRunbooks();
 }
 
 // --- routing: #approvals, #approval/<id>, #outcomes, #runbooks -------------------------------------

@@ -66,6 +66,14 @@ impl MemoryStore {
         if release_stale {
             st.leases.remove(&req.attempt);
         }
+        // Rollout: a decision taken in another rollout stage than the record holds is refused
+        // before anything is written (decide.lua step 2b, which comes after its interrupted reply).
+        if let (None, Some(v), false) = (&interrupted, req.rollout_version, mode == "record") {
+            let runbook = req.admission.scope().map_or("", |s| s.runbook.as_str());
+            if st.rollouts.get(runbook).map_or(0, |r| r.version) != v {
+                return DecideAnswer::StageChanged;
+            }
+        }
 
         // Claim (fresh or take-over); a claim outlives its lease by CLAIM_GRACE_MS, an
         // interrupted one lives at least the idempotency TTL.

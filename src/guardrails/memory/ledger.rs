@@ -7,6 +7,7 @@ use super::{ms, MemoryStore};
 use crate::guardrails::{
     Answer, AnswerResult, Approval, ApprovalState, LedgerStore, PendingSummary, StoreError, TrustStats,
 };
+use crate::rollout::{self, Position, PromoteRefusal, RolloutPolicy, RolloutRecord, Stage, Transition};
 use std::collections::{HashMap, VecDeque};
 use std::sync::MutexGuard;
 
@@ -155,6 +156,77 @@ impl LedgerStore for MemoryStore {
         ledger.trust.remove(runbook);
         Ok(ledger.demoted.remove(runbook).is_some())
     }
+
+    async fn rollout(&self, runbook: &str, policy: &RolloutPolicy) -> Result<RolloutRecord, StoreError> {
+        let now = self.now();
+        let st = self.lock();
+        let (position, version, evidence) = match st.rollouts.get(runbook) {
+            Some(r) => (
+                r.position.unwrap_or_else(|| Position::start(policy)),
+                r.version,
+                counted(&r.evidence, now, policy),
+            ),
+            None => (Position::start(policy), 0, 0),
+        };
+        Ok(RolloutRecord {
+            position,
+            version,
+            evidence,
+            changed_from: None,
+        })
+    }
+
+    async fn rollout_apply(
+        &self,
+        runbook: &str,
+        policy: &RolloutPolicy,
+        transition: Transition,
+        evidence_id: &str,
+    ) -> Result<Result<RolloutRecord, PromoteRefusal>, StoreError> {
+        // Same steps as rollout.lua.
+        let now = self.now();
+        let mut st = self.lock();
+        let r = st.rollouts.entry(runbook.to_owned()).or_default();
+        let at = r.position.unwrap_or_else(|| Position::start(policy));
+        let window = ms(policy.window.as_millis() as u64).max(1);
+        if transition == Transition::Success && at.stage != Stage::Auto {
+            r.evidence.insert(evidence_id.to_owned(), now);
+            r.evidence.retain(|_, t| *t > now - window);
+            let keep = policy.promote_after.max(1) as usize;
+            if r.evidence.len() > keep {
+                let mut by_age: Vec<(i64, String)> = r.evidence.iter().map(|(id, t)| (*t, id.clone())).collect();
+                by_age.sort();
+                for (_, id) in &by_age[..by_age.len() - keep] {
+                    r.evidence.remove(id);
+                }
+            }
+        }
+        let mut evidence = counted(&r.evidence, now, policy);
+        let (to, clear) = match rollout::apply(policy, at, evidence, transition) {
+            Ok(change) => change,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        if clear {
+            r.evidence.clear();
+            evidence = 0;
+        }
+        if let Some(to) = to {
+            r.position = Some(to);
+            r.version += 1;
+        }
+        Ok(Ok(RolloutRecord {
+            position: to.unwrap_or(at),
+            version: r.version,
+            evidence,
+            changed_from: to.map(|_| at),
+        }))
+    }
+}
+
+/// Evidence younger than the policy's window (rollout.lua's ZCOUNT).
+fn counted(evidence: &HashMap<String, i64>, now: i64, policy: &RolloutPolicy) -> u32 {
+    let window = ms(policy.window.as_millis() as u64).max(1);
+    evidence.values().filter(|t| **t > now - window).count() as u32
 }
 
 fn stats(q: &VecDeque<bool>) -> TrustStats {

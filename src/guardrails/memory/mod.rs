@@ -115,8 +115,20 @@ struct State {
     services: HashMap<String, i64>,
     /// `rbsvc:<runbook>`: service → last touched by that runbook ms.
     runbook_services: HashMap<String, HashMap<String, i64>>,
+    /// `rollout:<runbook>` and `rollout:<runbook>:ok` (here, not in the ledger: a decision
+    /// reads the record's version in its one step).
+    rollouts: HashMap<String, Rollout>,
     /// Decisions since the last sweep of expired incident records.
     since_sweep: u32,
+}
+
+/// A runbook's rollout record (`rollout.lua`): `None` position = its policy's first stage.
+#[derive(Debug, Default)]
+struct Rollout {
+    position: Option<crate::rollout::Position>,
+    version: u64,
+    /// Evidence id → when it counted (ms), the newest `promote_after` at most.
+    evidence: HashMap<String, i64>,
 }
 
 impl State {

@@ -1,13 +1,44 @@
 //! Approvals and the trust ladder on Redis: one script per approval step (`approval_create.lua`,
-//! `approval_answer.lua`, `approval_pending.lua`, `approval_summary.lua`, `trust_record.lua`, in
-//! `src/guardrails/`), plain commands where one command is already atomic (trust reads,
-//! demotions). Keys as in the key space of the parent module.
+//! `approval_answer.lua`, `approval_pending.lua`, `approval_summary.lua`, `trust_record.lua`,
+//! `rollout.lua`, in `src/guardrails/`), plain commands where one command is already atomic
+//! (trust reads, demotions). Keys as in the key space of the parent module.
 
 use super::reply::number;
 use super::{escape, unescape, RedisStore};
 use crate::guardrails::{
     Answer, AnswerResult, Approval, ApprovalState, LedgerStore, PendingSummary, StoreError, TrustStats,
 };
+use crate::rollout::{Position, PromoteRefusal, RolloutPolicy, RolloutRecord, Stage, Transition};
+
+/// `rollout.lua`'s reply: the record, or a refused promotion.
+pub(super) fn parse_rollout(reply: &[String]) -> Result<Result<RolloutRecord, PromoteRefusal>, StoreError> {
+    const OP: &str = "rollout";
+    let stage = |s: &str| Stage::parse(s).ok_or_else(|| StoreError::Protocol(format!("{OP}: stage {s:?}")));
+    match reply {
+        [refused, kind, have, need] if refused == "refused" => Ok(Err(match kind.as_str() {
+            "end" => PromoteRefusal::AtTheEnd,
+            "evidence" => PromoteRefusal::Evidence(number(OP, have)?, number(OP, need)?),
+            other => return Err(StoreError::Protocol(format!("{OP}: refusal {other:?}"))),
+        })),
+        [s, step, version, evidence, from_stage, from_step] => Ok(Ok(RolloutRecord {
+            position: Position {
+                stage: stage(s)?,
+                step: number(OP, step)?,
+            },
+            version: number(OP, version)?,
+            evidence: number(OP, evidence)?,
+            changed_from: if from_stage.is_empty() {
+                None
+            } else {
+                Some(Position {
+                    stage: stage(from_stage)?,
+                    step: number(OP, from_step)?,
+                })
+            },
+        })),
+        other => Err(StoreError::Protocol(format!("{OP}: reply {other:?}"))),
+    }
+}
 
 /// Rebuild an approval from its immutable JSON and its mutable fields.
 fn approval_from(
@@ -178,5 +209,50 @@ impl LedgerStore for RedisStore {
         cmd.arg(self.key(&["trust", runbook]));
         self.command::<i64>("promote", &cmd).await?;
         Ok(n > 0)
+    }
+
+    async fn rollout(&self, runbook: &str, policy: &RolloutPolicy) -> Result<RolloutRecord, StoreError> {
+        match self.run_rollout(runbook, policy, "read", "").await? {
+            Ok(r) => Ok(r),
+            Err(refusal) => Err(StoreError::Protocol(format!("rollout read refused: {refusal}"))),
+        }
+    }
+
+    async fn rollout_apply(
+        &self,
+        runbook: &str,
+        policy: &RolloutPolicy,
+        transition: Transition,
+        evidence_id: &str,
+    ) -> Result<Result<RolloutRecord, PromoteRefusal>, StoreError> {
+        let op = match transition {
+            Transition::Success => "success",
+            Transition::Failure => "failure",
+            Transition::Promote => "promote",
+        };
+        self.run_rollout(runbook, policy, op, evidence_id).await
+    }
+}
+
+impl RedisStore {
+    async fn run_rollout(
+        &self,
+        runbook: &str,
+        policy: &RolloutPolicy,
+        op: &str,
+        evidence_id: &str,
+    ) -> Result<Result<RolloutRecord, PromoteRefusal>, StoreError> {
+        let mut inv = self.scripts.rollout.prepare_invoke();
+        inv.key(self.rollout_key(runbook))
+            .key(self.key(&["rollout", runbook, "ok"]))
+            .arg(op)
+            .arg(policy.start.as_str())
+            .arg(policy.promote_after.max(1))
+            .arg(policy.window.as_millis().max(1) as u64)
+            .arg(policy.canary_shares.len())
+            .arg(policy.automatic_until.as_str())
+            .arg(evidence_id);
+        let reply = self.run("rollout", &inv).await?;
+        parse_rollout(&reply)
     }
 }

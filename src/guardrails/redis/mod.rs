@@ -85,6 +85,7 @@ struct Scripts {
     approval_pending: Script,
     approval_summary: Script,
     trust_record: Script,
+    rollout: Script,
     init_epoch: Script,
 }
 
@@ -106,6 +107,7 @@ impl Scripts {
             approval_pending: Script::new(include_str!("../approval_pending.lua")),
             approval_summary: Script::new(include_str!("../approval_summary.lua")),
             trust_record: Script::new(include_str!("../trust_record.lua")),
+            rollout: Script::new(include_str!("../rollout.lua")),
             // SET NX then GET in one step (a MULTI/EXEC pipeline would not route in Cluster).
             init_epoch: Script::new("redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])"),
         }
@@ -235,6 +237,11 @@ impl RedisStore {
         self.key(&["inc", incident_id])
     }
 
+    /// A runbook's rollout record (`rollout.lua`; decide.lua reads its version).
+    fn rollout_key(&self, runbook: &str) -> String {
+        self.key(&["rollout", runbook])
+    }
+
     fn cb_key(&self, runbook: &str) -> String {
         self.key(&["cb", runbook])
     }
@@ -307,7 +314,7 @@ impl RedisStore {
             .clone()
     }
 
-    /// Add one decide.lua request (its 10 keys and 26 arguments, in the order the script's
+    /// Add one decide.lua request (its 11 keys and 27 arguments, in the order the script's
     /// header lists them) to `inv`.
     fn push_decide(&self, inv: &mut ScriptInvocation<'_>, req: &DecideRequest, remembered: &str) {
         let mode = req.admission.mode();
@@ -332,7 +339,8 @@ impl RedisStore {
             .key(self.key(&["epoch"]))
             .key(self.key(&["conservative_until"]))
             .key(self.key(&["primary"]))
-            .key(self.key(&["trate", runbook, target]));
+            .key(self.key(&["trate", runbook, target]))
+            .key(self.rollout_key(runbook));
         inv.arg(&req.incident_id)
             .arg(&req.attempt)
             .arg(&req.worker)
@@ -361,6 +369,10 @@ impl RedisStore {
         match req.on_block.as_ref().filter(|_| scope.is_some()) {
             Some(b) => inv.arg(&b.head).arg(&b.mid).arg(&b.tail),
             None => inv.arg("").arg("").arg(""),
+        };
+        match req.rollout_version.filter(|_| scope.is_some()) {
+            Some(v) => inv.arg(v),
+            None => inv.arg(""),
         };
     }
 

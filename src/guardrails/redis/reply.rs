@@ -61,6 +61,7 @@ pub(super) fn parse_decide(reply: &[String]) -> Result<(&str, DecideAnswer), Sto
             retry_after_ms: number(OP, retry_after_ms)?,
         },
         ("interrupted", [worker]) => DecideAnswer::Interrupted { worker: worker.clone() },
+        ("stage_changed", []) => DecideAnswer::StageChanged,
         _ => return Err(StoreError::Protocol(format!("{OP}: unexpected reply {reply:?}"))),
     };
     Ok((epoch, answer))

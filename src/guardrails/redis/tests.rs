@@ -178,6 +178,7 @@ fn batch_replies_answer_each_request_up_to_the_first_that_ends_the_batch() {
             ttl_ms: 1_000,
         },
         on_block: None,
+        rollout_version: None,
     };
     let reqs = [req("i1"), req("i2"), req("i3")];
     let recorded = |epoch: &str| vec!["2".to_owned(), epoch.to_owned(), "recorded".to_owned()];

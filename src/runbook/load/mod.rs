@@ -21,6 +21,7 @@
 //!   problem reported at its key;
 //! * `runbook`: one runbook's keys, their defaults, and the rules that span keys (risk, mode,
 //!   rollback, trust, scaling);
+//! * `rollout`: the `rollout:` policy (stages, evidence, canary shares);
 //! * `checks`: the `pre_checks` / `post_checks` / `rollback_checks` lists;
 //! * `actions`: an action or rollback in either form, the kubectl-style string
 //!   ([`ActionSpec::from_kubectl_capped`](super::ActionSpec::from_kubectl_capped)) or the native
@@ -32,6 +33,7 @@
 mod actions;
 mod checks;
 mod error;
+mod rollout;
 mod runbook;
 mod values;
 

@@ -31,6 +31,7 @@ const RUNBOOK_KEYS: &[&str] = &[
     "rollback_checks",
     "dry_run",
     "trust",
+    "rollout",
     "allow_irreversible_auto",
 ];
 impl Parser<'_> {
@@ -226,6 +227,37 @@ impl Parser<'_> {
                 None
             }
         };
+        let rollout = self.rollout(get("rollout"));
+        if rollout.is_some() {
+            // Rollout moves the runbook along the automation spectrum toward auto: it replaces the
+            // fixed mode and the trust ladder's demotion, and shadow is its first stage.
+            let effective = mode.unwrap_or(if risk == Some(Risk::High) {
+                Mode::Approval
+            } else {
+                Mode::Auto
+            });
+            if effective != Mode::Auto {
+                self.err(
+                    "rollout",
+                    format!(
+                        "needs mode auto (the stage a rollout ends in), got mode {}",
+                        effective.as_str()
+                    ),
+                );
+            }
+            if trust.is_some() {
+                self.err(
+                    "rollout",
+                    "cannot be combined with trust: a rollout steps back on any failed verification itself",
+                );
+            }
+            if dry_run {
+                self.err(
+                    "rollout",
+                    "cannot be combined with dry_run: true (use `rollout.start: shadow`)",
+                );
+            }
+        }
         let irreversible_override = match get("allow_irreversible_auto") {
             None | Some(Value::Null) => None,
             Some(v) => self.string(v, "allow_irreversible_auto"),
@@ -271,6 +303,7 @@ impl Parser<'_> {
             rollback_checks,
             dry_run,
             trust,
+            rollout,
             irreversible_override,
         })
     }

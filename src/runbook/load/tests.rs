@@ -589,3 +589,148 @@ fn runbook_keys_refuse_what_cannot_work() {
         Catalogue::from_yaml(&rb(&extra), "f").unwrap_or_else(|e| panic!("{extra}: {e}"));
     }
 }
+
+/// A rollout policy: its defaults, each key's range, and what it cannot be combined with, each
+/// refused with its key named.
+#[test]
+fn a_rollout_policy_loads_with_defaults_and_refuses_what_cannot_work() {
+    use crate::rollout::{RolloutPolicy, Stage};
+    use std::time::Duration;
+    let rb = |extra: &str| {
+        format!(
+            "runbooks:\n  r:\n    risk: LOW\n    triggers: [x]\n    min_confidence: 0.5\n    \
+             action: kubectl delete pod {{pod_name}}\n{extra}"
+        )
+    };
+    let load = |extra: &str| {
+        Catalogue::from_yaml(&rb(extra), "f")
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+            .get("r")
+            .unwrap()
+            .rollout
+            .clone()
+    };
+    assert_eq!(load(""), None);
+    assert_eq!(
+        load("    rollout: {}\n"),
+        Some(RolloutPolicy {
+            start: Stage::Shadow,
+            promote_after: 5,
+            window: Duration::from_secs(24 * 3600),
+            canary_shares: vec![],
+            automatic_until: Stage::Approval,
+        })
+    );
+    assert_eq!(
+        load("    rollout: {start: approval, promote_after: 1000, window_hours: 720, canary: {shares: [1, 99]}}\n"),
+        Some(RolloutPolicy {
+            start: Stage::Approval,
+            promote_after: 1000,
+            window: Duration::from_secs(720 * 3600),
+            canary_shares: vec![1, 99],
+            automatic_until: Stage::Canary,
+        })
+    );
+    assert_eq!(
+        load("    rollout: {promote_after: 1, window_hours: 1, automatic_until: auto}\n").map(|p| (
+            p.promote_after,
+            p.window,
+            p.automatic_until
+        )),
+        Some((1, Duration::from_secs(3600), Stage::Auto))
+    );
+    for (extra, want) in [
+        ("    rollout: yes\n", "rollout: must be a mapping"),
+        (
+            "    rollout: {start: canary}\n",
+            "rollout.start: must be shadow or approval",
+        ),
+        (
+            "    rollout: {start: auto}\n",
+            "rollout.start: must be shadow or approval",
+        ),
+        (
+            "    rollout: {promote_after: 0}\n",
+            "rollout.promote_after: must be between 1 and 1000, got 0",
+        ),
+        (
+            "    rollout: {promote_after: 1001}\n",
+            "rollout.promote_after: must be between 1 and 1000",
+        ),
+        (
+            "    rollout: {window_hours: 0}\n",
+            "rollout.window_hours: must be between 1 and 720, got 0",
+        ),
+        (
+            "    rollout: {window_hours: 721}\n",
+            "rollout.window_hours: must be between 1 and 720",
+        ),
+        (
+            "    rollout: {canary: {shares: []}}\n",
+            "rollout.canary.shares: must list at least one share",
+        ),
+        (
+            "    rollout: {canary: {}}\n",
+            "rollout.canary.shares: must list at least one share",
+        ),
+        (
+            "    rollout: {canary: 10}\n",
+            "rollout.canary: must be a mapping with shares",
+        ),
+        (
+            "    rollout: {canary: {shares: 10}}\n",
+            "rollout.canary.shares: must be a list of percents",
+        ),
+        (
+            "    rollout: {canary: {shares: [0]}}\n",
+            "rollout.canary.shares[0]: must be between 1 and 99",
+        ),
+        (
+            "    rollout: {canary: {shares: [100]}}\n",
+            "rollout.canary.shares[0]: must be between 1 and 99",
+        ),
+        (
+            "    rollout: {canary: {shares: [10, 10]}}\n",
+            "rollout.canary.shares[1]: shares must increase strictly",
+        ),
+        (
+            "    rollout: {canary: {shares: [50, 10]}}\n",
+            "rollout.canary.shares[1]: shares must increase strictly",
+        ),
+        (
+            "    rollout: {canary: {shares: [10], width: 2}}\n",
+            "rollout.canary.width: unknown key",
+        ),
+        (
+            "    rollout: {automatic_until: canary}\n",
+            "rollout.automatic_until: is canary, but rollout.canary.shares names no share",
+        ),
+        (
+            "    rollout: {automatic_until: shadow}\n",
+            "rollout.automatic_until: must be approval, canary or auto",
+        ),
+        ("    rollout: {stages: 3}\n", "rollout.stages: unknown key"),
+        (
+            "    mode: approval\n    rollout: {}\n",
+            "rollout: needs mode auto (the stage a rollout ends in), got mode approval",
+        ),
+        ("    mode: suggest\n    rollout: {}\n", "rollout: needs mode auto"),
+        (
+            "    trust: {floor: 0.8}\n    rollout: {}\n",
+            "rollout: cannot be combined with trust",
+        ),
+        (
+            "    dry_run: true\n    rollout: {}\n",
+            "rollout: cannot be combined with dry_run: true",
+        ),
+    ] {
+        let errs = errors(&rb(extra));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{extra}: missing {want:?} in {errs:#?}"
+        );
+    }
+    // HIGH risk is approval by default: a rollout needs it to say auto (with a rollback).
+    let high = "runbooks:\n  r:\n    risk: HIGH\n    triggers: [x]\n    action: kubectl delete pod {pod_name}\n    rollout: {}\n";
+    assert!(errors(high).iter().any(|e| e.contains("needs mode auto")));
+}
