@@ -162,27 +162,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
             if catalogue.get(&runbook).is_none() {
                 bail!("no runbook {runbook:?} in {}", config.runbooks);
             }
-            let store = remediator::worker::store(&config).await?;
-            if let Some(policy) = catalogue.get(&runbook).and_then(|rb| rb.rollout.as_ref()) {
-                // A rollout runbook moves one stage right, if its evidence allows.
-                let answer = store
-                    .rollout_apply(&runbook, policy, remediator::rollout::Transition::Promote, "")
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                return match answer {
-                    Ok(rec) => {
-                        let from = rec.changed_from.unwrap_or(rec.position);
-                        println!(
-                            "{runbook}: rollout promoted from {} to {} by {}",
-                            from.describe(policy),
-                            rec.position.describe(policy),
-                            env.get("USER").map_or("an operator", String::as_str)
-                        );
+            if catalogue.get(&runbook).is_some_and(|rb| rb.rollout.is_some()) {
+                // A rollout runbook moves one stage right, if its evidence allows; audited.
+                let by = env.get("USER").cloned().unwrap_or_else(|| "an operator".into());
+                return match remediator::worker::promote_rollout(&config, &runbook, &by).await? {
+                    Ok(outcome) => {
+                        println!("{runbook}: {}", outcome.reason);
                         Ok(())
                     }
                     Err(refusal) => bail!("{runbook}: not promoted: {refusal}"),
                 };
             }
+            let store = remediator::worker::store(&config).await?;
             if store.promote(&runbook).await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 println!("{runbook}: promoted back to its automatic mode; its verified record starts afresh");
             } else {

@@ -34,11 +34,15 @@ pub enum Decision {
     Expired,
     /// Shadow mode: guardrails checked and reserved, action rendered, not executed.
     DryRun,
+    /// A human moved a runbook's rollout stage (`remediator promote`, the console); about the
+    /// runbook, not an incident (`incident_id` null), with `rollout.change`. A change that a
+    /// result caused is carried by that result's own outcome.
+    RolloutChanged,
 }
 
 impl Decision {
     /// Every decision.
-    pub const ALL: [Decision; 9] = [
+    pub const ALL: [Decision; 10] = [
         Decision::Executed,
         Decision::ApprovalRequired,
         Decision::Manual,
@@ -48,6 +52,7 @@ impl Decision {
         Decision::Duplicate,
         Decision::Expired,
         Decision::DryRun,
+        Decision::RolloutChanged,
     ];
 
     /// Wire name, also the `decision` metric label.
@@ -62,6 +67,7 @@ impl Decision {
             Decision::Duplicate => "duplicate",
             Decision::Expired => "expired",
             Decision::DryRun => "dry_run",
+            Decision::RolloutChanged => "rollout_changed",
         }
     }
 }

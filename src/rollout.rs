@@ -176,6 +176,8 @@ pub enum Transition {
 /// Why a human's promotion was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromoteRefusal {
+    /// The runbook has no rollout policy.
+    NoPolicy,
     /// At `auto` already.
     AtTheEnd,
     /// Not enough successes yet: (counted, needed).
@@ -185,6 +187,7 @@ pub enum PromoteRefusal {
 impl fmt::Display for PromoteRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PromoteRefusal::NoPolicy => f.write_str("the runbook has no rollout policy"),
             PromoteRefusal::AtTheEnd => f.write_str("it runs automatically already (stage auto)"),
             PromoteRefusal::Evidence(have, need) => write!(
                 f,

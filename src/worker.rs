@@ -356,7 +356,7 @@ pub async fn run(config: Config) -> Result<()> {
             config.kafka.outcomes_topic.clone(),
             shutdown.clone(),
         ));
-        let console = crate::console::Console::new(Arc::clone(&engine), token, recent);
+        let console = crate::console::Console::new(Arc::clone(&engine), token, recent, Some(publisher.clone()));
         info!("approvals console at /console");
         routes.merge(Arc::new(console).routes())
     });
@@ -438,6 +438,39 @@ pub async fn execute_manual(
         .await
         .map_err(|e| anyhow!("audit: {e}"))?;
     Ok(handled.outcomes)
+}
+
+/// `remediator promote` of a runbook with a rollout policy: one stage right if its evidence
+/// allows, audited on the outcomes topic. `Ok(Err(_))`: refused, nothing changed.
+pub async fn promote_rollout(
+    config: &Config,
+    runbook: &str,
+    by: &str,
+) -> Result<Result<crate::outcome::Outcome, crate::rollout::PromoteRefusal>> {
+    let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
+    let rb = catalogue
+        .get(runbook)
+        .cloned()
+        .ok_or_else(|| anyhow!("no runbook {runbook:?} in {}", config.runbooks))?;
+    let engine = Engine::new(
+        Arc::new(catalogue),
+        store(config).await?,
+        Arc::new(crate::executor::simulated::SimulatedExecutor::new()),
+        Arc::new(SystemClock),
+        Settings::from(config),
+        Metrics::new(),
+        EventIds::Random,
+    );
+    let outcome = match engine.promote_rollout(&rb, by).await.map_err(|e| anyhow!("{e}"))? {
+        Ok(o) => o,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let publisher = crate::approval::Publisher::new(&config.kafka).map_err(|e| anyhow!(e))?;
+    publisher
+        .publish(std::slice::from_ref(&outcome), Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!("{runbook}: promoted, but its outcome was not published to the audit topic: {e}"))?;
+    Ok(Ok(outcome))
 }
 
 /// `remediator runbooks`: each runbook's mode, demotion, verified success rate and circuit.

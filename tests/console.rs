@@ -253,6 +253,15 @@ async fn a_human_promotes_a_rollout_runbook_through_the_console() {
     assert_eq!(result, "restart-rollout: promoted from approval to auto");
     b.find(&format!("{row}[data-stage=\"auto\"]"), WAIT).await;
     assert!(b.all("button.promote").await.is_empty(), "nothing left to promote");
+    // The promotion is audited on the outcomes topic under the name given at sign-in.
+    let audit = read(&brokers, &topics.outcomes, 3, Duration::from_secs(30)).await[2].json();
+    assert_eq!(audit["decision"], "rollout_changed", "{audit}");
+    assert_eq!(audit["approver"], "alice-console", "{audit}");
+    assert_eq!(
+        (&audit["rollout"]["change"]["from"], &audit["rollout"]["change"]["to"]),
+        (&"approval".into(), &"auto".into()),
+        "{audit}"
+    );
 
     // Every replica decides in the new stage at once: the next incident runs on its own.
     let second = unique("ROLL");
@@ -262,7 +271,7 @@ async fn a_human_promotes_a_rollout_runbook_through_the_console() {
         &[Msg::incident(&second, &crash(&second, "api"))],
     )
     .await;
-    let third = read(&brokers, &topics.outcomes, 3, Duration::from_secs(30)).await[2].json();
+    let third = read(&brokers, &topics.outcomes, 4, Duration::from_secs(30)).await[3].json();
     assert_eq!(third["incident_id"], second.as_str());
     assert_eq!(
         (&third["decision"], &third["rollout"]["stage"]),

@@ -1090,3 +1090,59 @@ async fn a_failed_verification_steps_the_rollout_back() {
     assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
     assert_eq!(r.executor.journal().len(), 2);
 }
+
+/// A human's promotion is an outcome of its own (`rollout_changed`, about the runbook, no
+/// incident), valid against the schema, and the next decision is taken in the new stage.
+#[tokio::test]
+async fn a_human_promotion_is_an_audited_outcome_and_takes_effect_at_once() {
+    let runbooks = ROLLOUT.replace("start: shadow", "start: approval");
+    let r = rig(&runbooks, Faults::default(), Settings::default());
+    let rb = Catalogue::from_yaml(&runbooks, "t")
+        .unwrap()
+        .get("restart-rollout")
+        .unwrap()
+        .clone();
+    let refused = r.engine.promote_rollout(&rb, "alice").await.expect("store");
+    assert_eq!(
+        refused.map(|o| o.decision),
+        Err(remediator::rollout::PromoteRefusal::Evidence(0, 2))
+    );
+    let o = r.send(&crash("rp-0", "s0")).await;
+    assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
+    for id in ["x", "y"] {
+        r.store
+            .rollout_apply(
+                "restart-rollout",
+                rb.rollout.as_ref().unwrap(),
+                remediator::rollout::Transition::Success,
+                id,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let o = r
+        .engine
+        .promote_rollout(&rb, "alice")
+        .await
+        .expect("store")
+        .expect("promoted");
+    common::schema::assert_valid_outcome(&serde_json::to_value(&o).unwrap());
+    assert_eq!(
+        (o.decision, o.incident_id.as_deref(), o.runbook_id.as_deref()),
+        (Decision::RolloutChanged, None, Some("restart-rollout"))
+    );
+    assert_eq!(o.approver.as_deref(), Some("alice"));
+    assert_eq!(
+        o.reason,
+        "rollout of runbook restart-rollout moved from approval to auto: promoted by alice after 2 verified successes"
+    );
+    let o = r.send(&crash("rp-1", "s1")).await;
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{}",
+        o.reason
+    );
+    assert_eq!(o.rollout.as_ref().map(|v| v.stage.as_str()), Some("auto"));
+}

@@ -120,9 +120,17 @@ impl Bus {
 
     /// The first outcome of incident `id` that `pred` accepts (bounded by [`WAIT`]).
     async fn wait(&mut self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_any(&format!("{what} outcome for {id}"), |o| {
+            o["incident_id"] == id && pred(o)
+        })
+        .await
+    }
+
+    /// The first outcome `pred` accepts, of any incident or none (bounded by [`WAIT`]).
+    async fn wait_any(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(o) = self.seen.iter().find(|o| o["incident_id"] == id && pred(o)) {
+            if let Some(o) = self.seen.iter().find(|o| pred(o)) {
                 return o.clone();
             }
             match tokio::time::timeout_at(deadline, self.outcomes.recv()).await {
@@ -131,10 +139,7 @@ impl Bus {
                     self.seen.push(o);
                 }
                 Ok(Err(e)) => panic!("reading outcomes: {e}"),
-                Err(_) => {
-                    let mine: Vec<&Value> = self.seen.iter().filter(|o| o["incident_id"] == id).collect();
-                    panic!("no {what} outcome for {id} within {WAIT:?}; its outcomes: {mine:#?}")
-                }
+                Err(_) => panic!("no {what} within {WAIT:?}; seen: {:#?}", self.seen),
             }
         }
     }
@@ -384,6 +389,19 @@ async fn a_runbook_moves_shadow_approval_canary_auto_on_evidence_and_steps_back_
     // A human promotes it past automatic_until; the very next decision is automatic.
     let promoted = env.run(&["promote", RUNBOOK]);
     assert!(promoted.status.success(), "{}", text(&promoted));
+    // The promotion is an outcome of its own on the audit topic, naming who and why.
+    let audit = bus
+        .wait_any("rollout_changed outcome", |o| o["decision"] == "rollout_changed")
+        .await;
+    assert_eq!(audit["incident_id"], Value::Null, "{audit:#}");
+    assert_eq!(audit["approver"], "tester", "{audit:#}");
+    assert_change(&audit, "canary", "auto", None);
+    assert!(
+        audit["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("promoted by tester after 2 verified successes")),
+        "{audit:#}"
+    );
     assert!(
         text(&promoted).contains("auto"),
         "prints the change: {}",

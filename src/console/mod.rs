@@ -55,6 +55,8 @@ pub struct Console {
     engine: Arc<Engine>,
     token: String,
     recent: Recent,
+    /// Where a human's promotion is audited (`None`: not published, in tests).
+    publisher: Option<crate::approval::Publisher>,
 }
 
 #[derive(Clone)]
@@ -62,9 +64,19 @@ struct ConsoleState(Arc<Console>);
 
 impl Console {
     /// A console over `engine`'s catalogue and store, guarded by the approval API's `token`,
-    /// showing the outcomes `recent` holds.
-    pub fn new(engine: Arc<Engine>, token: String, recent: Recent) -> Self {
-        Self { engine, token, recent }
+    /// showing the outcomes `recent` holds; a promotion's outcome goes to `publisher`.
+    pub fn new(
+        engine: Arc<Engine>,
+        token: String,
+        recent: Recent,
+        publisher: Option<crate::approval::Publisher>,
+    ) -> Self {
+        Self {
+            engine,
+            token,
+            recent,
+            publisher,
+        }
     }
 
     /// The routes, to merge into the worker's router.
@@ -170,18 +182,33 @@ async fn promote(
     let Some(rb) = c.engine.catalogue().get(&id) else {
         return refuse(StatusCode::NOT_FOUND, "no such runbook");
     };
-    if rb.rollout.is_none() {
-        return refuse(StatusCode::CONFLICT, "the runbook has no rollout policy");
-    }
     match c.engine.promote_rollout(rb, by).await {
-        Ok(Ok(change)) => json_reply(
-            StatusCode::OK,
-            serde_json::json!({ "promoted": true, "change": change }),
-        ),
+        Ok(Ok(outcome)) => {
+            // The stage changed: say so on the audit topic. Should the broker not take it, the
+            // change stands (the store is the truth) and the answer says the audit is missing.
+            let published = match &c.publisher {
+                Some(p) => match p.publish(std::slice::from_ref(&outcome), PUBLISH_WITHIN).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, runbook = %rb.id, "rollout promotion not published to the audit topic");
+                        false
+                    }
+                },
+                None => false,
+            };
+            let change = outcome.rollout.as_ref().and_then(|r| r.change.clone());
+            json_reply(
+                StatusCode::OK,
+                serde_json::json!({ "promoted": true, "change": change, "published": published, "outcome": outcome }),
+            )
+        }
         Ok(Err(refusal)) => refuse(StatusCode::CONFLICT, &format!("not promoted: {refusal}")),
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
+
+/// How long a promotion's outcome may take to be acknowledged by the broker.
+const PUBLISH_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The filters of `GET /v1/console/outcomes`; an empty or absent filter matches everything.
 #[derive(Debug, Default, Deserialize)]

@@ -41,7 +41,7 @@ async fn serve(recent: Recent) -> (String, Arc<dyn Store>) {
 }
 
 async fn serve_engine((engine, store): (Arc<Engine>, Arc<dyn Store>), recent: Recent) -> (String, Arc<dyn Store>) {
-    let console = Arc::new(Console::new(engine, TOKEN.into(), recent));
+    let console = Arc::new(Console::new(engine, TOKEN.into(), recent, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, console.routes()).await });
@@ -401,8 +401,11 @@ async fn a_rollout_runbook_is_promoted_only_with_its_evidence() {
     );
     assert_eq!(promote("nope", TOKEN, by.clone()).await.0, 404);
     assert_eq!(
-        promote("plain", TOKEN, by.clone()).await.1["reason"],
-        "the runbook has no rollout policy"
+        promote("plain", TOKEN, by.clone()).await,
+        (
+            409,
+            serde_json::json!({"reason": "not promoted: the runbook has no rollout policy"})
+        )
     );
     for who in ["", "  ", "a\nb"] {
         assert_eq!(
@@ -462,7 +465,28 @@ async fn a_rollout_runbook_is_promoted_only_with_its_evidence() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["change"]["from"], "canary");
     assert_eq!(body["change"]["to"], "auto");
-    assert_eq!(body["change"]["why"], "promoted by alice");
+    assert_eq!(body["change"]["why"], "promoted by alice after 2 verified successes");
+    assert_eq!(body["published"], false, "no audit topic in this test");
+    let outcome = &body["outcome"];
+    assert_eq!(
+        (
+            &outcome["decision"],
+            &outcome["runbook_id"],
+            &outcome["incident_id"],
+            &outcome["approver"]
+        ),
+        (
+            &"rollout_changed".into(),
+            &"r".into(),
+            &serde_json::Value::Null,
+            &"alice".into()
+        )
+    );
+    assert_eq!(
+        outcome["reason"],
+        "rollout of runbook r moved from canary 25% to auto: promoted by alice after 2 verified successes"
+    );
+    assert_eq!(outcome["rollout"]["stage"], "canary");
     let s = status(&runbooks().await);
     assert_eq!(
         (s["describe"].as_str(), s["promotable"].as_bool()),

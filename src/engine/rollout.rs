@@ -5,10 +5,10 @@
 //! decision carries the version it was taken in, the store refuses it if the record moved on
 //! (`DecideAnswer::StageChanged`), and the engine forgets its copy and decides again.
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, Report, Subject};
 use crate::decision::RolloutFact;
 use crate::guardrails::StoreError;
-use crate::outcome::{RolloutChange, RolloutView};
+use crate::outcome::{Decision, Outcome, RolloutChange, RolloutView};
 use crate::rollout::{in_canary, Position, PromoteRefusal, RolloutPolicy, RolloutRecord, Stage, Transition};
 use crate::runbook::Runbook;
 use std::time::{Duration, Instant};
@@ -189,15 +189,13 @@ impl Engine {
     }
 
     /// A human promotes a rollout runbook one position right (`remediator promote`, the
-    /// console). `Ok(Err(_))`: refused, with why.
-    pub async fn promote_rollout(
-        &self,
-        rb: &Runbook,
-        by: &str,
-    ) -> Result<Result<RolloutChange, PromoteRefusal>, StoreError> {
+    /// console): the `rollout_changed` outcome to publish on the audit topic, or why it was
+    /// refused (nothing changed then).
+    pub async fn promote_rollout(&self, rb: &Runbook, by: &str) -> Result<Result<Outcome, PromoteRefusal>, StoreError> {
         let Some(policy) = rb.rollout.as_ref() else {
-            return Ok(Err(PromoteRefusal::AtTheEnd));
+            return Ok(Err(PromoteRefusal::NoPolicy));
         };
+        let decided_at = self.clock.now();
         let rec = match self
             .store
             .rollout_apply(&rb.id, policy, Transition::Promote, "")
@@ -208,14 +206,28 @@ impl Engine {
         };
         self.cache_rollout(rb, policy, &rec);
         let from = rec.changed_from.unwrap_or(rec.position);
-        let mut ignored = String::new();
-        Ok(Ok(self.rollout_changed(
-            rb,
-            policy,
-            from,
-            rec.position,
-            format!("promoted by {by}"),
-            &mut ignored,
+        // A promotion needs exactly `promote_after` successes (no more are kept).
+        let why = format!("promoted by {by} after {} verified successes", policy.promote_after);
+        let mut reason = String::new();
+        let change = self.rollout_changed(rb, policy, from, rec.position, why, &mut reason);
+        let subject = Subject {
+            runbook_id: Some(rb.id.clone()),
+            approver: Some(by.to_string()),
+            rollout: Some(RolloutView {
+                stage: from.stage,
+                share: from.share(policy),
+                in_canary: None,
+                evidence: Some(rec.evidence),
+                needed: policy.promote_after,
+                change: Some(change),
+            }),
+            ..Subject::default()
+        };
+        let reason = reason.trim_start_matches("; ").to_string();
+        Ok(Ok(self.outcome(
+            &subject,
+            decided_at,
+            Report::new(Decision::RolloutChanged, reason),
         )))
     }
 
