@@ -94,7 +94,8 @@ pub async fn serve(
     let app = router(metrics, health, intake, humans);
     // Owned by the shutdown tracker: in-flight requests (an approval answer) finish first.
     let task = shutdown.clone().spawn(async move {
-        let served = axum::serve(listener, app)
+        // The peer's address is what a trusted proxy's identity header is believed on.
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await;
         if let Err(e) = served {

@@ -318,11 +318,15 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let publisher = crate::approval::Publisher::new(&config.kafka).map_err(|e| anyhow!(e))?;
     let token_of_api = crate::config::secret(crate::approval::TOKEN_ENV, &config.approvals.token_file)?;
-    let approvals = match &token_of_api {
-        Some(token) => Some(Arc::new(crate::approval::Api::new(
+    let gate_of_api = match &token_of_api {
+        Some(token) => Some(gate(&config, token)?),
+        None => None,
+    };
+    let approvals = match &gate_of_api {
+        Some(gate) => Some(Arc::new(crate::approval::Api::new(
             Arc::clone(&engine),
             publisher.clone(),
-            token.clone(),
+            gate.clone(),
             shutdown.clone(),
         ))),
         None => {
@@ -345,7 +349,7 @@ pub async fn run(config: Config) -> Result<()> {
         info!("approvals topic not consumed (approvals.topic_enabled is false)");
     }
     // The approvals console rides on the approval API: same token, same answers.
-    let humans = approvals.zip(token_of_api).map(|(api, token)| {
+    let humans = approvals.zip(gate_of_api).map(|(api, gate)| {
         let routes = api.routes();
         if !config.console.enabled {
             return routes;
@@ -356,7 +360,7 @@ pub async fn run(config: Config) -> Result<()> {
             config.kafka.outcomes_topic.clone(),
             shutdown.clone(),
         ));
-        let console = crate::console::Console::new(Arc::clone(&engine), token, recent, Some(publisher.clone()));
+        let console = crate::console::Console::new(Arc::clone(&engine), gate, recent, Some(publisher.clone()));
         info!("approvals console at /console");
         routes.merge(Arc::new(console).routes())
     });
@@ -390,6 +394,14 @@ pub async fn run(config: Config) -> Result<()> {
     let stats = stats?;
     info!(?stats, "stopped");
     Ok(())
+}
+
+/// The door of the approval API and the console: its token, and a trusted proxy's identity
+/// header when configured.
+fn gate(config: &Config, token: &str) -> Result<crate::approval::identity::Gate> {
+    let a = &config.approvals;
+    crate::approval::identity::Gate::new(token.to_string(), &a.identity_header, &a.trusted_proxies)
+        .map_err(|(key, why)| anyhow!("{key}: {why}"))
 }
 
 /// The configured store (for the command-line tools that share the workers' state).

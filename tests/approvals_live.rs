@@ -370,3 +370,102 @@ async fn the_approvals_topic_is_off_by_default_and_needs_a_key() {
         "no approvals consumer group committed anything"
     );
 }
+
+/// Behind an authenticating proxy: a worker told to trust the identity header from its proxy's
+/// address (here 127.0.0.1) lets a request carrying it in without the token, and audits the
+/// identity the proxy names, not a name in the body; the same header from an address the
+/// worker does not trust opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_identity_header_authenticates_and_is_the_approver() {
+    let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
+        return;
+    };
+    let Setup {
+        topics, url, mut env, ..
+    } = Setup::new(&brokers, &redis).await;
+    env.vars
+        .push(("REMEDIATOR_APPROVALS_IDENTITY_HEADER".into(), "X-Remote-User".into()));
+    env.vars.push((
+        "REMEDIATOR_APPROVALS_TRUSTED_PROXIES".into(),
+        "[\"127.0.0.1/32\"]".into(),
+    ));
+    let _worker = env.spawn_run(&[]);
+    ready(&url).await;
+    let id = unique("PROXY");
+    produce(
+        &brokers,
+        &topics.incidents,
+        &[Msg::incident(&id, &incident(&id, "checkout"))],
+    )
+    .await;
+    let asked = read(&brokers, &topics.outcomes, 1, Duration::from_secs(30)).await[0].json();
+    assert_eq!(asked["decision"], "approval_required", "{asked}");
+    let approval = asked["approval_id"].as_str().expect("approval id").to_string();
+    let client = reqwest::Client::new();
+    let listed = client
+        .get(format!("{url}/v1/approvals"))
+        .header("X-Remote-User", "alice@example.com")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status().as_u16(), 200, "the proxy's identity is enough");
+    let console = client
+        .get(format!("{url}/v1/console/runbooks"))
+        .header("X-Remote-User", "alice@example.com")
+        .send()
+        .await
+        .expect("console");
+    assert_eq!(console.status().as_u16(), 200, "the console takes it too");
+    let empty = client
+        .get(format!("{url}/v1/approvals"))
+        .header("X-Remote-User", "")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(empty.status().as_u16(), 401, "an empty identity is no identity");
+    let answered = client
+        .post(format!("{url}/v1/approvals/{approval}/approve"))
+        .header("X-Remote-User", "alice@example.com")
+        .json(&serde_json::json!({"approver": "mallory"}))
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(answered.status().as_u16(), 200);
+    let outcomes = read(&brokers, &topics.outcomes, 2, Duration::from_secs(30)).await;
+    let executed = outcomes[1].json();
+    assert_eq!(executed["decision"], "executed", "{executed}");
+    assert_eq!(
+        executed["approver"], "alice@example.com",
+        "the proxy's identity is audited: {executed}"
+    );
+
+    // Another worker trusts only a proxy elsewhere: the header from here opens nothing.
+    let Setup { url: url2, mut env, .. } = Setup::new(&brokers, &redis).await;
+    env.vars
+        .push(("REMEDIATOR_APPROVALS_IDENTITY_HEADER".into(), "X-Remote-User".into()));
+    env.vars
+        .push(("REMEDIATOR_APPROVALS_TRUSTED_PROXIES".into(), "[\"10.9.9.9\"]".into()));
+    let _other = env.spawn_run(&[]);
+    ready(&url2).await;
+    for path in ["/v1/approvals", "/v1/console/runbooks"] {
+        let r = client
+            .get(format!("{url2}{path}"))
+            .header("X-Remote-User", "alice@example.com")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 401, "{path}: the header from an untrusted address");
+    }
+    // A worker that would believe the header from anyone does not start.
+    let refused = env
+        .command(&["validate"])
+        .env("REMEDIATOR_APPROVALS_TRUSTED_PROXIES", "[]")
+        .output()
+        .expect("validate");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("approvals.trusted_proxies"),
+        "names the key: {}",
+        text(&refused)
+    );
+}

@@ -21,17 +21,20 @@ use crate::kafka::{consumer_config, producer_config, KafkaSettings};
 use crate::outcome::Outcome;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
+use identity::{Caller, Gate};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -268,7 +271,7 @@ pub struct AnswerReply {
 pub struct Api {
     engine: Arc<Engine>,
     publisher: Publisher,
-    token: String,
+    gate: Gate,
     /// Owner of the answer tasks (the worker's shutdown tracker).
     tasks: Shutdown,
 }
@@ -277,13 +280,14 @@ pub struct Api {
 struct ApiState(Arc<Api>);
 
 impl Api {
-    /// An API guarded by `token` (a bearer token from [`TOKEN_ENV`]); the executions its
-    /// answers unlock are spawned through `tasks`, so shutdown lets them finish.
-    pub fn new(engine: Arc<Engine>, publisher: Publisher, token: String, tasks: Shutdown) -> Self {
+    /// An API guarded by `gate` (the bearer token from [`TOKEN_ENV`], and a trusted proxy's
+    /// identity header if configured); the executions its answers unlock are spawned through
+    /// `tasks`, so shutdown lets them finish.
+    pub fn new(engine: Arc<Engine>, publisher: Publisher, gate: Gate, tasks: Shutdown) -> Self {
         Self {
             engine,
             publisher,
-            token,
+            gate,
             tasks,
         }
     }
@@ -297,16 +301,8 @@ impl Api {
             .with_state(ApiState(self))
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        // Constant time: the time taken reveals neither a matching prefix nor the length.
-        same_secret(given, &self.token)
+    fn caller(&self, headers: &HeaderMap, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<Caller> {
+        self.gate.caller(headers, peer.map(|Extension(ConnectInfo(a))| a))
     }
 }
 
@@ -314,8 +310,12 @@ fn refuse(code: StatusCode, reason: &str) -> Response {
     (code, Json(serde_json::json!({ "accepted": false, "reason": reason }))).into_response()
 }
 
-async fn list(State(ApiState(api)): State<ApiState>, headers: HeaderMap) -> Response {
-    if !api.authorized(&headers) {
+async fn list(
+    State(ApiState(api)): State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if api.caller(&headers, peer).is_none() {
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     match api.engine.store().pending_approvals().await {
@@ -324,28 +324,42 @@ async fn list(State(ApiState(api)): State<ApiState>, headers: HeaderMap) -> Resp
     }
 }
 
-async fn approve(state: State<ApiState>, headers: HeaderMap, id: Path<String>, body: Json<AnswerBody>) -> Response {
-    respond(state, headers, id, body, true).await
+async fn approve(
+    state: State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Json<AnswerBody>,
+) -> Response {
+    respond(state, peer, headers, id, body, true).await
 }
 
-async fn deny(state: State<ApiState>, headers: HeaderMap, id: Path<String>, body: Json<AnswerBody>) -> Response {
-    respond(state, headers, id, body, false).await
+async fn deny(
+    state: State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Json<AnswerBody>,
+) -> Response {
+    respond(state, peer, headers, id, body, false).await
 }
 
 async fn respond(
     State(ApiState(api)): State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<AnswerBody>,
     approve: bool,
 ) -> Response {
-    if !api.authorized(&headers) {
-        warn!(approval = %id, "approval answer without a valid bearer token refused");
+    let Some(caller) = api.caller(&headers, peer) else {
+        warn!(approval = %id, "approval answer without a valid bearer token or trusted identity refused");
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
+    };
     let answer = Answer {
         approve,
-        approver: body.approver,
+        // Behind a trusted proxy, the identity it vouches for is the approver.
+        approver: caller.name(&body.approver),
         action_hash: body.action_hash,
     };
     match answer_and_publish(
@@ -606,5 +620,6 @@ pub async fn client_pending(url: &str, token: &str) -> Result<Vec<Approval>, Str
     serde_json::from_str(&text).map_err(|e| format!("{endpoint}: {e}"))
 }
 
+pub mod identity;
 #[cfg(test)]
 mod tests;

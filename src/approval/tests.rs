@@ -297,7 +297,13 @@ mod api {
         }
         let (trigger, tasks) = crate::shutdown::channel();
         let to_broker = Publisher::new(&settings).expect("producer");
-        let url = serve(Api::new(engine(store), to_broker, TOKEN.into(), tasks)).await;
+        let url = serve(Api::new(
+            engine(store),
+            to_broker,
+            identity::Gate::token(TOKEN.into()),
+            tasks,
+        ))
+        .await;
         (broker, trigger, url)
     }
 
@@ -306,7 +312,13 @@ mod api {
     async fn the_api_answers_only_the_right_bearer_token() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
         let (_trigger, tasks) = crate::shutdown::channel();
-        let url = serve(Api::new(engine(store), publisher(), TOKEN.into(), tasks)).await;
+        let url = serve(Api::new(
+            engine(store),
+            publisher(),
+            identity::Gate::token(TOKEN.into()),
+            tasks,
+        ))
+        .await;
         let client = reqwest::Client::new();
         let list = format!("{url}/v1/approvals");
         for auth in [
@@ -373,7 +385,13 @@ mod api {
         );
 
         let (_trigger, tasks) = crate::shutdown::channel();
-        let url = serve(Api::new(engine(Arc::new(Down)), publisher(), TOKEN.into(), tasks)).await;
+        let url = serve(Api::new(
+            engine(Arc::new(Down)),
+            publisher(),
+            identity::Gate::token(TOKEN.into()),
+            tasks,
+        ))
+        .await;
         let r = client
             .get(format!("{url}/v1/approvals"))
             .header("authorization", format!("Bearer {TOKEN}"))

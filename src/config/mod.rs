@@ -313,6 +313,12 @@ pub struct ApprovalsConfig {
     /// File holding the key that signs answers on the approvals topic (the variable
     /// `REMEDIATOR_APPROVAL_HMAC_KEY` wins); required when `topic_enabled`.
     pub hmac_key_file: String,
+    /// The header in which an authenticating proxy in front of the approval API and the
+    /// console names the person ("" = none: the bearer token only). Believed only from
+    /// `trusted_proxies`.
+    pub identity_header: String,
+    /// Addresses or CIDR blocks of the proxies whose `identity_header` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ApprovalsConfig {
@@ -322,6 +328,8 @@ impl Default for ApprovalsConfig {
             token_file: String::new(),
             topic_enabled: false,
             hmac_key_file: String::new(),
+            identity_header: String::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -28,13 +28,16 @@ mod status;
 pub use recent::Recent;
 pub use status::{runbook_statuses, RunbookStatus};
 
+use crate::approval::identity::{Caller, Gate};
 use crate::engine::Engine;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The page, its script and its style, compiled in.
@@ -53,7 +56,7 @@ pub const MAX_LIMIT: usize = 500;
 /// The console's routes and what they read.
 pub struct Console {
     engine: Arc<Engine>,
-    token: String,
+    gate: Gate,
     recent: Recent,
     /// Where a human's promotion is audited (`None`: not published, in tests).
     publisher: Option<crate::approval::Publisher>,
@@ -63,17 +66,12 @@ pub struct Console {
 struct ConsoleState(Arc<Console>);
 
 impl Console {
-    /// A console over `engine`'s catalogue and store, guarded by the approval API's `token`,
+    /// A console over `engine`'s catalogue and store, guarded by the approval API's `gate`,
     /// showing the outcomes `recent` holds; a promotion's outcome goes to `publisher`.
-    pub fn new(
-        engine: Arc<Engine>,
-        token: String,
-        recent: Recent,
-        publisher: Option<crate::approval::Publisher>,
-    ) -> Self {
+    pub fn new(engine: Arc<Engine>, gate: Gate, recent: Recent, publisher: Option<crate::approval::Publisher>) -> Self {
         Self {
             engine,
-            token,
+            gate,
             recent,
             publisher,
         }
@@ -104,8 +102,8 @@ impl Console {
             .with_state(ConsoleState(self))
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        crate::http::bearer(headers).is_some_and(|given| crate::approval::same_secret(given, &self.token))
+    fn caller(&self, headers: &HeaderMap, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<Caller> {
+        self.gate.caller(headers, peer.map(|Extension(ConnectInfo(a))| a))
     }
 }
 
@@ -139,8 +137,12 @@ fn refuse(code: StatusCode, reason: &str) -> Response {
     json_reply(code, serde_json::json!({ "reason": reason }))
 }
 
-async fn runbooks(State(ConsoleState(c)): State<ConsoleState>, headers: HeaderMap) -> Response {
-    if !c.authorized(&headers) {
+async fn runbooks(
+    State(ConsoleState(c)): State<ConsoleState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if c.caller(&headers, peer).is_none() {
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     match runbook_statuses(c.engine.catalogue(), c.engine.store().as_ref()).await {
@@ -159,20 +161,23 @@ struct PromoteBody {
 
 async fn promote(
     State(ConsoleState(c)): State<ConsoleState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Option<Json<PromoteBody>>,
 ) -> Response {
-    if !c.authorized(&headers) {
+    let Some(caller) = c.caller(&headers, peer) else {
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
+    };
     let Some(Json(PromoteBody { by })) = body else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "body must be JSON {\"by\": \"<who promotes>\"}",
         );
     };
-    let by = by.trim();
+    // Behind a trusted proxy, the identity it vouches for is who promotes.
+    let by = caller.name(by.trim());
+    let by = by.as_str();
     if by.is_empty() || by.len() > 200 || by.chars().any(char::is_control) {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -230,10 +235,11 @@ pub struct OutcomeFilter {
 
 async fn outcomes(
     State(ConsoleState(c)): State<ConsoleState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<OutcomeFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if !c.authorized(&headers) {
+    if c.caller(&headers, peer).is_none() {
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let Query(filter) = match query {

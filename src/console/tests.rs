@@ -41,7 +41,7 @@ async fn serve(recent: Recent) -> (String, Arc<dyn Store>) {
 }
 
 async fn serve_engine((engine, store): (Arc<Engine>, Arc<dyn Store>), recent: Recent) -> (String, Arc<dyn Store>) {
-    let console = Arc::new(Console::new(engine, TOKEN.into(), recent, None));
+    let console = Arc::new(Console::new(engine, Gate::token(TOKEN.into()), recent, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, console.routes()).await });
