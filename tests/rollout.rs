@@ -4,8 +4,9 @@
 //! (approved, verified executions), where targets in the canary act automatically and the others
 //! ask for approval; it stops there (`automatic_until: canary`) until `remediator promote` moves
 //! it to auto, and a failed verification steps it back to the canary. Every outcome carries the
-//! `rollout` object; `remediator runbooks` shows the stage and `/metrics` the stage gauge. A
-//! promotion without enough evidence is refused.
+//! `rollout` object; `remediator runbooks` shows the stage and `/metrics` the stage gauge; the
+//! promotion is a `rollout_changed` outcome of its own. A promotion without enough evidence is
+//! refused. With `automatic_until: auto`, evidence alone takes a runbook from shadow to auto.
 
 #[path = "common/kafka.rs"]
 mod kafka_common;
@@ -473,4 +474,62 @@ async fn promote_without_enough_evidence_is_refused() {
     // Nothing changed.
     let (stage, line) = runbooks_stage(&env);
     assert_eq!(stage, "approval", "unchanged: {line}");
+}
+
+/// With `automatic_until: auto`, evidence alone takes a runbook all the way: shadow → approval
+/// (two dry runs) → canary (two approved, verified runs) → auto (two verified runs in the
+/// canary), with no human promotion; then a target outside the canary runs on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_alone_reaches_auto_when_the_policy_allows() {
+    let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
+        return;
+    };
+    let Setup {
+        topics, url, mut env, ..
+    } = Setup::new(&brokers, &redis).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("runbooks.yaml");
+    let yaml = catalogue("shadow").replace("automatic_until: canary", "automatic_until: auto");
+    std::fs::write(&path, yaml).expect("write runbooks");
+    set(&mut env, "REMEDIATOR_RUNBOOKS", path.to_str().expect("utf-8"));
+    set(&mut env, "REMEDIATOR_GUARDRAILS_MAX_AFFECTED_SERVICES", "1000");
+    let _worker = env.spawn_run(&[]);
+    ready(&url).await;
+    let mut bus = Bus::new(&brokers, &topics.incidents, &topics.outcomes);
+
+    bus.decide("ev-shadow-a").await;
+    let (_, shadow) = bus.decide("ev-shadow-b").await;
+    assert_eq!(shadow["decision"], "dry_run", "{shadow:#}");
+    assert_change(&shadow, "shadow", "approval", None);
+    approved_run(&mut bus, &url, "ev-approval-a").await;
+    let approved = approved_run(&mut bus, &url, "ev-approval-b").await;
+    assert_change(&approved, "approval", "canary", Some(50));
+    // Targets until two are in the canary: their verified runs are the evidence for auto.
+    let mut executed = 0;
+    for i in 0..24 {
+        let (_, o) = bus.decide(&format!("ev-canary-{i:02}")).await;
+        if o["decision"] == "executed" {
+            assert_eq!(o["success"], true, "{o:#}");
+            executed += 1;
+            if executed == 2 {
+                assert_change(&o, "canary", "auto", None);
+                break;
+            }
+            assert_no_change(&o);
+        } else {
+            assert_eq!(o["decision"], "approval_required", "{o:#}");
+        }
+    }
+    assert_eq!(executed, 2, "two targets of 24 in a 50% canary");
+    let (_, auto) = bus.decide("ev-after").await;
+    assert_eq!(
+        (&auto["decision"], &auto["success"]),
+        (&"executed".into(), &true.into()),
+        "{auto:#}"
+    );
+    assert_stage(&auto, "auto");
+    assert!(
+        !bus.seen.iter().any(|o| o["decision"] == "rollout_changed"),
+        "no human promoted it"
+    );
 }
