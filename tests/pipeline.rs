@@ -989,6 +989,33 @@ runbooks:
       automatic_until: approval
 "#;
 
+/// Verified successes of `ids` recorded in the rollout of `restart-rollout` by another replica.
+async fn evidence(r: &Rig, policy: &remediator::rollout::RolloutPolicy, ids: &[&str]) {
+    for id in ids {
+        let counted = r
+            .store
+            .rollout_apply("restart-rollout", policy, remediator::rollout::Transition::Success, id)
+            .await;
+        counted.unwrap().expect("counted");
+    }
+}
+
+/// `o` executed, verified, in rollout stage `stage`.
+fn assert_verified_in(o: &Outcome, stage: &str) {
+    assert_eq!(
+        (o.decision, o.success),
+        (Decision::Executed, Some(true)),
+        "{}",
+        o.reason
+    );
+    assert_eq!(
+        o.rollout.as_ref().map(|v| v.stage.as_str()),
+        Some(stage),
+        "{}",
+        o.reason
+    );
+}
+
 /// A second engine on the same store: another replica.
 fn replica(r: &Rig, runbooks: &str) -> Engine {
     let clock: Arc<dyn Clock> = Arc::new(r.clock.clone());
@@ -1057,21 +1084,8 @@ async fn a_failed_verification_steps_the_rollout_back() {
     let catalogue = Catalogue::from_yaml(&runbooks, "t").unwrap();
     let policy = catalogue.get("restart-rollout").unwrap().rollout.clone().unwrap();
     // Another replica's approved executions made it automatic.
-    for id in ["x", "y"] {
-        r.store
-            .rollout_apply("restart-rollout", &policy, remediator::rollout::Transition::Success, id)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let o = r.send(&crash("ra-1", "good")).await;
-    assert_eq!(
-        (o.decision, o.success),
-        (Decision::Executed, Some(true)),
-        "{}",
-        o.reason
-    );
-    assert_eq!(o.rollout.as_ref().map(|v| v.stage.as_str()), Some("auto"));
+    evidence(&r, &policy, &["x", "y"]).await;
+    assert_verified_in(&r.send(&crash("ra-1", "good")).await, "auto");
     let o = r.send(&crash("ra-2", "bad")).await;
     assert_eq!(
         (o.decision, o.success),
@@ -1109,18 +1123,7 @@ async fn a_human_promotion_is_an_audited_outcome_and_takes_effect_at_once() {
     );
     let o = r.send(&crash("rp-0", "s0")).await;
     assert_eq!(o.decision, Decision::ApprovalRequired, "{}", o.reason);
-    for id in ["x", "y"] {
-        r.store
-            .rollout_apply(
-                "restart-rollout",
-                rb.rollout.as_ref().unwrap(),
-                remediator::rollout::Transition::Success,
-                id,
-            )
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    evidence(&r, rb.rollout.as_ref().unwrap(), &["x", "y"]).await;
     let o = r
         .engine
         .promote_rollout(&rb, "alice")
@@ -1137,12 +1140,5 @@ async fn a_human_promotion_is_an_audited_outcome_and_takes_effect_at_once() {
         o.reason,
         "rollout of runbook restart-rollout moved from approval to auto: promoted by alice after 2 verified successes"
     );
-    let o = r.send(&crash("rp-1", "s1")).await;
-    assert_eq!(
-        (o.decision, o.success),
-        (Decision::Executed, Some(true)),
-        "{}",
-        o.reason
-    );
-    assert_eq!(o.rollout.as_ref().map(|v| v.stage.as_str()), Some("auto"));
+    assert_verified_in(&r.send(&crash("rp-1", "s1")).await, "auto");
 }

@@ -59,6 +59,39 @@ fn write_catalogue(dir: &tempfile::TempDir, start: &str) -> String {
     path.to_str().expect("utf-8 path").to_string()
 }
 
+/// A worker on fresh topics running `catalogue` (with many services allowed: the blast radius
+/// must not be what decides) and `extra` variables; what a test drives it with.
+struct Live {
+    bus: Bus,
+    url: String,
+    env: Env,
+    _worker: live_worker::Child,
+    _dir: tempfile::TempDir,
+}
+
+async fn live(brokers: &str, redis: &str, catalogue: &str, extra: &[(&str, &str)]) -> Live {
+    let Setup {
+        topics, url, mut env, ..
+    } = Setup::new(brokers, redis).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("runbooks.yaml");
+    std::fs::write(&path, catalogue).expect("write runbooks");
+    set(&mut env, "REMEDIATOR_RUNBOOKS", path.to_str().expect("utf-8 path"));
+    set(&mut env, "REMEDIATOR_GUARDRAILS_MAX_AFFECTED_SERVICES", "1000");
+    for (k, v) in extra {
+        set(&mut env, k, v);
+    }
+    let worker = env.spawn_run(&[]);
+    ready(&url).await;
+    Live {
+        bus: Bus::new(brokers, &topics.incidents, &topics.outcomes),
+        url,
+        env,
+        _worker: worker,
+        _dir: dir,
+    }
+}
+
 /// Set (or replace) a variable of `env`.
 fn set(env: &mut Env, key: &str, value: &str) {
     env.vars.retain(|(k, _)| k != key);
@@ -296,21 +329,21 @@ async fn a_runbook_moves_shadow_approval_canary_auto_on_evidence_and_steps_back_
     let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
         return;
     };
-    let Setup {
-        topics, url, mut env, ..
-    } = Setup::new(&brokers, &redis).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    set(&mut env, "REMEDIATOR_RUNBOOKS", &write_catalogue(&dir, "shadow"));
-    set(
-        &mut env,
-        "REMEDIATOR_SIMULATED_FAIL_POST_CHECKS_FOR",
-        &format!("[{BAD}]"),
-    );
-    // Many distinct services in one test: the blast radius must not be what decides.
-    set(&mut env, "REMEDIATOR_GUARDRAILS_MAX_AFFECTED_SERVICES", "1000");
-    let _worker = env.spawn_run(&[]);
-    ready(&url).await;
-    let mut bus = Bus::new(&brokers, &topics.incidents, &topics.outcomes);
+    let bad = format!("[{BAD}]");
+    // The worker and its catalogue live as long as these bindings (`..` would drop them at once).
+    let Live {
+        mut bus,
+        url,
+        env,
+        _worker,
+        _dir,
+    } = live(
+        &brokers,
+        &redis,
+        &catalogue("shadow"),
+        &[("REMEDIATOR_SIMULATED_FAIL_POST_CHECKS_FOR", &bad)],
+    )
+    .await;
 
     // Shadow: dry runs; the second verified one moves the runbook to approval.
     let (_, first) = bus.decide("shadow-a").await;
@@ -484,18 +517,14 @@ async fn evidence_alone_reaches_auto_when_the_policy_allows() {
     let (Some(brokers), Some(redis)) = (bootstrap(), redis_url()) else {
         return;
     };
-    let Setup {
-        topics, url, mut env, ..
-    } = Setup::new(&brokers, &redis).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("runbooks.yaml");
     let yaml = catalogue("shadow").replace("automatic_until: canary", "automatic_until: auto");
-    std::fs::write(&path, yaml).expect("write runbooks");
-    set(&mut env, "REMEDIATOR_RUNBOOKS", path.to_str().expect("utf-8"));
-    set(&mut env, "REMEDIATOR_GUARDRAILS_MAX_AFFECTED_SERVICES", "1000");
-    let _worker = env.spawn_run(&[]);
-    ready(&url).await;
-    let mut bus = Bus::new(&brokers, &topics.incidents, &topics.outcomes);
+    let Live {
+        mut bus,
+        url,
+        _worker,
+        _dir,
+        ..
+    } = live(&brokers, &redis, &yaml, &[]).await;
 
     bus.decide("ev-shadow-a").await;
     let (_, shadow) = bus.decide("ev-shadow-b").await;

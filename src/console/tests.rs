@@ -423,44 +423,42 @@ async fn a_rollout_runbook_is_promoted_only_with_its_evidence() {
             .await
             .expect("json")
     };
-    store
-        .rollout_apply("r", &policy, Transition::Success, "i1")
-        .await
-        .expect("store")
-        .expect("counted");
-    let s = status(&runbooks().await);
-    assert_eq!(
-        (
-            s["describe"].as_str(),
+    let succeed = |ids: &'static [&'static str]| {
+        let (store, policy) = (Arc::clone(&store), policy.clone());
+        async move {
+            for id in ids {
+                let counted = store.rollout_apply("r", &policy, Transition::Success, id).await;
+                counted.expect("store").expect("counted");
+            }
+        }
+    };
+    // (stage, evidence, promotable) and what the next stage needs, as the route shows them.
+    let shown = || async {
+        let s = status(&runbooks().await);
+        let seen = (
+            s["describe"].as_str().map(String::from),
             s["evidence"].as_u64(),
-            s["promotable"].as_bool()
-        ),
-        (Some("approval"), Some(1), Some(false))
+            s["promotable"].as_bool(),
+        );
+        (seen, s["needs"].as_str().unwrap_or("").to_string())
+    };
+    succeed(&["i1"]).await;
+    assert_eq!(
+        shown().await,
+        (
+            (Some("approval".into()), Some(1), Some(false)),
+            "1 more verified success(es), then canary 25% on its own".into()
+        )
     );
-    assert_eq!(s["needs"], "1 more verified success(es), then canary 25% on its own");
     // The second success moves it on its own (automatic_until defaults to canary with shares).
-    store
-        .rollout_apply("r", &policy, Transition::Success, "i2")
-        .await
-        .expect("store")
-        .expect("counted");
-    for id in ["i3", "i4"] {
-        store
-            .rollout_apply("r", &policy, Transition::Success, id)
-            .await
-            .expect("store")
-            .expect("counted");
-    }
-    let s = status(&runbooks().await);
+    succeed(&["i2", "i3", "i4"]).await;
     assert_eq!(
+        shown().await,
         (
-            s["describe"].as_str(),
-            s["evidence"].as_u64(),
-            s["promotable"].as_bool()
-        ),
-        (Some("canary 25%"), Some(2), Some(true))
+            (Some("canary 25%".into()), Some(2), Some(true)),
+            "a human: `remediator promote r` moves it to auto".into()
+        )
     );
-    assert_eq!(s["needs"], "a human: `remediator promote r` moves it to auto");
     let (code, body) = promote("r", TOKEN, by.clone()).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["change"]["from"], "canary");
