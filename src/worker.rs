@@ -400,8 +400,9 @@ pub async fn run(config: Config) -> Result<()> {
 /// header when configured.
 fn gate(config: &Config, token: &str) -> Result<crate::approval::identity::Gate> {
     let a = &config.approvals;
-    crate::approval::identity::Gate::new(token.to_string(), &a.identity_header, &a.trusted_proxies)
-        .map_err(|(key, why)| anyhow!("{key}: {why}"))
+    let proxy = crate::config::TrustedProxy::parse(&a.identity_header, &a.trusted_proxies)
+        .map_err(|(key, why)| anyhow!("{key}: {why}"))?;
+    Ok(crate::approval::identity::Gate::new(token.to_string(), proxy))
 }
 
 /// The configured store (for the command-line tools that share the workers' state).

@@ -7,8 +7,9 @@
 //! trusted proxy the identity it names is the one audited: a name in the request body does not
 //! override it.
 
-use axum::http::{HeaderMap, HeaderName};
-use std::net::{IpAddr, SocketAddr};
+use crate::config::TrustedProxy;
+use axum::http::HeaderMap;
+use std::net::SocketAddr;
 
 /// Who a request comes from, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,108 +37,23 @@ pub struct Gate {
     proxy: Option<TrustedProxy>,
 }
 
-#[derive(Debug, Clone)]
-struct TrustedProxy {
-    header: HeaderName,
-    networks: Vec<Network>,
-}
-
-/// An address or a CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Network {
-    fn parse(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.trim().parse::<u8>() {
-                Ok(p) if p <= max => p,
-                _ => return Err(format!("{s:?}: the prefix length must be 0..{max}")),
-            },
-        };
-        Ok(Network { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |a: IpAddr| -> (u128, u8) {
-            match a {
-                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
-                IpAddr::V6(v6) => (u128::from(v6), 128),
-            }
-        };
-        let ip = ip.to_canonical();
-        let ((net, width), (got, got_width)) = (bits(self.addr), bits(ip));
-        if width != got_width {
-            return false;
-        }
-        let shift = u32::from(width - self.prefix);
-        // A shift by the full width (prefix 0) matches everything.
-        net.checked_shr(shift).unwrap_or(0) == got.checked_shr(shift).unwrap_or(0)
-    }
-}
-
-/// The longest identity a proxy may name (audited in outcomes and logs).
-const MAX_IDENTITY: usize = 200;
-
 impl Gate {
     /// A gate for `token` alone.
     pub fn token(token: String) -> Self {
         Gate { token, proxy: None }
     }
 
-    /// A gate for `token` and, when `header` is not empty, the identity a proxy at one of
-    /// `proxies` (addresses or CIDR blocks) names in that header. `Err((key, why))` names the
-    /// configuration key at fault.
-    pub fn new(token: String, header: &str, proxies: &[String]) -> Result<Self, (&'static str, String)> {
-        const HEADER: &str = "approvals.identity_header";
-        const PROXIES: &str = "approvals.trusted_proxies";
-        let proxy = match header.trim() {
-            "" if proxies.is_empty() => None,
-            "" => return Err((HEADER, "is empty, but approvals.trusted_proxies is set".into())),
-            h => {
-                let header =
-                    HeaderName::try_from(h).map_err(|_| (HEADER, format!("{h:?} is not an HTTP header name")))?;
-                if header == axum::http::header::AUTHORIZATION {
-                    return Err((HEADER, "cannot be Authorization".into()));
-                }
-                if proxies.is_empty() {
-                    return Err((
-                        PROXIES,
-                        "is empty, but approvals.identity_header is set: the header would be believed from anyone"
-                            .into(),
-                    ));
-                }
-                let networks = proxies
-                    .iter()
-                    .map(|p| Network::parse(p).map_err(|e| (PROXIES, e)))
-                    .collect::<Result<_, _>>()?;
-                Some(TrustedProxy { header, networks })
-            }
-        };
-        Ok(Gate { token, proxy })
+    /// A gate for `token` and the identity `proxy` names, if any.
+    pub fn new(token: String, proxy: Option<TrustedProxy>) -> Self {
+        Gate { token, proxy }
     }
 
     /// Who sent a request with `headers` from `peer` (`None`: unknown, so no proxy is
     /// believed); `None` when neither the token nor a trusted proxy vouches for it.
     pub fn caller(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<Caller> {
         if let (Some(proxy), Some(peer)) = (&self.proxy, peer) {
-            if proxy.networks.iter().any(|n| n.contains(peer.ip())) {
-                let named = headers.get(&proxy.header).and_then(|v| v.to_str().ok()).map(str::trim);
-                if let Some(id) = named.filter(|id| valid_identity(id)) {
-                    return Some(Caller::Proxy(id.to_string()));
-                }
+            if let Some(id) = proxy.identity(headers, peer) {
+                return Some(Caller::Proxy(id));
             }
         }
         crate::http::bearer(headers)
@@ -146,14 +62,10 @@ impl Gate {
     }
 }
 
-fn valid_identity(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_IDENTITY && !id.chars().any(char::is_control)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderName, HeaderValue};
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -163,18 +75,18 @@ mod tests {
         h
     }
 
+    fn gate(token: &str, header: &str, proxies: &[&str]) -> Gate {
+        let proxies: Vec<String> = proxies.iter().map(|p| p.to_string()).collect();
+        Gate::new(token.into(), TrustedProxy::parse(header, &proxies).expect("valid"))
+    }
+
     fn peer(ip: &str) -> Option<SocketAddr> {
         Some(SocketAddr::new(ip.parse().unwrap(), 40000))
     }
 
     #[test]
     fn the_header_is_believed_only_from_a_trusted_proxy() {
-        let gate = Gate::new(
-            "tok".into(),
-            "X-Remote-User",
-            &["10.1.0.0/16".into(), "192.168.5.7".into(), "fd00::/8".into()],
-        )
-        .unwrap();
+        let gate = gate("tok", "X-Remote-User", &["10.1.0.0/16", "192.168.5.7", "fd00::/8"]);
         let alice = headers(&[("x-remote-user", "alice")]);
         for ip in ["10.1.2.3", "10.1.255.255", "192.168.5.7", "fd00::1", "::ffff:10.1.0.9"] {
             assert_eq!(
@@ -225,65 +137,9 @@ mod tests {
     }
 
     #[test]
-    fn a_proxy_configuration_that_would_trust_anyone_is_refused() {
-        for (header, proxies, key, want) in [
-            (
-                "X-Remote-User",
-                vec![],
-                "approvals.trusted_proxies",
-                "is empty, but approvals.identity_header is set",
-            ),
-            (
-                "",
-                vec!["10.0.0.1"],
-                "approvals.identity_header",
-                "is empty, but approvals.trusted_proxies is set",
-            ),
-            (
-                "Bad Header",
-                vec!["10.0.0.1"],
-                "approvals.identity_header",
-                "is not an HTTP header name",
-            ),
-            (
-                "Authorization",
-                vec!["10.0.0.1"],
-                "approvals.identity_header",
-                "cannot be Authorization",
-            ),
-            (
-                "X-Remote-User",
-                vec!["10.0.0.300"],
-                "approvals.trusted_proxies",
-                "\"10.0.0.300\" is not an IP address",
-            ),
-            (
-                "X-Remote-User",
-                vec!["10.0.0.0/33"],
-                "approvals.trusted_proxies",
-                "the prefix length must be 0..32",
-            ),
-            (
-                "X-Remote-User",
-                vec!["::/129"],
-                "approvals.trusted_proxies",
-                "the prefix length must be 0..128",
-            ),
-            (
-                "X-Remote-User",
-                vec!["example.com"],
-                "approvals.trusted_proxies",
-                "is not an IP address or CIDR block",
-            ),
-        ] {
-            let proxies: Vec<String> = proxies.into_iter().map(String::from).collect();
-            let (k, e) = Gate::new("t".into(), header, &proxies).unwrap_err();
-            assert_eq!(k, key, "{header:?} {proxies:?}: {e}");
-            assert!(e.contains(want), "{header:?} {proxies:?}: {e}");
-        }
-        assert!(Gate::new("t".into(), "", &[]).is_ok());
+    fn a_slash_zero_block_trusts_its_whole_family_and_no_other() {
         // A /0 block trusts every address of its family, and no other.
-        let all_v4 = Gate::new("t".into(), "X-U", &["0.0.0.0/0".into()]).unwrap();
+        let all_v4 = gate("t", "X-U", &["0.0.0.0/0"]);
         let h = headers(&[("x-u", "dave")]);
         assert_eq!(
             all_v4.caller(&h, peer("203.0.113.9")),

@@ -26,10 +26,12 @@ use std::time::Duration;
 
 mod duration;
 mod load;
+mod proxy;
 pub mod secrets;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
+pub use proxy::TrustedProxy;
 pub use secrets::{secret, secret_from};
 
 /// Default config file path.

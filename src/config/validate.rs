@@ -31,9 +31,7 @@ impl Config {
         // A proxy's identity header is believed only from the proxies named, and both or
         // neither are set.
         let a = &self.approvals;
-        if let Err((key, why)) =
-            crate::approval::identity::Gate::new(String::new(), &a.identity_header, &a.trusted_proxies)
-        {
+        if let Err((key, why)) = super::TrustedProxy::parse(&a.identity_header, &a.trusted_proxies) {
             return Err(invalid(key, why));
         }
         // An incident may be acted on while younger than max_incident_age; its claim record (and

@@ -245,7 +245,8 @@ struct Report {
     rolled_back: bool,
     checks: Vec<CheckOutcome>,
     trust: Option<TrustView>,
-    /// What the result did to the runbook's rollout (it replaces the subject's view).
+    /// What the result did to the runbook's rollout (its evidence and change go into the
+    /// subject's view; without one, this is the view).
     rollout: Option<RolloutView>,
 }
 
