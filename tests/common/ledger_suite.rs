@@ -428,6 +428,11 @@ pub async fn rollout_moves_on_evidence_and_steps_back_on_failure(s: Ledger) {
         "auto is beyond automatic_until: evidence alone does not reach it"
     );
     assert_eq!(
+        step(&s, &rb, &p, Success, "i8b").await,
+        (at(Canary, 1), 3, 2, None),
+        "the newest promote_after successes are kept, no more"
+    );
+    assert_eq!(
         step(&s, &rb, &p, Promote, "").await,
         (at(Auto, 0), 4, 0, Some(at(Canary, 1)))
     );

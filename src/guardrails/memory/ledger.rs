@@ -188,16 +188,18 @@ impl LedgerStore for MemoryStore {
         let mut st = self.lock();
         let r = st.rollouts.entry(runbook.to_owned()).or_default();
         let at = r.position.unwrap_or_else(|| Position::start(policy));
-        let window = ms(policy.window.as_millis() as u64).max(1);
         if transition == Transition::Success && at.stage != Stage::Auto {
             r.evidence.insert(evidence_id.to_owned(), now);
-            r.evidence.retain(|_, t| *t > now - window);
-            let keep = policy.promote_after.max(1) as usize;
-            if r.evidence.len() > keep {
-                let mut by_age: Vec<(i64, String)> = r.evidence.iter().map(|(id, t)| (*t, id.clone())).collect();
-                by_age.sort();
-                for (_, id) in &by_age[..by_age.len() - keep] {
-                    r.evidence.remove(id);
+            // The newest `promote_after` are kept (rollout.lua's ZREMRANGEBYRANK; its trim by
+            // age only frees memory sooner, as evidence out of the window is never counted).
+            while r.evidence.len() > policy.promote_after.max(1) as usize {
+                let oldest = r
+                    .evidence
+                    .iter()
+                    .min_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)))
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = oldest {
+                    r.evidence.remove(&id);
                 }
             }
         }

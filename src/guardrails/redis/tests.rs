@@ -245,3 +245,51 @@ fn status_replies_parse_and_reject_bad_shapes() {
         );
     }
 }
+
+#[test]
+fn rollout_replies_parse_and_reject_bad_shapes() {
+    use crate::rollout::{Position, PromoteRefusal, RolloutRecord, Stage};
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let parse = super::ledger::parse_rollout;
+    assert_eq!(
+        parse(&s(&["canary", "1", "4", "2", "canary", "0"])).expect("record"),
+        Ok(RolloutRecord {
+            position: Position {
+                stage: Stage::Canary,
+                step: 1
+            },
+            version: 4,
+            evidence: 2,
+            changed_from: Some(Position {
+                stage: Stage::Canary,
+                step: 0
+            }),
+        })
+    );
+    assert_eq!(
+        parse(&s(&["auto", "0", "5", "0", "", ""]))
+            .expect("record")
+            .map(|r| r.changed_from),
+        Ok(None)
+    );
+    assert_eq!(
+        parse(&s(&["refused", "evidence", "1", "3"])).expect("refusal"),
+        Err(PromoteRefusal::Evidence(1, 3))
+    );
+    assert_eq!(
+        parse(&s(&["refused", "end", "0", "3"])).expect("refusal"),
+        Err(PromoteRefusal::AtTheEnd)
+    );
+    for bad in [
+        s(&[]),
+        s(&["accepted", "end", "0", "3"]),
+        s(&["refused", "tired", "0", "3"]),
+        s(&["refused", "evidence", "x", "3"]),
+        s(&["sideways", "0", "1", "0", "", ""]),
+        s(&["auto", "0", "1", "0", "upwards", "0"]),
+        s(&["auto", "-1", "1", "0", "", ""]),
+        s(&["auto", "0", "1"]),
+    ] {
+        assert!(matches!(parse(&bad), Err(StoreError::Protocol(_))), "{bad:?}");
+    }
+}

@@ -632,6 +632,10 @@ fn a_rollout_policy_loads_with_defaults_and_refuses_what_cannot_work() {
         })
     );
     assert_eq!(
+        load("    rollout: {canary: {shares: [10]}, automatic_until: canary}\n").map(|p| p.automatic_until),
+        Some(Stage::Canary)
+    );
+    assert_eq!(
         load("    rollout: {promote_after: 1, window_hours: 1, automatic_until: auto}\n").map(|p| (
             p.promote_after,
             p.window,
