@@ -159,13 +159,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Promote { runbook, config } => {
             let config = Config::load(config.as_deref(), &env, &[])?;
             let catalogue = load_catalogue(Path::new(&config.runbooks))?;
-            if catalogue.get(&runbook).is_none() {
+            let Some(rb) = catalogue.get(&runbook) else {
                 bail!("no runbook {runbook:?} in {}", config.runbooks);
-            }
-            if catalogue.get(&runbook).is_some_and(|rb| rb.rollout.is_some()) {
+            };
+            if rb.rollout.is_some() {
                 // A rollout runbook moves one stage right, if its evidence allows; audited.
                 let by = env.get("USER").cloned().unwrap_or_else(|| "an operator".into());
-                return match remediator::worker::promote_rollout(&config, &runbook, &by).await? {
+                return match remediator::worker::promote_rollout(&config, catalogue, &runbook, &by).await? {
                     Ok(outcome) => {
                         println!("{runbook}: {}", outcome.reason);
                         Ok(())

@@ -453,18 +453,21 @@ pub async fn execute_manual(
     Ok(handled.outcomes)
 }
 
-/// `remediator promote` of a runbook with a rollout policy: one stage right if its evidence
-/// allows, audited on the outcomes topic. `Ok(Err(_))`: refused, nothing changed.
+/// `remediator promote` of `runbook` of `catalogue` (the configured one, loaded by the caller),
+/// which has a rollout policy: one stage right if its evidence allows, audited on the outcomes
+/// topic. `Ok(Err(_))`: refused, nothing changed.
 pub async fn promote_rollout(
     config: &Config,
+    catalogue: Catalogue,
     runbook: &str,
     by: &str,
 ) -> Result<Result<crate::outcome::Outcome, crate::rollout::PromoteRefusal>> {
-    let catalogue = Catalogue::load(Path::new(&config.runbooks)).map_err(|e| anyhow!("invalid runbooks:\n{e}"))?;
     let rb = catalogue
         .get(runbook)
         .cloned()
         .ok_or_else(|| anyhow!("no runbook {runbook:?} in {}", config.runbooks))?;
+    // The engine writes the outcome (ids, times, worker) as every other; a promotion runs no
+    // action, so no executor is needed: the simulated one stands in.
     let engine = Engine::new(
         Arc::new(catalogue),
         store(config).await?,
