@@ -115,7 +115,7 @@ pub fn parse(bytes: &[u8]) -> Result<Incident, (Rejection, Partial)> {
             Partial::default(),
         ));
     }
-    let value: Value = serde_json::from_slice(bytes)
+    let (value, repeated) = read_document(bytes)
         .map_err(|e| (Rejection::new("$", format!("not valid JSON: {e}")), Partial::default()))?;
     let Value::Object(obj) = value else {
         return Err((
@@ -123,8 +123,8 @@ pub fn parse(bytes: &[u8]) -> Result<Incident, (Rejection, Partial)> {
             Partial::default(),
         ));
     };
-    let mut partial = peek(&obj);
-    if let Some(path) = duplicate_key(bytes) {
+    if let Some(path) = repeated {
+        let mut partial = peek(&obj);
         if path == "id" {
             // Which id is meant is exactly what is ambiguous: name none.
             partial.id = None;
@@ -138,115 +138,139 @@ pub fn parse(bytes: &[u8]) -> Result<Incident, (Rejection, Partial)> {
             partial,
         ));
     }
-    from_object(&obj).map_err(|r| (r, partial))
+    // What could be read is only needed when the incident is rejected.
+    from_object(&obj).map_err(|r| (r, peek(&obj)))
 }
 
-/// The path (`confidence`, `context.pod_name`, `services[1].x`) of the first key an object of
-/// this (valid JSON) document repeats.
+/// The document as a `Value` (what `serde_json::from_slice` gives: a repeated key keeps its
+/// last value), and the path (`confidence`, `context.pod_name`, `services[1].x`) of the first
+/// key an object repeats, in document order. One pass: the repetition is noticed while the
+/// objects are built.
 ///
 /// JSON leaves repeated keys undefined: serde_json keeps the last value, many parsers the first.
 /// `{"confidence":0.1,"confidence":0.95}` or two `id`s would mean one thing to the pipeline that
 /// produced or screened the incident and another to this worker, so such an incident is
 /// rejected rather than acted on.
-fn duplicate_key(bytes: &[u8]) -> Option<String> {
-    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+fn read_document(bytes: &[u8]) -> Result<(Value, Option<String>), serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
     use std::cell::RefCell;
 
-    /// One step from the document's root towards the value being walked.
+    /// One step from the document's root towards the repeated key.
     enum Step {
         Key(String),
         Index(usize),
     }
-    /// The walk keeps the steps to where it is and writes a path only for the key it finds
-    /// repeated (most documents have none; it used to format one for every key and element).
-    #[derive(Clone, Copy)]
-    struct Walk<'a> {
-        steps: &'a RefCell<Vec<Step>>,
-        found: &'a RefCell<Option<String>>,
+    /// The first repetition: the steps from it back to the root (innermost first). Each
+    /// ancestor adds its own step when the child in which the repetition was found returns.
+    #[derive(Default)]
+    struct Repeated {
+        found: bool,
+        steps: Vec<Step>,
     }
-    impl<'de> DeserializeSeed<'de> for Walk<'_> {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    #[derive(Clone, Copy)]
+    struct Build<'a>(&'a RefCell<Repeated>);
+    impl Build<'_> {
+        fn found(self) -> bool {
+            self.0.borrow().found
+        }
+        /// After a child value: if the repetition was found inside it, record the way to it.
+        fn after_child(self, before: bool, step: impl FnOnce() -> Step) {
+            if !before && self.found() {
+                self.0.borrow_mut().steps.push(step());
+            }
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Build<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
             d.deserialize_any(self)
         }
     }
-    impl<'de> Visitor<'de> for Walk<'_> {
-        type Value = ();
+    impl<'de> Visitor<'de> for Build<'_> {
+        type Value = Value;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON value")
         }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
+        fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+            Ok(Value::Bool(b))
         }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
+        fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+            Ok(Value::Number(n.into()))
         }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
+        fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+            Ok(Value::Number(n.into()))
         }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
+        fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+            // As serde_json's own `Value` does (JSON text cannot spell a non-finite number).
+            Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
         }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
+        fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+            Ok(Value::String(s.to_owned()))
         }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
+        fn visit_string<E>(self, s: String) -> Result<Value, E> {
+            Ok(Value::String(s))
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            for i in 0.. {
-                self.steps.borrow_mut().push(Step::Index(i));
-                let more = seq.next_element_seed(self)?.is_some();
-                self.steps.borrow_mut().pop();
-                if !more {
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_ITEMS));
+            loop {
+                let before = self.found();
+                let Some(item) = seq.next_element_seed(self)? else {
                     break;
-                }
+                };
+                let i = items.len();
+                self.after_child(before, || Step::Index(i));
+                items.push(item);
             }
-            Ok(())
+            Ok(Value::Array(items))
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut seen = std::collections::HashSet::new();
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
             while let Some(key) = map.next_key::<String>()? {
-                if seen.contains(&key) {
-                    *self.found.borrow_mut() = Some(path_to(&self.steps.borrow(), &key));
-                    return Err(A::Error::custom("duplicate key"));
+                // Noticed on reading the key, before its value, as a reader would.
+                if !self.found() && object.contains_key(&key) {
+                    let mut r = self.0.borrow_mut();
+                    r.found = true;
+                    r.steps.push(Step::Key(key.clone()));
                 }
-                self.steps.borrow_mut().push(Step::Key(key));
-                map.next_value_seed(self)?;
-                if let Some(Step::Key(key)) = self.steps.borrow_mut().pop() {
-                    seen.insert(key);
-                }
+                let before = self.found();
+                let value = map.next_value_seed(self)?;
+                self.after_child(before, || Step::Key(key.clone()));
+                object.insert(key, value);
             }
-            Ok(())
+            Ok(Value::Object(object))
         }
     }
-    /// `confidence`, `context.pod_name`, `services[1].x`: the steps, then the repeated key.
-    fn path_to(steps: &[Step], key: &str) -> String {
+
+    /// `confidence`, `context.pod_name`, `services[1].x`, from the steps, innermost first.
+    fn path_to(steps: &[Step]) -> String {
         // An empty key still needs a visible name in the path.
         let name = |k: &str| if k.is_empty() { "\"\"".to_owned() } else { shorten(k) };
         let mut path = String::new();
-        for step in steps {
+        for step in steps.iter().rev() {
             match step {
                 Step::Key(k) if path.is_empty() => path.push_str(&name(k)),
-                Step::Key(k) => path.push_str(&format!(".{}", name(k))),
+                Step::Key(k) => {
+                    path.push('.');
+                    path.push_str(&name(k));
+                }
                 Step::Index(i) => path.push_str(&format!("[{i}]")),
             }
         }
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(&name(key));
         path
     }
 
-    let (steps, found) = (RefCell::new(Vec::new()), RefCell::new(None));
+    let repeated = RefCell::new(Repeated::default());
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let _ = Walk {
-        steps: &steps,
-        found: &found,
-    }
-    .deserialize(&mut de);
-    found.into_inner()
+    let value = Build(&repeated).deserialize(&mut de)?;
+    de.end()?;
+    let Repeated { found, steps } = repeated.into_inner();
+    Ok((value, found.then(|| path_to(&steps))))
 }
 
 fn peek(obj: &Map<String, Value>) -> Partial {
@@ -340,34 +364,35 @@ fn from_object(obj: &Map<String, Value>) -> Result<Incident, Rejection> {
             }
             let mut out = BTreeMap::new();
             for (k, v) in m {
-                let field = format!("context.{}", shorten(k));
+                // Named only when something is wrong with it.
+                let field = || format!("context.{}", shorten(k));
                 if !valid_text(k, 128) {
-                    return Err(Rejection::new(field, "key must be 1..128 printable characters"));
+                    return Err(Rejection::new(field(), "key must be 1..128 printable characters"));
                 }
                 let cv = match v {
                     Value::String(s) => {
                         let n = s.chars().count();
                         if n > MAX_TEXT_CHARS {
                             return Err(Rejection::new(
-                                field,
+                                field(),
                                 format!("must be at most {MAX_TEXT_CHARS} characters, got {n}"),
                             ));
                         }
                         if s.chars().any(char::is_control) {
-                            return Err(Rejection::new(field, "must not contain control characters"));
+                            return Err(Rejection::new(field(), "must not contain control characters"));
                         }
                         ContextValue::Str(s.clone())
                     }
                     Value::Number(n) => {
                         if n.as_f64().is_none_or(|f| !f.is_finite()) {
-                            return Err(Rejection::new(field, "must be a finite number"));
+                            return Err(Rejection::new(field(), "must be a finite number"));
                         }
                         ContextValue::Num(n.clone())
                     }
                     Value::Bool(b) => ContextValue::Bool(*b),
                     other => {
                         return Err(Rejection::new(
-                            field,
+                            field(),
                             format!("must be a string, number or boolean, got {}", kind(other)),
                         ))
                     }

@@ -340,6 +340,12 @@ fn repeated_keys_are_rejected_with_their_path() {
     let long = "k".repeat(70);
     let r = rejected(&format!(r#"{{"id":"a","{long}":{{"{long}":1,"{long}":2}}}}"#));
     assert_eq!(r.field, format!("{0}….{0}…", "k".repeat(64)));
+    // A repeated key is noticed when it is read, before its value (which repeats one too).
+    assert_eq!(rejected(r#"{"id":"a","k":1,"k":{"a":1,"a":2}}"#).field, "k");
+    // Invalid JSON is invalid JSON, whatever it repeated before the error.
+    let r = rejected(r#"{"id":"a","id":"b","confidence":}"#);
+    assert_eq!(r.field, "$");
+    assert!(r.message.contains("not valid JSON"), "{r}");
     // The same key in different objects is not a repetition.
     parse(br#"{"id":"a","root_cause":"x","confidence":0.9,"service":"s","context":{"id":"b"}}"#).unwrap();
 }
@@ -367,4 +373,27 @@ fn context_strings_say_what_is_wrong_with_them() {
     let r = rejected(&long);
     assert_eq!(r.field, "context.k");
     assert!(r.message.contains(&format!("got {}", MAX_TEXT_CHARS + 1)), "{r}");
+}
+
+#[test]
+fn the_document_is_read_as_serde_json_reads_it() {
+    // One pass builds the value and looks for repeated keys; the value is serde_json's own,
+    // repeated keys included (the last one wins), so nothing downstream sees a difference.
+    let docs = [
+        r#"{"id":"a","root_cause":"x","confidence":0.95,"service":"s","context":{"n":3,"f":-2.5e3,"b":true,"z":null}}"#,
+        r#"{"a":[1,[2,{"b":[]}],{}],"u":18446744073709551615,"i":-9223372036854775808,"s":"\u00e9\n"}"#,
+        r#"{"k":1,"k":2,"o":{"x":"first","x":"last"}}"#,
+        r#"[1,2,{"a":1}]"#,
+        r#""just a string""#,
+        "  { \"spaced\" : [ 1 , 2 ] }  ",
+    ];
+    for doc in docs {
+        let (value, _) = read_document(doc.as_bytes()).expect(doc);
+        let theirs: Value = serde_json::from_slice(doc.as_bytes()).expect(doc);
+        assert_eq!(value, theirs, "{doc}");
+    }
+    for bad in [r#"{"a":1} x"#, r#"{"a":1,}"#, "", r#"{"a":01}"#] {
+        assert!(read_document(bad.as_bytes()).is_err(), "{bad}");
+        assert!(serde_json::from_slice::<Value>(bad.as_bytes()).is_err(), "{bad}");
+    }
 }
