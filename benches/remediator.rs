@@ -1441,17 +1441,18 @@ async fn replay_stages(incidents: &std::path::Path) -> Res<Stages> {
     let catalogue = Catalogue::from_yaml(SEED_RUNBOOKS_YAML, "seed-runbooks.yaml")?;
     let engine = remediator::replay::engine(catalogue, chrono::Utc::now());
     let attempts: Vec<String> = (0..lines.len()).map(|i| format!("replay-{i}")).collect();
-    let mut outcomes = Vec::with_capacity(lines.len());
+    let mut decided = Vec::with_capacity(lines.len());
     let started = Instant::now();
     for (p, attempt) in parsed.into_iter().zip(&attempts) {
-        outcomes.extend(engine.handle_parsed(p, None, attempt).await?.outcomes);
+        decided.push(engine.handle_parsed(p, None, attempt).await?);
     }
     let decide_us = started.elapsed().as_secs_f64() * 1e6 / n;
 
     let mut out = std::io::BufWriter::new(std::io::sink());
     let started = Instant::now();
-    for o in &outcomes {
-        serde_json::to_writer(&mut out, o)?;
+    // As replay's writer does: each event as the engine serialised it.
+    for (_, json) in decided.iter().flat_map(remediator::engine::Handled::events) {
+        out.write_all(json.as_bytes())?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

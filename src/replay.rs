@@ -11,12 +11,11 @@
 //! decisions carry state, and they stay in order, so the output is the same as deciding and
 //! writing each line in turn.
 use crate::clock::{Clock, ManualClock};
-use crate::engine::{Engine, EventIds, Settings};
+use crate::engine::{Engine, EventIds, Handled, Settings};
 use crate::executor::simulated::SimulatedExecutor;
 use crate::guardrails::memory::MemoryStore;
 use crate::incident::{self, Incident, Partial, Rejection};
 use crate::metrics::Metrics;
-use crate::outcome::Outcome;
 use crate::runbook::Catalogue;
 use chrono::{DateTime, Utc};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -43,7 +42,7 @@ where
 {
     let engine = engine(catalogue, now);
     let (parsed_tx, mut parsed_rx) = mpsc::channel::<std::io::Result<Vec<Parsed>>>(DEPTH);
-    let (decided_tx, decided_rx) = mpsc::channel::<Vec<Outcome>>(DEPTH);
+    let (decided_tx, decided_rx) = mpsc::channel::<Vec<Handled>>(DEPTH);
     let reader = std::thread::Builder::new()
         .name("replay-read".into())
         .spawn(move || read_and_parse(BufReader::with_capacity(READ_BUFFER, input), parsed_tx))?;
@@ -52,7 +51,7 @@ where
         .spawn(move || write_outcomes(out, decided_rx))?;
 
     let mut lines = 0;
-    let mut decided = Ok(());
+    let mut result = Ok(());
     'batches: loop {
         let batch = tokio::select! {
             biased;
@@ -61,26 +60,26 @@ where
             next = parsed_rx.recv() => match next {
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
-                    decided = Err(e);
+                    result = Err(e);
                     break;
                 }
                 None => break,
             },
         };
-        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut decided = Vec::with_capacity(batch.len());
         for parsed in batch {
             let attempt = format!("replay-{lines}");
             lines += 1;
             // The in-memory store never fails, so an error here is a bug worth surfacing.
             match engine.handle_parsed(parsed, None, &attempt).await {
-                Ok(handled) => outcomes.extend(handled.outcomes),
+                Ok(handled) => decided.push(handled),
                 Err(e) => {
-                    decided = Err(std::io::Error::other(format!("line {lines}: {e}")));
+                    result = Err(std::io::Error::other(format!("line {lines}: {e}")));
                     break 'batches;
                 }
             }
         }
-        if decided_tx.send(outcomes).await.is_err() {
+        if decided_tx.send(decided).await.is_err() {
             break;
         }
     }
@@ -89,7 +88,7 @@ where
     let written = writer
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the output thread panicked")));
-    decided?;
+    result?;
     written?;
     // Every line was read: the reader has finished (its own error came through the channel; a
     // panic is a bug). After an error it is not waited for: it may be blocked reading a stdin
@@ -157,7 +156,7 @@ fn read_and_parse<R: Read>(mut input: BufReader<R>, tx: mpsc::Sender<std::io::Re
 /// Write each outcome as a line of JSON, flushing whenever it has caught up with the engine (so
 /// a replay fed line by line, `tail -f … | remediator replay --incidents -`, answers each line
 /// at once). Stops at the first error, which it names as an output error.
-fn write_outcomes<W: Write>(mut out: W, mut rx: mpsc::Receiver<Vec<Outcome>>) -> std::io::Result<()> {
+fn write_outcomes<W: Write>(mut out: W, mut rx: mpsc::Receiver<Vec<Handled>>) -> std::io::Result<()> {
     let mut write = || -> std::io::Result<()> {
         loop {
             let outcomes = match rx.try_recv() {
@@ -171,8 +170,9 @@ fn write_outcomes<W: Write>(mut out: W, mut rx: mpsc::Receiver<Vec<Outcome>>) ->
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
-            for o in &outcomes {
-                serde_json::to_writer(&mut out, o)?;
+            // Each event as the engine serialised it (once, for its record too).
+            for (_, json) in outcomes.iter().flat_map(Handled::events) {
+                out.write_all(json.as_bytes())?;
                 out.write_all(b"\n")?;
             }
         }

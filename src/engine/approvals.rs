@@ -3,7 +3,7 @@
 //! ([`crate::decision::decide_approved`]) and goes through the guardrails again before it runs.
 
 use super::execution::Reserved;
-use super::{guard_scope, render, Engine, EngineError, Report, Subject};
+use super::{guard_scope, render, to_json, Engine, EngineError, Report, Subject};
 use crate::decision::{decide_approved, ApprovedFacts, GuardrailFact, Intent, Verdict};
 use crate::guardrails::{
     Admission, Answer, AnswerResult, Approval, ApprovalState, DecideAnswer, ExecResult, FinishRequest, Guardrail,
@@ -462,7 +462,7 @@ impl Engine {
     ) -> AnswerOutcomes {
         let attempt = uuid::Uuid::new_v4().to_string();
         let outcomes = vec![self.outcome(subject, decided_at, report)];
-        let req = self.record_request(&approval_claim(a), None, &attempt, &outcomes);
+        let req = self.record_request(&approval_claim(a), None, &attempt, to_json(&outcomes));
         // Best effort: the answer itself is already final in the store.
         match self.store.decide(&req).await {
             Ok(DecideAnswer::Duplicate { outcomes: recorded, .. }) => {

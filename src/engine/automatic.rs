@@ -56,7 +56,7 @@ pub(super) struct Prepared<'a> {
 #[allow(clippy::large_enum_variant)]
 enum Next {
     /// A final decision without guardrails: the claim records these outcomes.
-    Recorded(Vec<Outcome>),
+    Recorded(Handled),
     /// The guardrails of an intent.
     Guarded(Guard),
 }
@@ -157,9 +157,9 @@ impl Engine {
         };
         let (next, subject, facts, request) = match decision::decide(&facts) {
             Verdict::Final(fin) => {
-                let outcomes = vec![self.outcome(&subject, now, fin.into())];
-                let request = self.record_request(&incident.id, source, attempt, &outcomes);
-                (Next::Recorded(outcomes), subject, facts, request)
+                let handled = Handled::new(vec![self.outcome(&subject, now, fin.into())]);
+                let request = self.record_request(&incident.id, source, attempt, handled.record());
+                (Next::Recorded(handled), subject, facts, request)
             }
             Verdict::Proceed(intent, reason) => {
                 let (Some(rb), Some(action)) = (matched, action) else {
@@ -219,8 +219,8 @@ impl Engine {
             return Box::pin(self.process(incident, source, attempt)).await;
         }
         match next {
-            Next::Recorded(outcomes) => match answer {
-                DecideAnswer::Recorded => Ok(Handled::new(outcomes)),
+            Next::Recorded(handled) => match answer {
+                DecideAnswer::Recorded => Ok(handled),
                 answer => {
                     let bare = Subject::of(incident, rb);
                     self.settle(answer, &mut facts, &bare, decided_at, &incident.id, attempt)
@@ -459,11 +459,7 @@ impl Engine {
                         "redelivered incident: re-publishing its recorded outcome"
                     );
                     self.metrics.outcomes_republished.inc_by(recorded.len() as u64);
-                    return Ok(Handled {
-                        outcomes: recorded,
-                        dead_letter: None,
-                        republished: true,
-                    });
+                    return Ok(Handled::with(recorded, None, true));
                 }
                 facts.seen = Seen::Handled(recorded.last().map(|prev| Previous {
                     decision: prev.decision,

@@ -94,15 +94,60 @@ pub struct Handled {
     pub dead_letter: Option<incident::Rejection>,
     /// The outcomes were recorded earlier and are re-published for a redelivery.
     pub republished: bool,
+    /// Each outcome's event as JSON, serialised once when the outcomes were made: the
+    /// idempotency record, the outcomes topic and replay's output all use this text.
+    json: Vec<String>,
 }
 
 impl Handled {
     /// New outcomes of a message (not poison, not re-published).
     fn new(outcomes: Vec<Outcome>) -> Self {
+        Self::with(outcomes, None, false)
+    }
+
+    fn with(outcomes: Vec<Outcome>, dead_letter: Option<incident::Rejection>, republished: bool) -> Self {
+        let json = outcomes.iter().map(Outcome::to_json).collect();
         Handled {
             outcomes,
-            dead_letter: None,
-            republished: false,
+            dead_letter,
+            republished,
+            json,
+        }
+    }
+
+    /// Each outcome with its event as one line of JSON, in order.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = (&Outcome, &str)> {
+        // The text was written when the outcomes were made; nothing may change them after
+        // without writing it again (see `Handled::reword_rejections`).
+        debug_assert_eq!(
+            self.json,
+            self.outcomes.iter().map(Outcome::to_json).collect::<Vec<_>>(),
+            "outcomes changed after they were serialised"
+        );
+        self.outcomes.iter().zip(self.json.iter().map(String::as_str))
+    }
+
+    /// The events as one JSON array: what the idempotency record keeps.
+    fn record(&self) -> String {
+        let mut record = String::with_capacity(2 + self.json.iter().map(|j| j.len() + 1).sum::<usize>());
+        record.push('[');
+        for (i, j) in self.json.iter().enumerate() {
+            if i > 0 {
+                record.push(',');
+            }
+            record.push_str(j);
+        }
+        record.push(']');
+        record
+    }
+
+    /// Give the `rejected` outcomes this `reason` (the event and its JSON alike).
+    pub fn reword_rejections(&mut self, reason: &str) {
+        for (o, j) in self.outcomes.iter_mut().zip(self.json.iter_mut()) {
+            if o.decision == Decision::Rejected {
+                o.reason = reason.to_owned();
+                *j = o.to_json();
+            }
         }
     }
 }
@@ -445,11 +490,7 @@ impl Engine {
             unreachable!("decide() rejects an invalid event")
         };
         let o = self.outcome(&Subject::partial(partial), self.clock.now(), rejected.into());
-        Handled {
-            outcomes: vec![o],
-            dead_letter: Some(rejection),
-            republished: false,
-        }
+        Handled::with(vec![o], Some(rejection), false)
     }
 
     /// A message was handled (or failed): `remediator_decision_duration_seconds`, and its new

@@ -5,7 +5,7 @@
 //! (the release of a reservation, the record of an outcome, a new approval) are retried with
 //! [`STORE_RETRY`] until the store answers: forgetting an execution would let it run twice.
 
-use super::{ms, to_json, Engine, EngineError, Handled, Source};
+use super::{ms, Engine, EngineError, Handled, Source};
 use crate::guardrails::{Admission, Approval, DecideAnswer, DecideRequest, FinishAnswer, FinishRequest, StoreError};
 use crate::outcome::Outcome;
 use crate::retry::{self, Backoff};
@@ -43,20 +43,20 @@ impl Engine {
         }
     }
 
-    /// A request that records `outcomes` as the final word on `claim_id`.
+    /// A request that records `outcomes` (a JSON array of events) as the final word on `claim_id`.
     pub(super) fn record_request(
         &self,
         claim_id: &str,
         source: Option<&Source>,
         attempt: &str,
-        outcomes: &[Outcome],
+        outcomes: String,
     ) -> DecideRequest {
         self.request(
             claim_id,
             source,
             attempt,
             Admission::Record {
-                outcomes: to_json(outcomes),
+                outcomes,
                 ttl_ms: ms(self.settings.guardrails.idempotency_ttl),
             },
         )
@@ -123,7 +123,8 @@ impl Engine {
 
     /// Record the final outcomes under `record_id` (retrying: it has been decided) and return them.
     pub(super) async fn finalize(&self, record_id: &str, attempt: &str, outcomes: Vec<Outcome>) -> Handled {
-        let json = to_json(&outcomes);
+        let handled = Handled::new(outcomes);
+        let json = handled.record();
         let ttl = ms(self.settings.guardrails.idempotency_ttl);
         retry::until_ok(
             STORE_RETRY,
@@ -131,7 +132,7 @@ impl Engine {
             |e| self.store_failed("could not record the outcome; retrying", e),
         )
         .await;
-        Handled::new(outcomes)
+        handled
     }
 
     /// Release a reservation, retrying until the store answers: an unreleased execution would

@@ -13,7 +13,6 @@ use super::trace::TraceParent;
 use super::{KafkaError, BACKOFF_MAX, BACKOFF_MIN};
 use crate::engine::{EngineError, Handled, Message};
 use crate::incident::Rejection;
-use crate::outcome::Decision;
 use crate::retry::Backoff;
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
@@ -101,9 +100,7 @@ impl Shared {
                     field: "$".into(),
                     message: "null payload (tombstone) is not an incident".into(),
                 };
-                for o in h.outcomes.iter_mut().filter(|o| o.decision == Decision::Rejected) {
-                    o.reason = format!("invalid incident: {rejection}");
-                }
+                h.reword_rejections(&format!("invalid incident: {rejection}"));
                 h.dead_letter = Some(rejection);
             }
         }

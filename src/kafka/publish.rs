@@ -211,10 +211,10 @@ impl Shared {
                 value: Some(tp),
             })
         });
-        records.extend(handled.outcomes.iter().map(|o| Record {
+        records.extend(handled.events().map(|(o, json)| Record {
             to: Destination::Outcomes,
             key: o.incident_id.as_ref().map(|id| id.clone().into_bytes()),
-            payload: Some(o.to_json().into_bytes()),
+            payload: Some(json.as_bytes().to_vec()),
             headers: outcome_headers.clone(),
         }));
         let mut deliveries = Vec::with_capacity(records.len());
