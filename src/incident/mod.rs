@@ -115,8 +115,8 @@ pub fn parse(bytes: &[u8]) -> Result<Incident, (Rejection, Partial)> {
             Partial::default(),
         ));
     }
-    let (value, repeated) = read_document(bytes)
-        .map_err(|e| (Rejection::new("$", format!("not valid JSON: {e}")), Partial::default()))?;
+    let (value, repeated) =
+        read_document(bytes).map_err(|e| (Rejection::new("$", format!("not valid JSON: {e}")), Partial::default()))?;
     let Value::Object(obj) = value else {
         return Err((
             Rejection::new("$", format!("must be a JSON object, got {}", kind(&value))),

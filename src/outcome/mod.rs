@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 /// The outcome schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+mod json;
+
 /// What the worker decided (docs/design.md#decision-order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,15 +246,22 @@ pub struct Outcome {
 }
 
 /// `2026-12-07T14:34:24.123Z`: what `to_rfc3339_opts(SecondsFormat::Millis, true)` writes,
-/// without its allocation and formatting machinery (every outcome is serialised once for its
-/// record and once for the topic, with two instants each). Years outside 0-9999 and leap
-/// seconds, which that format writes differently, are left to chrono.
+/// without its allocation and formatting machinery (every outcome carries two instants). Years
+/// outside 0-9999 and leap seconds, which that format writes differently, are left to chrono.
 fn rfc3339_millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    match millis_text(t) {
+        Some(text) => s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?),
+        None => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+    }
+}
+
+/// The text of [`rfc3339_millis`] for years 0-9999 outside a leap second; `None` otherwise.
+fn millis_text(t: &DateTime<Utc>) -> Option<[u8; 24]> {
     use chrono::{Datelike, Timelike};
-    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999);
-    let (Some(year), false) = (year, t.nanosecond() >= 1_000_000_000) else {
-        return s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
-    };
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    if t.nanosecond() >= 1_000_000_000 {
+        return None;
+    }
     let mut text = *b"0000-00-00T00:00:00.000Z";
     for (at, width, value) in [
         (0, 4, year),
@@ -269,14 +278,13 @@ fn rfc3339_millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok
             v /= 10;
         }
     }
-    s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
+    Some(text)
 }
 
 impl Outcome {
     /// The event as one line of JSON.
     pub fn to_json(&self) -> String {
-        // Serialising these plain types cannot fail (no maps with non-string keys, finite floats).
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"outcome serialisation failed: {e}\"}}"))
+        json::write(self)
     }
 }
 
