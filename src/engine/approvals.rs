@@ -365,7 +365,7 @@ impl Engine {
         // (approval_required), and an approval is single use.
         let claim_id = approval_claim(a);
         let attempt = uuid::Uuid::new_v4().to_string();
-        let scope = guard_scope(rb, &incident, &action);
+        let scope = guard_scope(rb, &incident, &action.view());
         let limits = self.limits(rb);
         // On a dry-run worker or for a dry-run runbook the approved action is checked and
         // reserved like any dry run (never the circuit's probe), recorded as `dry_run` and never

@@ -103,7 +103,7 @@ impl Engine {
             (Some(rb), Some(action)) => match &rb.rollout {
                 Some(policy) => {
                     let rec = self.rollout_record(rb, policy).await;
-                    let scope = guard_scope(rb, incident, action);
+                    let scope = guard_scope(rb, incident, &action.view());
                     let target = if scope.target.is_empty() {
                         &scope.service
                     } else {
@@ -259,7 +259,11 @@ impl Engine {
     /// The question for the guardrails of `intent`: check them (approval, suggestion), or check
     /// and reserve them (execution, dry run), with the outcome of a block for the store to record.
     fn guard(&self, run: &Run<'_>, intent: Intent, reason: String) -> (Guard, DecideRequest) {
-        let scope = guard_scope(run.rb, run.incident, run.action);
+        // The subject carries the action's view already (built once per decision).
+        let scope = match &run.subject.action {
+            Some(view) => guard_scope(run.rb, run.incident, view),
+            None => guard_scope(run.rb, run.incident, &run.action.view()),
+        };
         let limits = self.limits(run.rb);
         // A dry run holds the slots a real run would, but never the circuit's probe (it proves
         // nothing about the action, so it must neither close nor count for the circuit).

@@ -616,8 +616,7 @@ fn runbook_facts(rb: &Runbook) -> RunbookFacts {
 /// What the guardrails hold a decision to: the runbook, the normalised service, and the object
 /// the action touches (`<namespace>/<kind>/<name>`), so the rate limit and cooldown cannot be
 /// walked past by varying the incident's free-text `service` for the same object.
-fn guard_scope(rb: &Runbook, incident: &Incident, action: &Action) -> Scope {
-    let view = action.view();
+fn guard_scope(rb: &Runbook, incident: &Incident, view: &ActionView) -> Scope {
     let target = match (view.namespace.as_deref(), view.target.as_str()) {
         (_, "") => String::new(),
         (Some(ns), t) => format!("{ns}/{t}"),

@@ -174,14 +174,8 @@ impl Writer {
 
     fn instant(&mut self, t: &chrono::DateTime<chrono::Utc>) {
         match super::millis_text(t) {
-            Some(text) => {
-                self.0.push('"');
-                // ASCII digits and punctuation only.
-                for b in text {
-                    self.0.push(char::from(b));
-                }
-                self.0.push('"');
-            }
+            // ASCII digits and punctuation by construction: valid UTF-8, nothing to escape.
+            Some(text) => self.name(std::str::from_utf8(&text).unwrap_or_default()),
             None => self.str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         }
     }

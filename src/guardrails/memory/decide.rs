@@ -4,9 +4,9 @@
 //! Kept step for step with `src/guardrails/decide.lua` (the step numbers are the script's), so a
 //! change to one is made to the other; the behaviour suite holds both to the same answers.
 
+use super::HashMap;
 use super::{blocked, ceil_s, ms, ClaimState, Incident, MemoryStore, State, CLAIM_GRACE_MS};
 use crate::guardrails::{Admission, CircuitState, DecideAnswer, DecideRequest, Guardrail, Limits, Scope};
-use std::collections::HashMap;
 
 impl MemoryStore {
     /// `decide.lua`, step by step.

@@ -3,12 +3,13 @@
 //! `approval_pending.lua`, `approval_summary.lua` and `trust_record.lua`, held to them by the
 //! ledger behaviour suite (`tests/common/ledger_suite.rs`).
 
+use super::HashMap;
 use super::{ms, MemoryStore};
 use crate::guardrails::{
     Answer, AnswerResult, Approval, ApprovalState, LedgerStore, PendingSummary, StoreError, TrustStats,
 };
 use crate::rollout::{self, Position, PromoteRefusal, RolloutPolicy, RolloutRecord, Stage, Transition};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::MutexGuard;
 
 /// Approvals and the trust ladder (mirrors the `approval_*.lua` scripts / `trust_record.lua`).

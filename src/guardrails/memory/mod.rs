@@ -25,8 +25,11 @@ use super::{
     RenewRequest, Renewal, StoreError,
 };
 use crate::clock::{millis, Clock};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The maps of the in-process store: keyed by runbook, service, incident and attempt names, with
+/// foldhash (seeded per map) rather than SipHash, which cost more than the rest of a lookup.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use ledger::Ledger;
 
