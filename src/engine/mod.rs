@@ -129,16 +129,7 @@ impl Handled {
 
     /// The events as one JSON array: what the idempotency record keeps.
     fn record(&self) -> String {
-        let mut record = String::with_capacity(2 + self.json.iter().map(|j| j.len() + 1).sum::<usize>());
-        record.push('[');
-        for (i, j) in self.json.iter().enumerate() {
-            if i > 0 {
-                record.push(',');
-            }
-            record.push_str(j);
-        }
-        record.push(']');
-        record
+        json_array(&self.json)
     }
 
     /// Give the `rejected` outcomes this `reason` (the event and its JSON alike).
@@ -590,7 +581,21 @@ impl Engine {
 }
 
 fn to_json(outcomes: &[Outcome]) -> String {
-    serde_json::to_string(outcomes).unwrap_or_else(|_| "[]".into())
+    json_array(&outcomes.iter().map(Outcome::to_json).collect::<Vec<_>>())
+}
+
+/// `[a,b,...]` from the JSON texts of its elements.
+fn json_array(elements: &[String]) -> String {
+    let mut array = String::with_capacity(2 + elements.iter().map(|e| e.len() + 1).sum::<usize>());
+    array.push('[');
+    for (i, e) in elements.iter().enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push_str(e);
+    }
+    array.push(']');
+    array
 }
 
 fn ms(d: Duration) -> u64 {
@@ -642,4 +647,62 @@ fn render(rb: &Runbook, incident: &Incident, vars: &Vars) -> Result<Action, Rend
         });
     }
     rb.action.render(vars, &rb.scope.namespaces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(id: &str, reason: &str) -> Outcome {
+        let mut o: Outcome = serde_json::from_str(
+            r#"{"schema_version":1,"event_id":"e","incident_id":"i","service":"s","root_cause":"r",
+                "confidence":0.95,"runbook_id":"restart-pod","decision":"dry_run","success":null,
+                "rolled_back":false,"reason":"x","guardrail":null,"action":null,"checks":[],
+                "approval_id":null,"mode":"dry_run","worker":"w","decided_at":"2026-12-07T00:00:00.000Z",
+                "finished_at":"2026-12-07T00:00:00.001Z","duration_ms":1}"#,
+        )
+        .expect("an outcome");
+        o.incident_id = Some(id.into());
+        o.reason = reason.into();
+        o
+    }
+
+    /// The record (and any array of events) is what serde_json writes for the outcomes, so a
+    /// redelivery reads back exactly the events that were published.
+    #[test]
+    fn a_record_is_the_json_array_of_its_events() {
+        for outcomes in [
+            vec![],
+            vec![outcome("a", "one")],
+            vec![outcome("a", "one \"quoted\""), outcome("b", "two\nlines")],
+        ] {
+            let theirs = serde_json::to_string(&outcomes).expect("serialisable");
+            assert_eq!(to_json(&outcomes), theirs);
+            let handled = Handled::new(outcomes.clone());
+            assert_eq!(handled.record(), theirs);
+            let back: Vec<Outcome> = serde_json::from_str(&handled.record()).expect("valid JSON");
+            assert_eq!(back, outcomes);
+            let lines: Vec<&str> = handled.events().map(|(_, json)| json).collect();
+            assert_eq!(
+                lines,
+                outcomes
+                    .iter()
+                    .map(|o| serde_json::to_string(o).expect("ok"))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// Rewording a rejection rewrites its event's text too.
+    #[test]
+    fn reworded_rejections_are_written_again() {
+        let mut rejected = outcome("a", "invalid incident: $: not valid JSON");
+        rejected.decision = Decision::Rejected;
+        let mut handled = Handled::new(vec![rejected, outcome("b", "kept")]);
+        handled.reword_rejections("invalid incident: $: null payload");
+        let events: Vec<(&Outcome, &str)> = handled.events().collect();
+        assert_eq!(events[0].0.reason, "invalid incident: $: null payload");
+        assert!(events[0].1.contains("null payload"), "{}", events[0].1);
+        assert!(events[1].1.contains("\"kept\""), "{}", events[1].1);
+    }
 }
