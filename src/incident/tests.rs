@@ -397,3 +397,21 @@ fn the_document_is_read_as_serde_json_reads_it() {
         assert!(serde_json::from_slice::<Value>(bad.as_bytes()).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_not_a_crash() {
+    // The one-pass reader recurses per level; serde_json's depth limit (128) stops it long
+    // before the stack would, for arrays and objects alike, within the size limit.
+    for (open, close) in [("[", "]"), (r#"{"k":"#, "}")] {
+        let depth = 40_000;
+        let doc = format!(
+            r#"{{"id":"a","root_cause":"x","confidence":0.5,"service":"s","deep":{}1{}}}"#,
+            open.repeat(depth),
+            close.repeat(depth)
+        );
+        assert!(doc.len() <= MAX_INCIDENT_BYTES, "{}", doc.len());
+        let r = rejected(&doc);
+        assert_eq!(r.field, "$");
+        assert!(r.message.contains("recursion limit"), "{r}");
+    }
+}
