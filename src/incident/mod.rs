@@ -207,9 +207,6 @@ fn read_document(bytes: &[u8]) -> Result<(Value, Option<String>), serde_json::Er
         fn visit_str<E>(self, s: &str) -> Result<Value, E> {
             Ok(Value::String(s.to_owned()))
         }
-        fn visit_string<E>(self, s: String) -> Result<Value, E> {
-            Ok(Value::String(s))
-        }
         fn visit_unit<E>(self) -> Result<Value, E> {
             Ok(Value::Null)
         }
