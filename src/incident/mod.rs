@@ -210,9 +210,6 @@ fn read_document(bytes: &[u8]) -> Result<(Value, Option<String>), serde_json::Er
         fn visit_unit<E>(self) -> Result<Value, E> {
             Ok(Value::Null)
         }
-        fn visit_none<E>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
             let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_ITEMS));
             loop {
