@@ -7,6 +7,10 @@
 //! control characters, short forms where JSON has them, `\u00XX` otherwise); numbers are written
 //! as serde_json writes them (floats through `ryu`, a non-finite one as `null`). The rarer parts
 //! (an action's parameters, the trust and rollout views) go through serde_json itself.
+//!
+//! A field added to [`Outcome`] must be written here too: the comparison test builds every
+//! field of the struct, so it does not compile until the field is generated, and then fails
+//! until it is written.
 
 use super::{ActionView, CheckOutcome, Outcome, Phase};
 use serde::Serialize;
