@@ -1,7 +1,8 @@
 //! An outcome event written as JSON by hand: the same text as serde_json writes from the derived
-//! `Serialize` (a test compares the two over many outcomes, hostile strings included), for a
-//! quarter of the work. Every outcome is written once, for its idempotency record, the outcomes
-//! topic and replay's output alike, so this is on the path of every decision.
+//! `Serialize` (a test compares the two over many outcomes, hostile strings included), in about
+//! 60 % of the instructions (callgrind: 11,000 → 6,200 per replay outcome). Every outcome is
+//! written once, for its idempotency record, the outcomes topic and replay's output alike, so
+//! this is on the path of every decision.
 //!
 //! Keys are constant text; strings are escaped as serde_json escapes them (`"`, `\`, and the
 //! control characters, short forms where JSON has them, `\u00XX` otherwise); numbers are written
