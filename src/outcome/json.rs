@@ -6,14 +6,15 @@
 //!
 //! Keys are constant text; strings are escaped as serde_json escapes them (`"`, `\`, and the
 //! control characters, short forms where JSON has them, `\u00XX` otherwise); numbers are written
-//! as serde_json writes them (floats through `ryu`, a non-finite one as `null`). The rarer parts
-//! (an action's parameters, the trust and rollout views) go through serde_json itself.
+//! as serde_json writes them (integers through `itoa`, floats through `ryu`, a non-finite one as
+//! `null`). The rarer parts (an action's parameters, the trust and rollout views) go through
+//! serde_json itself.
 //!
 //! A field added to [`Outcome`] must be written here too: the comparison test builds every
 //! field of the struct, so it does not compile until the field is generated, and then fails
 //! until it is written.
 
-use super::{ActionView, CheckOutcome, Outcome, Phase};
+use super::{ActionView, CheckOutcome, Outcome};
 use serde::Serialize;
 
 /// `outcome` as one line of JSON.
@@ -37,7 +38,7 @@ pub(super) fn write(o: &Outcome) -> String {
     w.raw(",\"runbook_id\":");
     w.opt_str(o.runbook_id.as_deref());
     w.raw(",\"decision\":");
-    w.name(o.decision.as_str());
+    w.unescaped(o.decision.as_str());
     w.raw(",\"success\":");
     match o.success {
         Some(b) => w.bool(b),
@@ -49,7 +50,7 @@ pub(super) fn write(o: &Outcome) -> String {
     w.str(&o.reason);
     w.raw(",\"guardrail\":");
     match o.guardrail {
-        Some(g) => w.name(g.as_str()),
+        Some(g) => w.unescaped(g.as_str()),
         None => w.raw("null"),
     }
     w.raw(",\"action\":");
@@ -80,7 +81,7 @@ pub(super) fn write(o: &Outcome) -> String {
     }
     w.raw(",\"mode\":");
     match o.mode {
-        Some(m) => w.name(m.as_str()),
+        Some(m) => w.unescaped(m.as_str()),
         None => w.raw("null"),
     }
     w.raw(",\"worker\":");
@@ -102,10 +103,10 @@ impl Writer {
         self.0.push_str(text);
     }
 
-    /// A wire name (an enum's `as_str`): plain lowercase ASCII, nothing to escape.
-    fn name(&mut self, name: &str) {
+    /// A string known to need no escaping: a wire name (an enum's `as_str`) or an instant.
+    fn unescaped(&mut self, text: &str) {
         self.0.push('"');
-        self.0.push_str(name);
+        self.0.push_str(text);
         self.0.push('"');
     }
 
@@ -114,20 +115,7 @@ impl Writer {
     }
 
     fn uint(&mut self, n: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut v = n;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        for d in &digits[at..] {
-            self.0.push(char::from(*d));
-        }
+        self.0.push_str(itoa::Buffer::new().format(n));
     }
 
     fn float(&mut self, f: f64) {
@@ -180,7 +168,7 @@ impl Writer {
     fn instant(&mut self, t: &chrono::DateTime<chrono::Utc>) {
         match super::millis_text(t) {
             // ASCII digits and punctuation by construction: valid UTF-8, nothing to escape.
-            Some(text) => self.name(std::str::from_utf8(&text).unwrap_or_default()),
+            Some(text) => self.unescaped(std::str::from_utf8(&text).unwrap_or_default()),
             None => self.str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         }
     }
@@ -205,11 +193,7 @@ impl Writer {
 
     fn check(&mut self, c: &CheckOutcome) {
         self.raw("{\"phase\":");
-        self.name(match c.phase {
-            Phase::Pre => "pre",
-            Phase::Post => "post",
-            Phase::Rollback => "rollback",
-        });
+        self.unescaped(c.phase.as_str());
         self.raw(",\"name\":");
         self.str(&c.name);
         self.raw(",\"passed\":");
@@ -233,7 +217,7 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::guardrails::Guardrail;
-    use crate::outcome::{Decision, Mode, RolloutChange, RolloutView, TrustView};
+    use crate::outcome::{Decision, Mode, Phase, RolloutChange, RolloutView, TrustView};
     use crate::rollout::Stage;
     use chrono::{DateTime, TimeZone, Utc};
 

@@ -112,6 +112,17 @@ pub enum Phase {
     Rollback,
 }
 
+impl Phase {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+            Phase::Rollback => "rollback",
+        }
+    }
+}
+
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckOutcome {
